@@ -1,0 +1,85 @@
+namespace JobRunner;
+
+/// <summary>What a <see cref="JobEvent"/> reports.</summary>
+public enum JobEventKind
+{
+    /// <summary>The job changed state; see <see cref="JobEvent.State"/>.</summary>
+    StateChanged = 0,
+
+    /// <summary>The running attempt reported progress; see <see cref="JobEvent.Progress"/>.</summary>
+    Progress = 1,
+
+    /// <summary>The running attempt wrote a log line; see <see cref="JobEvent.Log"/>.</summary>
+    Log = 2,
+
+    /// <summary>Cancellation of a running job was requested; the owning worker stops the attempt.</summary>
+    CancellationRequested = 3,
+
+    /// <summary>The running attempt saved a checkpoint.</summary>
+    Checkpointed = 4,
+}
+
+/// <summary>Something that happened to a job.</summary>
+public sealed record JobEvent
+{
+    /// <summary>Gets what happened.</summary>
+    public required JobEventKind Kind { get; init; }
+
+    /// <summary>Gets the job.</summary>
+    public required JobId JobId { get; init; }
+
+    /// <summary>Gets the job's tenant.</summary>
+    public required string Tenant { get; init; }
+
+    /// <summary>Gets the job's workload.</summary>
+    public required string Workload { get; init; }
+
+    /// <summary>Gets when it happened.</summary>
+    public required DateTimeOffset Timestamp { get; init; }
+
+    /// <summary>Gets the job's state after the event.</summary>
+    public required JobState State { get; init; }
+
+    /// <summary>Gets the state before a <see cref="JobEventKind.StateChanged"/> event; <see langword="null"/> for a new job.</summary>
+    public JobState? PreviousState { get; init; }
+
+    /// <summary>Gets the attempt number the event belongs to; 0 before the first attempt.</summary>
+    public int Attempt { get; init; }
+
+    /// <summary>Gets the progress of a <see cref="JobEventKind.Progress"/> event.</summary>
+    public JobProgress? Progress { get; init; }
+
+    /// <summary>Gets the line of a <see cref="JobEventKind.Log"/> event.</summary>
+    public LogEntry? Log { get; init; }
+
+    /// <summary>Gets a human-readable detail: the error, the cancel reason, the retry time.</summary>
+    public string? Message { get; init; }
+}
+
+/// <summary>Selects events for <see cref="IJobClient.WatchAsync(JobEventFilter, CancellationToken)"/>. Unset fields match all.</summary>
+public sealed record JobEventFilter
+{
+    /// <summary>Gets the job to match.</summary>
+    public JobId? JobId { get; init; }
+
+    /// <summary>Gets the tenant to match.</summary>
+    public string? Tenant { get; init; }
+
+    /// <summary>Gets the workload to match.</summary>
+    public string? Workload { get; init; }
+
+    /// <summary>Gets the event kinds to match.</summary>
+    public IReadOnlySet<JobEventKind>? Kinds { get; init; }
+
+    /// <summary>Whether <paramref name="jobEvent"/> passes the filter.</summary>
+    /// <param name="jobEvent">The event.</param>
+    /// <returns><see langword="true"/> when every set field matches.</returns>
+    public bool Matches(JobEvent jobEvent)
+    {
+        ArgumentNullException.ThrowIfNull(jobEvent);
+        return (JobId is not { } id || id == jobEvent.JobId)
+            && (Tenant is null || string.Equals(Tenant, jobEvent.Tenant, StringComparison.Ordinal))
+            && (Workload is null || string.Equals(Workload, jobEvent.Workload, StringComparison.Ordinal))
+            && (Kinds is null || Kinds.Contains(jobEvent.Kind));
+    }
+}

@@ -1,0 +1,56 @@
+namespace JobRunner;
+
+/// <summary>The API a host application uses to submit, read, cancel and watch jobs.</summary>
+public interface IJobClient
+{
+    /// <summary>Validates and submits a job. A dedupe key that a live job already holds attaches to that job.</summary>
+    /// <param name="request">The request.</param>
+    /// <param name="cancellationToken">Cancels the submit.</param>
+    /// <returns>The job, and whether it was an existing one.</returns>
+    /// <exception cref="JobValidationException">The request is invalid; nothing was stored.</exception>
+    ValueTask<SubmitResult> SubmitAsync(JobRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Gets a job.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The job, or <see langword="null"/> when there is none.</returns>
+    ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken = default);
+
+    /// <summary>Lists jobs, oldest first, one page at a time.</summary>
+    /// <param name="query">The filter and page.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The page.</returns>
+    /// <exception cref="JobValidationException">The query is invalid.</exception>
+    ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Cancels a job. A waiting job is cancelled at once. A running attempt is asked to stop through its cancellation
+    /// token; after the grace period it is abandoned and the job is <see cref="JobState.Cancelled"/> either way.
+    /// </summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="reason">Why, for the record.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The job after the request.</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default);
+
+    /// <summary>Streams one job's events: first its current state, then every change, ending after a terminal state.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Ends the stream early.</param>
+    /// <returns>The events.</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    IAsyncEnumerable<JobEvent> WatchAsync(JobId id, CancellationToken cancellationToken = default);
+
+    /// <summary>Streams the events of all jobs that match <paramref name="filter"/>, from now until cancelled.</summary>
+    /// <param name="filter">The filter.</param>
+    /// <param name="cancellationToken">Ends the stream.</param>
+    /// <returns>The events.</returns>
+    IAsyncEnumerable<JobEvent> WatchAsync(JobEventFilter filter, CancellationToken cancellationToken = default);
+
+    /// <summary>Reads one page of a job's log.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="query">What to read; <see langword="null"/> reads the first page of all attempts.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The page.</returns>
+    ValueTask<LogPage> ReadLogsAsync(JobId id, LogQuery? query = null, CancellationToken cancellationToken = default);
+}

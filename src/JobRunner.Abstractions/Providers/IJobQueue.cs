@@ -1,0 +1,91 @@
+namespace JobRunner;
+
+/// <summary>
+/// Holds the ids of ready jobs with what the scheduler needs to order them, and hands them out in batches. A job's state
+/// lives in the <see cref="IJobStore"/>; the queue only dispatches.
+/// </summary>
+public interface IJobQueue
+{
+    /// <summary>Adds a job. A job with <see cref="QueuedJob.DueAt"/> in the future is held until then.</summary>
+    /// <param name="job">The job.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the job is queued.</returns>
+    ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Waits until at least one job is ready, then takes up to <paramref name="buffer"/>'s length of them, highest
+    /// priority first and oldest first within a priority. Taken jobs are invisible to other consumers until acknowledged,
+    /// returned, or their visibility lapses.
+    /// </summary>
+    /// <param name="buffer">Where to write the jobs.</param>
+    /// <param name="visibility">How long taken jobs stay invisible unless extended.</param>
+    /// <param name="cancellationToken">Stops waiting.</param>
+    /// <returns>How many jobs were written, at least 1.</returns>
+    ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken);
+
+    /// <summary>Removes taken jobs for good: their attempt ended (the store decides what happens next).</summary>
+    /// <param name="jobs">The jobs.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the jobs are removed.</returns>
+    ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken);
+
+    /// <summary>Returns taken jobs that were not started, so another consumer can take them.</summary>
+    /// <param name="jobs">The jobs.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the jobs are visible again.</returns>
+    ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken);
+
+    /// <summary>Keeps taken jobs invisible for <paramref name="visibility"/> more (the queue side of a heartbeat).</summary>
+    /// <param name="jobs">The jobs.</param>
+    /// <param name="visibility">The new visibility, from now.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the visibility is extended.</returns>
+    ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken);
+}
+
+/// <summary>A ready job as the queue holds it: its id and what the scheduler needs to order it.</summary>
+public sealed record QueuedJob
+{
+    /// <summary>Gets the job's id.</summary>
+    public required JobId Id { get; init; }
+
+    /// <summary>Gets the priority, 1 to 10.</summary>
+    public required int Priority { get; init; }
+
+    /// <summary>Gets the tenant.</summary>
+    public required string Tenant { get; init; }
+
+    /// <summary>Gets the workload.</summary>
+    public required string Workload { get; init; }
+
+    /// <summary>Gets the concurrency key.</summary>
+    public string? ConcurrencyKey { get; init; }
+
+    /// <summary>Gets when the job was enqueued.</summary>
+    public required DateTimeOffset EnqueuedAt { get; init; }
+
+    /// <summary>Gets when the job becomes ready; <see langword="null"/> when it is ready now.</summary>
+    public DateTimeOffset? DueAt { get; init; }
+
+    /// <summary>Gets a backend's handle for acknowledging this delivery (for example an SQS receipt handle).</summary>
+    public object? Receipt { get; init; }
+
+    /// <summary>Creates the queue entry for <paramref name="job"/>.</summary>
+    /// <param name="job">The job.</param>
+    /// <param name="enqueuedAt">The time now.</param>
+    /// <returns>The entry.</returns>
+    public static QueuedJob For(JobRecord job, DateTimeOffset enqueuedAt)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        return new QueuedJob
+        {
+            Id = job.Id,
+            Priority = job.Request.Priority,
+            Tenant = job.Request.Tenant,
+            Workload = job.Request.Workload,
+            ConcurrencyKey = job.Request.ConcurrencyKey,
+            EnqueuedAt = enqueuedAt,
+            DueAt = job.State == JobState.Scheduled ? job.DueAt : null,
+        };
+    }
+}

@@ -1,0 +1,119 @@
+namespace JobRunner;
+
+/// <summary>
+/// Keeps job records, attempts, leases and checkpoints. Every write of an attempt carries its <see cref="JobLease"/>; a
+/// store rejects a lease whose fence token is not the job's current one with <see cref="StaleFenceTokenException"/>
+/// and changes nothing. Stores publish every state change to the <see cref="IJobEventBus"/>.
+/// </summary>
+public interface IJobStore
+{
+    /// <summary>Inserts a new job, or returns the live job that already holds its dedupe key.</summary>
+    /// <param name="job">The job, in state <see cref="JobState.Queued"/> or <see cref="JobState.Scheduled"/>.</param>
+    /// <param name="cancellationToken">Cancels the insert.</param>
+    /// <returns>The stored job, and whether it was an existing one.</returns>
+    ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken);
+
+    /// <summary>Gets a job.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The job, or <see langword="null"/> when there is none.</returns>
+    ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken);
+
+    /// <summary>Lists jobs, oldest first, one page at a time.</summary>
+    /// <param name="query">The filter and page.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The page.</returns>
+    ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Grants a lease on a ready job with a fence token higher than any before it, starts a new attempt, and moves the
+    /// job to <see cref="JobState.Running"/>.
+    /// </summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="workerId">The worker asking.</param>
+    /// <param name="duration">How long the lease lasts unless renewed.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The lease and the job, or <see langword="null"/> when the job is gone, finished, cancelled or leased by another worker.</returns>
+    ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken);
+
+    /// <summary>Renews many leases at once (one heartbeat per worker, not per job).</summary>
+    /// <param name="leases">The leases to renew.</param>
+    /// <param name="duration">The new duration, from now.</param>
+    /// <param name="cancellationToken">Cancels the renewal.</param>
+    /// <returns>The jobs whose lease could not be renewed because it is stale; their attempts must stop.</returns>
+    ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken);
+
+    /// <summary>Saves a checkpoint for the attempt holding <paramref name="lease"/>.</summary>
+    /// <param name="lease">The writer's lease.</param>
+    /// <param name="checkpoint">The checkpoint.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the checkpoint is stored.</returns>
+    /// <exception cref="StaleFenceTokenException">The lease is stale; nothing changed.</exception>
+    ValueTask SaveCheckpointAsync(JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken);
+
+    /// <summary>Stores the progress of the attempt holding <paramref name="lease"/>.</summary>
+    /// <param name="lease">The writer's lease.</param>
+    /// <param name="progress">The progress.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the progress is stored.</returns>
+    /// <exception cref="StaleFenceTokenException">The lease is stale; nothing changed.</exception>
+    ValueTask ReportProgressAsync(JobLease lease, JobProgress progress, CancellationToken cancellationToken);
+
+    /// <summary>Ends the attempt holding <paramref name="lease"/> and moves the job to its next state. Releases the lease.</summary>
+    /// <param name="lease">The writer's lease.</param>
+    /// <param name="completion">How the attempt ended and what comes next.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>The job after the change.</returns>
+    /// <exception cref="StaleFenceTokenException">The lease is stale; nothing changed.</exception>
+    ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Cancels a job. A queued or scheduled job becomes <see cref="JobState.Cancelled"/> at once; a running one is marked
+    /// and a <see cref="JobEventKind.CancellationRequested"/> event tells its worker. A finished job is returned unchanged.
+    /// </summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="reason">Why, for the record.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The job after the change.</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Takes back every job whose lease expired without a heartbeat: its attempt ends as
+    /// <see cref="AttemptOutcome.LeaseExpired"/> and the job is queued again (or cancelled, if that was requested).
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the sweep.</param>
+    /// <returns>The jobs that are ready again and must be enqueued.</returns>
+    ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken);
+}
+
+/// <summary>A job together with the lease just granted on it.</summary>
+/// <param name="Lease">The lease.</param>
+/// <param name="Job">The job after the grant (state <see cref="JobState.Running"/>, the new attempt last).</param>
+public sealed record LeasedJob(JobLease Lease, JobRecord Job);
+
+/// <summary>How an attempt ended and the job's next state.</summary>
+public sealed record AttemptCompletion
+{
+    /// <summary>Gets how the attempt ended.</summary>
+    public required AttemptOutcome Outcome { get; init; }
+
+    /// <summary>
+    /// Gets the job's next state: <see cref="JobState.Succeeded"/>, <see cref="JobState.Failed"/>,
+    /// <see cref="JobState.Cancelled"/>, <see cref="JobState.Scheduled"/> (retry at <see cref="DueAt"/>) or
+    /// <see cref="JobState.Queued"/> (run again now).
+    /// </summary>
+    public required JobState NextState { get; init; }
+
+    /// <summary>Gets when a <see cref="JobState.Scheduled"/> job becomes ready.</summary>
+    public DateTimeOffset? DueAt { get; init; }
+
+    /// <summary>Gets the error message.</summary>
+    public string? Error { get; init; }
+
+    /// <summary>Gets the full type name of the exception.</summary>
+    public string? ErrorType { get; init; }
+
+    /// <summary>Gets the exit code, for process and container engines.</summary>
+    public int? ExitCode { get; init; }
+}

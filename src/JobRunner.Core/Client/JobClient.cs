@@ -1,0 +1,117 @@
+using System.Runtime.CompilerServices;
+using JobRunner.Configuration;
+using JobRunner.Events;
+using JobRunner.Telemetry;
+
+namespace JobRunner.Client;
+
+/// <summary>The <see cref="IJobClient"/>: validates, stores, enqueues, and reads back through the store and the event bus.</summary>
+internal sealed class JobClient(
+    IJobStore store,
+    IJobQueue queue,
+    ILogStore logs,
+    IJobEventBus events,
+    WorkloadRegistry registry,
+    JobRunnerTelemetry telemetry,
+    TimeProvider time) : IJobClient
+{
+    public async ValueTask<SubmitResult> SubmitAsync(JobRequest request, CancellationToken cancellationToken = default)
+    {
+        JobRequestValidator.Validate(request, registry);
+        var now = time.GetUtcNow();
+        var scheduled = request.NotBefore > now;
+        var job = new JobRecord
+        {
+            Id = JobId.New(time),
+            Request = request,
+            State = scheduled ? JobState.Scheduled : JobState.Queued,
+            CreatedAt = now,
+            UpdatedAt = now,
+            DueAt = scheduled ? request.NotBefore : null,
+        };
+
+        var result = await store.InsertAsync(job, cancellationToken).ConfigureAwait(false);
+        if (!result.Attached)
+        {
+            await queue.EnqueueAsync(QueuedJob.For(job, now), cancellationToken).ConfigureAwait(false);
+            telemetry.Submitted(request.Tenant, request.Workload);
+        }
+
+        return result;
+    }
+
+    public ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken = default)
+        => store.GetAsync(id, cancellationToken);
+
+    public ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        if (query.PageSize is < 1 or > 1000)
+        {
+            throw new JobValidationException([$"PageSize {query.PageSize} is outside 1–1000. Ask for at most 1000 jobs per page and follow ContinuationToken for more."]);
+        }
+
+        return store.ListAsync(query, cancellationToken);
+    }
+
+    public ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default)
+        => store.RequestCancellationAsync(id, reason, cancellationToken);
+
+    public async IAsyncEnumerable<JobEvent> WatchAsync(JobId id, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        // Subscribe before reading the snapshot, so no change falls between the two.
+        var subscription = Subscribe(new JobEventFilter { JobId = id }, cancellationToken, out var stream);
+        using (subscription)
+        {
+            var job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            yield return new JobEvent
+            {
+                Kind = JobEventKind.StateChanged,
+                JobId = id,
+                Tenant = job.Request.Tenant,
+                Workload = job.Request.Workload,
+                Timestamp = job.UpdatedAt,
+                State = job.State,
+                Attempt = job.Attempts.Count,
+                Progress = job.Progress,
+                Message = job.State.IsTerminal() ? job.LastError ?? job.CancelReason : null,
+            };
+            if (job.State.IsTerminal())
+            {
+                yield break;
+            }
+
+            await foreach (var jobEvent in stream.ConfigureAwait(false))
+            {
+                yield return jobEvent;
+                if (jobEvent.Kind == JobEventKind.StateChanged && jobEvent.State.IsTerminal())
+                {
+                    yield break;
+                }
+            }
+        }
+    }
+
+    public IAsyncEnumerable<JobEvent> WatchAsync(JobEventFilter filter, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(filter);
+        return events.SubscribeAsync(filter, cancellationToken);
+    }
+
+    public ValueTask<LogPage> ReadLogsAsync(JobId id, LogQuery? query = null, CancellationToken cancellationToken = default)
+        => logs.ReadAsync(id, query ?? new LogQuery(), cancellationToken);
+
+    private JobEventBus.Subscription? Subscribe(JobEventFilter filter, CancellationToken cancellationToken, out IAsyncEnumerable<JobEvent> stream)
+    {
+        if (events is JobEventBus bus)
+        {
+            var subscription = bus.Subscribe(filter);
+            stream = subscription.Reader.ReadAllAsync(cancellationToken);
+            return subscription;
+        }
+
+        // A custom bus: subscribing happens at the first read, so a change right before it may be missed.
+        stream = events.SubscribeAsync(filter, cancellationToken);
+        return null;
+    }
+}

@@ -1,0 +1,111 @@
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Configuration;
+
+/// <summary>Validates <see cref="WorkerOptions"/> at host start; every message names the fix.</summary>
+internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
+{
+    public ValidateOptionsResult Validate(string? name, WorkerOptions options)
+    {
+        var errors = new List<string>();
+        if (string.IsNullOrWhiteSpace(options.WorkerId))
+        {
+            errors.Add("WorkerOptions.WorkerId is empty. Set it to a name that is unique in the fleet, or keep the default.");
+        }
+
+        if (options.Slots < 1)
+        {
+            errors.Add($"WorkerOptions.Slots is {options.Slots}. Set it to 1 or more: the number of attempts this host runs at once.");
+        }
+
+        if (options.LeaseDuration <= TimeSpan.Zero)
+        {
+            errors.Add($"WorkerOptions.LeaseDuration is {options.LeaseDuration}. Set it to a positive time, e.g. 30 seconds.");
+        }
+
+        if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval * 2 > options.LeaseDuration)
+        {
+            errors.Add($"WorkerOptions.HeartbeatInterval is {options.HeartbeatInterval} with a LeaseDuration of {options.LeaseDuration}. Set it above zero and to at most half the lease duration, so that one late heartbeat does not lose the lease.");
+        }
+
+        if (options.ReclaimInterval <= TimeSpan.Zero)
+        {
+            errors.Add($"WorkerOptions.ReclaimInterval is {options.ReclaimInterval}. Set it to a positive time, e.g. 5 seconds.");
+        }
+
+        if (options.CancellationGracePeriod < TimeSpan.Zero)
+        {
+            errors.Add($"WorkerOptions.CancellationGracePeriod is {options.CancellationGracePeriod}. Set it to zero or more.");
+        }
+
+        if (options.ShutdownGracePeriod < TimeSpan.Zero)
+        {
+            errors.Add($"WorkerOptions.ShutdownGracePeriod is {options.ShutdownGracePeriod}. Set it to zero or more.");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}
+
+/// <summary>Validates <see cref="JobRunnerOptions"/> and every workload registration at host start.</summary>
+internal sealed class JobRunnerOptionsValidator(IEnumerable<WorkloadRegistration> registrations) : IValidateOptions<JobRunnerOptions>
+{
+    public ValidateOptionsResult Validate(string? name, JobRunnerOptions options)
+    {
+        var errors = new List<string>();
+        if (options.DefaultRetry is null)
+        {
+            errors.Add("JobRunnerOptions.DefaultRetry is null. Set it to a RetryPolicy, e.g. RetryPolicy.None to never retry.");
+        }
+
+        if (options.DefaultTimeout <= TimeSpan.Zero)
+        {
+            errors.Add($"JobRunnerOptions.DefaultTimeout is {options.DefaultTimeout}. Set it to a positive time, or to null for no timeout.");
+        }
+
+        if (options.SerializerOptions is null)
+        {
+            errors.Add("JobRunnerOptions.SerializerOptions is null. Set it to a JsonSerializerOptions, or keep the default (JsonSerializerOptions.Web).");
+        }
+
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var registration in registrations)
+        {
+            if (!Names.IsValidName(registration.Name))
+            {
+                errors.Add($"Workload name '{registration.Name}' is not valid: {Names.NameRule}.");
+            }
+            else if (!seen.Add(registration.Name))
+            {
+                errors.Add($"Workload '{registration.Name}' is registered more than once. Give each AddWorkload call its own name.");
+            }
+
+            if (registration.Options.Timeout <= TimeSpan.Zero)
+            {
+                errors.Add($"Workload '{registration.Name}': Timeout is {registration.Options.Timeout}. Set it to a positive time, or to null for the default.");
+            }
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}
+
+/// <summary>Validates <see cref="InMemoryStoreOptions"/> at host start.</summary>
+internal sealed class InMemoryStoreOptionsValidator : IValidateOptions<InMemoryStoreOptions>
+{
+    public ValidateOptionsResult Validate(string? name, InMemoryStoreOptions options)
+    {
+        var errors = new List<string>();
+        if (options.MaxFinishedJobs < 1)
+        {
+            errors.Add($"InMemoryStoreOptions.MaxFinishedJobs is {options.MaxFinishedJobs}. Set it to 1 or more: how many finished jobs to keep readable.");
+        }
+
+        if (options.MaxLogLinesPerJob < 1)
+        {
+            errors.Add($"InMemoryStoreOptions.MaxLogLinesPerJob is {options.MaxLogLinesPerJob}. Set it to 1 or more: how many log lines to keep per job.");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}

@@ -1,0 +1,24 @@
+using JobRunner.Worker;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace JobRunner.Engines;
+
+/// <summary>Runs a code workload in this process: one DI scope and one workload instance per attempt.</summary>
+internal sealed class InProcessEngine<TWorkload>(IServiceScopeFactory scopes) : IExecutionEngine
+    where TWorkload : class, IWorkload
+{
+    public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
+    {
+        var scope = scopes.CreateAsyncScope();
+        await using (scope.ConfigureAwait(false))
+        {
+            if (context is AttemptContext attemptContext)
+            {
+                attemptContext.ScopedServices = scope.ServiceProvider;
+            }
+
+            var workload = scope.ServiceProvider.GetRequiredService<TWorkload>();
+            await workload.ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+using System.Diagnostics;
+
+namespace JobRunner.InMemory;
+
+/// <summary>
+/// The embedded queue: one FIFO per priority band (highest band first), one heap of delayed jobs driven by a single
+/// timer, and an in-flight table whose visibility lapses like an SQS message's, so a consumer that dies without
+/// acknowledging loses nothing.
+/// </summary>
+[DebuggerDisplay("Ready = {_readyCount}, Delayed = {_delayed.Count}, InFlight = {_inFlight.Count}")]
+internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
+{
+    private readonly Lock _lock = new();
+    private readonly Queue<QueuedJob>[] _bands = new Queue<QueuedJob>[JobRequest.MaxPriority + 1];
+    private readonly PriorityQueue<QueuedJob, (DateTimeOffset Due, long Sequence)> _delayed = new();
+    private readonly Dictionary<JobId, (QueuedJob Job, DateTimeOffset Until)> _inFlight = [];
+    private readonly Queue<TaskCompletionSource> _waiters = new();
+    private readonly TimeProvider _time;
+    private readonly ITimer _timer;
+    private DateTimeOffset _timerDue = DateTimeOffset.MaxValue;
+    private int _readyCount;
+    private long _sequence;
+
+    public InMemoryJobQueue(TimeProvider time)
+    {
+        _time = time;
+        for (var i = 0; i < _bands.Length; i++)
+        {
+            _bands[i] = new Queue<QueuedJob>();
+        }
+
+        _timer = time.CreateTimer(static state => ((InMemoryJobQueue)state!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>Gets how many jobs are ready, delayed or in flight.</summary>
+    public int Depth
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _readyCount + _delayed.Count + _inFlight.Count;
+            }
+        }
+    }
+
+    public ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        TaskCompletionSource? wake;
+        lock (_lock)
+        {
+            var now = _time.GetUtcNow();
+            if (job.DueAt is { } due && due > now)
+            {
+                _delayed.Enqueue(job, (due, ++_sequence));
+                ArmTimer(due, now);
+                return ValueTask.CompletedTask;
+            }
+
+            AddReady(job);
+            wake = TakeWaiter();
+        }
+
+        wake?.TrySetResult();
+        return ValueTask.CompletedTask;
+    }
+
+    public async ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        if (buffer.IsEmpty)
+        {
+            throw new ArgumentException("The buffer must hold at least one job.", nameof(buffer));
+        }
+
+        while (true)
+        {
+            TaskCompletionSource waiter;
+            lock (_lock)
+            {
+                var taken = TakeReady(buffer.Span, visibility);
+                if (taken > 0)
+                {
+                    return taken;
+                }
+
+                waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _waiters.Enqueue(waiter);
+            }
+
+            await waiter.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        lock (_lock)
+        {
+            foreach (var job in jobs)
+            {
+                RemoveInFlight(job);
+            }
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        var wake = 0;
+        lock (_lock)
+        {
+            foreach (var job in jobs)
+            {
+                if (RemoveInFlight(job))
+                {
+                    AddReady(job);
+                    wake++;
+                }
+            }
+        }
+
+        WakeWaiters(wake);
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        var until = _time.GetUtcNow() + visibility;
+        lock (_lock)
+        {
+            foreach (var job in jobs)
+            {
+                if (_inFlight.TryGetValue(job.Id, out var entry) && ReferenceEquals(entry.Job, job))
+                {
+                    _inFlight[job.Id] = (entry.Job, until);
+                }
+            }
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    public void Dispose() => _timer.Dispose();
+
+    /// <summary>Removes this delivery only: a newer delivery of the same job (a retry) keeps its entry.</summary>
+    private bool RemoveInFlight(QueuedJob job)
+        => _inFlight.TryGetValue(job.Id, out var entry) && ReferenceEquals(entry.Job, job) && _inFlight.Remove(job.Id);
+
+    private void AddReady(QueuedJob job)
+    {
+        _bands[Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority)].Enqueue(job);
+        _readyCount++;
+    }
+
+    private int TakeReady(Span<QueuedJob> buffer, TimeSpan visibility)
+    {
+        if (_readyCount == 0)
+        {
+            return 0;
+        }
+
+        var until = _time.GetUtcNow() + visibility;
+        var taken = 0;
+        for (var band = JobRequest.MaxPriority; band >= JobRequest.MinPriority && taken < buffer.Length; band--)
+        {
+            var queue = _bands[band];
+            while (taken < buffer.Length && queue.TryDequeue(out var job))
+            {
+                buffer[taken++] = job;
+                _inFlight[job.Id] = (job, until);
+            }
+        }
+
+        _readyCount -= taken;
+        ArmTimer(until, _time.GetUtcNow());
+        return taken;
+    }
+
+    private TaskCompletionSource? TakeWaiter()
+    {
+        while (_waiters.TryDequeue(out var waiter))
+        {
+            if (!waiter.Task.IsCompleted)
+            {
+                return waiter;
+            }
+        }
+
+        return null;
+    }
+
+    private void WakeWaiters(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            TaskCompletionSource? waiter;
+            lock (_lock)
+            {
+                waiter = TakeWaiter();
+            }
+
+            if (waiter is null)
+            {
+                return;
+            }
+
+            waiter.TrySetResult();
+        }
+    }
+
+    private void ArmTimer(DateTimeOffset due, DateTimeOffset now)
+    {
+        if (due < _timerDue)
+        {
+            _timerDue = due;
+            _timer.Change(due > now ? due - now : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void OnTimer()
+    {
+        var woken = 0;
+        lock (_lock)
+        {
+            var now = _time.GetUtcNow();
+            _timerDue = DateTimeOffset.MaxValue;
+            while (_delayed.TryPeek(out var job, out var key) && key.Due <= now)
+            {
+                _delayed.Dequeue();
+                AddReady(job);
+                woken++;
+            }
+
+            List<QueuedJob>? lapsed = null;
+            var nextLapse = DateTimeOffset.MaxValue;
+            foreach (var (id, entry) in _inFlight)
+            {
+                if (entry.Until <= now)
+                {
+                    (lapsed ??= []).Add(entry.Job);
+                }
+                else if (entry.Until < nextLapse)
+                {
+                    nextLapse = entry.Until;
+                }
+            }
+
+            foreach (var job in lapsed ?? [])
+            {
+                _inFlight.Remove(job.Id);
+                AddReady(job);
+                woken++;
+            }
+
+            if (_delayed.TryPeek(out _, out var next))
+            {
+                ArmTimer(next.Due, now);
+            }
+
+            if (nextLapse != DateTimeOffset.MaxValue)
+            {
+                ArmTimer(nextLapse, now);
+            }
+        }
+
+        WakeWaiters(woken);
+    }
+}

@@ -1,0 +1,40 @@
+using Microsoft.Extensions.Logging;
+
+namespace JobRunner;
+
+/// <summary>The package's log messages, source-generated.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Information, "Worker {WorkerId} started with {Slots} slots.")]
+    public static partial void WorkerStarted(ILogger logger, string workerId, int slots);
+
+    [LoggerMessage(2, LogLevel.Information, "Worker {WorkerId} stopped.")]
+    public static partial void WorkerStopped(ILogger logger, string workerId);
+
+    [LoggerMessage(3, LogLevel.Information, "Worker {WorkerId} is stopping: {Running} attempts get {Grace} to checkpoint and finish.")]
+    public static partial void ShuttingDown(ILogger logger, string workerId, int running, TimeSpan grace);
+
+    [LoggerMessage(4, LogLevel.Error, "Taking jobs from the queue failed; retrying in 1 second.")]
+    public static partial void QueueFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(5, LogLevel.Error, "Running job {JobId} failed inside the worker.")]
+    public static partial void SlotFailed(ILogger logger, JobId jobId, Exception exception);
+
+    [LoggerMessage(6, LogLevel.Warning, "Job {JobId}: the lease with fence token {FenceToken} was lost; the attempt stopped without writing its outcome.")]
+    public static partial void LeaseLost(ILogger logger, JobId jobId, long fenceToken);
+
+    [LoggerMessage(7, LogLevel.Warning, "Job {JobId}: the outcome was rejected because the lease is stale.")]
+    public static partial void CompletionRejected(ILogger logger, JobId jobId, Exception exception);
+
+    [LoggerMessage(8, LogLevel.Information, "Job {JobId}: cancelling the running attempt ({Reason}).")]
+    public static partial void CancellingAttempt(ILogger logger, JobId jobId, string? reason);
+
+    [LoggerMessage(9, LogLevel.Error, "Renewing leases failed; retrying at the next heartbeat.")]
+    public static partial void HeartbeatFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(10, LogLevel.Error, "Reclaiming expired leases failed; retrying at the next sweep.")]
+    public static partial void ReclaimFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(11, LogLevel.Warning, "Job {JobId}: its lease expired without a heartbeat; it was queued again.")]
+    public static partial void Reclaimed(ILogger logger, JobId jobId);
+}

@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using JobRunner.InMemory;
+
+namespace JobRunner.Telemetry;
+
+/// <summary>
+/// The <c>JobRunner</c> meter and activity source. Instruments: <c>jobrunner.jobs.submitted</c>,
+/// <c>jobrunner.jobs.started</c>, <c>jobrunner.jobs.completed</c> (tag <c>outcome</c>), <c>jobrunner.attempt.duration</c>
+/// (seconds), <c>jobrunner.attempts.active</c>, and <c>jobrunner.queue.depth</c> for the in-memory queue. Every job
+/// instrument is tagged with <c>tenant</c> and <c>workload</c>.
+/// </summary>
+internal sealed class JobRunnerTelemetry : IDisposable
+{
+    public const string Name = "JobRunner";
+
+    private readonly Meter _meter;
+    private readonly Counter<long> _submitted;
+    private readonly Counter<long> _started;
+    private readonly Counter<long> _completed;
+    private readonly Histogram<double> _duration;
+    private readonly UpDownCounter<long> _active;
+
+    public JobRunnerTelemetry(IJobQueue queue)
+    {
+        var version = typeof(JobRunnerTelemetry).Assembly.GetName().Version?.ToString();
+        _meter = new Meter(Name, version);
+        ActivitySource = new ActivitySource(Name, version);
+        _submitted = _meter.CreateCounter<long>("jobrunner.jobs.submitted", "{job}", "Jobs submitted.");
+        _started = _meter.CreateCounter<long>("jobrunner.jobs.started", "{attempt}", "Attempts started.");
+        _completed = _meter.CreateCounter<long>("jobrunner.jobs.completed", "{attempt}", "Attempts ended, by outcome.");
+        _duration = _meter.CreateHistogram<double>("jobrunner.attempt.duration", "s", "How long attempts ran.");
+        _active = _meter.CreateUpDownCounter<long>("jobrunner.attempts.active", "{attempt}", "Attempts running now.");
+        if (queue is InMemoryJobQueue memory)
+        {
+            _meter.CreateObservableGauge("jobrunner.queue.depth", () => memory.Depth, "{job}", "Jobs waiting in the in-memory queue (ready, delayed or in flight).");
+        }
+    }
+
+    public ActivitySource ActivitySource { get; }
+
+    public void Submitted(string tenant, string workload)
+    {
+        if (_submitted.Enabled)
+        {
+            _submitted.Add(1, new("tenant", tenant), new("workload", workload));
+        }
+    }
+
+    public void Started(string tenant, string workload)
+    {
+        if (_started.Enabled)
+        {
+            _started.Add(1, new("tenant", tenant), new("workload", workload));
+        }
+
+        if (_active.Enabled)
+        {
+            _active.Add(1, new("tenant", tenant), new("workload", workload));
+        }
+    }
+
+    public void Completed(string tenant, string workload, AttemptOutcome outcome, TimeSpan duration)
+    {
+        if (_active.Enabled)
+        {
+            _active.Add(-1, new("tenant", tenant), new("workload", workload));
+        }
+
+        if (_completed.Enabled)
+        {
+            _completed.Add(1, new("tenant", tenant), new("workload", workload), new("outcome", OutcomeName(outcome)));
+        }
+
+        if (_duration.Enabled)
+        {
+            _duration.Record(duration.TotalSeconds, new("tenant", tenant), new("workload", workload), new("outcome", OutcomeName(outcome)));
+        }
+    }
+
+    public void Dispose()
+    {
+        _meter.Dispose();
+        ActivitySource.Dispose();
+    }
+
+    private static string OutcomeName(AttemptOutcome outcome) => outcome switch
+    {
+        AttemptOutcome.Succeeded => "succeeded",
+        AttemptOutcome.Failed => "failed",
+        AttemptOutcome.TimedOut => "timed_out",
+        AttemptOutcome.Cancelled => "cancelled",
+        AttemptOutcome.Interrupted => "interrupted",
+        _ => "lease_expired",
+    };
+}

@@ -1,0 +1,63 @@
+using System.Text.Json;
+
+namespace JobRunner.Worker;
+
+/// <summary>The context of one running attempt; every write carries its lease.</summary>
+internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveAttempt attempt) : WorkloadContext
+{
+    private readonly JobLease _lease = leased.Lease;
+    private ReadOnlyMemory<byte>? _checkpoint = leased.Job.Checkpoint;
+
+    public override JobId JobId => _lease.JobId;
+
+    public override int Attempt => _lease.Attempt;
+
+    public override long FenceToken => _lease.FenceToken;
+
+    public override JobRequest Request => leased.Job.Request;
+
+    public override ReadOnlyMemory<byte>? Checkpoint => _checkpoint;
+
+    public override CancellationToken CheckpointRequested => worker.CheckpointRequested;
+
+    public override IServiceProvider Services => ScopedServices ?? worker.Services;
+
+    public override JsonSerializerOptions SerializerOptions => worker.SerializerOptions;
+
+    /// <summary>Gets or sets the attempt's DI scope; set by the in-process engine.</summary>
+    public IServiceProvider? ScopedServices { get; set; }
+
+    public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
+    {
+        ThrowIfLeaseLost();
+        await worker.Store.SaveCheckpointAsync(_lease, checkpoint, cancellationToken).ConfigureAwait(false);
+        _checkpoint = checkpoint;
+    }
+
+    public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default)
+    {
+        if (fraction is { } f && (double.IsNaN(f) || f < 0 || f > 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "Progress is a fraction from 0 to 1.");
+        }
+
+        ThrowIfLeaseLost();
+        return worker.Store.ReportProgressAsync(_lease, new JobProgress(fraction, message), cancellationToken);
+    }
+
+    public override async ValueTask LogAsync(string message, LogStream stream = LogStream.Output, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        ThrowIfLeaseLost();
+        var entries = await worker.Logs.AppendAsync(_lease, stream, worker.Time.GetUtcNow(), [message], cancellationToken).ConfigureAwait(false);
+        worker.PublishLogs(leased.Job, entries);
+    }
+
+    private void ThrowIfLeaseLost()
+    {
+        if (attempt.Reason == StopReason.LeaseLost)
+        {
+            throw new StaleFenceTokenException(_lease.JobId, _lease.FenceToken, currentToken: null, "the lease could not be renewed");
+        }
+    }
+}

@@ -1,0 +1,550 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.Json;
+using System.Threading.Channels;
+using JobRunner.Configuration;
+using JobRunner.Telemetry;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Worker;
+
+/// <summary>
+/// The worker host. A feeder takes ready jobs from the queue, never more than there are free slots; each slot leases
+/// its job in the store (a new fence token), runs it through the workload's engine, classifies the outcome and writes
+/// it back fenced. One heartbeat loop renews all leases in one batch; one reclaim loop takes back expired leases.
+/// On stop: <see cref="WorkloadContext.CheckpointRequested"/>, a grace period, then cancel and release the leases.
+/// </summary>
+internal sealed partial class JobWorker : BackgroundService
+{
+    private readonly IJobQueue _queue;
+    private readonly IJobEventBus _events;
+    private readonly WorkloadRegistry _registry;
+    private readonly WorkerOptions _options;
+    private readonly JobRunnerTelemetry _telemetry;
+    private readonly ILogger _logger;
+    private readonly ConcurrentDictionary<JobId, ActiveAttempt> _active = new();
+    private readonly CancellationTokenSource _checkpointRequested = new();
+    private readonly CancellationTokenSource _background = new();
+    private readonly Channel<QueuedJob> _ready = Channel.CreateUnbounded<QueuedJob>(new UnboundedChannelOptions { SingleWriter = true });
+    private readonly SemaphoreSlim _free;
+    private volatile bool _stopping;
+    private int _disposed;
+
+    public JobWorker(
+        IJobStore store,
+        IJobQueue queue,
+        ILogStore logs,
+        IJobEventBus events,
+        WorkloadRegistry registry,
+        IOptions<WorkerOptions> options,
+        IOptions<JobRunnerOptions> runnerOptions,
+        JobRunnerTelemetry telemetry,
+        TimeProvider time,
+        IServiceProvider services,
+        ILogger<JobWorker> logger)
+    {
+        Store = store;
+        _queue = queue;
+        Logs = logs;
+        _events = events;
+        _registry = registry;
+        _options = options.Value;
+        SerializerOptions = runnerOptions.Value.SerializerOptions;
+        _telemetry = telemetry;
+        Time = time;
+        Services = services;
+        _logger = logger;
+        _free = new SemaphoreSlim(_options.Slots, _options.Slots);
+    }
+
+    public IJobStore Store { get; }
+
+    public ILogStore Logs { get; }
+
+    public TimeProvider Time { get; }
+
+    public IServiceProvider Services { get; }
+
+    public JsonSerializerOptions SerializerOptions { get; }
+
+    public CancellationToken CheckpointRequested => _checkpointRequested.Token;
+
+    public string WorkerId => _options.WorkerId;
+
+    /// <summary>Gets the number of attempts running now.</summary>
+    public int ActiveCount => _active.Count;
+
+    public override void Dispose()
+    {
+        // Registered both as itself and as a hosted service, so the container may dispose it twice.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        base.Dispose();
+        _background.Cancel();
+        _background.Dispose();
+        _checkpointRequested.Dispose();
+        _free.Dispose();
+    }
+
+    internal void PublishLogs(JobRecord job, IReadOnlyList<LogEntry> entries)
+    {
+        if (!_events.HasSubscribers)
+        {
+            return;
+        }
+
+        foreach (var entry in entries)
+        {
+            _events.Publish(new JobEvent
+            {
+                Kind = JobEventKind.Log,
+                JobId = job.Id,
+                Tenant = job.Request.Tenant,
+                Workload = job.Request.Workload,
+                Timestamp = entry.Timestamp,
+                State = JobState.Running,
+                Attempt = entry.Attempt,
+                Log = entry,
+                Message = entry.Message,
+            });
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (!_options.Enabled)
+        {
+            return;
+        }
+
+        Log.WorkerStarted(_logger, WorkerId, _options.Slots);
+        var background = new[]
+        {
+            Task.Run(() => ListenForCancellationAsync(_background.Token), CancellationToken.None),
+            Task.Run(() => HeartbeatAsync(_background.Token), CancellationToken.None),
+            Task.Run(() => ReclaimAsync(_background.Token), CancellationToken.None),
+        };
+        var slots = new Task[_options.Slots];
+        for (var i = 0; i < slots.Length; i++)
+        {
+            slots[i] = Task.Run(RunSlotAsync, CancellationToken.None);
+        }
+
+        await FeedAsync(stoppingToken).ConfigureAwait(false);
+        await ShutDownAsync(slots).ConfigureAwait(false);
+        await _background.CancelAsync().ConfigureAwait(false);
+        await Task.WhenAll(background).ConfigureAwait(false);
+        Log.WorkerStopped(_logger, WorkerId);
+    }
+
+    private async Task FeedAsync(CancellationToken stoppingToken)
+    {
+        var buffer = new QueuedJob[_options.Slots];
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            var want = 0;
+            try
+            {
+                await _free.WaitAsync(stoppingToken).ConfigureAwait(false);
+                want = 1;
+                while (want < buffer.Length && _free.Wait(0, CancellationToken.None))
+                {
+                    want++;
+                }
+
+                var got = await _queue.DequeueAsync(buffer.AsMemory(0, want), _options.LeaseDuration, stoppingToken).ConfigureAwait(false);
+                for (var i = 0; i < got; i++)
+                {
+                    _ready.Writer.TryWrite(buffer[i]);
+                    buffer[i] = null!;
+                }
+
+                want -= got;
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception e)
+            {
+                Log.QueueFailed(_logger, e);
+                await DelayQuietlyAsync(TimeSpan.FromSeconds(1), stoppingToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (want > 0)
+                {
+                    _free.Release(want);
+                }
+            }
+        }
+    }
+
+    private async Task RunSlotAsync()
+    {
+        var reader = _ready.Reader;
+        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            while (reader.TryRead(out var item))
+            {
+                try
+                {
+                    if (_stopping)
+                    {
+                        await _queue.ReturnAsync([item], CancellationToken.None).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        await RunJobAsync(item).ConfigureAwait(false);
+                    }
+                }
+                catch (Exception e)
+                {
+                    Log.SlotFailed(_logger, item.Id, e);
+                }
+                finally
+                {
+                    _free.Release();
+                }
+            }
+        }
+    }
+
+    private async Task RunJobAsync(QueuedJob item)
+    {
+        var attempt = new ActiveAttempt(item, Time);
+        if (!_active.TryAdd(item.Id, attempt))
+        {
+            // The same job delivered twice to this worker: the running attempt owns it.
+            attempt.Dispose();
+            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+            return;
+        }
+
+        try
+        {
+            var leased = await Store.TryAcquireLeaseAsync(item.Id, WorkerId, _options.LeaseDuration, CancellationToken.None).ConfigureAwait(false);
+            if (leased is null)
+            {
+                // Cancelled, finished or taken by another worker while it waited in the queue.
+                await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+                return;
+            }
+
+            attempt.Lease = leased.Lease;
+            if (leased.Job.CancelRequested)
+            {
+                attempt.TryStop(StopReason.Cancelled, leased.Job.CancelReason, _options.CancellationGracePeriod);
+            }
+
+            var job = leased.Job;
+            var completion = await ExecuteAttemptAsync(attempt, leased).ConfigureAwait(false);
+            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+            if (completion is null)
+            {
+                Log.LeaseLost(_logger, job.Id, leased.Lease.FenceToken);
+                return;
+            }
+
+            JobRecord updated;
+            try
+            {
+                updated = await Store.CompleteAttemptAsync(leased.Lease, completion, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (StaleFenceTokenException e)
+            {
+                Log.CompletionRejected(_logger, job.Id, e);
+                return;
+            }
+
+            if (updated.State is JobState.Queued or JobState.Scheduled)
+            {
+                await _queue.EnqueueAsync(QueuedJob.For(updated, Time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _active.TryRemove(new KeyValuePair<JobId, ActiveAttempt>(item.Id, attempt));
+            attempt.Dispose();
+        }
+    }
+
+    /// <summary>Runs the attempt and decides its outcome; <see langword="null"/> when the lease was lost.</summary>
+    private async Task<AttemptCompletion?> ExecuteAttemptAsync(ActiveAttempt attempt, LeasedJob leased)
+    {
+        var job = leased.Job;
+        var workload = _registry.Find(job.Request.Workload);
+        if (workload is null)
+        {
+            attempt.Finish();
+            return new AttemptCompletion
+            {
+                Outcome = AttemptOutcome.Failed,
+                NextState = JobState.Failed,
+                Error = $"Workload '{job.Request.Workload}' is not registered on worker '{WorkerId}'. Register it with AddWorkload on every worker host.",
+            };
+        }
+
+        if ((job.Request.Timeout ?? workload.Timeout) is { } timeout)
+        {
+            attempt.ArmTimeout(timeout, _options.CancellationGracePeriod);
+        }
+
+        var tenant = job.Request.Tenant;
+        using var activity = _telemetry.ActivitySource.StartActivity("jobrunner.attempt", ActivityKind.Internal);
+        if (activity is not null)
+        {
+            activity.SetTag("jobrunner.job.id", job.Id.ToString());
+            activity.SetTag("jobrunner.workload", workload.Name);
+            activity.SetTag("jobrunner.tenant", tenant);
+            activity.SetTag("jobrunner.attempt", leased.Lease.Attempt);
+            activity.SetTag("jobrunner.correlation_id", job.Request.CorrelationId);
+        }
+
+        _telemetry.Started(tenant, workload.Name);
+        var started = Time.GetTimestamp();
+        Exception? error = null;
+        try
+        {
+            var execution = workload.Engine.ExecuteAsync(new AttemptContext(this, leased, attempt), attempt.Token);
+            if (!execution.IsCompletedSuccessfully)
+            {
+                var task = execution.AsTask();
+                if (await Task.WhenAny(task, attempt.Abandoned).ConfigureAwait(false) == task)
+                {
+                    await task.ConfigureAwait(false);
+                }
+                else
+                {
+                    // Abandoned after the grace period: let it run out, observing its failure.
+                    _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            error = e;
+        }
+
+        var reason = attempt.Finish();
+        var completion = Decide(job, workload, attempt, reason, error);
+        _telemetry.Completed(tenant, workload.Name, completion?.Outcome ?? AttemptOutcome.LeaseExpired, Time.GetElapsedTime(started));
+        if (activity is not null && completion is { Outcome: not AttemptOutcome.Succeeded })
+        {
+            activity.SetStatus(ActivityStatusCode.Error, completion.Error);
+        }
+
+        return completion;
+    }
+
+    private AttemptCompletion? Decide(JobRecord job, RegisteredWorkload workload, ActiveAttempt attempt, StopReason reason, Exception? error)
+    {
+        switch (reason)
+        {
+            case StopReason.LeaseLost:
+                return null;
+            case StopReason.Cancelled:
+                return new AttemptCompletion
+                {
+                    Outcome = AttemptOutcome.Cancelled,
+                    NextState = JobState.Cancelled,
+                    Error = attempt.Message is null ? "Cancelled." : "Cancelled: " + attempt.Message,
+                };
+            case StopReason.Shutdown:
+                return new AttemptCompletion
+                {
+                    Outcome = AttemptOutcome.Interrupted,
+                    NextState = JobState.Queued,
+                    Error = $"Worker '{WorkerId}' shut down; the job resumes from its last checkpoint.",
+                };
+            case StopReason.TimedOut:
+                return Fail(job, workload, new JobTimeoutException(job.Id, attempt.Timeout!.Value), AttemptOutcome.TimedOut);
+            case StopReason.None when error is null:
+                return new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded };
+            default:
+                return Fail(job, workload, error!, AttemptOutcome.Failed);
+        }
+    }
+
+    private AttemptCompletion Fail(JobRecord job, RegisteredWorkload workload, Exception error, AttemptOutcome outcome)
+    {
+        var kind = workload.Classifier.Classify(error);
+        TimeSpan? delay = null;
+        if (kind == FailureKind.Transient)
+        {
+            var failed = 1;
+            foreach (var previous in job.Attempts)
+            {
+                if (previous.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+                {
+                    failed++;
+                }
+            }
+
+            delay = (job.Request.Retry ?? workload.Retry).GetRetryDelay(failed, error);
+        }
+
+        var message = error.Message;
+        if (delay is { } wait)
+        {
+            var due = Time.GetUtcNow() + wait;
+            return new AttemptCompletion
+            {
+                Outcome = outcome,
+                NextState = wait > TimeSpan.Zero ? JobState.Scheduled : JobState.Queued,
+                DueAt = due,
+                Error = message,
+                ErrorType = error.GetType().FullName,
+            };
+        }
+
+        return new AttemptCompletion
+        {
+            Outcome = outcome,
+            NextState = JobState.Failed,
+            Error = message,
+            ErrorType = error.GetType().FullName,
+            ExitCode = null,
+        };
+    }
+
+    private async Task ShutDownAsync(Task[] slots)
+    {
+        _stopping = true;
+        _ready.Writer.TryComplete();
+        var running = _active.Count;
+        if (running > 0)
+        {
+            Log.ShuttingDown(_logger, WorkerId, running, _options.ShutdownGracePeriod);
+        }
+
+        await _checkpointRequested.CancelAsync().ConfigureAwait(false);
+        var all = Task.WhenAll(slots);
+        if (_options.ShutdownGracePeriod > TimeSpan.Zero)
+        {
+            using var grace = new CancellationTokenSource(_options.ShutdownGracePeriod, Time);
+            await all.WaitAsync(grace.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        foreach (var attempt in _active.Values)
+        {
+            attempt.TryStop(StopReason.Shutdown, null, TimeSpan.Zero);
+        }
+
+        await all.ConfigureAwait(false);
+    }
+
+    private async Task ListenForCancellationAsync(CancellationToken cancellationToken)
+    {
+        var filter = new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } };
+        try
+        {
+            await foreach (var request in _events.SubscribeAsync(filter, cancellationToken).ConfigureAwait(false))
+            {
+                if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                {
+                    Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task HeartbeatAsync(CancellationToken cancellationToken)
+    {
+        using var timer = new PeriodicTimer(_options.HeartbeatInterval, Time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var leases = new List<JobLease>(_active.Count);
+                var items = new List<QueuedJob>(_active.Count);
+                foreach (var attempt in _active.Values)
+                {
+                    if (attempt.Lease is { } lease)
+                    {
+                        leases.Add(lease);
+                        items.Add(attempt.Item);
+                    }
+                }
+
+                if (leases.Count == 0)
+                {
+                    continue;
+                }
+
+                try
+                {
+                    var lost = await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
+                    foreach (var id in lost)
+                    {
+                        if (_active.TryGetValue(id, out var attempt) && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
+                        {
+                            Log.LeaseLost(_logger, id, attempt.Lease?.FenceToken ?? 0);
+                        }
+                    }
+
+                    await _queue.ExtendAsync(items, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    Log.HeartbeatFailed(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task ReclaimAsync(CancellationToken cancellationToken)
+    {
+        using var timer = new PeriodicTimer(_options.ReclaimInterval, Time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    await ReclaimOnceAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    Log.ReclaimFailed(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    internal async Task ReclaimOnceAsync(CancellationToken cancellationToken)
+    {
+        var reclaimed = await Store.ReclaimExpiredLeasesAsync(cancellationToken).ConfigureAwait(false);
+        var now = Time.GetUtcNow();
+        foreach (var job in reclaimed)
+        {
+            Log.Reclaimed(_logger, job.Id);
+            await _queue.EnqueueAsync(QueuedJob.For(job, now), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async Task DelayQuietlyAsync(TimeSpan delay, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await Task.Delay(delay, Time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+}
