@@ -31,6 +31,9 @@ public sealed record RetryPolicy : IRetryStrategy
         UseJitter = useJitter;
     }
 
+    /// <summary>The largest delay when a policy sets none: one day.</summary>
+    public static readonly TimeSpan DefaultMaxDelay = TimeSpan.FromDays(1);
+
     /// <summary>Gets a policy that never retries: the first failure fails the job.</summary>
     public static RetryPolicy None { get; } = new(BackoffKind.None, 1, TimeSpan.Zero, TimeSpan.Zero, useJitter: false);
 
@@ -62,7 +65,7 @@ public sealed record RetryPolicy : IRetryStrategy
     /// <summary>Retries after <paramref name="step"/>, 2×<paramref name="step"/>, 3×<paramref name="step"/>…, capped at <paramref name="maxDelay"/>.</summary>
     /// <param name="step">The first delay and the increment, zero or more.</param>
     /// <param name="maxAttempts">The maximum number of attempts, 1 or more.</param>
-    /// <param name="maxDelay">The largest delay; <see langword="null"/> for no cap.</param>
+    /// <param name="maxDelay">The largest delay; <see langword="null"/> for <see cref="DefaultMaxDelay"/>.</param>
     /// <returns>The policy.</returns>
     public static RetryPolicy Linear(TimeSpan step, int maxAttempts, TimeSpan? maxDelay = null)
     {
@@ -73,7 +76,7 @@ public sealed record RetryPolicy : IRetryStrategy
     /// <summary>Retries after <paramref name="baseDelay"/>, 2×, 4×…, capped at <paramref name="maxDelay"/>, with jitter by default.</summary>
     /// <param name="baseDelay">The first delay, zero or more.</param>
     /// <param name="maxAttempts">The maximum number of attempts, 1 or more.</param>
-    /// <param name="maxDelay">The largest delay; <see langword="null"/> for no cap.</param>
+    /// <param name="maxDelay">The largest delay; <see langword="null"/> for <see cref="DefaultMaxDelay"/>.</param>
     /// <param name="useJitter">Whether to spread each delay at random over [delay/2, delay].</param>
     /// <returns>The policy.</returns>
     public static RetryPolicy Exponential(TimeSpan baseDelay, int maxAttempts, TimeSpan? maxDelay = null, bool useJitter = true)
@@ -103,7 +106,7 @@ public sealed record RetryPolicy : IRetryStrategy
             ticks = (ticks / 2) + (Random.Shared.NextDouble() * ticks / 2);
         }
 
-        return TimeSpan.FromTicks((long)ticks);
+        return ticks >= TimeSpan.MaxValue.Ticks ? TimeSpan.MaxValue : TimeSpan.FromTicks((long)ticks);
     }
 
     private static void Validate(TimeSpan delay, int maxAttempts)
@@ -116,7 +119,7 @@ public sealed record RetryPolicy : IRetryStrategy
     {
         if (maxDelay is not { } max)
         {
-            return TimeSpan.MaxValue;
+            return baseDelay > DefaultMaxDelay ? baseDelay : DefaultMaxDelay;
         }
 
         ArgumentOutOfRangeException.ThrowIfLessThan(max, baseDelay, nameof(maxDelay));

@@ -31,6 +31,10 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly SemaphoreSlim _free;
     private volatile bool _stopping;
     private int _disposed;
+    private PeriodicTimer? _heartbeatTimer;
+    private PeriodicTimer? _reclaimTimer;
+    private IAsyncEnumerator<JobEvent>? _cancellations;
+    private Task<bool> _firstCancellation = Task.FromResult(false);
 
     public JobWorker(
         IJobStore store,
@@ -115,6 +119,23 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
+    public override Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (_options.Enabled)
+        {
+            // Created here, not in ExecuteAsync (which .NET 10 runs on the thread pool), so that they exist when
+            // StartAsync returns: a clock advanced right after start must find the timers and the subscription.
+            _heartbeatTimer = new PeriodicTimer(_options.HeartbeatInterval, Time);
+            _reclaimTimer = new PeriodicTimer(_options.ReclaimInterval, Time);
+            _cancellations = _events.SubscribeAsync(
+                new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } },
+                _background.Token).GetAsyncEnumerator(_background.Token);
+            _firstCancellation = _cancellations.MoveNextAsync().AsTask();
+        }
+
+        return base.StartAsync(cancellationToken);
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         if (!_options.Enabled)
@@ -125,9 +146,9 @@ internal sealed partial class JobWorker : BackgroundService
         Log.WorkerStarted(_logger, WorkerId, _options.Slots);
         var background = new[]
         {
-            Task.Run(() => ListenForCancellationAsync(_background.Token), CancellationToken.None),
-            Task.Run(() => HeartbeatAsync(_background.Token), CancellationToken.None),
-            Task.Run(() => ReclaimAsync(_background.Token), CancellationToken.None),
+            ListenForCancellationAsync(_cancellations!, _firstCancellation),
+            HeartbeatAsync(_heartbeatTimer!, _background.Token),
+            ReclaimAsync(_reclaimTimer!, _background.Token),
         };
         var slots = new Task[_options.Slots];
         for (var i = 0; i < slots.Length; i++)
@@ -332,6 +353,12 @@ internal sealed partial class JobWorker : BackgroundService
         }
 
         var reason = attempt.Finish();
+        if (reason == StopReason.None && error is OperationCanceledException && _checkpointRequested.IsCancellationRequested)
+        {
+            // The workload honoured CheckpointRequested and stopped: a release, not a failure.
+            reason = StopReason.Shutdown;
+        }
+
         var completion = Decide(job, workload, attempt, reason, error);
         _telemetry.Completed(tenant, workload.Name, completion?.Outcome ?? AttemptOutcome.LeaseExpired, Time.GetElapsedTime(started));
         if (activity is not null && completion is { Outcome: not AttemptOutcome.Succeeded })
@@ -392,7 +419,8 @@ internal sealed partial class JobWorker : BackgroundService
         var message = error.Message;
         if (delay is { } wait)
         {
-            var due = Time.GetUtcNow() + wait;
+            var now = Time.GetUtcNow();
+            var due = wait < DateTimeOffset.MaxValue - now ? now + wait : DateTimeOffset.MaxValue;
             return new AttemptCompletion
             {
                 Outcome = outcome,
@@ -439,27 +467,30 @@ internal sealed partial class JobWorker : BackgroundService
         await all.ConfigureAwait(false);
     }
 
-    private async Task ListenForCancellationAsync(CancellationToken cancellationToken)
+    private async Task ListenForCancellationAsync(IAsyncEnumerator<JobEvent> cancellations, Task<bool> first)
     {
-        var filter = new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } };
-        try
+        await using (cancellations.ConfigureAwait(false))
         {
-            await foreach (var request in _events.SubscribeAsync(filter, cancellationToken).ConfigureAwait(false))
+            try
             {
-                if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                for (var more = await first.ConfigureAwait(false); more; more = await cancellations.MoveNextAsync().ConfigureAwait(false))
                 {
-                    Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                    var request = cancellations.Current;
+                    if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                    {
+                        Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                    }
                 }
             }
-        }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-        {
+            catch (OperationCanceledException) when (_background.IsCancellationRequested)
+            {
+            }
         }
     }
 
-    private async Task HeartbeatAsync(CancellationToken cancellationToken)
+    private async Task HeartbeatAsync(PeriodicTimer timer, CancellationToken cancellationToken)
     {
-        using var timer = new PeriodicTimer(_options.HeartbeatInterval, Time);
+        using var _ = timer;
         try
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
@@ -504,9 +535,9 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
-    private async Task ReclaimAsync(CancellationToken cancellationToken)
+    private async Task ReclaimAsync(PeriodicTimer timer, CancellationToken cancellationToken)
     {
-        using var timer = new PeriodicTimer(_options.ReclaimInterval, Time);
+        using var _ = timer;
         try
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))

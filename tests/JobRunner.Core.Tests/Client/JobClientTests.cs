@@ -1,0 +1,174 @@
+using JobRunner.InMemory;
+using JobRunner.Tests.Support;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace JobRunner.Tests.Client;
+
+public sealed class JobClientTests : IAsyncDisposable
+{
+    private readonly TestHost _host = new();
+
+    public ValueTask DisposeAsync() => _host.DisposeAsync();
+
+    private int StoredJobs => _host.Services.GetRequiredService<InMemoryJobStore>().Count;
+
+    private async Task<JobValidationException> SubmitInvalidAsync(JobRequest request)
+    {
+        var e = await Assert.ThrowsAsync<JobValidationException>(() => _host.Client.SubmitAsync(request).AsTask());
+        Assert.False(e.IsTransient);
+        Assert.Equal(0, StoredJobs);
+        Assert.Equal(0, _host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
+        return e;
+    }
+
+    [Fact]
+    public async Task SubmitAsync_UnregisteredWorkload_NamesTheFix()
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("resize"));
+
+        var error = Assert.Single(e.Errors);
+        Assert.Contains("'resize' is not registered", error, StringComparison.Ordinal);
+        Assert.Contains("registered: orders, work", error, StringComparison.Ordinal);
+        Assert.Contains("AddWorkload<T>(\"resize\")", error, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(11)]
+    [InlineData(-5)]
+    public async Task SubmitAsync_PriorityOutsideRange_IsRejected(int priority)
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("work") { Priority = priority });
+
+        Assert.Contains($"Priority {priority} is outside 1–10", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(0)]
+    public async Task SubmitAsync_NonPositiveTimeout_IsRejected(int seconds)
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("work") { Timeout = TimeSpan.FromSeconds(seconds) });
+
+        Assert.Contains("is not positive", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("null")]
+    public async Task SubmitAsync_TypedWorkloadWithoutInput_IsRejected(string input)
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("orders") { Input = System.Text.Encoding.UTF8.GetBytes(input) });
+
+        Assert.Contains("requires an input (Order)", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("has space")]
+    [InlineData("-leading")]
+    [InlineData("trailing.")]
+    [InlineData("ünïcode")]
+    public async Task SubmitAsync_InvalidTenant_IsRejected(string tenant)
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("work") { Tenant = tenant });
+
+        Assert.Contains($"Tenant '{tenant}' is not a valid name", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("bad key", "v")]
+    [InlineData("Example.com/app", "v")]
+    [InlineData("app", "not valid!")]
+    public async Task SubmitAsync_InvalidLabel_IsRejected(string key, string value)
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("work") { Labels = new Dictionary<string, string> { [key] = value } });
+
+        Assert.Contains("Label", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_ManyProblems_ListsEveryOne()
+    {
+        var e = await SubmitInvalidAsync(new JobRequest("orders") { Priority = 42, Tenant = "a b", Timeout = TimeSpan.FromSeconds(-3), DedupeKey = "" });
+
+        Assert.Equal(5, e.Errors.Count);
+        Assert.Contains("5 problems", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_ValidLabelsAndTenant_AreAccepted()
+    {
+        var result = await _host.Client.SubmitAsync(new JobRequest("work")
+        {
+            Tenant = "acme.eu-1",
+            Labels = new Dictionary<string, string> { ["app.kubernetes.io/name"] = "resize", ["tier"] = "" },
+        });
+
+        Assert.Equal(JobState.Queued, result.Job.State);
+        Assert.Equal(1, StoredJobs);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_NotBeforeInFuture_IsScheduled()
+    {
+        var at = _host.Time.GetUtcNow().AddMinutes(10);
+
+        var result = await _host.Client.SubmitAsync(new JobRequest("work") { NotBefore = at });
+
+        Assert.Equal(JobState.Scheduled, result.Job.State);
+        Assert.Equal(at, result.Job.DueAt);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_SameLiveDedupeKey_Attaches()
+    {
+        var first = await _host.Client.SubmitAsync(new JobRequest("work") { DedupeKey = "nightly" });
+        var second = await _host.Client.SubmitAsync(new JobRequest("work") { DedupeKey = "nightly", Priority = 9 });
+
+        Assert.True(second.Attached);
+        Assert.Equal(first.Id, second.Id);
+        Assert.Equal(1, _host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
+    }
+
+    [Fact]
+    public async Task ListAsync_PageSizeOutOfRange_IsRejected()
+    {
+        await Assert.ThrowsAsync<JobValidationException>(() => _host.Client.ListAsync(new JobQuery { PageSize = 0 }).AsTask());
+        await Assert.ThrowsAsync<JobValidationException>(() => _host.Client.ListAsync(new JobQuery { PageSize = 1001 }).AsTask());
+    }
+
+    [Fact]
+    public async Task CancelAsync_UnknownJob_ThrowsNotFound()
+    {
+        await Assert.ThrowsAsync<JobNotFoundException>(() => _host.Client.CancelAsync(JobId.New(_host.Time)).AsTask());
+    }
+
+    [Fact]
+    public async Task WatchAsync_UnknownJob_ThrowsNotFound()
+    {
+        await Assert.ThrowsAsync<JobNotFoundException>(async () =>
+        {
+            await foreach (var _ in _host.Client.WatchAsync(JobId.New(_host.Time)))
+            {
+            }
+        });
+    }
+
+    [Fact]
+    public async Task WatchAsync_FinishedJob_YieldsCurrentStateAndEnds()
+    {
+        var id = await _host.SubmitAsync(new JobRequest("work"));
+        await _host.Client.CancelAsync(id, "changed my mind");
+
+        var events = new List<JobEvent>();
+        await foreach (var e in _host.Client.WatchAsync(id))
+        {
+            events.Add(e);
+        }
+
+        var only = Assert.Single(events);
+        Assert.Equal(JobState.Cancelled, only.State);
+        Assert.Equal("changed my mind", only.Message);
+    }
+}

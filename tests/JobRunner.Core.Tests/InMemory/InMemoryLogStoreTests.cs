@@ -1,0 +1,73 @@
+using JobRunner.InMemory;
+using JobRunner.Testing;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Tests.InMemory;
+
+public sealed class InMemoryLogStoreTests
+{
+    private readonly FakeTimeProvider _time = new();
+    private readonly InMemoryLogStore _logs = new(Options.Create(new InMemoryStoreOptions { MaxLogLinesPerJob = 5, MaxFinishedJobs = 2 }));
+
+    private JobLease LeaseFor(JobId id, int attempt = 1) => new(id, "w", attempt, attempt, _time.GetUtcNow().AddMinutes(1));
+
+    [Fact]
+    public async Task ReadAsync_PagesByOffsetAndLimit()
+    {
+        var lease = LeaseFor(JobId.New(_time));
+        await _logs.AppendAsync(lease, LogStream.Output, _time.GetUtcNow(), ["a", "b", "c"], default);
+
+        var first = await _logs.ReadAsync(lease.JobId, new LogQuery { Limit = 2 }, default);
+        var second = await _logs.ReadAsync(lease.JobId, new LogQuery { Offset = first.NextOffset, Limit = 2 }, default);
+
+        Assert.Equal(["a", "b"], first.Entries.Select(e => e.Message));
+        Assert.Equal(2, first.NextOffset);
+        Assert.Equal(["c"], second.Entries.Select(e => e.Message));
+        Assert.Equal(3, second.NextOffset);
+    }
+
+    [Fact]
+    public async Task ReadAsync_FiltersByAttemptAndSince()
+    {
+        var id = JobId.New(_time);
+        await _logs.AppendAsync(LeaseFor(id, 1), LogStream.Output, _time.GetUtcNow(), ["one"], default);
+        _time.Advance(TimeSpan.FromMinutes(1));
+        var since = _time.GetUtcNow();
+        await _logs.AppendAsync(LeaseFor(id, 2), LogStream.Error, since, ["two"], default);
+
+        var attempt1 = await _logs.ReadAsync(id, new LogQuery { Attempt = 1 }, default);
+        var recent = await _logs.ReadAsync(id, new LogQuery { Since = since }, default);
+
+        Assert.Equal(["one"], attempt1.Entries.Select(e => e.Message));
+        var line = Assert.Single(recent.Entries);
+        Assert.Equal(("two", 2, LogStream.Error), (line.Message, line.Attempt, line.Stream));
+    }
+
+    [Fact]
+    public async Task AppendAsync_BeyondBound_DropsOldestAndCountsThem()
+    {
+        var lease = LeaseFor(JobId.New(_time));
+        await _logs.AppendAsync(lease, LogStream.Output, _time.GetUtcNow(), ["1", "2", "3", "4", "5", "6", "7"], default);
+
+        var page = await _logs.ReadAsync(lease.JobId, new LogQuery(), default);
+
+        Assert.Equal(["3", "4", "5", "6", "7"], page.Entries.Select(e => e.Message));
+        Assert.Equal(2, page.DroppedLines);
+        Assert.Equal(2, page.Entries[0].Offset);
+    }
+
+    [Fact]
+    public async Task ReadAsync_UnknownJob_IsEmpty()
+    {
+        var page = await _logs.ReadAsync(JobId.New(_time), new LogQuery(), default);
+
+        Assert.Empty(page.Entries);
+        Assert.Equal(0, page.DroppedLines);
+    }
+
+    [Fact]
+    public async Task ReadAsync_InvalidLimit_Throws()
+    {
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _logs.ReadAsync(JobId.New(_time), new LogQuery { Limit = 0 }, default).AsTask());
+    }
+}

@@ -1,0 +1,513 @@
+using System.Text;
+using JobRunner.InMemory;
+using JobRunner.Tests.Support;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace JobRunner.Tests.Worker;
+
+public sealed class JobWorkerTests
+{
+    private static readonly RetryPolicy Immediately3 = RetryPolicy.Fixed(TimeSpan.Zero, maxAttempts: 3);
+
+    private static string? CheckpointText(JobRecord job) => job.Checkpoint is { } c ? Encoding.UTF8.GetString(c.Span) : null;
+
+    [Fact]
+    public async Task Run_Success_SucceedsWithOneAttempt()
+    {
+        await using var host = await new TestHost().StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal(AttemptOutcome.Succeeded, attempt.Outcome);
+        Assert.Equal(1, attempt.Number);
+        Assert.True(attempt.FenceToken > 0);
+    }
+
+    [Fact]
+    public async Task Run_TypedWorkload_GetsItsInput()
+    {
+        await using var host = new TestHost();
+        Order? seen = null;
+        host.Behavior.Run = (context, _) =>
+        {
+            seen = context.GetInput<Order>();
+            return ValueTask.CompletedTask;
+        };
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(JobRequest.Create("orders", new Order("apples", 3)));
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal(new Order("apples", 3), seen);
+    }
+
+    [Fact]
+    public async Task Run_Priorities_StartHighestFirstThenFifo()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var low = await host.SubmitAsync(new JobRequest("work") { Priority = 1 });
+        var normal1 = await host.SubmitAsync(new JobRequest("work") { Priority = 5 });
+        var urgent = await host.SubmitAsync(new JobRequest("work") { Priority = 10 });
+        var normal2 = await host.SubmitAsync(new JobRequest("work") { Priority = 5 });
+        await host.StartAsync();
+
+        await host.WaitForStateAsync(low, JobState.Succeeded);
+
+        Assert.Equal([urgent, normal1, normal2, low], host.Behavior.Started.Select(s => s.Job));
+    }
+
+    [Fact]
+    public async Task Run_TransientFailure_WaitsScheduledWithoutASlot_ThenRetries()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        JobId flaky = default;
+        host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.JobId == flaky)
+            {
+                if (context.Attempt == 1)
+                {
+                    throw new IOException("upstream unavailable");
+                }
+
+                return;
+            }
+
+            await release.Task.WaitAsync(ct);
+        };
+        await host.StartAsync();
+
+        var failedAt = host.Time.GetUtcNow();
+        flaky = await host.SubmitAsync(new JobRequest("work"));
+        var scheduled = await host.WaitForStateAsync(flaky, JobState.Scheduled);
+
+        Assert.Equal(failedAt + TimeSpan.FromSeconds(5), scheduled.DueAt);
+        Assert.Equal("upstream unavailable", scheduled.LastError);
+
+        // The only slot is free while the retry waits: another job runs.
+        var other = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(other, JobState.Running);
+        release.SetResult();
+        await host.WaitForStateAsync(other, JobState.Succeeded);
+
+        host.Time.Advance(TimeSpan.FromSeconds(5));
+        var job = await host.WaitForStateAsync(flaky, JobState.Succeeded);
+
+        Assert.Equal([AttemptOutcome.Failed, AttemptOutcome.Succeeded], job.Attempts.Select(a => a.Outcome!.Value));
+        Assert.Equal(typeof(IOException).FullName, job.Attempts[0].ErrorType);
+    }
+
+    [Fact]
+    public async Task Run_PermanentJobException_FailsWithoutRetry()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = (_, _) => throw new PermanentJobException("the file is corrupt");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Single(job.Attempts);
+        Assert.Equal("the file is corrupt", job.LastError);
+    }
+
+    [Fact]
+    public async Task Run_ClassifierRuleByType_FailsWithoutRetry()
+    {
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("strict", w => w.Classifier.Permanent<ArgumentException>()));
+        host.Behavior.Run = (_, _) => throw new ArgumentOutOfRangeException("size");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("strict") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Single(job.Attempts);
+    }
+
+    [Fact]
+    public async Task Run_ClassifierPredicate_FailsWithoutRetry()
+    {
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("picky", w => w.Classifier.When(e => e.Message.StartsWith("fatal", StringComparison.Ordinal), FailureKind.Permanent)));
+        host.Behavior.Run = (_, _) => throw new InvalidOperationException("fatal: bad config");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("picky") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Single(job.Attempts);
+    }
+
+    [Fact]
+    public async Task Run_AlwaysFailing_FailsAfterMaxAttempts()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = (_, _) => throw new IOException("still down");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(3, job.Attempts.Count);
+        Assert.All(job.Attempts, a => Assert.Equal(AttemptOutcome.Failed, a.Outcome));
+        Assert.Equal([1, 2, 3], job.Attempts.Select(a => a.Number));
+    }
+
+    [Fact]
+    public async Task Run_WorkloadRetryPolicy_AppliesWhenRequestHasNone()
+    {
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("once", w => w.Retry = RetryPolicy.None));
+        host.Behavior.Run = (_, _) => throw new IOException("down");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("once"));
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Single(job.Attempts);
+    }
+
+    [Fact]
+    public async Task Run_FailureAfterCheckpoint_NextAttemptStartsFromCheckpoint()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.Attempt == 1)
+            {
+                await context.SaveCheckpointAsync(new Progress(5), ct);
+                throw new InvalidOperationException("crashed at item 6");
+            }
+
+            Assert.True(context.TryGetCheckpoint<Progress>(out var checkpoint));
+            Assert.Equal(5, checkpoint!.Done);
+        };
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal([(1, null), (2, "{\"done\":5}")], host.Behavior.Started.Select(s => (s.Attempt, s.Checkpoint)));
+        Assert.Equal("{\"done\":5}", CheckpointText(job));
+    }
+
+    [Fact]
+    public async Task Run_Timeout_FailsAsTimedOut()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = async (_, ct) => await Task.Delay(Timeout.Infinite, ct);
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Timeout = TimeSpan.FromSeconds(10) });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        host.Time.Advance(TimeSpan.FromSeconds(10));
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal(AttemptOutcome.TimedOut, attempt.Outcome);
+        Assert.Equal(typeof(JobTimeoutException).FullName, attempt.ErrorType);
+    }
+
+    [Fact]
+    public async Task Run_WorkloadTimeout_AppliesWhenRequestHasNone()
+    {
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("bounded", w => w.Timeout = TimeSpan.FromSeconds(3)));
+        host.Behavior.Run = async (_, ct) => await Task.Delay(Timeout.Infinite, ct);
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("bounded"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        host.Time.Advance(TimeSpan.FromSeconds(3));
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(AttemptOutcome.TimedOut, Assert.Single(job.Attempts).Outcome);
+    }
+
+    [Fact]
+    public async Task Cancel_RunningCooperativeWorkload_JobCancelled()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = async (_, ct) => await Task.Delay(Timeout.Infinite, ct);
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        await host.Client.CancelAsync(id, "user pressed stop");
+        var job = await host.WaitForStateAsync(id, JobState.Cancelled);
+
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal(AttemptOutcome.Cancelled, attempt.Outcome);
+        Assert.Equal("Cancelled: user pressed stop", attempt.Error);
+    }
+
+    [Fact]
+    public async Task Cancel_WorkloadIgnoresToken_AbandonedAfterGraceAndSlotFreed()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var never = new TaskCompletionSource();
+        JobId stubborn = default;
+        host.Behavior.Run = (context, _) => context.JobId == stubborn ? new ValueTask(never.Task) : ValueTask.CompletedTask;
+        await host.StartAsync();
+
+        stubborn = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        await host.Client.CancelAsync(stubborn, "stop now");
+        await host.WaitForStateAsync(stubborn, JobState.Cancelled);
+
+        var next = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(next, JobState.Succeeded);
+    }
+
+    [Fact]
+    public async Task Cancel_ScheduledJob_NeverRuns()
+    {
+        await using var host = await new TestHost().StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { NotBefore = host.Time.GetUtcNow().AddMinutes(1) });
+        var cancelled = await host.Client.CancelAsync(id, "not needed");
+        host.Time.Advance(TimeSpan.FromMinutes(2));
+        var marker = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(marker, JobState.Succeeded);
+
+        Assert.Equal(JobState.Cancelled, cancelled.State);
+        Assert.DoesNotContain(host.Behavior.Started, s => s.Job == id);
+        Assert.Empty((await host.Client.GetAsync(id))!.Attempts);
+    }
+
+    [Fact]
+    public async Task Run_DelayedJob_StartsAtNotBefore()
+    {
+        await using var host = await new TestHost().StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { NotBefore = host.Time.GetUtcNow().AddMinutes(1) });
+        host.Time.Advance(TimeSpan.FromSeconds(59));
+        Assert.Equal(JobState.Scheduled, (await host.Client.GetAsync(id))!.State);
+        host.Time.Advance(TimeSpan.FromSeconds(1));
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal(host.Time.GetUtcNow(), job.Attempts[0].StartedAt);
+    }
+
+    [Fact]
+    public async Task Shutdown_CheckpointRequested_ReleasesLease_NextHostResumesFromCheckpoint()
+    {
+        var first = new TestHost(r => r.ConfigureWorker(w => w.ShutdownGracePeriod = TimeSpan.FromSeconds(10)));
+        first.Behavior.Run = async (context, ct) =>
+        {
+            await context.SaveCheckpointAsync(new Progress(1), ct);
+            await Task.Delay(Timeout.Infinite, context.CheckpointRequested);
+        };
+        first.Behavior.Run = WrapCheckpointOnRequest(first.Behavior.Run);
+        await first.StartAsync();
+        var id = await first.SubmitAsync(new JobRequest("work"));
+        await first.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        await first.StopAsync();
+        var released = (await first.Client.GetAsync(id))!;
+
+        Assert.Equal(JobState.Queued, released.State);
+        Assert.Equal(AttemptOutcome.Interrupted, Assert.Single(released.Attempts).Outcome);
+        Assert.Equal("{\"done\":2}", CheckpointText(released));
+
+        var store = first.Services.GetRequiredService<InMemoryJobStore>();
+        var queue = first.Services.GetRequiredService<InMemoryJobQueue>();
+        await using var second = new TestHost(r => r.UseStore(_ => store).UseQueue(_ => queue), time: first.Time);
+        await second.StartAsync();
+        var job = await first.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal(2, job.Attempts.Count);
+        Assert.Equal([(2, "{\"done\":2}")], second.Behavior.Started.Select(s => (s.Attempt, s.Checkpoint)));
+        await first.DisposeAsync();
+    }
+
+    private static Func<WorkloadContext, CancellationToken, ValueTask> WrapCheckpointOnRequest(Func<WorkloadContext, CancellationToken, ValueTask> run)
+        => async (context, ct) =>
+        {
+            try
+            {
+                await run(context, ct);
+            }
+            catch (OperationCanceledException) when (context.CheckpointRequested.IsCancellationRequested)
+            {
+                await context.SaveCheckpointAsync(new Progress(2), CancellationToken.None);
+                throw;
+            }
+        };
+
+    [Fact]
+    public async Task Shutdown_WorkloadIgnoresCheckpointRequest_InterruptedAfterGrace()
+    {
+        await using var host = new TestHost();
+        var never = new TaskCompletionSource();
+        host.Behavior.Run = (_, _) => new ValueTask(never.Task);
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        await host.StopAsync();
+
+        var job = (await host.Client.GetAsync(id))!;
+        Assert.Equal(JobState.Queued, job.State);
+        Assert.Equal(AttemptOutcome.Interrupted, job.Attempts[0].Outcome);
+    }
+
+    [Fact]
+    public async Task Crash_LeaseExpires_WorkerTakesOverFromCheckpoint_AndStaleWritesAreRejected()
+    {
+        await using var host = new TestHost();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+
+        // A worker that leased the job, checkpointed, and died without a word.
+        var taken = new QueuedJob[1];
+        await host.Queue.DequeueAsync(taken, TimeSpan.FromSeconds(30), default);
+        var dead = (await host.Store.TryAcquireLeaseAsync(id, "dead-worker", TimeSpan.FromSeconds(30), default))!;
+        await host.Store.SaveCheckpointAsync(dead.Lease, Encoding.UTF8.GetBytes("3"), default);
+
+        await host.StartAsync();
+        host.Time.Advance(TimeSpan.FromSeconds(30));
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal([(2, "3")], host.Behavior.Started.Select(s => (s.Attempt, s.Checkpoint)));
+        Assert.Equal([AttemptOutcome.LeaseExpired, AttemptOutcome.Succeeded], job.Attempts.Select(a => a.Outcome!.Value));
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => host.Store.SaveCheckpointAsync(dead.Lease, Encoding.UTF8.GetBytes("late"), default).AsTask());
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => host.Store.CompleteAttemptAsync(dead.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed }, default).AsTask());
+        Assert.Equal(JobState.Succeeded, (await host.Client.GetAsync(id))!.State);
+    }
+
+    [Fact]
+    public async Task Heartbeat_RenewsLease_LongJobIsNotTakenBack()
+    {
+        SignalingStore? signaling = null;
+        await using var host = new TestHost(r => r.UseStore(sp => signaling = new SignalingStore(sp.GetRequiredService<InMemoryJobStore>())));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (_, ct) => await release.Task.WaitAsync(ct);
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        for (var i = 0; i < 6; i++)
+        {
+            host.Time.Advance(TimeSpan.FromSeconds(10));
+            var renewed = await signaling!.Renewals.Reader.ReadAsync().AsTask().WaitAsync(TestHost.WaitLimit);
+            Assert.Equal([id], renewed.Select(l => l.JobId));
+        }
+
+        Assert.Equal(JobState.Running, (await host.Client.GetAsync(id))!.State);
+        release.SetResult();
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+        Assert.Single(job.Attempts);
+    }
+
+    [Fact]
+    public async Task Run_EachAttempt_GetsItsOwnDiScope()
+    {
+        var probes = new List<ScopedProbe>();
+        await using var host = new TestHost(services: s => s.AddScoped<ScopedProbe>());
+        host.Behavior.Run = (context, _) =>
+        {
+            var probe = context.Services.GetRequiredService<ScopedProbe>();
+            lock (probes)
+            {
+                probes.Add(probe);
+            }
+
+            return context.Attempt == 1 ? throw new IOException("again") : ValueTask.CompletedTask;
+        };
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal(2, probes.Count);
+        Assert.NotSame(probes[0], probes[1]);
+        Assert.All(probes, p => Assert.True(p.Disposed));
+    }
+
+    [Fact]
+    public async Task Watch_StreamsStateProgressAndLogs_EndsAtTerminalState()
+    {
+        await using var host = new TestHost();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (context, ct) =>
+        {
+            await gate.Task.WaitAsync(ct);
+            await context.ReportProgressAsync(0.5, "half way", ct);
+            await context.LogAsync("hello from the job", cancellationToken: ct);
+        };
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        var events = new List<JobEvent>();
+        await using (var watch = host.Client.WatchAsync(id).GetAsyncEnumerator())
+        {
+            Assert.True(await watch.MoveNextAsync());
+            events.Add(watch.Current);
+            gate.SetResult();
+            while (await watch.MoveNextAsync())
+            {
+                events.Add(watch.Current);
+            }
+        }
+
+        Assert.Equal(JobState.Running, events[0].State);
+        Assert.Contains(events, e => e.Kind == JobEventKind.Progress && e.Progress == new JobProgress(0.5, "half way"));
+        Assert.Contains(events, e => e.Kind == JobEventKind.Log && e.Log!.Message == "hello from the job" && e.Log.Attempt == 1);
+        Assert.Equal((JobEventKind.StateChanged, JobState.Succeeded), (events[^1].Kind, events[^1].State));
+        var logs = await host.Client.ReadLogsAsync(id);
+        Assert.Equal(["hello from the job"], logs.Entries.Select(e => e.Message));
+    }
+
+    [Fact]
+    public async Task Watch_Filter_SelectsTenant()
+    {
+        await using var host = await new TestHost().StartAsync();
+        using var cts = new CancellationTokenSource(TestHost.WaitLimit);
+        await using var watch = host.Client.WatchAsync(new JobEventFilter { Tenant = "blue", Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, cts.Token).GetAsyncEnumerator();
+        var pending = watch.MoveNextAsync();
+
+        await host.SubmitAsync(new JobRequest("work") { Tenant = "red" });
+        var blue = await host.SubmitAsync(new JobRequest("work") { Tenant = "blue" });
+
+        Assert.True(await pending);
+        Assert.Equal((blue, "blue", JobState.Queued), (watch.Current.JobId, watch.Current.Tenant, watch.Current.State));
+    }
+
+    [Fact]
+    public async Task ReportProgress_OutOfRange_Throws()
+    {
+        await using var host = new TestHost();
+        host.Behavior.Run = async (context, ct) => await context.ReportProgressAsync(1.5, null, ct);
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = RetryPolicy.None });
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(typeof(ArgumentOutOfRangeException).FullName, job.Attempts[0].ErrorType);
+    }
+
+    [Fact]
+    public async Task List_ByStateAndWorkload()
+    {
+        await using var host = await new TestHost().StartAsync();
+        var done = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(done, JobState.Succeeded);
+        var waiting = await host.SubmitAsync(new JobRequest("work") { NotBefore = host.Time.GetUtcNow().AddHours(1) });
+
+        var scheduled = await host.Client.ListAsync(new JobQuery { State = JobState.Scheduled, Workload = "work" });
+        var succeeded = await host.Client.ListAsync(new JobQuery { State = JobState.Succeeded });
+
+        Assert.Equal([waiting], scheduled.Items.Select(j => j.Id));
+        Assert.Equal([done], succeeded.Items.Select(j => j.Id));
+    }
+
+    public sealed record Progress(int Done);
+
+    public sealed class ScopedProbe : IDisposable
+    {
+        public bool Disposed { get; private set; }
+
+        public void Dispose() => Disposed = true;
+    }
+}
