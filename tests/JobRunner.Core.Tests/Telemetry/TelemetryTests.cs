@@ -1,0 +1,88 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using JobRunner.Tests.Support;
+
+namespace JobRunner.Tests.Telemetry;
+
+public sealed class TelemetryTests
+{
+    [Fact]
+    public async Task Meter_CountsSubmittedStartedAndCompletedByOutcome()
+    {
+        var tenant = "t" + Guid.NewGuid().ToString("N")[..8];
+        var measurements = new ConcurrentQueue<(string Instrument, long Value, string? Outcome)>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            string? t = null, outcome = null;
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant")
+                {
+                    t = tag.Value as string;
+                }
+                else if (tag.Key == "outcome")
+                {
+                    outcome = tag.Value as string;
+                }
+            }
+
+            if (t == tenant)
+            {
+                measurements.Enqueue((instrument.Name, value, outcome));
+            }
+        });
+        listener.Start();
+
+        await using var host = new TestHost();
+        host.Behavior.Run = (context, _) => context.Attempt == 1 ? throw new PermanentJobException("no") : ValueTask.CompletedTask;
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work") { Tenant = tenant });
+        await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Contains(("jobrunner.jobs.submitted", 1L, (string?)null), measurements);
+        Assert.Contains(("jobrunner.jobs.started", 1L, (string?)null), measurements);
+        Assert.Contains(("jobrunner.jobs.completed", 1L, "failed"), measurements);
+        Assert.Contains(("jobrunner.attempts.active", 1L, (string?)null), measurements);
+        Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
+    }
+
+    [Fact]
+    public async Task ActivitySource_SpanPerAttempt_CarriesCorrelationId()
+    {
+        var correlation = Guid.NewGuid().ToString("N");
+        var spans = new ConcurrentQueue<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == "JobRunner",
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = activity =>
+            {
+                if (activity.GetTagItem("jobrunner.correlation_id") as string == correlation)
+                {
+                    spans.Enqueue(activity);
+                }
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+
+        await using var host = new TestHost();
+        host.Behavior.Run = (context, _) => context.Attempt == 1 ? throw new IOException("again") : ValueTask.CompletedTask;
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work") { CorrelationId = correlation, Retry = RetryPolicy.Fixed(TimeSpan.Zero, 2) });
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal(2, spans.Count);
+        Assert.Equal([ActivityStatusCode.Error, ActivityStatusCode.Unset], spans.Select(s => s.Status));
+        Assert.All(spans, s => Assert.Equal(id.ToString(), s.GetTagItem("jobrunner.job.id")));
+        Assert.Equal([1, 2], spans.Select(s => (int)s.GetTagItem("jobrunner.attempt")!));
+    }
+}

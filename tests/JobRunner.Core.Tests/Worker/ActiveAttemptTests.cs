@@ -1,0 +1,84 @@
+using JobRunner.Testing;
+using JobRunner.Worker;
+
+namespace JobRunner.Tests.Worker;
+
+public sealed class ActiveAttemptTests
+{
+    private readonly FakeTimeProvider _time = new();
+
+    private ActiveAttempt NewAttempt() => new(new QueuedJob { Id = JobId.New(_time), Priority = 5, Tenant = "t", Workload = "w", EnqueuedAt = _time.GetUtcNow() }, _time);
+
+    [Fact]
+    public void TryStop_WithGrace_CancelsTokenAndAbandonsOnlyAfterGrace()
+    {
+        using var attempt = NewAttempt();
+
+        Assert.True(attempt.TryStop(StopReason.Cancelled, "stop", TimeSpan.FromSeconds(10)));
+
+        Assert.True(attempt.Token.IsCancellationRequested);
+        _time.Advance(TimeSpan.FromSeconds(9));
+        Assert.False(attempt.Abandoned.IsCompleted);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(attempt.Abandoned.IsCompleted);
+    }
+
+    [Fact]
+    public void TryStop_ZeroGrace_AbandonsAtOnce()
+    {
+        using var attempt = NewAttempt();
+
+        attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero);
+
+        Assert.True(attempt.Abandoned.IsCompleted);
+    }
+
+    [Fact]
+    public void TryStop_Twice_FirstReasonWins()
+    {
+        using var attempt = NewAttempt();
+
+        Assert.True(attempt.TryStop(StopReason.TimedOut, null, TimeSpan.Zero));
+        Assert.False(attempt.TryStop(StopReason.Cancelled, "late", TimeSpan.Zero));
+
+        Assert.Equal(StopReason.TimedOut, attempt.Reason);
+        Assert.Null(attempt.Message);
+    }
+
+    [Fact]
+    public void Finish_BeforeStop_StopHasNoEffect()
+    {
+        using var attempt = NewAttempt();
+
+        Assert.Equal(StopReason.None, attempt.Finish());
+        Assert.False(attempt.TryStop(StopReason.Cancelled, "too late", TimeSpan.Zero));
+
+        Assert.False(attempt.Token.IsCancellationRequested);
+    }
+
+    [Fact]
+    public void Finish_AfterStop_ReturnsTheReason()
+    {
+        using var attempt = NewAttempt();
+        attempt.TryStop(StopReason.Cancelled, "user", TimeSpan.FromSeconds(5));
+
+        Assert.Equal(StopReason.Cancelled, attempt.Finish());
+    }
+
+    [Fact]
+    public void ArmTimeout_FiresAtTimeout()
+    {
+        using var attempt = NewAttempt();
+        attempt.ArmTimeout(TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(5));
+
+        _time.Advance(TimeSpan.FromSeconds(29));
+        Assert.False(attempt.Token.IsCancellationRequested);
+        _time.Advance(TimeSpan.FromSeconds(1));
+
+        Assert.Equal(StopReason.TimedOut, attempt.Reason);
+        Assert.True(attempt.Token.IsCancellationRequested);
+        Assert.False(attempt.Abandoned.IsCompleted);
+        _time.Advance(TimeSpan.FromSeconds(5));
+        Assert.True(attempt.Abandoned.IsCompleted);
+    }
+}
