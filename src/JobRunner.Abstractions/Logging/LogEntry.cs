@@ -13,7 +13,13 @@ public enum LogStream
     System = 2,
 }
 
-/// <summary>One log line of a job.</summary>
+/// <summary>A log line as a writer hands it to the log store.</summary>
+/// <param name="Timestamp">When it was written.</param>
+/// <param name="Stream">The stream it came from.</param>
+/// <param name="Message">The text, without a line break.</param>
+public readonly record struct LogLine(DateTimeOffset Timestamp, LogStream Stream, string Message);
+
+/// <summary>One stored log line of a job.</summary>
 /// <param name="Offset">The line's position in the job's log, starting at 0.</param>
 /// <param name="Attempt">The attempt that wrote it.</param>
 /// <param name="Timestamp">When it was written.</param>

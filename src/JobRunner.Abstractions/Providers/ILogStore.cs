@@ -5,12 +5,10 @@ public interface ILogStore
 {
     /// <summary>Appends lines written by the attempt holding <paramref name="lease"/>.</summary>
     /// <param name="lease">The writer's lease.</param>
-    /// <param name="stream">The stream the lines came from.</param>
-    /// <param name="timestamp">When they were written.</param>
-    /// <param name="messages">The lines.</param>
+    /// <param name="lines">The lines, in order.</param>
     /// <param name="cancellationToken">Cancels the write.</param>
     /// <returns>The stored entries, with their offsets.</returns>
-    ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, LogStream stream, DateTimeOffset timestamp, IReadOnlyList<string> messages, CancellationToken cancellationToken);
+    ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, IReadOnlyList<LogLine> lines, CancellationToken cancellationToken);
 
     /// <summary>Reads one page of a job's log.</summary>
     /// <param name="jobId">The job.</param>

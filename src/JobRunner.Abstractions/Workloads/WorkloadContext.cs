@@ -113,5 +113,23 @@ public abstract class WorkloadContext
     /// <param name="cancellationToken">Cancels the write.</param>
     /// <returns>A task that completes when the line is stored.</returns>
     /// <exception cref="StaleFenceTokenException">The attempt lost its lease.</exception>
-    public abstract ValueTask LogAsync(string message, LogStream stream = LogStream.Output, CancellationToken cancellationToken = default);
+    public ValueTask LogAsync(string message, LogStream stream = LogStream.Output, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        return LogAsync([new LogLine(TimeProvider.GetUtcNow(), stream, message)], cancellationToken);
+    }
+
+    /// <summary>Writes many lines to the job's log at once (engines that capture process output use this).</summary>
+    /// <param name="lines">The lines, in order, each with its timestamp and stream.</param>
+    /// <param name="cancellationToken">Cancels the write.</param>
+    /// <returns>A task that completes when the lines are stored.</returns>
+    /// <exception cref="StaleFenceTokenException">The attempt lost its lease.</exception>
+    public abstract ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default);
+
+    /// <summary>Records the exit code of the attempt's process or container, kept on the attempt whatever the outcome.</summary>
+    /// <param name="exitCode">The exit code.</param>
+    public abstract void ReportExitCode(int exitCode);
+
+    /// <summary>Gets the clock of the host.</summary>
+    public virtual TimeProvider TimeProvider => TimeProvider.System;
 }

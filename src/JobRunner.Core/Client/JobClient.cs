@@ -33,7 +33,8 @@ internal sealed class JobClient(
         var result = await store.InsertAsync(job, cancellationToken).ConfigureAwait(false);
         if (!result.Attached)
         {
-            await queue.EnqueueAsync(QueuedJob.For(job, now), cancellationToken).ConfigureAwait(false);
+            // The job is stored: enqueue it whatever the caller's token says, or it would wait in no queue.
+            await queue.EnqueueAsync(QueuedJob.For(job, now), CancellationToken.None).ConfigureAwait(false);
             telemetry.Submitted(request.Tenant, request.Workload);
         }
 

@@ -1,7 +1,11 @@
 using JobRunner.Configuration;
+using JobRunner.Definitions;
 using JobRunner.Engines;
+using JobRunner.Engines.Process;
+using JobRunner.Logging;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
 
 namespace JobRunner;
 
@@ -44,6 +48,78 @@ public sealed class JobRunnerBuilder
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(engineFactory);
         return Add(name, workloadType: null, engineFactory, configure);
+    }
+
+    /// <summary>
+    /// Registers a container workload run by the local process engine: each job runs <paramref name="spec"/> as a child
+    /// process (the image only names the environment locally). The spec is validated when the host starts.
+    /// </summary>
+    /// <param name="name">The name jobs use to ask for it.</param>
+    /// <param name="spec">What to run.</param>
+    /// <param name="configure">Adjusts its retry, timeout and failure classification.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> or <paramref name="spec"/> is <see langword="null"/>.</exception>
+    public JobRunnerBuilder AddContainerWorkload(string name, ContainerSpec spec, Action<WorkloadOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(spec);
+        var options = new WorkloadOptions { RequiresInput = false };
+        configure?.Invoke(options);
+        Services.AddSingleton(new WorkloadRegistration(name, workloadType: null, options, sp => CreateProcessEngine(sp, (_, _) => ValueTask.FromResult(spec))) { Spec = spec });
+        return this;
+    }
+
+    /// <summary>
+    /// Adds definitions: <see cref="IJobDefinitions"/> (create, read, update, delete, list, preview, run) over the
+    /// in-memory definition store unless <see cref="UseDefinitionStore"/> picks another, and the workload that runs them
+    /// with the local process engine.
+    /// </summary>
+    /// <param name="configure">Adjusts the retry, timeout and failure classification of every run.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder AddDefinitions(Action<WorkloadOptions>? configure = null)
+    {
+        Services.TryAddSingleton<IJobDefinitions, JobDefinitions>();
+        return Add(
+            JobDefinitions.WorkloadName,
+            workloadType: null,
+            static sp =>
+            {
+                var store = sp.GetRequiredService<IDefinitionStore>();
+                return CreateProcessEngine(sp, (context, ct) => JobDefinitions.ResolveForRunAsync(store, context, ct));
+            },
+            configure);
+    }
+
+    /// <summary>Adjusts the local process engine: kill grace period, exit code classification, environment.</summary>
+    /// <param name="configure">The adjustment.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder ConfigureProcessEngine(Action<ProcessEngineOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        Services.Configure(configure);
+        return this;
+    }
+
+    /// <summary>Replaces the definition store.</summary>
+    /// <param name="factory">Builds the store once.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder UseDefinitionStore(Func<IServiceProvider, IDefinitionStore> factory)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        Services.Replace(ServiceDescriptor.Singleton(factory));
+        return this;
+    }
+
+    /// <summary>
+    /// Keeps job logs in files under <paramref name="directory"/>: append-only, one file per job and attempt, readable
+    /// after the job finished and after a host restart.
+    /// </summary>
+    /// <param name="directory">The directory; created if missing.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder UseFileLogs(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        return UseLogStore(_ => new FileLogStore(directory));
     }
 
     /// <summary>Adjusts the worker host: slots, leases, heartbeats, grace periods.</summary>
@@ -110,6 +186,9 @@ public sealed class JobRunnerBuilder
         Services.Replace(ServiceDescriptor.Singleton(factory));
         return this;
     }
+
+    private static LocalProcessEngine CreateProcessEngine(IServiceProvider services, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
+        => new(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
 
     private JobRunnerBuilder Add(string name, Type? workloadType, Func<IServiceProvider, IExecutionEngine> engineFactory, Action<WorkloadOptions>? configure)
     {

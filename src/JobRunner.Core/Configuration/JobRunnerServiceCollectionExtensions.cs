@@ -7,8 +7,6 @@ using JobRunner.Telemetry;
 using JobRunner.Worker;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.DependencyInjection;
@@ -33,8 +31,6 @@ public static class JobRunnerServiceCollectionExtensions
 
         // The library's defaults go last, with TryAdd, so that the user's choices win.
         services.AddOptions();
-        services.TryAddSingleton<ILoggerFactory>(NullLoggerFactory.Instance);
-        services.TryAdd(ServiceDescriptor.Singleton(typeof(ILogger<>), typeof(Logger<>)));
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton<IJobEventBus, JobEventBus>();
         services.TryAddSingleton<InMemoryJobStore>();
@@ -43,6 +39,7 @@ public static class JobRunnerServiceCollectionExtensions
         services.TryAddSingleton<IJobStore>(static sp => sp.GetRequiredService<InMemoryJobStore>());
         services.TryAddSingleton<IJobQueue>(static sp => sp.GetRequiredService<InMemoryJobQueue>());
         services.TryAddSingleton<ILogStore>(static sp => sp.GetRequiredService<InMemoryLogStore>());
+        services.TryAddSingleton<IDefinitionStore, JobRunner.Definitions.InMemoryDefinitionStore>();
         services.TryAddSingleton<WorkloadRegistry>();
         services.TryAddSingleton<JobRunnerTelemetry>();
         services.TryAddSingleton<IJobClient, JobClient>();
@@ -52,6 +49,8 @@ public static class JobRunnerServiceCollectionExtensions
         services.AddOptions<WorkerOptions>().ValidateOnStart();
         services.AddOptions<JobRunnerOptions>().ValidateOnStart();
         services.AddOptions<InMemoryStoreOptions>().ValidateOnStart();
+        services.AddOptions<ProcessEngineOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ProcessEngineOptions>, ProcessEngineOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WorkerOptions>, WorkerOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<JobRunnerOptions>, JobRunnerOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<InMemoryStoreOptions>, InMemoryStoreOptionsValidator>());

@@ -23,7 +23,7 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
             errors.Add($"WorkerOptions.LeaseDuration is {options.LeaseDuration}. Set it to a positive time, e.g. 30 seconds.");
         }
 
-        if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval * 2 > options.LeaseDuration)
+        if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval > options.LeaseDuration / 2)
         {
             errors.Add($"WorkerOptions.HeartbeatInterval is {options.HeartbeatInterval} with a LeaseDuration of {options.LeaseDuration}. Set it above zero and to at most half the lease duration, so that one late heartbeat does not lose the lease.");
         }
@@ -80,6 +80,11 @@ internal sealed class JobRunnerOptionsValidator(IEnumerable<WorkloadRegistration
                 errors.Add($"Workload '{registration.Name}' is registered more than once. Give each AddWorkload call its own name.");
             }
 
+            foreach (var problem in registration.Spec?.Validate() ?? [])
+            {
+                errors.Add($"Workload '{registration.Name}': {problem}");
+            }
+
             if (registration.Options.Timeout <= TimeSpan.Zero)
             {
                 errors.Add($"Workload '{registration.Name}': Timeout is {registration.Options.Timeout}. Set it to a positive time, or to null for the default.");
@@ -104,6 +109,26 @@ internal sealed class InMemoryStoreOptionsValidator : IValidateOptions<InMemoryS
         if (options.MaxLogLinesPerJob < 1)
         {
             errors.Add($"InMemoryStoreOptions.MaxLogLinesPerJob is {options.MaxLogLinesPerJob}. Set it to 1 or more: how many log lines to keep per job.");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}
+
+/// <summary>Validates <see cref="ProcessEngineOptions"/> at host start.</summary>
+internal sealed class ProcessEngineOptionsValidator : IValidateOptions<ProcessEngineOptions>
+{
+    public ValidateOptionsResult Validate(string? name, ProcessEngineOptions options)
+    {
+        var errors = new List<string>();
+        if (options.KillGracePeriod < TimeSpan.Zero)
+        {
+            errors.Add($"ProcessEngineOptions.KillGracePeriod is {options.KillGracePeriod}. Set it to zero or more: how long a process gets between SIGTERM and SIGKILL.");
+        }
+
+        foreach (var code in options.TransientExitCodes.Intersect(options.PermanentExitCodes))
+        {
+            errors.Add($"Exit code {code} is in both ProcessEngineOptions.TransientExitCodes and PermanentExitCodes. Keep it in one.");
         }
 
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

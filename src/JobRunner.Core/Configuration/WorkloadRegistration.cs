@@ -11,6 +11,9 @@ internal sealed class WorkloadRegistration(string name, Type? workloadType, Work
 
     public Func<IServiceProvider, IExecutionEngine> EngineFactory { get; } = engineFactory;
 
+    /// <summary>Gets the container spec of a container workload, validated at start.</summary>
+    public ContainerSpec? Spec { get; init; }
+
     /// <summary>Gets the input type of a typed workload, or <see langword="null"/>.</summary>
     public Type? InputType { get; } = FindInputType(workloadType);
 

@@ -3,7 +3,7 @@ using System.Collections.Frozen;
 namespace JobRunner.Configuration;
 
 /// <summary>The registered workloads with their engines and resolved policies, built once.</summary>
-internal sealed class WorkloadRegistry
+internal sealed class WorkloadRegistry : IDisposable
 {
     private readonly FrozenDictionary<string, RegisteredWorkload> _workloads;
 
@@ -28,6 +28,15 @@ internal sealed class WorkloadRegistry
     public IReadOnlyList<string> Names { get; }
 
     public RegisteredWorkload? Find(string name) => _workloads.GetValueOrDefault(name);
+
+    /// <summary>Disposes the engines this registry built (the process engine kills what still runs).</summary>
+    public void Dispose()
+    {
+        foreach (var workload in _workloads.Values)
+        {
+            (workload.Engine as IDisposable)?.Dispose();
+        }
+    }
 }
 
 /// <summary>A workload ready to run.</summary>

@@ -88,7 +88,12 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 _waiters.Enqueue(waiter);
             }
 
-            await waiter.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            // Cancellation completes the waiter itself, so a wake-up handed to it is never lost: either the wake-up
+            // won (and this consumer takes the job) or the cancellation did (and TakeWaiter skips it).
+            using (cancellationToken.UnsafeRegister(static w => ((TaskCompletionSource)w!).TrySetCanceled(), waiter))
+            {
+                await waiter.Task.ConfigureAwait(false);
+            }
         }
     }
 
@@ -216,8 +221,15 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
     {
         if (due < _timerDue)
         {
-            _timerDue = due;
-            _timer.Change(due > now ? due - now : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+            // A timer holds at most about 49 days: a later due time is reached in steps (OnTimer re-arms).
+            var wait = due > now ? due - now : TimeSpan.Zero;
+            if (wait > Worker.TimerLimits.Max)
+            {
+                wait = Worker.TimerLimits.Max;
+            }
+
+            _timerDue = now + wait;
+            _timer.Change(wait, Timeout.InfiniteTimeSpan);
         }
     }
 

@@ -82,6 +82,7 @@ internal sealed class InMemoryJobStore : IJobStore
     public ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.PageSize, 1);
         long after = 0;
         if (query.ContinuationToken is { } token && !long.TryParse(token, NumberStyles.None, CultureInfo.InvariantCulture, out after))
         {
@@ -201,6 +202,11 @@ internal sealed class InMemoryJobStore : IJobStore
     public ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(completion);
+        if (completion.NextState == JobState.Running)
+        {
+            throw new ArgumentException("An attempt cannot complete into Running. Use Queued to run the job again.", nameof(completion));
+        }
+
         var now = _time.GetUtcNow();
         lock (_lock)
         {

@@ -5,14 +5,14 @@ namespace JobRunner.InMemory;
 
 /// <summary>
 /// The embedded log store: a bounded ring of lines per job (the oldest lines are dropped and counted), and at most
-/// <see cref="InMemoryStoreOptions.MaxFinishedJobs"/> jobs' logs (the oldest job's log goes first).
+/// <see cref="InMemoryStoreOptions.MaxFinishedJobs"/> jobs' logs (the log written to least recently goes first).
 /// </summary>
 [DebuggerDisplay("Jobs = {_logs.Count}")]
 internal sealed class InMemoryLogStore : ILogStore
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<JobId, JobLog> _logs = [];
-    private readonly Queue<JobId> _order = new();
+    private readonly LinkedList<JobId> _order = new();
     private readonly int _maxLines;
     private readonly int _maxJobs;
 
@@ -22,27 +22,34 @@ internal sealed class InMemoryLogStore : ILogStore
         _maxJobs = options.Value.MaxFinishedJobs;
     }
 
-    public ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, LogStream stream, DateTimeOffset timestamp, IReadOnlyList<string> messages, CancellationToken cancellationToken)
+    public ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, IReadOnlyList<LogLine> lines, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(lease);
-        ArgumentNullException.ThrowIfNull(messages);
-        var entries = new LogEntry[messages.Count];
+        ArgumentNullException.ThrowIfNull(lines);
+        var entries = new LogEntry[lines.Count];
         lock (_lock)
         {
             if (!_logs.TryGetValue(lease.JobId, out var log))
             {
-                log = new JobLog();
+                log = new JobLog(_order.AddLast(lease.JobId));
                 _logs.Add(lease.JobId, log);
-                _order.Enqueue(lease.JobId);
                 while (_order.Count > _maxJobs)
                 {
-                    _logs.Remove(_order.Dequeue());
+                    // The log written to least recently goes first: a job that still writes is never evicted.
+                    _logs.Remove(_order.First!.Value);
+                    _order.RemoveFirst();
                 }
             }
-
-            for (var i = 0; i < messages.Count; i++)
+            else if (log.Node != _order.Last)
             {
-                var entry = new LogEntry(log.NextOffset++, lease.Attempt, timestamp, stream, messages[i]);
+                _order.Remove(log.Node);
+                _order.AddLast(log.Node);
+            }
+
+            for (var i = 0; i < lines.Count; i++)
+            {
+                var line = lines[i];
+                var entry = new LogEntry(log.NextOffset++, lease.Attempt, line.Timestamp, line.Stream, line.Message);
                 entries[i] = entry;
                 log.Lines.Enqueue(entry);
                 if (log.Lines.Count > _maxLines)
@@ -93,8 +100,10 @@ internal sealed class InMemoryLogStore : ILogStore
         }
     }
 
-    private sealed class JobLog
+    private sealed class JobLog(LinkedListNode<JobId> node)
     {
+        public LinkedListNode<JobId> Node { get; } = node;
+
         public Queue<LogEntry> Lines { get; } = new();
 
         public long NextOffset { get; set; }

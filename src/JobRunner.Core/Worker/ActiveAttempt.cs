@@ -2,6 +2,13 @@ using System.Diagnostics;
 
 namespace JobRunner.Worker;
 
+/// <summary>The limits of <see cref="ITimer"/> due times on every <see cref="TimeProvider"/>.</summary>
+internal static class TimerLimits
+{
+    /// <summary>The longest due time a timer accepts (0xfffffffe milliseconds, about 49.7 days).</summary>
+    public static readonly TimeSpan Max = TimeSpan.FromMilliseconds(0xfffffffe);
+}
+
 /// <summary>Why the worker stopped an attempt before the workload returned.</summary>
 internal enum StopReason
 {
@@ -25,6 +32,8 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
     private ITimer? _timeoutTimer;
     private ITimer? _graceTimer;
     private int _reason;
+    private int _finished = -1;
+    private volatile bool _disposed;
 
     public QueuedJob Item { get; } = item;
 
@@ -53,11 +62,13 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
         Message = message;
         try
         {
-            _cts.Cancel();
+            // Callbacks the workload registered run on the thread pool, never on the caller's (heartbeat, timer) thread.
+            _ = _cts.CancelAsync();
         }
-        catch (AggregateException)
+        catch (ObjectDisposedException)
         {
-            // A workload's cancellation callback threw; the attempt is stopping anyway.
+            // The attempt ended and was disposed while this stop was on its way; there is nothing left to stop.
+            return false;
         }
 
         if (grace <= TimeSpan.Zero)
@@ -66,23 +77,42 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
         }
         else
         {
-            _graceTimer = time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), _abandoned, grace, System.Threading.Timeout.InfiniteTimeSpan);
+            var timer = time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), _abandoned, grace, System.Threading.Timeout.InfiniteTimeSpan);
+            _graceTimer = timer;
+            if (_disposed)
+            {
+                timer.Dispose();
+            }
         }
 
         return true;
     }
 
-    /// <summary>Marks the attempt finished, unless it was stopped first.</summary>
+    /// <summary>
+    /// Marks the attempt finished, unless it was stopped first. Idempotent: later calls return what the first returned,
+    /// so the instant the workload's task completed (a synchronous continuation calls this) decides, not when the
+    /// worker got round to looking.
+    /// </summary>
     /// <returns>The reason it was stopped, or <see cref="StopReason.None"/> when it finished on its own.</returns>
     public StopReason Finish()
     {
         var previous = Interlocked.CompareExchange(ref _reason, (int)StopReason.Finished, (int)StopReason.None);
-        return (StopReason)previous;
+        Interlocked.CompareExchange(ref _finished, previous == (int)StopReason.Finished ? (int)StopReason.None : previous, -1);
+        return (StopReason)Volatile.Read(ref _finished);
     }
+
+    /// <summary>Gets whether the attempt ended and its outcome was handled: its context accepts no more writes.</summary>
+    public bool IsClosed => _disposed;
 
     public void ArmTimeout(TimeSpan timeout, TimeSpan grace)
     {
         Timeout = timeout;
+        if (timeout > TimerLimits.Max)
+        {
+            // Beyond what a timer can hold (about 49 days): in practice no timeout.
+            return;
+        }
+
         _timeoutTimer = time.CreateTimer(
             static s =>
             {
@@ -96,6 +126,8 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
 
     public void Dispose()
     {
+        Finish();
+        _disposed = true;
         _timeoutTimer?.Dispose();
         _graceTimer?.Dispose();
         _cts.Dispose();

@@ -45,19 +45,36 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
         return worker.Store.ReportProgressAsync(_lease, new JobProgress(fraction, message), cancellationToken);
     }
 
-    public override async ValueTask LogAsync(string message, LogStream stream = LogStream.Output, CancellationToken cancellationToken = default)
+    public override TimeProvider TimeProvider => worker.Time;
+
+    /// <summary>Gets the exit code the engine reported, if any.</summary>
+    public int? ExitCode { get; private set; }
+
+    public override async ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(message);
+        ArgumentNullException.ThrowIfNull(lines);
         ThrowIfLeaseLost();
-        var entries = await worker.Logs.AppendAsync(_lease, stream, worker.Time.GetUtcNow(), [message], cancellationToken).ConfigureAwait(false);
+        if (lines.Count == 0)
+        {
+            return;
+        }
+
+        var entries = await worker.Logs.AppendAsync(_lease, lines, cancellationToken).ConfigureAwait(false);
         worker.PublishLogs(leased.Job, entries);
     }
+
+    public override void ReportExitCode(int exitCode) => ExitCode = exitCode;
 
     private void ThrowIfLeaseLost()
     {
         if (attempt.Reason == StopReason.LeaseLost)
         {
             throw new StaleFenceTokenException(_lease.JobId, _lease.FenceToken, currentToken: null, "the lease could not be renewed");
+        }
+
+        if (attempt.IsClosed)
+        {
+            throw new StaleFenceTokenException(_lease.JobId, _lease.FenceToken, currentToken: null, "the attempt already ended");
         }
     }
 }

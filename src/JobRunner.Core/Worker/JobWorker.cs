@@ -6,6 +6,7 @@ using JobRunner.Configuration;
 using JobRunner.Telemetry;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace JobRunner.Worker;
@@ -46,8 +47,7 @@ internal sealed partial class JobWorker : BackgroundService
         IOptions<JobRunnerOptions> runnerOptions,
         JobRunnerTelemetry telemetry,
         TimeProvider time,
-        IServiceProvider services,
-        ILogger<JobWorker> logger)
+        IServiceProvider services)
     {
         Store = store;
         _queue = queue;
@@ -59,7 +59,7 @@ internal sealed partial class JobWorker : BackgroundService
         _telemetry = telemetry;
         Time = time;
         Services = services;
-        _logger = logger;
+        _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _free = new SemaphoreSlim(_options.Slots, _options.Slots);
     }
 
@@ -88,11 +88,10 @@ internal sealed partial class JobWorker : BackgroundService
             return;
         }
 
+        // Slots that outlived a host shutdown timeout may still touch the semaphore and the tokens: they are not
+        // disposed (they hold no unmanaged resources), only the background loops are stopped.
         base.Dispose();
         _background.Cancel();
-        _background.Dispose();
-        _checkpointRequested.Dispose();
-        _free.Dispose();
     }
 
     internal void PublishLogs(JobRecord job, IReadOnlyList<LogEntry> entries)
@@ -249,11 +248,24 @@ internal sealed partial class JobWorker : BackgroundService
 
         try
         {
+            if (_stopping)
+            {
+                // The shutdown sweep may have run before this attempt was registered: do not start it.
+                await _queue.ReturnAsync([item], CancellationToken.None).ConfigureAwait(false);
+                return;
+            }
+
             var leased = await Store.TryAcquireLeaseAsync(item.Id, WorkerId, _options.LeaseDuration, CancellationToken.None).ConfigureAwait(false);
             if (leased is null)
             {
-                // Cancelled, finished or taken by another worker while it waited in the queue.
+                // Cancelled, finished or taken by another worker while it waited in the queue, or not due yet (the
+                // queue's and the store's clocks disagree): in that last case it goes back to the queue.
                 await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+                if (await Store.GetAsync(item.Id, CancellationToken.None).ConfigureAwait(false) is { State: JobState.Scheduled } waiting)
+                {
+                    await _queue.EnqueueAsync(QueuedJob.For(waiting, Time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+                }
+
                 return;
             }
 
@@ -264,7 +276,25 @@ internal sealed partial class JobWorker : BackgroundService
             }
 
             var job = leased.Job;
-            var completion = await ExecuteAttemptAsync(attempt, leased).ConfigureAwait(false);
+            AttemptCompletion? completion;
+            try
+            {
+                completion = await ExecuteAttemptAsync(attempt, leased).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // A fault of JobRunner itself or of a user classifier or retry strategy: fail the job rather than leave
+                // it Running until its lease expires (and loop).
+                Log.SlotFailed(_logger, job.Id, e);
+                completion = new AttemptCompletion
+                {
+                    Outcome = AttemptOutcome.Failed,
+                    NextState = JobState.Failed,
+                    Error = "JobRunner could not run or classify the attempt: " + e.Message,
+                    ErrorType = e.GetType().FullName,
+                };
+            }
+
             await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
             if (completion is null)
             {
@@ -277,7 +307,7 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 updated = await Store.CompleteAttemptAsync(leased.Lease, completion, CancellationToken.None).ConfigureAwait(false);
             }
-            catch (StaleFenceTokenException e)
+            catch (Exception e) when (e is StaleFenceTokenException or JobNotFoundException)
             {
                 Log.CompletionRejected(_logger, job.Id, e);
                 return;
@@ -327,15 +357,21 @@ internal sealed partial class JobWorker : BackgroundService
             activity.SetTag("jobrunner.correlation_id", job.Request.CorrelationId);
         }
 
+        var context = new AttemptContext(this, leased, attempt);
         _telemetry.Started(tenant, workload.Name);
         var started = Time.GetTimestamp();
         Exception? error = null;
         try
         {
-            var execution = workload.Engine.ExecuteAsync(new AttemptContext(this, leased, attempt), attempt.Token);
-            if (!execution.IsCompletedSuccessfully)
+            var execution = workload.Engine.ExecuteAsync(context, attempt.Token);
+            if (execution.IsCompletedSuccessfully)
+            {
+                attempt.Finish();
+            }
+            else
             {
                 var task = execution.AsTask();
+                _ = task.ContinueWith(static (_, a) => ((ActiveAttempt)a!).Finish(), attempt, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 if (await Task.WhenAny(task, attempt.Abandoned).ConfigureAwait(false) == task)
                 {
                     await task.ConfigureAwait(false);
@@ -360,6 +396,11 @@ internal sealed partial class JobWorker : BackgroundService
         }
 
         var completion = Decide(job, workload, attempt, reason, error);
+        if (completion is not null && (context.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
+        {
+            completion = completion with { ExitCode = exitCode };
+        }
+
         _telemetry.Completed(tenant, workload.Name, completion?.Outcome ?? AttemptOutcome.LeaseExpired, Time.GetElapsedTime(started));
         if (activity is not null && completion is { Outcome: not AttemptOutcome.Succeeded })
         {
@@ -394,7 +435,7 @@ internal sealed partial class JobWorker : BackgroundService
             case StopReason.None when error is null:
                 return new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded };
             default:
-                return Fail(job, workload, error!, AttemptOutcome.Failed);
+                return Fail(job, workload, error!, error is JobTimeoutException ? AttemptOutcome.TimedOut : AttemptOutcome.Failed);
         }
     }
 
@@ -437,7 +478,6 @@ internal sealed partial class JobWorker : BackgroundService
             NextState = JobState.Failed,
             Error = message,
             ErrorType = error.GetType().FullName,
-            ExitCode = null,
         };
     }
 
@@ -476,9 +516,16 @@ internal sealed partial class JobWorker : BackgroundService
                 for (var more = await first.ConfigureAwait(false); more; more = await cancellations.MoveNextAsync().ConfigureAwait(false))
                 {
                     var request = cancellations.Current;
-                    if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                    try
                     {
-                        Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                        if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                        {
+                            Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                        }
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        Log.SlotFailed(_logger, request.JobId, e);
                     }
                 }
             }
@@ -516,15 +563,17 @@ internal sealed partial class JobWorker : BackgroundService
                     var lost = await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
                     foreach (var id in lost)
                     {
-                        if (_active.TryGetValue(id, out var attempt) && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
+                        // Only the attempt whose lease was sent: a retry of the same job may have started since.
+                        var sent = leases.Find(l => l.JobId == id);
+                        if (_active.TryGetValue(id, out var attempt) && attempt.Lease == sent && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
                         {
-                            Log.LeaseLost(_logger, id, attempt.Lease?.FenceToken ?? 0);
+                            Log.LeaseLost(_logger, id, sent!.FenceToken);
                         }
                     }
 
                     await _queue.ExtendAsync(items, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception e) when (e is not OperationCanceledException)
+                catch (Exception e) when (!cancellationToken.IsCancellationRequested)
                 {
                     Log.HeartbeatFailed(_logger, e);
                 }
@@ -546,7 +595,7 @@ internal sealed partial class JobWorker : BackgroundService
                 {
                     await ReclaimOnceAsync(cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception e) when (e is not OperationCanceledException)
+                catch (Exception e) when (!cancellationToken.IsCancellationRequested)
                 {
                     Log.ReclaimFailed(_logger, e);
                 }

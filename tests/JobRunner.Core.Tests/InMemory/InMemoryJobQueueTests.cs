@@ -185,4 +185,33 @@ public sealed class InMemoryJobQueueTests : IDisposable
 
         Assert.Equal([retry], await TakeAsync(1));
     }
+
+    [Fact]
+    public async Task DequeueAsync_CancelledWaiter_DoesNotSwallowTheNextWakeUp()
+    {
+        using var cts = new CancellationTokenSource();
+        var cancelled = _queue.DequeueAsync(new QueuedJob[1], Visibility, cts.Token).AsTask();
+        await cts.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled);
+        var live = TakeAsync(1);
+
+        var item = Item();
+        await _queue.EnqueueAsync(item, default);
+
+        Assert.Equal([item], await live.WaitAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
+    public async Task EnqueueAsync_DueBeyondTimerLimit_IsHeldAndReleasedInSteps()
+    {
+        var item = Item(dueAt: _time.GetUtcNow().AddDays(120));
+        await _queue.EnqueueAsync(item, default);
+        var waiting = TakeAsync(1);
+
+        _time.Advance(TimeSpan.FromDays(119));
+        Assert.False(waiting.IsCompleted);
+        _time.Advance(TimeSpan.FromDays(1));
+
+        Assert.Equal([item], await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+    }
 }

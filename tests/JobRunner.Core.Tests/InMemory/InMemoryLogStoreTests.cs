@@ -9,13 +9,16 @@ public sealed class InMemoryLogStoreTests
     private readonly FakeTimeProvider _time = new();
     private readonly InMemoryLogStore _logs = new(Options.Create(new InMemoryStoreOptions { MaxLogLinesPerJob = 5, MaxFinishedJobs = 2 }));
 
+    private static LogLine[] Lines(DateTimeOffset at, LogStream stream, params string[] messages)
+        => [.. messages.Select(m => new LogLine(at, stream, m))];
+
     private JobLease LeaseFor(JobId id, int attempt = 1) => new(id, "w", attempt, attempt, _time.GetUtcNow().AddMinutes(1));
 
     [Fact]
     public async Task ReadAsync_PagesByOffsetAndLimit()
     {
         var lease = LeaseFor(JobId.New(_time));
-        await _logs.AppendAsync(lease, LogStream.Output, _time.GetUtcNow(), ["a", "b", "c"], default);
+        await _logs.AppendAsync(lease, Lines(_time.GetUtcNow(), LogStream.Output, "a", "b", "c"), default);
 
         var first = await _logs.ReadAsync(lease.JobId, new LogQuery { Limit = 2 }, default);
         var second = await _logs.ReadAsync(lease.JobId, new LogQuery { Offset = first.NextOffset, Limit = 2 }, default);
@@ -30,10 +33,10 @@ public sealed class InMemoryLogStoreTests
     public async Task ReadAsync_FiltersByAttemptAndSince()
     {
         var id = JobId.New(_time);
-        await _logs.AppendAsync(LeaseFor(id, 1), LogStream.Output, _time.GetUtcNow(), ["one"], default);
+        await _logs.AppendAsync(LeaseFor(id, 1), Lines(_time.GetUtcNow(), LogStream.Output, "one"), default);
         _time.Advance(TimeSpan.FromMinutes(1));
         var since = _time.GetUtcNow();
-        await _logs.AppendAsync(LeaseFor(id, 2), LogStream.Error, since, ["two"], default);
+        await _logs.AppendAsync(LeaseFor(id, 2), Lines(since, LogStream.Error, "two"), default);
 
         var attempt1 = await _logs.ReadAsync(id, new LogQuery { Attempt = 1 }, default);
         var recent = await _logs.ReadAsync(id, new LogQuery { Since = since }, default);
@@ -47,7 +50,7 @@ public sealed class InMemoryLogStoreTests
     public async Task AppendAsync_BeyondBound_DropsOldestAndCountsThem()
     {
         var lease = LeaseFor(JobId.New(_time));
-        await _logs.AppendAsync(lease, LogStream.Output, _time.GetUtcNow(), ["1", "2", "3", "4", "5", "6", "7"], default);
+        await _logs.AppendAsync(lease, Lines(_time.GetUtcNow(), LogStream.Output, "1", "2", "3", "4", "5", "6", "7"), default);
 
         var page = await _logs.ReadAsync(lease.JobId, new LogQuery(), default);
 
@@ -69,5 +72,20 @@ public sealed class InMemoryLogStoreTests
     public async Task ReadAsync_InvalidLimit_Throws()
     {
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _logs.ReadAsync(JobId.New(_time), new LogQuery { Limit = 0 }, default).AsTask());
+    }
+
+    [Fact]
+    public async Task AppendAsync_BeyondJobBound_EvictsTheLeastRecentlyWrittenLog()
+    {
+        var active = LeaseFor(JobId.New(_time));
+        var idle = LeaseFor(JobId.New(_time));
+        await _logs.AppendAsync(active, Lines(_time.GetUtcNow(), LogStream.Output, "a1"), default);
+        await _logs.AppendAsync(idle, Lines(_time.GetUtcNow(), LogStream.Output, "i1"), default);
+        await _logs.AppendAsync(active, Lines(_time.GetUtcNow(), LogStream.Output, "a2"), default);
+
+        await _logs.AppendAsync(LeaseFor(JobId.New(_time)), Lines(_time.GetUtcNow(), LogStream.Output, "new"), default);
+
+        Assert.Equal(["a1", "a2"], (await _logs.ReadAsync(active.JobId, new LogQuery(), default)).Entries.Select(e => e.Message));
+        Assert.Empty((await _logs.ReadAsync(idle.JobId, new LogQuery(), default)).Entries);
     }
 }

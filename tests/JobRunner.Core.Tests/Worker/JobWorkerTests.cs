@@ -502,6 +502,39 @@ public sealed class JobWorkerTests
         Assert.Equal([done], succeeded.Items.Select(j => j.Id));
     }
 
+    [Fact]
+    public async Task Run_ClassifierThrows_JobFailsInsteadOfStayingRunning()
+    {
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("broken", w => w.Classifier.When(_ => throw new InvalidOperationException("classifier bug"), FailureKind.Permanent)));
+        host.Behavior.Run = (_, _) => throw new IOException("boom");
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("broken"));
+        var job = await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Contains("classifier bug", job.LastError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Context_WritesAfterTheAttemptEnded_AreRejected()
+    {
+        await using var host = new TestHost();
+        WorkloadContext? kept = null;
+        host.Behavior.Run = (context, _) =>
+        {
+            kept = context;
+            return ValueTask.CompletedTask;
+        };
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => kept!.LogAsync("too late").AsTask());
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => kept!.SaveCheckpointAsync("late"u8.ToArray()).AsTask());
+        Assert.Empty((await host.Client.ReadLogsAsync(id)).Entries);
+    }
+
     public sealed record Progress(int Done);
 
     public sealed class ScopedProbe : IDisposable
