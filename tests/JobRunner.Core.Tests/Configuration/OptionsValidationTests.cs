@@ -117,6 +117,43 @@ public sealed class OptionsValidationTests
     }
 
     [Fact]
+    public async Task Start_InvalidContainerSpec_NamesTheWorkloadAndEveryProblem()
+    {
+        var spec = new ContainerSpec { Image = "", Command = ["/bin/true"], Resources = new ContainerResources { CpuMillicores = 100 } };
+
+        var e = await StartInvalidAsync(r => r.AddContainerWorkload("box", spec));
+
+        Assert.Contains("Workload 'box': Image is empty", e.Message, StringComparison.Ordinal);
+        Assert.Contains("Workload 'box': Resources.CpuMillicores is 100", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_ExitCodeInBothSets_NamesTheFix()
+    {
+        var e = await StartInvalidAsync(r => r.ConfigureProcessEngine(p =>
+        {
+            p.PermanentExitCodes.Add(143);
+            p.KillGracePeriod = TimeSpan.FromSeconds(-1);
+        }));
+
+        Assert.Contains("Exit code 143 is in both", e.Message, StringComparison.Ordinal);
+        Assert.Contains("KillGracePeriod", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ProcessEngineOptions_Ctor_Defaults()
+    {
+        var options = new ProcessEngineOptions();
+
+        Assert.Equal(TimeSpan.FromSeconds(10), options.KillGracePeriod);
+        Assert.Equal([137, 143], options.TransientExitCodes.Order());
+        Assert.Equal([126, 127], options.PermanentExitCodes.Order());
+        Assert.Equal(FailureKind.Permanent, options.DefaultExitCodeKind);
+        Assert.False(options.InheritEnvironment);
+        Assert.Null(options.DefaultWorkingDirectory);
+    }
+
+    [Fact]
     public void AddJobRunner_NullArguments_Throw()
     {
         var services = new ServiceCollection();

@@ -1,0 +1,237 @@
+using System.Globalization;
+using JobRunner.Engines.Process;
+using JobRunner.Tests.Support;
+
+namespace JobRunner.Tests.Engines;
+
+/// <summary>The local process engine against real processes (/bin/sh, sleep).</summary>
+public sealed class LocalProcessEngineTests : IDisposable
+{
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
+    private readonly string _dir = Directory.CreateTempSubdirectory("jobrunner-process-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static ContainerSpec Sh(string script, params EnvVar[] env) => new()
+    {
+        Image = "alpine:3.20",
+        Command = ["/bin/sh", "-c", script],
+        Env = env,
+        Resources = new ContainerResources { CpuMillicores = 500, MemoryMb = 512 },
+    };
+
+    private static LocalProcessEngine Engine(ContainerSpec spec, ProcessEngineOptions? options = null)
+        => new((_, _) => ValueTask.FromResult(spec), options ?? new ProcessEngineOptions(), TimeProvider.System);
+
+    private static async Task<RecordingContext> RunAsync(ContainerSpec spec, ProcessEngineOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var context = new RecordingContext();
+        using var engine = Engine(spec, options);
+        await engine.ExecuteAsync(context, cancellationToken).AsTask().WaitAsync(Limit, CancellationToken.None);
+        return context;
+    }
+
+    private static async Task<TException> RunFailingAsync<TException>(ContainerSpec spec, RecordingContext context, ProcessEngineOptions? options = null, CancellationToken cancellationToken = default)
+        where TException : Exception
+    {
+        using var engine = Engine(spec, options);
+        return await Assert.ThrowsAnyAsync<TException>(() => engine.ExecuteAsync(context, cancellationToken).AsTask().WaitAsync(Limit, CancellationToken.None));
+    }
+
+    private static bool IsAlive(int pid)
+    {
+        var stat = $"/proc/{pid}/stat";
+        if (!File.Exists(stat))
+        {
+            return false;
+        }
+
+        try
+        {
+            var text = File.ReadAllText(stat);
+            return text[(text.LastIndexOf(')') + 2)] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private List<int> Pids(string file) => [.. File.ReadAllLines(Path.Combine(_dir, file)).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture))];
+
+    [Fact]
+    public async Task Execute_ExitZero_SucceedsAndStreamsBothStreams()
+    {
+        var context = await RunAsync(Sh("echo out1; echo err1 >&2; echo out2"));
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.Equal(["out1", "out2"], context.Output(LogStream.Output));
+        Assert.Equal(["err1"], context.Output(LogStream.Error));
+        var start = Assert.Single(context.Output(LogStream.System));
+        Assert.Contains("image 'alpine:3.20' is not used", start, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Execute_NonZeroExit_FailsPermanentlyWithTheCode()
+    {
+        var context = new RecordingContext();
+
+        var e = await RunFailingAsync<WorkloadExitException>(Sh("echo failing; exit 3"), context);
+
+        Assert.Equal((3, ExitReason.NonZeroExit, false), (e.ExitCode, e.Reason, e.IsTransient));
+        Assert.Equal(3, context.ExitCode);
+        Assert.Contains("exited with code 3", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Execute_ConfiguredTransientExitCode_IsTransient()
+    {
+        var options = new ProcessEngineOptions();
+        options.TransientExitCodes.Add(75);
+
+        var e = await RunFailingAsync<WorkloadExitException>(Sh("exit 75"), new RecordingContext(), options);
+
+        Assert.True(e.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_DefaultExitCodeKindTransient_AppliesToUnlistedCodes()
+    {
+        var options = new ProcessEngineOptions { DefaultExitCodeKind = FailureKind.Transient };
+
+        var e = await RunFailingAsync<WorkloadExitException>(Sh("exit 9"), new RecordingContext(), options);
+
+        Assert.True(e.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_KilledBySignal_IsTheSignalReasonAndTransientByDefault()
+    {
+        var e = await RunFailingAsync<WorkloadExitException>(Sh("kill -KILL $$"), new RecordingContext());
+
+        Assert.Equal((137, ExitReason.Signal, true), (e.ExitCode, e.Reason, e.IsTransient));
+        Assert.Contains("SIGKILL", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Execute_CommandNotFound_FailsPermanentlyAsStartFailed()
+    {
+        var spec = Sh("unused") with { Command = ["/nonexistent/jobrunner-tool"] };
+
+        var e = await RunFailingAsync<WorkloadExitException>(spec, new RecordingContext());
+
+        Assert.Equal(ExitReason.StartFailed, e.Reason);
+        Assert.False(e.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_MissingWorkingDirectory_FailsPermanentlyAsStartFailed()
+    {
+        var spec = Sh("true") with { WorkingDirectory = "/nonexistent/dir" };
+
+        var e = await RunFailingAsync<WorkloadExitException>(spec, new RecordingContext());
+
+        Assert.Equal(ExitReason.StartFailed, e.Reason);
+    }
+
+    [Fact]
+    public async Task Execute_InvalidSpec_FailsBeforeStarting()
+    {
+        var spec = Sh("true") with { Resources = new ContainerResources { CpuMillicores = 1 } };
+
+        var e = await RunFailingAsync<JobValidationException>(spec, new RecordingContext());
+
+        Assert.Contains("CpuMillicores is 1", Assert.Single(e.Errors), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Execute_LargeOutput_CapturesEveryLineInOrder()
+    {
+        var context = await RunAsync(Sh("i=0; while [ $i -lt 50000 ]; do echo \"line $i\"; i=$((i+1)); done"));
+
+        var lines = context.Output(LogStream.Output).ToList();
+        Assert.Equal(50_000, lines.Count);
+        Assert.Equal("line 0", lines[0]);
+        Assert.Equal("line 49999", lines[^1]);
+        Assert.Equal(Enumerable.Range(0, 50_000).Select(i => $"line {i}"), lines);
+    }
+
+    [Fact]
+    public async Task Execute_InterleavedStreams_KeepOrderWithinEachStream()
+    {
+        var context = await RunAsync(Sh("i=0; while [ $i -lt 2000 ]; do echo \"o$i\"; echo \"e$i\" >&2; i=$((i+1)); done"));
+
+        Assert.Equal(Enumerable.Range(0, 2000).Select(i => $"o{i}"), context.Output(LogStream.Output));
+        Assert.Equal(Enumerable.Range(0, 2000).Select(i => $"e{i}"), context.Output(LogStream.Error));
+        Assert.All(context.Lines, l => Assert.NotEqual(default, l.Timestamp));
+    }
+
+    [Fact]
+    public async Task Execute_Env_SecretsReachTheProcessButNotTheLogsOrReads()
+    {
+        Environment.SetEnvironmentVariable("JOBRUNNER_TEST_HOST_ONLY", "host-value");
+        var spec = Sh("echo \"token=$API_TOKEN region=$REGION host=${JOBRUNNER_TEST_HOST_ONLY:-unset} job=$JOBRUNNER_JOB_ID\"", EnvVar.Secret("API_TOKEN", "s3cr3t"), new EnvVar("REGION", "eu-1"));
+
+        var context = await RunAsync(spec);
+
+        var line = Assert.Single(context.Output(LogStream.Output));
+        Assert.Equal($"token=s3cr3t region=eu-1 host=unset job={context.JobId}", line);
+        Assert.DoesNotContain("s3cr3t", Assert.Single(context.Output(LogStream.System)), StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cr3t", spec.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cr3t", spec.Redact().Env[0].Value, StringComparison.Ordinal);
+        Assert.Equal("API_TOKEN=***", spec.Env[0].ToString());
+    }
+
+    [Fact]
+    public async Task Execute_Cancelled_TerminatesTheWholeProcessTree()
+    {
+        var spec = Sh($"sleep 60 & echo $! >> {_dir}/pids; sleep 60 & echo $! >> {_dir}/pids; echo ready; wait");
+        var context = new RecordingContext();
+        using var cts = new CancellationTokenSource();
+        using var engine = Engine(spec);
+        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await cts.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
+        Assert.Equal(143, context.ExitCode);
+        Assert.All(Pids("pids"), pid => Assert.False(IsAlive(pid), $"process {pid} survived the cancellation"));
+    }
+
+    [Fact]
+    public async Task Execute_CancelledAndIgnoringSigterm_IsKilledAfterGrace()
+    {
+        var spec = Sh("trap '' TERM; echo ready; while true; do sleep 1; done");
+        var context = new RecordingContext();
+        using var cts = new CancellationTokenSource();
+        using var engine = Engine(spec, new ProcessEngineOptions { KillGracePeriod = TimeSpan.FromMilliseconds(300) });
+        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await cts.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
+        Assert.Equal(137, context.ExitCode);
+    }
+
+    [Fact]
+    public async Task Execute_SpecTimeout_FailsAsTimeout()
+    {
+        var spec = Sh("sleep 60") with { Timeout = TimeSpan.FromMilliseconds(200) };
+
+        var e = await RunFailingAsync<JobTimeoutException>(spec, new RecordingContext());
+
+        Assert.Equal(TimeSpan.FromMilliseconds(200), e.Timeout);
+    }
+
+    [Fact]
+    public async Task Execute_MainProcessExitsLeavingBackgroundChild_ChildIsKilledAndRunEnds()
+    {
+        var context = await RunAsync(Sh($"sleep 60 & echo $! >> {_dir}/orphans; echo done"));
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.Contains("done", context.Output(LogStream.Output));
+        Assert.All(Pids("orphans"), pid => Assert.False(IsAlive(pid), $"orphan {pid} outlived the run"));
+    }
+}
