@@ -2,9 +2,6 @@ using System.Threading.Channels;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Engines;
 using JobRunner;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.DependencyInjection.Extensions;
-using Microsoft.Extensions.Hosting;
 
 namespace JobRunner.Benchmarks;
 
@@ -19,39 +16,19 @@ public class EndToEndBenchmarks
 {
     public const int Jobs = 200_000;
 
-    private ServiceProvider _services = null!;
-    private IJobClient _client = null!;
-    private IHostedService _worker = null!;
-    private CompletionCounter _counter = null!;
+    private Harness _harness = null!;
 
     [Params(8)]
     public int Slots { get; set; }
 
     [GlobalSetup]
     public async Task SetupAsync()
-    {
-        var services = new ServiceCollection();
-        services.AddJobRunner(runner => runner
+        => _harness = await Harness.StartAsync(runner => runner
             .ConfigureWorker(w => w.Slots = Slots)
             .AddWorkload<NoOpWorkload>("noop"));
 
-        // Count completions at the store, after the fenced write, without touching the library.
-        var inner = services.Last(d => d.ServiceType == typeof(IJobStore));
-        _counter = new CompletionCounter();
-        services.Replace(ServiceDescriptor.Singleton<IJobStore>(sp => new CountingStore((IJobStore)inner.ImplementationFactory!(sp), _counter)));
-
-        _services = services.BuildServiceProvider();
-        _client = _services.GetRequiredService<IJobClient>();
-        _worker = _services.GetServices<IHostedService>().Single();
-        await _worker.StartAsync(CancellationToken.None);
-    }
-
     [GlobalCleanup]
-    public async Task CleanupAsync()
-    {
-        await _worker.StopAsync(CancellationToken.None);
-        await _services.DisposeAsync();
-    }
+    public async Task CleanupAsync() => await _harness.DisposeAsync();
 
     [Benchmark(Baseline = true, OperationsPerInvoke = Jobs, Description = "raw bounded Channel<T>")]
     public async Task RawChannel()
@@ -85,14 +62,7 @@ public class EndToEndBenchmarks
     [Benchmark(OperationsPerInvoke = Jobs, Description = "JobRunner in-memory, submit → completed")]
     public async Task JobRunnerInMemory()
     {
-        var done = _counter.Expect(Jobs);
-        var request = new JobRequest("noop");
-        for (var i = 0; i < Jobs; i++)
-        {
-            await _client.SubmitAsync(request);
-        }
-
-        await done;
+        await _harness.RunAsync(new JobRequest("noop"), Jobs);
     }
 
     public sealed class NoOpWorkload : IWorkload

@@ -98,7 +98,7 @@ public sealed class JobTimeoutException : JobRunnerException
     /// <param name="jobId">The job.</param>
     /// <param name="timeout">The timeout that passed.</param>
     public JobTimeoutException(JobId jobId, TimeSpan timeout)
-        : base($"Job {jobId}: the attempt ran longer than its timeout of {timeout}. Raise JobRequest.Timeout or the workload's Timeout if the work needs longer.")
+        : base($"Job {jobId}: the attempt ran longer than its timeout of {timeout}. If the work needs longer, raise JobRequest.Timeout, the workload's Timeout or ContainerSpec.Timeout.")
     {
         JobId = jobId;
         Timeout = timeout;

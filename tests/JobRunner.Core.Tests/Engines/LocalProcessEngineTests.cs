@@ -157,6 +157,18 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_LineLongerThanAChunk_IsSplitNotBuffered_AndCrLfIsTrimmed()
+    {
+        var context = await RunAsync(Sh("printf 'a\\r\\nb\\n'; head -c 200000 /dev/zero | tr '\\0' 'y'"));
+
+        var lines = context.Output(LogStream.Output).ToList();
+        Assert.Equal(["a", "b"], lines[..2]);
+        Assert.True(lines.Count > 3, "a 200 KB line should arrive in chunks");
+        Assert.All(lines.Skip(2), l => Assert.InRange(l.Length, 1, 64 * 1024));
+        Assert.Equal(new string('y', 200_000), string.Concat(lines.Skip(2)));
+    }
+
+    [Fact]
     public async Task Execute_InterleavedStreams_KeepOrderWithinEachStream()
     {
         var context = await RunAsync(Sh("i=0; while [ $i -lt 2000 ]; do echo \"o$i\"; echo \"e$i\" >&2; i=$((i+1)); done"));

@@ -1,7 +1,9 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
+using System.Text;
 using System.Threading.Channels;
 
 namespace JobRunner.Engines.Process;
@@ -15,7 +17,7 @@ namespace JobRunner.Engines.Process;
 /// </summary>
 internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 {
-    private const int BatchSize = 1024;
+    private const int ChunkSize = 64 * 1024;
     private static readonly string[] s_inherited = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
 
     private readonly Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> _resolve;
@@ -49,11 +51,13 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
                 LogStream.System,
                 CancellationToken.None).ConfigureAwait(false);
 
-            var lines = Channel.CreateBounded<LogLine>(new BoundedChannelOptions(BatchSize * 4) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
-            var stdout = PumpAsync(process.StandardOutput, LogStream.Output, lines.Writer);
-            var stderr = PumpAsync(process.StandardError, LogStream.Error, lines.Writer);
-            var writer = WriteLogsAsync(context, lines.Reader);
-            var readers = Task.WhenAll(stdout, stderr).ContinueWith(static (_, w) => ((ChannelWriter<LogLine>)w!).TryComplete(), lines.Writer, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // Each stream is read in 64 KB chunks, split into lines, and handed over a batch at a time: the channel
+            // holds at most a few batches, so a fast writer is slowed to the log store's pace, never buffered whole.
+            var batches = Channel.CreateBounded<LogLine[]>(new BoundedChannelOptions(8) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+            var stdout = PumpAsync(process.StandardOutput.BaseStream, LogStream.Output, batches.Writer);
+            var stderr = PumpAsync(process.StandardError.BaseStream, LogStream.Error, batches.Writer);
+            var writer = WriteLogsAsync(context, batches.Reader);
+            var readers = Task.WhenAll(stdout, stderr).ContinueWith(static (_, w) => ((ChannelWriter<LogLine[]>)w!).TryComplete(), batches.Writer, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
 
             var stopped = false;
             try
@@ -188,39 +192,102 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         return new WorkloadExitException(exitCode, ExitReason.NonZeroExit, transient, $"The process exited with code {exitCode}.");
     }
 
-    private async Task PumpAsync(StreamReader reader, LogStream stream, ChannelWriter<LogLine> lines)
+    private async Task PumpAsync(Stream stream, LogStream kind, ChannelWriter<LogLine[]> batches)
     {
-        while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
+        var buffer = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        try
         {
-            var entry = new LogLine(_time.GetUtcNow(), stream, line);
-            if (!lines.TryWrite(entry))
+            var filled = 0;
+            var lines = new List<LogLine>(256);
+            while (true)
             {
-                await lines.WriteAsync(entry).ConfigureAwait(false);
+                var read = await stream.ReadAsync(buffer.AsMemory(filled, buffer.Length - filled)).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    if (filled > 0)
+                    {
+                        lines.Add(new LogLine(_time.GetUtcNow(), kind, Decode(buffer.AsSpan(0, filled))));
+                    }
+
+                    await FlushAsync(lines, batches).ConfigureAwait(false);
+                    return;
+                }
+
+                // Lines that arrive in one read share its timestamp.
+                var now = _time.GetUtcNow();
+                var data = buffer.AsSpan(0, filled + read);
+                var start = 0;
+                for (var newline = data.IndexOf((byte)'\n'); newline >= 0; newline = data[start..].IndexOf((byte)'\n'))
+                {
+                    lines.Add(new LogLine(now, kind, Decode(data.Slice(start, newline))));
+                    start += newline + 1;
+                }
+
+                filled = data.Length - start;
+                if (filled == buffer.Length)
+                {
+                    // A line longer than a chunk is split, so that memory stays bounded.
+                    lines.Add(new LogLine(now, kind, Decode(data)));
+                    filled = 0;
+                }
+                else if (start > 0)
+                {
+                    data[start..].CopyTo(buffer);
+                }
+
+                if (lines.Count > 0)
+                {
+                    await FlushAsync(lines, batches).ConfigureAwait(false);
+                }
             }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
-    private static async Task WriteLogsAsync(WorkloadContext context, ChannelReader<LogLine> lines)
+    private static async ValueTask FlushAsync(List<LogLine> lines, ChannelWriter<LogLine[]> batches)
     {
-        var batch = new List<LogLine>(BatchSize);
-        while (await lines.WaitToReadAsync().ConfigureAwait(false))
+        if (lines.Count == 0)
         {
-            while (batch.Count < BatchSize && lines.TryRead(out var line))
-            {
-                batch.Add(line);
-            }
+            return;
+        }
 
-            try
-            {
-                await context.LogAsync(batch.ToArray(), CancellationToken.None).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                // The lease is gone or the log store failed: keep draining, so that the process never blocks on a full
-                // pipe; the worker stops the attempt when the lease is lost.
-            }
+        var batch = lines.ToArray();
+        lines.Clear();
+        if (!batches.TryWrite(batch))
+        {
+            await batches.WriteAsync(batch).ConfigureAwait(false);
+        }
+    }
 
-            batch.Clear();
+    private static string Decode(ReadOnlySpan<byte> line)
+    {
+        if (!line.IsEmpty && line[^1] == (byte)'\r')
+        {
+            line = line[..^1];
+        }
+
+        return Encoding.UTF8.GetString(line);
+    }
+
+    private static async Task WriteLogsAsync(WorkloadContext context, ChannelReader<LogLine[]> batches)
+    {
+        while (await batches.WaitToReadAsync().ConfigureAwait(false))
+        {
+            while (batches.TryRead(out var batch))
+            {
+                try
+                {
+                    await context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    // The lease is gone or the log store failed: keep draining, so that the process never blocks on a
+                    // full pipe; the worker stops the attempt when the lease is lost.
+                }
+            }
         }
     }
 

@@ -1,0 +1,57 @@
+using JobRunner;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+
+namespace JobRunner.Benchmarks;
+
+/// <summary>A JobRunner service provider with its worker started, and a counter of completions at the store.</summary>
+internal sealed class Harness : IAsyncDisposable
+{
+    private readonly ServiceProvider _services;
+    private readonly IHostedService _worker;
+
+    private Harness(ServiceProvider services, CompletionCounter counter)
+    {
+        _services = services;
+        Counter = counter;
+        Client = services.GetRequiredService<IJobClient>();
+        _worker = services.GetServices<IHostedService>().Single();
+    }
+
+    public IJobClient Client { get; }
+
+    public CompletionCounter Counter { get; }
+
+    public static async Task<Harness> StartAsync(Action<JobRunnerBuilder> configure)
+    {
+        var services = new ServiceCollection();
+        services.AddJobRunner(configure);
+
+        // Count completions at the store, after the fenced write, without touching the library.
+        var inner = services.Last(d => d.ServiceType == typeof(IJobStore));
+        var counter = new CompletionCounter();
+        services.Replace(ServiceDescriptor.Singleton<IJobStore>(sp => new CountingStore((IJobStore)inner.ImplementationFactory!(sp), counter)));
+        var harness = new Harness(services.BuildServiceProvider(), counter);
+        await harness._worker.StartAsync(CancellationToken.None);
+        return harness;
+    }
+
+    /// <summary>Submits <paramref name="count"/> copies of <paramref name="request"/> and waits until all completed.</summary>
+    public async Task RunAsync(JobRequest request, int count)
+    {
+        var done = Counter.Expect(count);
+        for (var i = 0; i < count; i++)
+        {
+            await Client.SubmitAsync(request);
+        }
+
+        await done;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _worker.StopAsync(CancellationToken.None);
+        await _services.DisposeAsync();
+    }
+}
