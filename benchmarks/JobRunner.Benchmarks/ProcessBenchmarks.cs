@@ -16,15 +16,26 @@ public class ProcessStartBenchmarks
     public const int Processes = 1000;
 
     private Harness _harness = null!;
+    private Harness _withoutGroups = null!;
 
     [GlobalSetup]
     public async Task SetupAsync()
-        => _harness = await Harness.StartAsync(runner => runner
+    {
+        _harness = await Harness.StartAsync(runner => runner
             .ConfigureWorker(w => w.Slots = 1)
             .AddContainerWorkload("true", new ContainerSpec { Image = "local", Command = ["/bin/true"] }));
+        _withoutGroups = await Harness.StartAsync(runner => runner
+            .ConfigureWorker(w => w.Slots = 1)
+            .ConfigureProcessEngine(p => p.UseProcessGroups = false)
+            .AddContainerWorkload("true", new ContainerSpec { Image = "local", Command = ["/bin/true"] }));
+    }
 
     [GlobalCleanup]
-    public async Task CleanupAsync() => await _harness.DisposeAsync();
+    public async Task CleanupAsync()
+    {
+        await _harness.DisposeAsync();
+        await _withoutGroups.DisposeAsync();
+    }
 
     [Benchmark(Baseline = true, OperationsPerInvoke = Processes, Description = "raw Process.Start loop")]
     public async Task RawProcessStart()
@@ -56,6 +67,9 @@ public class ProcessStartBenchmarks
 
     [Benchmark(OperationsPerInvoke = Processes, Description = "JobRunner container job (process engine)")]
     public Task JobRunnerProcessJobs() => _harness.RunAsync(new JobRequest("true"), Processes);
+
+    [Benchmark(OperationsPerInvoke = Processes, Description = "JobRunner container job, UseProcessGroups = false")]
+    public Task JobRunnerProcessJobsWithoutGroups() => _withoutGroups.RunAsync(new JobRequest("true"), Processes);
 }
 
 /// <summary>

@@ -150,6 +150,7 @@ public sealed class OptionsValidationTests
         Assert.Equal([126, 127], options.PermanentExitCodes.Order());
         Assert.Equal(FailureKind.Permanent, options.DefaultExitCodeKind);
         Assert.False(options.InheritEnvironment);
+        Assert.True(options.UseProcessGroups);
         Assert.Null(options.DefaultWorkingDirectory);
     }
 

@@ -212,6 +212,25 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_WithoutProcessGroups_RunsAndIsStoppedOnCancel()
+    {
+        var options = new ProcessEngineOptions { UseProcessGroups = false, KillGracePeriod = TimeSpan.FromMilliseconds(300) };
+        Assert.Equal(["fast"], (await RunAsync(Sh("echo fast"), options)).Output(LogStream.Output));
+
+        var spec = Sh("trap '' TERM; echo ready; while true; do sleep 1; done");
+        var context = new RecordingContext();
+        using var cts = new CancellationTokenSource();
+        using var engine = Engine(spec, options);
+        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await cts.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
+        Assert.Equal(137, context.ExitCode);
+    }
+
+    [Fact]
     public async Task Execute_CancelledAndIgnoringSigterm_IsKilledAfterGrace()
     {
         var spec = Sh("trap '' TERM; echo ready; while true; do sleep 1; done");

@@ -11,7 +11,7 @@ namespace JobRunner.Engines.Process;
 /// <summary>
 /// Runs a <see cref="ContainerSpec"/> as a local child process. The image only names the environment: locally the
 /// command runs on the host, found on its PATH (the start log line says so). The child leads its own process group
-/// (through <c>setsid</c>), so cancellation and timeouts reach the whole tree: SIGTERM, then SIGKILL after the grace
+/// (through <c>setsid</c>; see <see cref="ProcessEngineOptions.UseProcessGroups"/>), so cancellation and timeouts reach the whole tree: SIGTERM, then SIGKILL after the grace
 /// period. Once the main process exits, whatever it left behind in its group is killed, so no orphan outlives a run.
 /// stdout and stderr are streamed line by line, in batches, into the job's log while the process runs.
 /// </summary>
@@ -23,7 +23,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
     private readonly Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> _resolve;
     private readonly ProcessEngineOptions _options;
     private readonly TimeProvider _time;
-    private readonly ConcurrentDictionary<int, byte> _running = new();
+    private readonly ConcurrentDictionary<int, bool> _running = new();
 
     public LocalProcessEngine(Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve, ProcessEngineOptions options, TimeProvider time)
     {
@@ -42,8 +42,9 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         using var linked = timeout is null ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         var stop = linked?.Token ?? cancellationToken;
 
-        using var process = Start(context, spec);
-        _running.TryAdd(process.Id, 0);
+        var groups = ProcessGroup.IsSupported && _options.UseProcessGroups;
+        using var process = Start(context, spec, groups);
+        _running.TryAdd(process.Id, groups);
         try
         {
             await context.LogAsync(
@@ -67,11 +68,15 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
                 stopped = true;
-                await StopAsync(process).ConfigureAwait(false);
+                await StopAsync(process, groups).ConfigureAwait(false);
             }
 
             // Whatever the main process left in its group must not outlive the run (and must not hold the pipes open).
-            ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
+            if (groups)
+            {
+                ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
+            }
+
             await readers.ConfigureAwait(false);
             await writer.ConfigureAwait(false);
 
@@ -104,19 +109,19 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         KillAll();
     }
 
-    private System.Diagnostics.Process Start(WorkloadContext context, ContainerSpec spec)
+    private System.Diagnostics.Process Start(WorkloadContext context, ContainerSpec spec, bool groups)
     {
         var argv = spec.Command.Concat(spec.Args).ToList();
         var info = new ProcessStartInfo
         {
-            FileName = ProcessGroup.IsSupported ? ProcessGroup.SetsidPath : argv[0],
+            FileName = groups ? ProcessGroup.SetsidPath : argv[0],
             UseShellExecute = false,
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             WorkingDirectory = spec.WorkingDirectory ?? _options.DefaultWorkingDirectory ?? Environment.CurrentDirectory,
         };
-        foreach (var arg in ProcessGroup.IsSupported ? argv : argv.Skip(1))
+        foreach (var arg in groups ? argv : argv.Skip(1))
         {
             info.ArgumentList.Add(arg);
         }
@@ -152,12 +157,15 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         }
     }
 
-    private async Task StopAsync(System.Diagnostics.Process process)
+    private async Task StopAsync(System.Diagnostics.Process process, bool groups)
     {
-        ProcessGroup.Signal(process.Id, ProcessGroup.SigTerm);
-        if (!ProcessGroup.IsSupported)
+        if (groups)
         {
-            process.Kill(entireProcessTree: true);
+            ProcessGroup.Signal(process.Id, ProcessGroup.SigTerm);
+        }
+        else
+        {
+            ProcessGroup.SignalProcess(process.Id, ProcessGroup.SigTerm);
         }
 
         using var grace = new CancellationTokenSource(_options.KillGracePeriod, _time);
@@ -167,7 +175,15 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         }
         catch (OperationCanceledException)
         {
-            ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
+            if (groups)
+            {
+                ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
+            }
+            else
+            {
+                process.Kill(entireProcessTree: true);
+            }
+
             await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
         }
     }
@@ -295,9 +311,16 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 
     private void KillAll()
     {
-        foreach (var pid in _running.Keys)
+        foreach (var (pid, groups) in _running)
         {
-            ProcessGroup.Signal(pid, ProcessGroup.SigKill);
+            if (groups)
+            {
+                ProcessGroup.Signal(pid, ProcessGroup.SigKill);
+            }
+            else
+            {
+                ProcessGroup.SignalProcess(pid, ProcessGroup.SigKill);
+            }
         }
     }
 }

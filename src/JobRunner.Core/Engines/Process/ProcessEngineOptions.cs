@@ -26,6 +26,15 @@ public sealed class ProcessEngineOptions
     /// <value>The default value is <see langword="false"/>.</value>
     public bool InheritEnvironment { get; set; }
 
+    /// <summary>
+    /// Gets or sets whether each process is started in a process group of its own (through <c>setsid</c>), so that
+    /// signals reach its whole tree and whatever it leaves behind is killed when it exits. Turning it off saves the
+    /// extra exec of <c>setsid</c> (about 1–3 ms per process): SIGTERM then reaches only the main process, SIGKILL its
+    /// tree as it stands, and background children it leaves behind may outlive the run.
+    /// </summary>
+    /// <value>The default value is <see langword="true"/>.</value>
+    public bool UseProcessGroups { get; set; } = true;
+
     /// <summary>Gets or sets the working directory of specs that set none.</summary>
     /// <value>The default value is <see langword="null"/>: the host's current directory.</value>
     public string? DefaultWorkingDirectory { get; set; }

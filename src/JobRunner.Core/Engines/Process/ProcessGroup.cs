@@ -23,6 +23,15 @@ internal static partial class ProcessGroup
         }
     }
 
+    /// <summary>Sends <paramref name="signal"/> to one process; a process that is gone is ignored.</summary>
+    public static void SignalProcess(int pid, int signal)
+    {
+        if ((OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) && pid > 0)
+        {
+            _ = Kill(pid, signal);
+        }
+    }
+
     public static string SignalName(int signal) => signal switch
     {
         1 => "SIGHUP",
