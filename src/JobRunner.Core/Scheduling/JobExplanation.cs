@@ -1,0 +1,33 @@
+namespace JobRunner;
+
+/// <summary>Why a job is not running.</summary>
+public enum WaitReason
+{
+    /// <summary>It is not waiting: it runs or it finished.</summary>
+    NotWaiting = 0,
+
+    /// <summary>It waits for its not-before time or a retry back-off (<see cref="JobRecord.DueAt"/>).</summary>
+    NotBefore = 1,
+
+    /// <summary>It waits in the queue; no worker has taken it into its scheduler yet.</summary>
+    Queued = 2,
+
+    /// <summary>Jobs of a higher priority are ahead of it.</summary>
+    HigherPriority = 3,
+
+    /// <summary>Its tenant used its share of the priority band; other tenants go first.</summary>
+    OverTenantShare = 4,
+
+    /// <summary>A concurrency limit is reached (<see cref="JobExplanation.Limit"/> says which).</summary>
+    ConcurrencyLimit = 5,
+
+    /// <summary>Every execution slot is busy.</summary>
+    NoFreeSlot = 6,
+}
+
+/// <summary>Why a waiting job is not running.</summary>
+/// <param name="JobId">The job.</param>
+/// <param name="Reason">The reason.</param>
+/// <param name="Message">A human-readable explanation.</param>
+/// <param name="Limit">The limit that holds it back, e.g. <c>tenant:acme=2</c>, for <see cref="WaitReason.ConcurrencyLimit"/>.</param>
+public sealed record JobExplanation(JobId JobId, WaitReason Reason, string Message, string? Limit = null);

@@ -1,0 +1,36 @@
+namespace JobRunner;
+
+/// <summary>Settings of the scheduler: tenant weights, concurrency limits and how far it looks ahead in the queue.</summary>
+public sealed class SchedulerOptions
+{
+    /// <summary>Gets the weight of each tier; a tenant's share of a priority band is proportional to its weight.</summary>
+    /// <value>The default tiers are gold 4, silver 2 and bronze 1.</value>
+    public IDictionary<string, int> TierWeights { get; } = new Dictionary<string, int>(StringComparer.Ordinal) { ["gold"] = 4, ["silver"] = 2, ["bronze"] = 1 };
+
+    /// <summary>Gets the tier of each tenant; a tenant without one has <see cref="DefaultWeight"/>.</summary>
+    public IDictionary<string, string> TenantTiers { get; } = new Dictionary<string, string>(StringComparer.Ordinal);
+
+    /// <summary>Gets or sets the weight of a tenant without a tier.</summary>
+    /// <value>The default value is 1.</value>
+    public int DefaultWeight { get; set; } = 1;
+
+    /// <summary>Gets the most attempts of each workload that run at once on this worker.</summary>
+    public IDictionary<string, int> WorkloadLimits { get; } = new Dictionary<string, int>(StringComparer.Ordinal);
+
+    /// <summary>Gets the most attempts of each tenant that run at once on this worker.</summary>
+    public IDictionary<string, int> TenantLimits { get; } = new Dictionary<string, int>(StringComparer.Ordinal);
+
+    /// <summary>Gets the most attempts that share a concurrency key and run at once; keys not listed use <see cref="DefaultConcurrencyKeyLimit"/>.</summary>
+    public IDictionary<string, int> ConcurrencyKeyLimits { get; } = new Dictionary<string, int>(StringComparer.Ordinal);
+
+    /// <summary>Gets or sets the limit of a concurrency key that is not listed.</summary>
+    /// <value>The default value is 1: jobs that share a key run one at a time (singleton execution).</value>
+    public int DefaultConcurrencyKeyLimit { get; set; } = 1;
+
+    /// <summary>
+    /// Gets or sets how many ready jobs the scheduler holds to choose from, beyond the running ones. More gives better
+    /// fairness when many tenants compete; the queue keeps the rest.
+    /// </summary>
+    /// <value>The default value is 256.</value>
+    public int Lookahead { get; set; } = 256;
+}

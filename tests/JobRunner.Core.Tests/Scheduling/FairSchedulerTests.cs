@@ -1,0 +1,333 @@
+using JobRunner.Scheduling;
+using JobRunner.Testing;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Tests.Scheduling;
+
+public sealed class FairSchedulerTests
+{
+    private readonly FakeTimeProvider _time = new();
+    private readonly SchedulerOptions _options = new();
+    private FairScheduler? _scheduler;
+
+    private FairScheduler Scheduler => _scheduler ??= new FairScheduler(Options.Create(_options));
+
+    private QueuedJob Job(string tenant = "t", int priority = 5, string workload = "w", string? key = null) => new()
+    {
+        Id = JobId.New(_time),
+        Priority = priority,
+        Tenant = tenant,
+        Workload = workload,
+        ConcurrencyKey = key,
+        EnqueuedAt = _time.GetUtcNow(),
+    };
+
+    private QueuedJob Take()
+    {
+        Assert.True(Scheduler.TryTake(out var job), "expected a job to be admissible");
+        return job;
+    }
+
+    private Dictionary<string, int> TakeCounts(int takes, bool release = true)
+    {
+        var counts = new Dictionary<string, int>();
+        for (var i = 0; i < takes; i++)
+        {
+            var job = Take();
+            counts[job.Tenant] = counts.GetValueOrDefault(job.Tenant) + 1;
+            if (release)
+            {
+                Scheduler.Release(job);
+            }
+        }
+
+        return counts;
+    }
+
+    [Fact]
+    public void Ctor_Defaults()
+    {
+        var options = new SchedulerOptions();
+
+        Assert.Equal([("bronze", 1), ("gold", 4), ("silver", 2)], options.TierWeights.OrderBy(x => x.Key).Select(x => (x.Key, x.Value)));
+        Assert.Equal(1, options.DefaultWeight);
+        Assert.Equal(1, options.DefaultConcurrencyKeyLimit);
+        Assert.Equal(256, options.Lookahead);
+        Assert.Empty(options.WorkloadLimits);
+        Assert.Empty(options.TenantLimits);
+    }
+
+    [Fact]
+    public void TryTake_StrictPriority_ThenFifoWithinTenant()
+    {
+        var low = Job(priority: 1);
+        var first = Job(priority: 5);
+        var urgent = Job(priority: 10);
+        var second = Job(priority: 5);
+        foreach (var job in new[] { low, first, urgent, second })
+        {
+            Scheduler.Add(job);
+        }
+
+        Assert.Equal([urgent, first, second, low], Enumerable.Range(0, 4).Select(_ => Take()));
+        Assert.False(Scheduler.TryTake(out _));
+    }
+
+    [Fact]
+    public void TryTake_SaturatedTenantsWeighted4To2To1_GetSharesWithin2Percent()
+    {
+        _options.TenantTiers["g"] = "gold";
+        _options.TenantTiers["s"] = "silver";
+        _options.TenantTiers["b"] = "bronze";
+        foreach (var tenant in new[] { "g", "s", "b" })
+        {
+            for (var i = 0; i < 100_000; i++)
+            {
+                Scheduler.Add(Job(tenant));
+            }
+        }
+
+        var counts = TakeCounts(100_000);
+
+        Assert.InRange(counts["g"] / 100_000.0, 4 / 7.0 * 0.98, 4 / 7.0 * 1.02);
+        Assert.InRange(counts["s"] / 100_000.0, 2 / 7.0 * 0.98, 2 / 7.0 * 1.02);
+        Assert.InRange(counts["b"] / 100_000.0, 1 / 7.0 * 0.98, 1 / 7.0 * 1.02);
+    }
+
+    [Fact]
+    public void TryTake_IdleTenant_ItsShareGoesToTheOthers()
+    {
+        _options.TenantTiers["g"] = "gold";
+        _options.TenantTiers["s"] = "silver";
+        _options.TenantTiers["b"] = "bronze";
+        for (var i = 0; i < 300; i++)
+        {
+            Scheduler.Add(Job("s"));
+            Scheduler.Add(Job("b"));
+        }
+
+        var counts = TakeCounts(300);
+
+        Assert.Equal(200, counts["s"]);
+        Assert.Equal(100, counts["b"]);
+    }
+
+    [Fact]
+    public void TryTake_TenantJoiningLate_GetsNoBankedCredit()
+    {
+        for (var i = 0; i < 1000; i++)
+        {
+            Scheduler.Add(Job("busy"));
+        }
+
+        TakeCounts(500);
+        for (var i = 0; i < 1000; i++)
+        {
+            Scheduler.Add(Job("late"));
+        }
+
+        var counts = TakeCounts(100);
+
+        Assert.InRange(counts["late"], 49, 51);
+    }
+
+    [Fact]
+    public void TryTake_FloodingTenant_DoesNotDelayAnotherTenantsJob()
+    {
+        for (var i = 0; i < 100_000; i++)
+        {
+            Scheduler.Add(Job("flood"));
+        }
+
+        TakeCounts(10);
+        var other = Job("quiet");
+        Scheduler.Add(other);
+
+        // Equal weights: the quiet tenant's job is at most one flood job behind.
+        var next = new[] { Take(), Take() };
+        Assert.Contains(other, next);
+    }
+
+    [Fact]
+    public void SetTenantWeight_AtRuntime_ChangesTheShares()
+    {
+        for (var i = 0; i < 10_000; i++)
+        {
+            Scheduler.Add(Job("a"));
+            Scheduler.Add(Job("b"));
+        }
+
+        Assert.Equal(500, TakeCounts(1000)["a"]);
+        Scheduler.SetTenantWeight("a", 3);
+        var counts = TakeCounts(1000);
+
+        Assert.InRange(counts["a"], 745, 755);
+    }
+
+    [Fact]
+    public void WorkloadLimit_BlocksUntilReleased_OtherWorkloadsStillRun()
+    {
+        _options.WorkloadLimits["prewarm"] = 2;
+        var p = Enumerable.Range(0, 4).Select(_ => Job(workload: "prewarm")).ToList();
+        p.ForEach(j => Scheduler.Add(j));
+        var other = Job(workload: "other");
+        Scheduler.Add(other);
+
+        var a = Take();
+        var b = Take();
+        Assert.Equal(other, Take());
+        Assert.False(Scheduler.TryTake(out _));
+        Assert.Equal(WaitReason.ConcurrencyLimit, Scheduler.Explain(p[2].Id, freeSlots: 1)!.Reason);
+        Assert.Equal("workload:prewarm=2", Scheduler.Explain(p[2].Id, freeSlots: 1)!.Limit);
+
+        Scheduler.Release(a);
+        Assert.Equal(p[2], Take());
+        Assert.Equal([p[0], p[1]], new[] { a, b });
+    }
+
+    [Fact]
+    public void TenantLimit_BlocksThatTenantOnly()
+    {
+        _options.TenantLimits["acme"] = 1;
+        var a1 = Job("acme");
+        var a2 = Job("acme");
+        var other = Job("globex");
+        Scheduler.Add(a1);
+        Scheduler.Add(a2);
+        Scheduler.Add(other);
+
+        var taken = new[] { Take(), Take() };
+
+        Assert.Contains(a1, taken);
+        Assert.Contains(other, taken);
+        Assert.False(Scheduler.TryTake(out _));
+        Assert.Equal("tenant:acme=1", Scheduler.Explain(a2.Id, 1)!.Limit);
+    }
+
+    [Fact]
+    public void ConcurrencyKey_DefaultLimitOne_IsSingletonExecution()
+    {
+        var first = Job(key: "nightly");
+        var second = Job(key: "nightly");
+        var unkeyed = Job();
+        Scheduler.Add(first);
+        Scheduler.Add(second);
+        Scheduler.Add(unkeyed);
+
+        Assert.Equal(first, Take());
+        Assert.Equal(unkeyed, Take());
+        Assert.False(Scheduler.TryTake(out _));
+        Scheduler.Release(first);
+        Assert.Equal(second, Take());
+    }
+
+    [Fact]
+    public void ConcurrencyKey_ConfiguredLimit_AllowsThatMany()
+    {
+        _options.ConcurrencyKeyLimits["pool"] = 3;
+        for (var i = 0; i < 5; i++)
+        {
+            Scheduler.Add(Job(key: "pool"));
+        }
+
+        TakeCounts(3, release: false);
+
+        Assert.False(Scheduler.TryTake(out _));
+    }
+
+    [Fact]
+    public void Explain_HigherPriorityAndTenantShareAndSlots()
+    {
+        var urgent = Job("a", priority: 9);
+        var a1 = Job("a");
+        var b1 = Job("b");
+        var a2 = Job("a");
+        foreach (var job in new[] { urgent, a1, b1, a2 })
+        {
+            Scheduler.Add(job);
+        }
+
+        Assert.Equal(WaitReason.HigherPriority, Scheduler.Explain(a1.Id, 1)!.Reason);
+        Take();
+        Take();
+
+        Assert.Equal(WaitReason.OverTenantShare, Scheduler.Explain(a2.Id, 1)!.Reason);
+        Assert.Contains("tenant 'b'", Scheduler.Explain(a2.Id, 1)!.Message, StringComparison.Ordinal);
+        Take();
+        Assert.Equal(WaitReason.NoFreeSlot, Scheduler.Explain(a2.Id, 0)!.Reason);
+        Assert.Null(Scheduler.Explain(urgent.Id, 0));
+    }
+
+    [Fact]
+    public void Add_SameJobTwice_IsHeldOnce_AndRemoveForgetsIt()
+    {
+        var job = Job();
+
+        Assert.True(Scheduler.Add(job));
+        Assert.False(Scheduler.Add(job));
+        Assert.Equal(1, Scheduler.PendingCount);
+        Assert.True(Scheduler.Remove(job.Id));
+        Assert.False(Scheduler.TryTake(out _));
+        Scheduler.Add(job);
+        Assert.Equal(job, Take());
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    public void RandomWorkloads_InvariantsHold(int seed)
+    {
+        var random = new Random(seed);
+        _options.WorkloadLimits["w0"] = 2;
+        _options.TenantLimits["t0"] = 3;
+        _options.ConcurrencyKeyLimits["k1"] = 2;
+        var running = new List<QueuedJob>();
+        var pending = new List<QueuedJob>();
+
+        for (var step = 0; step < 4_000; step++)
+        {
+            var action = random.Next(10);
+            if (action < 4)
+            {
+                var job = Job($"t{random.Next(5)}", random.Next(1, 11), $"w{random.Next(3)}", random.Next(4) switch { 0 => "k0", 1 => "k1", _ => null });
+                Scheduler.Add(job);
+                pending.Add(job);
+            }
+            else if (action < 8)
+            {
+                var admissible = pending.Where(j => Admissible(j, running)).ToList();
+                if (Scheduler.TryTake(out var taken))
+                {
+                    // Never exceeds a limit; strict priority among admissible jobs.
+                    Assert.True(Admissible(taken, running), "a limit would be exceeded");
+                    Assert.Equal(admissible.Max(j => j.Priority), taken.Priority);
+                    pending.Remove(taken);
+                    running.Add(taken);
+                }
+                else
+                {
+                    // Work-conserving: nothing admissible is left waiting.
+                    Assert.Empty(admissible);
+                }
+            }
+            else if (running.Count > 0)
+            {
+                var done = running[random.Next(running.Count)];
+                running.Remove(done);
+                Scheduler.Release(done);
+            }
+        }
+
+        Assert.Equal(pending.Count, Scheduler.PendingCount);
+    }
+
+    private bool Admissible(QueuedJob job, List<QueuedJob> running)
+        => running.Count(r => r.Workload == job.Workload) < Limit(_options.WorkloadLimits, job.Workload, int.MaxValue)
+            && running.Count(r => r.Tenant == job.Tenant) < Limit(_options.TenantLimits, job.Tenant, int.MaxValue)
+            && (job.ConcurrencyKey is null || running.Count(r => r.ConcurrencyKey == job.ConcurrencyKey) < Limit(_options.ConcurrencyKeyLimits, job.ConcurrencyKey, _options.DefaultConcurrencyKeyLimit));
+
+    private static int Limit(IDictionary<string, int> limits, string name, int fallback) => limits.TryGetValue(name, out var limit) ? limit : fallback;
+}
