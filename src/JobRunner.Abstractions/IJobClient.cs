@@ -34,6 +34,13 @@ public interface IJobClient
     /// <exception cref="JobNotFoundException">There is no such job.</exception>
     ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default);
 
+    /// <summary>Explains why a job is not running: its not-before time, a higher priority, its tenant's share, a concurrency limit (which one), or no free slot.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    /// <returns>The explanation; <see cref="WaitReason.NotWaiting"/> for a running or finished job.</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    ValueTask<JobExplanation> ExplainAsync(JobId id, CancellationToken cancellationToken = default);
+
     /// <summary>Streams one job's events: first its current state, then every change, ending after a terminal state.</summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Ends the stream early.</param>

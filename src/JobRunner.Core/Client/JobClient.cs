@@ -12,6 +12,7 @@ internal sealed class JobClient(
     ILogStore logs,
     IJobEventBus events,
     WorkloadRegistry registry,
+    JobRunner.Scheduling.JobScheduler scheduler,
     JobRunnerTelemetry telemetry,
     TimeProvider time) : IJobClient
 {
@@ -91,6 +92,18 @@ internal sealed class JobClient(
                 }
             }
         }
+    }
+
+    public async ValueTask<JobExplanation> ExplainAsync(JobId id, CancellationToken cancellationToken = default)
+    {
+        var job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+        return job.State switch
+        {
+            JobState.Scheduled => new JobExplanation(id, WaitReason.NotBefore, $"It waits until {job.DueAt:O} ({(job.Attempts.Count == 0 ? "its not-before time" : "the retry back-off")})."),
+            JobState.Queued => scheduler.Explain(id) ?? new JobExplanation(id, WaitReason.Queued, "It waits in the queue; no worker has taken it into its scheduler yet (this worker holds its lookahead full, or it is being handed over)."),
+            JobState.Running => new JobExplanation(id, WaitReason.NotWaiting, "It is running."),
+            _ => new JobExplanation(id, WaitReason.NotWaiting, $"It finished: {job.State}."),
+        };
     }
 
     public IAsyncEnumerable<JobEvent> WatchAsync(JobEventFilter filter, CancellationToken cancellationToken = default)

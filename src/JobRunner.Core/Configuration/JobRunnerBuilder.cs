@@ -132,6 +132,16 @@ public sealed class JobRunnerBuilder
         return this;
     }
 
+    /// <summary>Adjusts the scheduler: tenant tiers and weights, concurrency limits, lookahead.</summary>
+    /// <param name="configure">The adjustment.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder ConfigureScheduler(Action<SchedulerOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        Services.Configure(configure);
+        return this;
+    }
+
     /// <summary>Adjusts the defaults every workload inherits: retry, timeout, serializer.</summary>
     /// <param name="configure">The adjustment.</param>
     /// <returns>The same builder so that additional calls can be chained.</returns>

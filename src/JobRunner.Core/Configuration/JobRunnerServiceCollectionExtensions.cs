@@ -41,6 +41,8 @@ public static class JobRunnerServiceCollectionExtensions
         services.TryAddSingleton<ILogStore>(static sp => sp.GetRequiredService<InMemoryLogStore>());
         services.TryAddSingleton<IDefinitionStore, JobRunner.Definitions.InMemoryDefinitionStore>();
         services.TryAddSingleton<WorkloadRegistry>();
+        services.TryAddSingleton<JobRunner.Scheduling.JobScheduler>();
+        services.TryAddSingleton<JobRunner.Scheduling.ISchedulerControl>(static sp => sp.GetRequiredService<JobRunner.Scheduling.JobScheduler>());
         services.TryAddSingleton<JobRunnerTelemetry>();
         services.TryAddSingleton<IJobClient, JobClient>();
         services.TryAddSingleton<JobWorker>();
@@ -50,6 +52,8 @@ public static class JobRunnerServiceCollectionExtensions
         services.AddOptions<JobRunnerOptions>().ValidateOnStart();
         services.AddOptions<InMemoryStoreOptions>().ValidateOnStart();
         services.AddOptions<ProcessEngineOptions>().ValidateOnStart();
+        services.AddOptions<SchedulerOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SchedulerOptions>, SchedulerOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ProcessEngineOptions>, ProcessEngineOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WorkerOptions>, WorkerOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<JobRunnerOptions>, JobRunnerOptionsValidator>());

@@ -134,3 +134,58 @@ internal sealed class ProcessEngineOptionsValidator : IValidateOptions<ProcessEn
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 }
+
+/// <summary>Validates <see cref="SchedulerOptions"/> at host start.</summary>
+internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOptions>
+{
+    public ValidateOptionsResult Validate(string? name, SchedulerOptions options)
+    {
+        var errors = new List<string>();
+        foreach (var (tier, weight) in options.TierWeights)
+        {
+            if (weight < 1)
+            {
+                errors.Add($"SchedulerOptions.TierWeights['{tier}'] is {weight}. Set a weight of 1 or more; a tenant's share is proportional to it.");
+            }
+        }
+
+        if (options.DefaultWeight < 1)
+        {
+            errors.Add($"SchedulerOptions.DefaultWeight is {options.DefaultWeight}. Set it to 1 or more.");
+        }
+
+        foreach (var (tenant, tier) in options.TenantTiers)
+        {
+            if (!options.TierWeights.ContainsKey(tier))
+            {
+                errors.Add($"Tenant '{tenant}' has the unknown tier '{tier}'. Use one of: {string.Join(", ", options.TierWeights.Keys)}, or add it to SchedulerOptions.TierWeights.");
+            }
+        }
+
+        Limits(errors, options.WorkloadLimits, "WorkloadLimits");
+        Limits(errors, options.TenantLimits, "TenantLimits");
+        Limits(errors, options.ConcurrencyKeyLimits, "ConcurrencyKeyLimits");
+        if (options.DefaultConcurrencyKeyLimit < 1)
+        {
+            errors.Add($"SchedulerOptions.DefaultConcurrencyKeyLimit is {options.DefaultConcurrencyKeyLimit}. Set it to 1 or more (1 runs jobs that share a key one at a time).");
+        }
+
+        if (options.Lookahead < 0)
+        {
+            errors.Add($"SchedulerOptions.Lookahead is {options.Lookahead}. Set it to 0 or more.");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    private static void Limits(List<string> errors, IDictionary<string, int> limits, string property)
+    {
+        foreach (var (key, limit) in limits)
+        {
+            if (limit < 1)
+            {
+                errors.Add($"SchedulerOptions.{property}['{key}'] is {limit}. Set a limit of 1 or more, or remove the entry for no limit.");
+            }
+        }
+    }
+}

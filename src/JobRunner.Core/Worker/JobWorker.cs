@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text.Json;
-using System.Threading.Channels;
 using JobRunner.Configuration;
 using JobRunner.Telemetry;
 using Microsoft.Extensions.Hosting;
@@ -28,8 +27,9 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly ConcurrentDictionary<JobId, ActiveAttempt> _active = new();
     private readonly CancellationTokenSource _checkpointRequested = new();
     private readonly CancellationTokenSource _background = new();
-    private readonly Channel<QueuedJob> _ready = Channel.CreateUnbounded<QueuedJob>(new UnboundedChannelOptions { SingleWriter = true });
-    private readonly SemaphoreSlim _free;
+    private readonly JobRunner.Scheduling.JobScheduler _scheduler;
+    private readonly SemaphoreSlim _held;
+    private int _running;
     private volatile bool _stopping;
     private int _disposed;
     private PeriodicTimer? _heartbeatTimer;
@@ -43,6 +43,8 @@ internal sealed partial class JobWorker : BackgroundService
         ILogStore logs,
         IJobEventBus events,
         WorkloadRegistry registry,
+        JobRunner.Scheduling.JobScheduler scheduler,
+        IOptions<SchedulerOptions> schedulerOptions,
         IOptions<WorkerOptions> options,
         IOptions<JobRunnerOptions> runnerOptions,
         JobRunnerTelemetry telemetry,
@@ -60,7 +62,9 @@ internal sealed partial class JobWorker : BackgroundService
         Time = time;
         Services = services;
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
-        _free = new SemaphoreSlim(_options.Slots, _options.Slots);
+        _scheduler = scheduler;
+        var capacity = _options.Slots + schedulerOptions.Value.Lookahead;
+        _held = new SemaphoreSlim(capacity, capacity);
     }
 
     public IJobStore Store { get; }
@@ -162,17 +166,21 @@ internal sealed partial class JobWorker : BackgroundService
         Log.WorkerStopped(_logger, WorkerId);
     }
 
+    /// <summary>
+    /// Takes ready jobs from the queue into the scheduler, as long as this worker holds fewer than its slots plus the
+    /// scheduler's lookahead: the scheduler then chooses among them by priority, tenant share and limits.
+    /// </summary>
     private async Task FeedAsync(CancellationToken stoppingToken)
     {
-        var buffer = new QueuedJob[_options.Slots];
+        var buffer = new QueuedJob[Math.Min(_options.Slots * 4, 512)];
         while (!stoppingToken.IsCancellationRequested)
         {
             var want = 0;
             try
             {
-                await _free.WaitAsync(stoppingToken).ConfigureAwait(false);
+                await _held.WaitAsync(stoppingToken).ConfigureAwait(false);
                 want = 1;
-                while (want < buffer.Length && _free.Wait(0, CancellationToken.None))
+                while (want < buffer.Length && _held.Wait(0, CancellationToken.None))
                 {
                     want++;
                 }
@@ -180,8 +188,14 @@ internal sealed partial class JobWorker : BackgroundService
                 var got = await _queue.DequeueAsync(buffer.AsMemory(0, want), _options.LeaseDuration, stoppingToken).ConfigureAwait(false);
                 for (var i = 0; i < got; i++)
                 {
-                    _ready.Writer.TryWrite(buffer[i]);
+                    var item = buffer[i];
                     buffer[i] = null!;
+                    if (!_scheduler.Add(item))
+                    {
+                        // A second delivery of a job this worker already holds (its visibility lapsed): drop it.
+                        await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+                        _held.Release();
+                    }
                 }
 
                 want -= got;
@@ -199,7 +213,7 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 if (want > 0)
                 {
-                    _free.Release(want);
+                    _held.Release(want);
                 }
             }
         }
@@ -207,30 +221,29 @@ internal sealed partial class JobWorker : BackgroundService
 
     private async Task RunSlotAsync()
     {
-        var reader = _ready.Reader;
-        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        while (!_stopping)
         {
-            while (reader.TryRead(out var item))
+            if (!_scheduler.TryTake(out var item))
             {
-                try
-                {
-                    if (_stopping)
-                    {
-                        await _queue.ReturnAsync([item], CancellationToken.None).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        await RunJobAsync(item).ConfigureAwait(false);
-                    }
-                }
-                catch (Exception e)
-                {
-                    Log.SlotFailed(_logger, item.Id, e);
-                }
-                finally
-                {
-                    _free.Release();
-                }
+                await _scheduler.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+                continue;
+            }
+
+            _scheduler.FreeSlots = _options.Slots - Interlocked.Increment(ref _running);
+            try
+            {
+                await RunJobAsync(item).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                Log.SlotFailed(_logger, item.Id, e);
+            }
+            finally
+            {
+                // Whatever the outcome (success, failure, retry, cancellation, timeout), the limits and the slot are given back.
+                _scheduler.FreeSlots = _options.Slots - Interlocked.Decrement(ref _running);
+                _scheduler.Release(item);
+                _held.Release();
             }
         }
     }
@@ -484,7 +497,13 @@ internal sealed partial class JobWorker : BackgroundService
     private async Task ShutDownAsync(Task[] slots)
     {
         _stopping = true;
-        _ready.Writer.TryComplete();
+        _scheduler.WakeAll(_options.Slots);
+        var held = _scheduler.RemoveAll();
+        if (held.Count > 0)
+        {
+            await _queue.ReturnAsync(held, CancellationToken.None).ConfigureAwait(false);
+        }
+
         var running = _active.Count;
         if (running > 0)
         {
@@ -543,7 +562,7 @@ internal sealed partial class JobWorker : BackgroundService
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
                 var leases = new List<JobLease>(_active.Count);
-                var items = new List<QueuedJob>(_active.Count);
+                var items = _scheduler.Snapshot();
                 foreach (var attempt in _active.Values)
                 {
                     if (attempt.Lease is { } lease)
@@ -553,14 +572,9 @@ internal sealed partial class JobWorker : BackgroundService
                     }
                 }
 
-                if (leases.Count == 0)
-                {
-                    continue;
-                }
-
                 try
                 {
-                    var lost = await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
+                    var lost = leases.Count == 0 ? [] : await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
                     foreach (var id in lost)
                     {
                         // Only the attempt whose lease was sent: a retry of the same job may have started since.
@@ -571,7 +585,11 @@ internal sealed partial class JobWorker : BackgroundService
                         }
                     }
 
-                    await _queue.ExtendAsync(items, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
+                    if (items.Count > 0)
+                    {
+                        // Held jobs (running or waiting in the scheduler) stay invisible to other workers.
+                        await _queue.ExtendAsync(items, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
+                    }
                 }
                 catch (Exception e) when (!cancellationToken.IsCancellationRequested)
                 {

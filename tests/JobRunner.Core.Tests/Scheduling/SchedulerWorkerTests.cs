@@ -1,0 +1,201 @@
+using JobRunner.Scheduling;
+using JobRunner.Tests.Support;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Tests.Scheduling;
+
+/// <summary>The scheduler inside the worker: limits hold across outcomes, explanations reach the client.</summary>
+public sealed class SchedulerWorkerTests
+{
+    /// <summary>Completes when <paramref name="condition"/> holds, checked after every change of the scheduler.</summary>
+    private static async Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition)
+    {
+        var scheduler = host.Services.GetRequiredService<JobScheduler>();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void Check()
+        {
+            if (condition(scheduler))
+            {
+                done.TrySetResult();
+            }
+        }
+
+        scheduler.Changed += Check;
+        try
+        {
+            Check();
+            await done.Task.WaitAsync(TestHost.WaitLimit);
+        }
+        finally
+        {
+            scheduler.Changed -= Check;
+        }
+    }
+
+    [Fact]
+    public async Task ConcurrencyKey_Singleton_HeldAcrossCancelAndTimeout_SlotAlwaysGivenBack()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 3));
+        var started = new Dictionary<JobId, TaskCompletionSource>();
+        host.Behavior.Run = async (context, ct) =>
+        {
+            lock (started)
+            {
+                started[context.JobId].TrySetResult();
+            }
+
+            await Task.Delay(Timeout.Infinite, ct);
+        };
+        await host.StartAsync();
+
+        async Task<JobId> SubmitAsync(TimeSpan? timeout = null)
+        {
+            var result = await host.Client.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "nightly", Timeout = timeout });
+            lock (started)
+            {
+                started[result.Id] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            return result.Id;
+        }
+
+        var first = await SubmitAsync();
+        var second = await SubmitAsync(TimeSpan.FromSeconds(30));
+        var third = await SubmitAsync();
+        await started[first].Task.WaitAsync(TestHost.WaitLimit);
+        await WaitUntilAsync(host, s => s.PendingCount == 2);
+
+        var explanation = await host.Client.ExplainAsync(second);
+        Assert.Equal((WaitReason.ConcurrencyLimit, "key:nightly=1"), (explanation.Reason, explanation.Limit));
+        Assert.Equal(JobState.Queued, (await host.Client.GetAsync(second))!.State);
+
+        await host.Client.CancelAsync(first, "stop");
+        await host.WaitForStateAsync(first, JobState.Cancelled);
+        await started[second].Task.WaitAsync(TestHost.WaitLimit);
+        Assert.Equal(JobState.Queued, (await host.Client.GetAsync(third))!.State);
+
+        host.Time.Advance(TimeSpan.FromSeconds(30));
+        await host.WaitForStateAsync(second, JobState.Failed);
+        await started[third].Task.WaitAsync(TestHost.WaitLimit);
+        Assert.Equal(JobState.Running, (await host.Client.GetAsync(third))!.State);
+    }
+
+    [Fact]
+    public async Task WorkloadLimit_RunsAtMostThatManyAtOnce()
+    {
+        await using var host = new TestHost(r => r
+            .ConfigureWorker(w => w.Slots = 4)
+            .ConfigureScheduler(s => s.WorkloadLimits["work"] = 2));
+        var running = 0;
+        var peak = 0;
+        var gates = new List<TaskCompletionSource>();
+        var twoRunning = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (_, ct) =>
+        {
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (gates)
+            {
+                gates.Add(gate);
+                peak = Math.Max(peak, ++running);
+                if (running == 2)
+                {
+                    twoRunning.TrySetResult();
+                }
+            }
+
+            await gate.Task.WaitAsync(ct);
+            lock (gates)
+            {
+                running--;
+            }
+        };
+        await host.StartAsync();
+
+        var ids = new List<JobId>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add(await host.SubmitAsync(new JobRequest("work")));
+        }
+
+        await twoRunning.Task.WaitAsync(TestHost.WaitLimit);
+        await WaitUntilAsync(host, s => s.PendingCount == 3);
+        Assert.Equal("workload:work=2", (await host.Client.ExplainAsync(ids[^1])).Limit);
+
+        // Open every gate, present and future: the remaining jobs then run as the limit allows.
+        host.Behavior.Run = (_, _) =>
+        {
+            lock (gates)
+            {
+                peak = Math.Max(peak, ++running);
+                running--;
+            }
+
+            return ValueTask.CompletedTask;
+        };
+        lock (gates)
+        {
+            gates.ForEach(g => g.TrySetResult());
+        }
+
+        foreach (var id in ids)
+        {
+            await host.WaitForStateAsync(id, JobState.Succeeded);
+        }
+
+        Assert.Equal(2, peak);
+    }
+
+    [Fact]
+    public async Task Explain_ScheduledRunningAndFinishedJobs()
+    {
+        await using var host = new TestHost();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (_, ct) => await gate.Task.WaitAsync(ct);
+        await host.StartAsync();
+
+        var later = await host.SubmitAsync(new JobRequest("work") { NotBefore = host.Time.GetUtcNow().AddHours(1) });
+        var now = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        Assert.Equal(WaitReason.NotBefore, (await host.Client.ExplainAsync(later)).Reason);
+        Assert.Contains("not-before", (await host.Client.ExplainAsync(later)).Message, StringComparison.Ordinal);
+        Assert.Equal(WaitReason.NotWaiting, (await host.Client.ExplainAsync(now)).Reason);
+        gate.SetResult();
+        await host.WaitForStateAsync(now, JobState.Succeeded);
+        Assert.Contains("Succeeded", (await host.Client.ExplainAsync(now)).Message, StringComparison.Ordinal);
+        await Assert.ThrowsAsync<JobNotFoundException>(() => host.Client.ExplainAsync(JobId.New(host.Time)).AsTask());
+    }
+
+    [Fact]
+    public async Task SchedulerControl_UnknownTier_NamesTheTiers()
+    {
+        await using var host = new TestHost();
+        var control = host.Services.GetRequiredService<ISchedulerControl>();
+
+        var e = Assert.Throws<JobValidationException>(() => control.SetTenantTier("acme", "platinum"));
+
+        Assert.Contains("Use one of: gold, silver, bronze", Assert.Single(e.Errors), StringComparison.Ordinal);
+        control.SetTenantTier("acme", "gold");
+        Assert.Throws<ArgumentOutOfRangeException>(() => control.SetTenantWeight("acme", 0));
+    }
+
+    [Fact]
+    public async Task Start_BadSchedulerOptions_ListEveryProblem()
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s =>
+        {
+            s.TierWeights["gold"] = 0;
+            s.TenantTiers["acme"] = "platinum";
+            s.WorkloadLimits["prewarm"] = 0;
+            s.ConcurrencyKeyLimits["k"] = -1;
+            s.DefaultWeight = 0;
+        }));
+
+        var e = await Assert.ThrowsAsync<OptionsValidationException>(host.StartAsync);
+
+        Assert.Equal(5, e.Failures.Count());
+        Assert.Contains("unknown tier 'platinum'", e.Message, StringComparison.Ordinal);
+        Assert.Contains("WorkloadLimits['prewarm'] is 0", e.Message, StringComparison.Ordinal);
+    }
+}
