@@ -41,6 +41,7 @@ public static class JobRunnerServiceCollectionExtensions
         services.TryAddSingleton<ILogStore>(static sp => sp.GetRequiredService<InMemoryLogStore>());
         services.TryAddSingleton<IDefinitionStore, JobRunner.Definitions.InMemoryDefinitionStore>();
         services.TryAddSingleton<WorkloadRegistry>();
+        services.TryAddSingleton<JobRunner.Scheduling.TenantWeights>();
         services.TryAddSingleton<JobRunner.Scheduling.JobScheduler>();
         services.TryAddSingleton<JobRunner.Scheduling.ISchedulerControl>(static sp => sp.GetRequiredService<JobRunner.Scheduling.JobScheduler>());
         services.TryAddSingleton<JobRunnerTelemetry>();

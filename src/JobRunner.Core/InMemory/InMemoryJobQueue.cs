@@ -3,15 +3,15 @@ using System.Diagnostics;
 namespace JobRunner.InMemory;
 
 /// <summary>
-/// The embedded queue: one FIFO per priority band (highest band first), one heap of delayed jobs driven by a single
-/// timer, and an in-flight table whose visibility lapses like an SQS message's, so a consumer that dies without
+/// The embedded queue: per priority band (highest band first) one FIFO per tenant, taken in turns weighted by the
+/// tenants' weights, so that what the scheduler's lookahead holds is already in proportion; one heap of delayed jobs driven by a single timer, and an in-flight table whose visibility lapses like an SQS message's, so a consumer that dies without
 /// acknowledging loses nothing.
 /// </summary>
 [DebuggerDisplay("Ready = {_readyCount}, Delayed = {_delayed.Count}, InFlight = {_inFlight.Count}")]
 internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 {
     private readonly Lock _lock = new();
-    private readonly Queue<QueuedJob>[] _bands = new Queue<QueuedJob>[JobRequest.MaxPriority + 1];
+    private readonly Band[] _bands = new Band[JobRequest.MaxPriority + 1];
     private readonly PriorityQueue<QueuedJob, (DateTimeOffset Due, long Sequence)> _delayed = new();
     private readonly Dictionary<JobId, (QueuedJob Job, DateTimeOffset Until)> _inFlight = [];
     private readonly Queue<TaskCompletionSource> _waiters = new();
@@ -21,12 +21,13 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private int _readyCount;
     private long _sequence;
 
-    public InMemoryJobQueue(TimeProvider time)
+    public InMemoryJobQueue(TimeProvider time, Scheduling.TenantWeights? weights = null)
     {
         _time = time;
+        weights ??= Scheduling.TenantWeights.Equal;
         for (var i = 0; i < _bands.Length; i++)
         {
-            _bands[i] = new Queue<QueuedJob>();
+            _bands[i] = new Band(weights);
         }
 
         _timer = time.CreateTimer(static state => ((InMemoryJobQueue)state!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
@@ -157,7 +158,7 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     private void AddReady(QueuedJob job)
     {
-        _bands[Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority)].Enqueue(job);
+        _bands[Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority)].Add(job);
         _readyCount++;
     }
 
@@ -173,7 +174,7 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
         for (var band = JobRequest.MaxPriority; band >= JobRequest.MinPriority && taken < buffer.Length; band--)
         {
             var queue = _bands[band];
-            while (taken < buffer.Length && queue.TryDequeue(out var job))
+            while (taken < buffer.Length && queue.TryTake(out var job))
             {
                 buffer[taken++] = job;
                 _inFlight[job.Id] = (job, until);
@@ -280,5 +281,61 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
         }
 
         WakeWaiters(woken);
+    }
+
+    /// <summary>
+    /// One priority band: a FIFO per tenant, taken in weighted turns (stride scheduling, as in the scheduler), so the
+    /// jobs the scheduler gets to choose from already arrive in proportion to the tenants' weights.
+    /// </summary>
+    private sealed class Band(Scheduling.TenantWeights weights)
+    {
+        private readonly Dictionary<string, TenantQueue> _byTenant = new(StringComparer.Ordinal);
+        private readonly PriorityQueue<TenantQueue, (double Pass, long Sequence)> _turns = new();
+        private double _virtualTime;
+        private long _sequence;
+
+        public void Add(QueuedJob job)
+        {
+            if (!_byTenant.TryGetValue(job.Tenant, out var queue))
+            {
+                queue = new TenantQueue(job.Tenant) { Pass = _virtualTime };
+                _byTenant.Add(job.Tenant, queue);
+                _turns.Enqueue(queue, (queue.Pass, ++_sequence));
+            }
+
+            queue.Jobs.Enqueue(job);
+        }
+
+        public bool TryTake(out QueuedJob job)
+        {
+            if (!_turns.TryDequeue(out var queue, out _))
+            {
+                job = null!;
+                return false;
+            }
+
+            job = queue.Jobs.Dequeue();
+            _virtualTime = Math.Max(_virtualTime, queue.Pass);
+            queue.Pass += 1.0 / weights.WeightOf(queue.Tenant);
+            if (queue.Jobs.Count > 0)
+            {
+                _turns.Enqueue(queue, (queue.Pass, ++_sequence));
+            }
+            else
+            {
+                _byTenant.Remove(queue.Tenant);
+            }
+
+            return true;
+        }
+
+        private sealed class TenantQueue(string tenant)
+        {
+            public string Tenant { get; } = tenant;
+
+            public double Pass { get; set; }
+
+            public Queue<QueuedJob> Jobs { get; } = new();
+        }
     }
 }

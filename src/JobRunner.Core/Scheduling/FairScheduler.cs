@@ -18,14 +18,15 @@ internal sealed class FairScheduler
     private readonly Dictionary<string, int> _runningByWorkload = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> _runningByTenant = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> _runningByKey = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, int> _weightOverrides = new(StringComparer.Ordinal);
     private readonly SchedulerOptions _options;
+    private readonly TenantWeights _weights;
     private readonly List<Tenant> _skipped = [];
     private long _sequence;
 
-    public FairScheduler(IOptions<SchedulerOptions> options)
+    public FairScheduler(IOptions<SchedulerOptions> options, TenantWeights? weights = null)
     {
         _options = options.Value;
+        _weights = weights ?? new TenantWeights(options);
         for (var i = 0; i < _bands.Length; i++)
         {
             _bands[i] = new Band();
@@ -41,8 +42,7 @@ internal sealed class FairScheduler
     /// <summary>Sets a tenant's weight now, overriding its tier.</summary>
     public void SetTenantWeight(string tenant, int weight)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(weight, 1);
-        _weightOverrides[tenant] = weight;
+        _weights.Set(tenant, weight);
         foreach (var band in _bands)
         {
             if (band.Tenants.TryGetValue(tenant, out var t))
@@ -277,17 +277,7 @@ internal sealed class FairScheduler
         }
     }
 
-    private int WeightOf(string tenant)
-    {
-        if (_weightOverrides.TryGetValue(tenant, out var weight))
-        {
-            return weight;
-        }
-
-        return _options.TenantTiers.TryGetValue(tenant, out var tier) && _options.TierWeights.TryGetValue(tier, out var tierWeight)
-            ? tierWeight
-            : _options.DefaultWeight;
-    }
+    private int WeightOf(string tenant) => _weights.WeightOf(tenant);
 
     private sealed class Band
     {

@@ -29,10 +29,10 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     private readonly SchedulerOptions _options;
     private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
 
-    public JobScheduler(IOptions<SchedulerOptions> options)
+    public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights)
     {
         _options = options.Value;
-        _scheduler = new FairScheduler(options);
+        _scheduler = new FairScheduler(options, weights);
     }
 
     /// <summary>Raised after a job was added, taken or released (outside the lock); tests wait on it instead of sleeping.</summary>

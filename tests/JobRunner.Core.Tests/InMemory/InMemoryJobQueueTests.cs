@@ -16,11 +16,11 @@ public sealed class InMemoryJobQueueTests : IDisposable
 
     public void Dispose() => _queue.Dispose();
 
-    private QueuedJob Item(int priority = 5, DateTimeOffset? dueAt = null) => new()
+    private QueuedJob Item(int priority = 5, DateTimeOffset? dueAt = null, string tenant = "t") => new()
     {
         Id = JobId.New(_time),
         Priority = priority,
-        Tenant = "t",
+        Tenant = tenant,
         Workload = "w",
         EnqueuedAt = _time.GetUtcNow(),
         DueAt = dueAt,
@@ -48,6 +48,19 @@ public sealed class InMemoryJobQueueTests : IDisposable
         var taken = await TakeAsync(10);
 
         Assert.Equal([urgent, normal1, normal2, low], taken);
+    }
+
+    [Fact]
+    public async Task DequeueAsync_WithinAPriority_TenantsTakeTurns()
+    {
+        var a = Enumerable.Range(0, 3).Select(_ => Item(tenant: "a")).ToList();
+        var b = Enumerable.Range(0, 2).Select(_ => Item(tenant: "b")).ToList();
+        foreach (var item in a.Concat(b))
+        {
+            await _queue.EnqueueAsync(item, default);
+        }
+
+        Assert.Equal([a[0], b[0], a[1], b[1], a[2]], await TakeAsync(10));
     }
 
     [Fact]
