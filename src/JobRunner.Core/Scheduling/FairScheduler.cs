@@ -322,13 +322,9 @@ internal sealed class FairScheduler
 
         public void Remove(LinkedListNode<Entry> node)
         {
-            var flow = node.List!;
-            flow.Remove(node);
+            // An emptied flow is kept: the same workload and key usually come back, and re-creating it would allocate.
+            node.List!.Remove(node);
             Count--;
-            if (flow.Count == 0)
-            {
-                Flows.Remove((node.Value.Job.Workload, node.Value.Job.ConcurrencyKey));
-            }
         }
 
         public bool HasAdmissible(FairScheduler scheduler) => scheduler.FirstAdmissible(this) is not null;
