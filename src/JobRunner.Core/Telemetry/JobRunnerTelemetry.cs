@@ -7,7 +7,9 @@ namespace JobRunner.Telemetry;
 /// <summary>
 /// The <c>JobRunner</c> meter and activity source. Instruments: <c>jobrunner.jobs.submitted</c>,
 /// <c>jobrunner.jobs.started</c>, <c>jobrunner.jobs.completed</c> (tag <c>outcome</c>), <c>jobrunner.attempt.duration</c>
-/// (seconds), <c>jobrunner.attempts.active</c>, and <c>jobrunner.queue.depth</c> for the in-memory queue. Every job
+/// (seconds), <c>jobrunner.attempts.active</c>, <c>jobrunner.queue.wait</c> (seconds from ready to start),
+/// <c>jobrunner.scheduler.pending</c> and <c>jobrunner.scheduler.oldest_wait</c> (the jobs the scheduler holds), and
+/// <c>jobrunner.queue.depth</c> for the in-memory queue. Every job
 /// instrument is tagged with <c>tenant</c> and <c>workload</c>.
 /// </summary>
 internal sealed class JobRunnerTelemetry : IDisposable
@@ -20,8 +22,9 @@ internal sealed class JobRunnerTelemetry : IDisposable
     private readonly Counter<long> _completed;
     private readonly Histogram<double> _duration;
     private readonly UpDownCounter<long> _active;
+    private readonly Histogram<double> _wait;
 
-    public JobRunnerTelemetry(IJobQueue queue)
+    public JobRunnerTelemetry(IJobQueue queue, Scheduling.JobScheduler scheduler, TimeProvider time)
     {
         var version = typeof(JobRunnerTelemetry).Assembly.GetName().Version?.ToString();
         _meter = new Meter(Name, version);
@@ -31,6 +34,9 @@ internal sealed class JobRunnerTelemetry : IDisposable
         _completed = _meter.CreateCounter<long>("jobrunner.jobs.completed", "{attempt}", "Attempts ended, by outcome.");
         _duration = _meter.CreateHistogram<double>("jobrunner.attempt.duration", "s", "How long attempts ran.");
         _active = _meter.CreateUpDownCounter<long>("jobrunner.attempts.active", "{attempt}", "Attempts running now.");
+        _wait = _meter.CreateHistogram<double>("jobrunner.queue.wait", "s", "How long jobs waited from enqueue (or due time) to start.");
+        _meter.CreateObservableGauge("jobrunner.scheduler.pending", () => Held(scheduler, time, age: false), "{job}", "Ready jobs held by this worker's scheduler, by tenant and workload.");
+        _meter.CreateObservableGauge("jobrunner.scheduler.oldest_wait", () => Held(scheduler, time, age: true), "s", "The wait of the oldest ready job held by this worker's scheduler, by tenant and workload.");
         if (queue is InMemoryJobQueue memory)
         {
             _meter.CreateObservableGauge("jobrunner.queue.depth", () => memory.Depth, "{job}", "Jobs waiting in the in-memory queue (ready, delayed or in flight).");
@@ -76,6 +82,27 @@ internal sealed class JobRunnerTelemetry : IDisposable
         {
             _duration.Record(duration.TotalSeconds, new("tenant", tenant), new("workload", workload), new("outcome", OutcomeName(outcome)));
         }
+    }
+
+    public void Waited(QueuedJob job, DateTimeOffset now)
+    {
+        if (_wait.Enabled)
+        {
+            var since = job.DueAt is { } due && due > job.EnqueuedAt ? due : job.EnqueuedAt;
+            _wait.Record(Math.Max(0, (now - since).TotalSeconds), new("tenant", job.Tenant), new("workload", job.Workload));
+        }
+    }
+
+    private static List<Measurement<double>> Held(Scheduling.JobScheduler scheduler, TimeProvider time, bool age)
+    {
+        var now = time.GetUtcNow();
+        return scheduler.Snapshot()
+            .GroupBy(static j => (j.Tenant, j.Workload))
+            .Select(g => new Measurement<double>(
+                age ? g.Max(j => (now - j.EnqueuedAt).TotalSeconds) : g.Count(),
+                new KeyValuePair<string, object?>("tenant", g.Key.Tenant),
+                new KeyValuePair<string, object?>("workload", g.Key.Workload)))
+            .ToList();
     }
 
     public void Dispose()

@@ -230,6 +230,7 @@ internal sealed partial class JobWorker : BackgroundService
             }
 
             _scheduler.FreeSlots = _options.Slots - Interlocked.Increment(ref _running);
+            _telemetry.Waited(item, Time.GetUtcNow());
             try
             {
                 await RunJobAsync(item).ConfigureAwait(false);

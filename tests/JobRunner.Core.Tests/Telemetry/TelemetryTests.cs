@@ -56,6 +56,40 @@ public sealed class TelemetryTests
     }
 
     [Fact]
+    public async Task Meter_RecordsQueueWaitPerTenant()
+    {
+        var tenant = "w" + Guid.NewGuid().ToString("N")[..8];
+        var waits = new ConcurrentQueue<double>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner" && instrument.Name == "jobrunner.queue.wait")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<double>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant" && tag.Value as string == tenant)
+                {
+                    waits.Enqueue(value);
+                }
+            }
+        });
+        listener.Start();
+
+        await using var host = new TestHost();
+        var id = await host.SubmitAsync(new JobRequest("work") { Tenant = tenant });
+        host.Time.Advance(TimeSpan.FromSeconds(7));
+        await host.StartAsync();
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        Assert.Equal([7.0], waits);
+    }
+
+    [Fact]
     public async Task ActivitySource_SpanPerAttempt_CarriesCorrelationId()
     {
         var correlation = Guid.NewGuid().ToString("N");
