@@ -23,6 +23,9 @@ public enum WaitReason
 
     /// <summary>Every execution slot is busy.</summary>
     NoFreeSlot = 6,
+
+    /// <summary>A rate limit's bucket is empty (<see cref="JobExplanation.Limit"/> says which).</summary>
+    RateLimited = 7,
 }
 
 /// <summary>Why a waiting job is not running.</summary>

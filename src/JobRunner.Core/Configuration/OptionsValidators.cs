@@ -170,6 +170,22 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
             errors.Add($"SchedulerOptions.DefaultConcurrencyKeyLimit is {options.DefaultConcurrencyKeyLimit}. Set it to 1 or more (1 runs jobs that share a key one at a time).");
         }
 
+        foreach (var (kind, rates) in new[] { ("WorkloadRates", options.WorkloadRates), ("TenantRates", options.TenantRates) })
+        {
+            foreach (var (key, rate) in rates)
+            {
+                if (rate is null || !(rate.PerSecond > 0) || rate.Burst < 1)
+                {
+                    errors.Add($"SchedulerOptions.{kind}['{key}'] is {rate}. Set PerSecond above 0 and Burst to 1 or more, or remove the entry for no rate limit.");
+                }
+            }
+        }
+
+        if (options.MaxWait is { } maxWait && maxWait <= TimeSpan.Zero)
+        {
+            errors.Add($"SchedulerOptions.MaxWait is {maxWait}. Set a positive time after which a waiting job is promoted, or null for strict priorities.");
+        }
+
         if (options.Lookahead < 0)
         {
             errors.Add($"SchedulerOptions.Lookahead is {options.Lookahead}. Set it to 0 or more.");

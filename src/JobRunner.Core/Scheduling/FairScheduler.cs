@@ -20,13 +20,27 @@ internal sealed class FairScheduler
     private readonly Dictionary<string, int> _runningByKey = new(StringComparer.Ordinal);
     private readonly SchedulerOptions _options;
     private readonly TenantWeights _weights;
+    private readonly TimeProvider _time;
+    private readonly Dictionary<string, Bucket> _workloadBuckets = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Bucket> _tenantBuckets = new(StringComparer.Ordinal);
+    private readonly Queue<(JobId Id, DateTimeOffset Due)> _aging = new();
     private readonly List<Tenant> _skipped = [];
     private long _sequence;
 
-    public FairScheduler(IOptions<SchedulerOptions> options, TenantWeights? weights = null)
+    public FairScheduler(IOptions<SchedulerOptions> options, TenantWeights? weights = null, TimeProvider? time = null)
     {
         _options = options.Value;
         _weights = weights ?? new TenantWeights(options);
+        _time = time ?? TimeProvider.System;
+        foreach (var (name, rate) in _options.WorkloadRates)
+        {
+            _workloadBuckets[name] = new Bucket(rate, _time.GetUtcNow());
+        }
+
+        foreach (var (name, rate) in _options.TenantRates)
+        {
+            _tenantBuckets[name] = new Bucket(rate, _time.GetUtcNow());
+        }
         for (var i = 0; i < _bands.Length; i++)
         {
             _bands[i] = new Band();
@@ -36,6 +50,9 @@ internal sealed class FairScheduler
     public int PendingCount => _pending.Count;
 
     public int RunningCount { get; private set; }
+
+    /// <summary>Gets when a rate-limited job may next become admissible, after a take that found nothing; else <see langword="null"/>.</summary>
+    public DateTimeOffset? NextRefill { get; private set; }
 
     public IEnumerable<QueuedJob> Pending => _pending.Values.Select(static n => n.Value.Job);
 
@@ -61,7 +78,19 @@ internal sealed class FairScheduler
             return false;
         }
 
-        var band = _bands[Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority)];
+        var priority = Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority);
+        if (_options.MaxWait is { } maxWait && priority < JobRequest.MaxPriority)
+        {
+            _aging.Enqueue((job.Id, _time.GetUtcNow() + maxWait));
+        }
+
+        Insert(job, priority, ++_sequence);
+        return true;
+    }
+
+    private void Insert(QueuedJob job, int priority, long sequence)
+    {
+        var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
             tenant = new Tenant(job.Tenant, WeightOf(job.Tenant));
@@ -75,8 +104,7 @@ internal sealed class FairScheduler
             Push(band, tenant);
         }
 
-        _pending.Add(job.Id, tenant.Add(new Entry(job, ++_sequence)));
-        return true;
+        _pending[job.Id] = tenant.Add(new Entry(job, sequence, priority));
     }
 
     /// <summary>Removes a held job that will not run here (returned to the queue).</summary>
@@ -87,8 +115,7 @@ internal sealed class FairScheduler
             return false;
         }
 
-        var band = _bands[Math.Clamp(node.Value.Job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority)];
-        band.Tenants[node.Value.Job.Tenant].Remove(node);
+        _bands[node.Value.Priority].Tenants[node.Value.Job.Tenant].Remove(node);
 
         // An emptied tenant stays in the band's heap until a take pops and drops it.
         return true;
@@ -97,6 +124,8 @@ internal sealed class FairScheduler
     /// <summary>Chooses the next job to run, and counts it as running.</summary>
     public bool TryTake(out QueuedJob job)
     {
+        Promote();
+        NextRefill = null;
         for (var priority = JobRequest.MaxPriority; priority >= JobRequest.MinPriority; priority--)
         {
             var band = _bands[priority];
@@ -104,6 +133,7 @@ internal sealed class FairScheduler
             {
                 _pending.Remove(job.Id);
                 Count(job, +1);
+                Consume(job);
                 return true;
             }
         }
@@ -124,29 +154,32 @@ internal sealed class FairScheduler
         }
 
         var job = node.Value.Job;
+        var effective = node.Value.Priority;
         if (BlockedBy(job) is { } limit)
         {
-            return new JobExplanation(id, WaitReason.ConcurrencyLimit, $"The concurrency limit {limit} is reached; it runs when one of those attempts ends.", limit);
+            return limit.StartsWith("rate:", StringComparison.Ordinal)
+                ? new JobExplanation(id, WaitReason.RateLimited, $"The rate limit {limit} is used up; it runs when the bucket refills.", limit)
+                : new JobExplanation(id, WaitReason.ConcurrencyLimit, $"The concurrency limit {limit} is reached; it runs when one of those attempts ends.", limit);
         }
 
-        for (var priority = JobRequest.MaxPriority; priority > job.Priority; priority--)
+        for (var priority = JobRequest.MaxPriority; priority > effective; priority--)
         {
             foreach (var tenant in _bands[priority].Tenants.Values)
             {
                 if (tenant.HasAdmissible(this))
                 {
-                    return new JobExplanation(id, WaitReason.HigherPriority, $"Jobs of priority {priority} are ahead of it (it has priority {job.Priority}).");
+                    return new JobExplanation(id, WaitReason.HigherPriority, $"Jobs of priority {priority} are ahead of it (it has priority {effective}{(effective != job.Priority ? $", promoted from {job.Priority} after waiting" : "")}).");
                 }
             }
         }
 
-        var band = _bands[job.Priority];
+        var band = _bands[effective];
         var own = band.Tenants[job.Tenant];
         foreach (var other in band.Tenants.Values)
         {
             if (other != own && other.Pass < own.Pass && other.HasAdmissible(this))
             {
-                return new JobExplanation(id, WaitReason.OverTenantShare, $"Tenant '{job.Tenant}' (weight {own.Weight}) used its share of priority {job.Priority}; tenant '{other.Name}' (weight {other.Weight}) goes first.");
+                return new JobExplanation(id, WaitReason.OverTenantShare, $"Tenant '{job.Tenant}' (weight {own.Weight}) used its share of priority {effective}; tenant '{other.Name}' (weight {other.Weight}) goes first.");
             }
         }
 
@@ -247,7 +280,75 @@ internal sealed class FairScheduler
             }
         }
 
+        if (_workloadBuckets.Count > 0 && _workloadBuckets.TryGetValue(job.Workload, out var workloadBucket) && !HasToken(workloadBucket))
+        {
+            return $"rate:workload:{job.Workload}={workloadBucket.Rate.PerSecond}/s";
+        }
+
+        if (_tenantBuckets.Count > 0 && _tenantBuckets.TryGetValue(job.Tenant, out var tenantBucket) && !HasToken(tenantBucket))
+        {
+            return $"rate:tenant:{job.Tenant}={tenantBucket.Rate.PerSecond}/s";
+        }
+
         return null;
+    }
+
+    private bool HasToken(Bucket bucket)
+    {
+        var now = _time.GetUtcNow();
+        bucket.Refill(now);
+        if (bucket.Tokens >= 1)
+        {
+            return true;
+        }
+
+        var at = now + TimeSpan.FromSeconds((1 - bucket.Tokens) / bucket.Rate.PerSecond);
+        if (NextRefill is null || at < NextRefill)
+        {
+            NextRefill = at;
+        }
+
+        return false;
+    }
+
+    private void Consume(QueuedJob job)
+    {
+        if (_workloadBuckets.TryGetValue(job.Workload, out var workload))
+        {
+            workload.Tokens -= 1;
+        }
+
+        if (_tenantBuckets.TryGetValue(job.Tenant, out var tenant))
+        {
+            tenant.Tokens -= 1;
+        }
+    }
+
+    /// <summary>The starvation guard: moves jobs that waited <see cref="SchedulerOptions.MaxWait"/> up one band.</summary>
+    private void Promote()
+    {
+        if (_options.MaxWait is not { } maxWait)
+        {
+            return;
+        }
+
+        var now = _time.GetUtcNow();
+        while (_aging.TryPeek(out var head) && head.Due <= now)
+        {
+            _aging.Dequeue();
+            if (!_pending.TryGetValue(head.Id, out var node) || node.Value.Priority >= JobRequest.MaxPriority)
+            {
+                continue;
+            }
+
+            var entry = node.Value;
+            _bands[entry.Priority].Tenants[entry.Job.Tenant].Remove(node);
+            Insert(entry.Job, entry.Priority + 1, entry.Sequence);
+            if (entry.Priority + 1 < JobRequest.MaxPriority)
+            {
+                _aging.Enqueue((head.Id, now + maxWait));
+            }
+        }
     }
 
     private static bool IsAtLimit(Dictionary<string, int> running, string name, int limit)
@@ -290,7 +391,25 @@ internal sealed class FairScheduler
         public long Sequence { get; set; }
     }
 
-    private readonly record struct Entry(QueuedJob Job, long Sequence);
+    private readonly record struct Entry(QueuedJob Job, long Sequence, int Priority);
+
+    private sealed class Bucket(RateLimit rate, DateTimeOffset now)
+    {
+        private DateTimeOffset _refilled = now;
+
+        public RateLimit Rate { get; } = rate;
+
+        public double Tokens { get; set; } = rate.Burst;
+
+        public void Refill(DateTimeOffset now)
+        {
+            if (now > _refilled)
+            {
+                Tokens = Math.Min(Rate.Burst, Tokens + ((now - _refilled).TotalSeconds * Rate.PerSecond));
+                _refilled = now;
+            }
+        }
+    }
 
     private sealed class Tenant(string name, int weight)
     {
@@ -317,7 +436,19 @@ internal sealed class FairScheduler
             }
 
             Count++;
-            return flow.AddLast(entry);
+            if (flow.Last is null || flow.Last.Value.Sequence < entry.Sequence)
+            {
+                return flow.AddLast(entry);
+            }
+
+            // A promoted job keeps its place by arrival: older than the jobs already in the band.
+            var next = flow.First!;
+            while (next.Value.Sequence < entry.Sequence)
+            {
+                next = next.Next!;
+            }
+
+            return flow.AddBefore(next, entry);
         }
 
         public void Remove(LinkedListNode<Entry> node)

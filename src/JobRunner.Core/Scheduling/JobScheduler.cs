@@ -28,11 +28,18 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     private readonly FairScheduler _scheduler;
     private readonly SchedulerOptions _options;
     private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
+    private readonly TimeProvider _time;
+    private readonly ITimer _timer;
+    private DateTimeOffset _timerDue = DateTimeOffset.MaxValue;
 
-    public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights)
+    public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights, TimeProvider time)
     {
         _options = options.Value;
-        _scheduler = new FairScheduler(options, weights);
+        _time = time;
+        _scheduler = new FairScheduler(options, weights, time);
+
+        // One timer wakes the slots when a rate limit refills or a waiting job is due for promotion.
+        _timer = time.CreateTimer(static s => ((JobScheduler)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
     }
 
     /// <summary>Raised after a job was added, taken or released (outside the lock); tests wait on it instead of sleeping.</summary>
@@ -75,6 +82,12 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         lock (_lock)
         {
             taken = _scheduler.TryTake(out job);
+            if (!taken && _scheduler.NextRefill is { } at && at < _timerDue)
+            {
+                _timerDue = at;
+                var wait = at - _time.GetUtcNow();
+                _timer.Change(wait > TimeSpan.Zero ? wait : TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+            }
         }
 
         if (taken)
@@ -164,5 +177,20 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         SetTenantWeight(tenant, weight);
     }
 
-    public void Dispose() => _wake.Dispose();
+    public void Dispose()
+    {
+        _timer.Dispose();
+        _wake.Dispose();
+    }
+
+    private void OnTimer()
+    {
+        lock (_lock)
+        {
+            _timerDue = DateTimeOffset.MaxValue;
+        }
+
+        Wake();
+        Changed?.Invoke();
+    }
 }

@@ -27,6 +27,19 @@ public sealed class SchedulerOptions
     /// <value>The default value is 1: jobs that share a key run one at a time (singleton execution).</value>
     public int DefaultConcurrencyKeyLimit { get; set; } = 1;
 
+    /// <summary>Gets the rate limit of each workload: attempts started per second, with a burst.</summary>
+    public IDictionary<string, RateLimit> WorkloadRates { get; } = new Dictionary<string, RateLimit>(StringComparer.Ordinal);
+
+    /// <summary>Gets the rate limit of each tenant: attempts started per second, with a burst.</summary>
+    public IDictionary<string, RateLimit> TenantRates { get; } = new Dictionary<string, RateLimit>(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Gets or sets the starvation guard: a job that waited this long in the scheduler is promoted one priority band,
+    /// and again after each further wait of this length, up to 10.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: strict priorities, no promotion.</value>
+    public TimeSpan? MaxWait { get; set; }
+
     /// <summary>
     /// Gets or sets how many ready jobs the scheduler holds to choose from, beyond the running ones. More gives better
     /// fairness when many tenants compete; the queue keeps the rest.
@@ -34,3 +47,8 @@ public sealed class SchedulerOptions
     /// <value>The default value is 256.</value>
     public int Lookahead { get; set; } = 256;
 }
+
+/// <summary>A token bucket: <paramref name="PerSecond"/> starts per second on average, up to <paramref name="Burst"/> at once.</summary>
+/// <param name="PerSecond">The refill rate, above zero.</param>
+/// <param name="Burst">The bucket size, 1 or more.</param>
+public sealed record RateLimit(double PerSecond, int Burst = 1);

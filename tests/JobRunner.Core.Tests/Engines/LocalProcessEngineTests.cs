@@ -57,6 +57,24 @@ public sealed class LocalProcessEngineTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// A killed process leaves /proc shortly after kill(2) returns; the kernel gives no signal to wait on for a process
+    /// that is not our child, so this polls, bounded.
+    /// </summary>
+    private static async Task AssertDeadAsync(IEnumerable<int> pids)
+    {
+        foreach (var pid in pids)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (IsAlive(pid) && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(10);
+            }
+
+            Assert.False(IsAlive(pid), $"process {pid} outlived the run");
+        }
+    }
+
     private List<int> Pids(string file) => [.. File.ReadAllLines(Path.Combine(_dir, file)).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture))];
 
     [Fact]
@@ -208,7 +226,7 @@ public sealed class LocalProcessEngineTests : IDisposable
 
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
         Assert.Equal(143, context.ExitCode);
-        Assert.All(Pids("pids"), pid => Assert.False(IsAlive(pid), $"process {pid} survived the cancellation"));
+        await AssertDeadAsync(Pids("pids"));
     }
 
     [Fact]
@@ -263,6 +281,6 @@ public sealed class LocalProcessEngineTests : IDisposable
 
         Assert.Equal(0, context.ExitCode);
         Assert.Contains("done", context.Output(LogStream.Output));
-        Assert.All(Pids("orphans"), pid => Assert.False(IsAlive(pid), $"orphan {pid} outlived the run"));
+        await AssertDeadAsync(Pids("orphans"));
     }
 }

@@ -10,7 +10,7 @@ public sealed class FairSchedulerTests
     private readonly SchedulerOptions _options = new();
     private FairScheduler? _scheduler;
 
-    private FairScheduler Scheduler => _scheduler ??= new FairScheduler(Options.Create(_options));
+    private FairScheduler Scheduler => _scheduler ??= new FairScheduler(Options.Create(_options), time: _time);
 
     private QueuedJob Job(string tenant = "t", int priority = 5, string workload = "w", string? key = null) => new()
     {
@@ -270,6 +270,73 @@ public sealed class FairSchedulerTests
         Assert.False(Scheduler.TryTake(out _));
         Scheduler.Add(job);
         Assert.Equal(job, Take());
+    }
+
+    [Fact]
+    public void RateLimit_WorkloadBucket_AdmitsBurstThenRefillRate()
+    {
+        _options.WorkloadRates["api"] = new RateLimit(PerSecond: 2, Burst: 2);
+        var jobs = Enumerable.Range(0, 5).Select(_ => Job(workload: "api")).ToList();
+        jobs.ForEach(j => Scheduler.Add(j));
+
+        Take();
+        Take();
+        Assert.False(Scheduler.TryTake(out _));
+        Assert.Equal(_time.GetUtcNow().AddSeconds(0.5), Scheduler.NextRefill);
+        var explanation = Scheduler.Explain(jobs[2].Id, 1)!;
+        Assert.Equal((WaitReason.RateLimited, "rate:workload:api=2/s"), (explanation.Reason, explanation.Limit));
+
+        _time.Advance(TimeSpan.FromSeconds(0.5));
+        Assert.Equal(jobs[2], Take());
+        Assert.False(Scheduler.TryTake(out _));
+        _time.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(jobs[3], Take());
+        Assert.Equal(jobs[4], Take());
+    }
+
+    [Fact]
+    public void RateLimit_TenantBucket_OtherTenantsUnaffected()
+    {
+        _options.TenantRates["chatty"] = new RateLimit(PerSecond: 1);
+        Scheduler.Add(Job("chatty"));
+        Scheduler.Add(Job("chatty"));
+        var calm = Job("calm");
+        Scheduler.Add(calm);
+
+        var taken = new[] { Take(), Take() };
+
+        Assert.Contains(calm, taken);
+        Assert.False(Scheduler.TryTake(out _));
+    }
+
+    [Fact]
+    public void MaxWait_PromotesAStarvingJob_AheadOfNewerHigherPriorityJobs()
+    {
+        _options.MaxWait = TimeSpan.FromMinutes(1);
+        var starving = Job(priority: 8);
+        Scheduler.Add(starving);
+        Scheduler.Add(Job(priority: 9));
+        Assert.Equal(9, Take().Priority);
+
+        _time.Advance(TimeSpan.FromMinutes(1));
+        for (var i = 0; i < 10; i++)
+        {
+            Scheduler.Add(Job(priority: 9));
+        }
+
+        Assert.Equal(starving, Take());
+        Assert.Equal(9, Take().Priority);
+    }
+
+    [Fact]
+    public void MaxWait_Unset_StrictPriorityStarvesLowerBands()
+    {
+        var low = Job(priority: 1);
+        Scheduler.Add(low);
+        Scheduler.Add(Job(priority: 2));
+        _time.Advance(TimeSpan.FromDays(1));
+
+        Assert.Equal(2, Take().Priority);
     }
 
     [Theory]

@@ -147,6 +147,22 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task RateLimit_WaitingJobsStartWhenTheBucketRefills()
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s => s.WorkloadRates["work"] = new RateLimit(PerSecond: 1)));
+        await host.StartAsync();
+
+        var first = await host.SubmitAsync(new JobRequest("work"));
+        var second = await host.SubmitAsync(new JobRequest("work"));
+        await host.WaitForStateAsync(first, JobState.Succeeded);
+        await WaitUntilAsync(host, s => s.PendingCount == 1);
+
+        Assert.Equal(WaitReason.RateLimited, (await host.Client.ExplainAsync(second)).Reason);
+        host.Time.Advance(TimeSpan.FromSeconds(1));
+        await host.WaitForStateAsync(second, JobState.Succeeded);
+    }
+
+    [Fact]
     public async Task Explain_ScheduledRunningAndFinishedJobs()
     {
         await using var host = new TestHost();
@@ -190,11 +206,13 @@ public sealed class SchedulerWorkerTests
             s.WorkloadLimits["prewarm"] = 0;
             s.ConcurrencyKeyLimits["k"] = -1;
             s.DefaultWeight = 0;
+            s.TenantRates["acme"] = new RateLimit(PerSecond: 0);
+            s.MaxWait = TimeSpan.Zero;
         }));
 
         var e = await Assert.ThrowsAsync<OptionsValidationException>(host.StartAsync);
 
-        Assert.Equal(5, e.Failures.Count());
+        Assert.Equal(7, e.Failures.Count());
         Assert.Contains("unknown tier 'platinum'", e.Message, StringComparison.Ordinal);
         Assert.Contains("WorkloadLimits['prewarm'] is 0", e.Message, StringComparison.Ordinal);
     }
