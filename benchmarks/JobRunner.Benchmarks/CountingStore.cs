@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using JobRunner;
+using JobRunner.Testing;
 
 namespace JobRunner.Benchmarks;
 
@@ -24,37 +26,14 @@ internal sealed class CompletionCounter
     }
 }
 
-/// <summary>Forwards to the real store and counts completions.</summary>
-internal sealed class CountingStore(IJobStore inner, CompletionCounter counter) : IJobStore
+/// <summary>Forwards to the real store and counts completions; optionally records the tenant of each, in order.</summary>
+internal sealed class CountingStore(IJobStore inner, CompletionCounter counter, ConcurrentQueue<string>? order = null) : DelegatingJobStore(inner)
 {
-    public ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken) => inner.InsertAsync(job, cancellationToken);
-
-    public ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken) => inner.GetAsync(id, cancellationToken);
-
-    public ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken) => inner.ListAsync(query, cancellationToken);
-
-    public ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
-        => inner.TryAcquireLeaseAsync(id, workerId, duration, cancellationToken);
-
-    public ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken)
-        => inner.RenewLeasesAsync(leases, duration, cancellationToken);
-
-    public ValueTask SaveCheckpointAsync(JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
-        => inner.SaveCheckpointAsync(lease, checkpoint, cancellationToken);
-
-    public ValueTask ReportProgressAsync(JobLease lease, JobProgress progress, CancellationToken cancellationToken)
-        => inner.ReportProgressAsync(lease, progress, cancellationToken);
-
-    public async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    public override async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
     {
-        var job = await inner.CompleteAttemptAsync(lease, completion, cancellationToken).ConfigureAwait(false);
+        var job = await Inner.CompleteAttemptAsync(lease, completion, cancellationToken).ConfigureAwait(false);
+        order?.Enqueue(job.Tenant);
         counter.Completed();
         return job;
     }
-
-    public ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken)
-        => inner.RequestCancellationAsync(id, reason, cancellationToken);
-
-    public ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)
-        => inner.ReclaimExpiredLeasesAsync(cancellationToken);
 }

@@ -89,7 +89,7 @@ internal static class Fairness
             .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop"));
         var inner = services.Last(d => d.ServiceType == typeof(IJobStore));
         var counter = new CompletionCounter();
-        services.Replace(ServiceDescriptor.Singleton<IJobStore>(sp => new OrderRecordingStore((IJobStore)inner.ImplementationFactory!(sp), counter, order)));
+        services.Replace(ServiceDescriptor.Singleton<IJobStore>(sp => new CountingStore((IJobStore)inner.ImplementationFactory!(sp), counter, order)));
         await Task.CompletedTask;
         return new FairnessHost(services.BuildServiceProvider(), counter);
     }
@@ -117,40 +117,5 @@ internal static class Fairness
             await _worker.StopAsync(CancellationToken.None);
             await services.DisposeAsync();
         }
-    }
-
-    private sealed class OrderRecordingStore(IJobStore inner, CompletionCounter counter, ConcurrentQueue<string> order) : IJobStore
-    {
-        public ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken) => inner.InsertAsync(job, cancellationToken);
-
-        public ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken) => inner.GetAsync(id, cancellationToken);
-
-        public ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken) => inner.ListAsync(query, cancellationToken);
-
-        public ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
-            => inner.TryAcquireLeaseAsync(id, workerId, duration, cancellationToken);
-
-        public ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken)
-            => inner.RenewLeasesAsync(leases, duration, cancellationToken);
-
-        public ValueTask SaveCheckpointAsync(JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
-            => inner.SaveCheckpointAsync(lease, checkpoint, cancellationToken);
-
-        public ValueTask ReportProgressAsync(JobLease lease, JobProgress progress, CancellationToken cancellationToken)
-            => inner.ReportProgressAsync(lease, progress, cancellationToken);
-
-        public async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
-        {
-            var job = await inner.CompleteAttemptAsync(lease, completion, cancellationToken).ConfigureAwait(false);
-            order.Enqueue(job.Tenant);
-            counter.Completed();
-            return job;
-        }
-
-        public ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken)
-            => inner.RequestCancellationAsync(id, reason, cancellationToken);
-
-        public ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)
-            => inner.ReclaimExpiredLeasesAsync(cancellationToken);
     }
 }

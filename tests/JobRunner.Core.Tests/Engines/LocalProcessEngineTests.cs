@@ -57,6 +57,21 @@ public sealed class LocalProcessEngineTests : IDisposable
         }
     }
 
+    /// <summary>Runs the spec, cancels it once it logged "ready", and returns its exit code.</summary>
+    private static async Task<int?> CancelAfterReadyAsync(ContainerSpec spec, ProcessEngineOptions? options = null)
+    {
+        var context = new RecordingContext();
+        using var cts = new CancellationTokenSource();
+        using var engine = Engine(spec, options);
+        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await cts.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
+        return context.ExitCode;
+    }
+
     /// <summary>
     /// A killed process leaves /proc shortly after kill(2) returns; the kernel gives no signal to wait on for a process
     /// that is not our child, so this polls, bounded.
@@ -215,17 +230,9 @@ public sealed class LocalProcessEngineTests : IDisposable
     [Fact]
     public async Task Execute_Cancelled_TerminatesTheWholeProcessTree()
     {
-        var spec = Sh($"sleep 60 & echo $! >> {_dir}/pids; sleep 60 & echo $! >> {_dir}/pids; echo ready; wait");
-        var context = new RecordingContext();
-        using var cts = new CancellationTokenSource();
-        using var engine = Engine(spec);
-        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
-        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+        var exitCode = await CancelAfterReadyAsync(Sh($"sleep 60 & echo $! >> {_dir}/pids; sleep 60 & echo $! >> {_dir}/pids; echo ready; wait"));
 
-        await cts.CancelAsync();
-
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
-        Assert.Equal(143, context.ExitCode);
+        Assert.Equal(143, exitCode);
         await AssertDeadAsync(Pids("pids"));
     }
 
@@ -235,33 +242,15 @@ public sealed class LocalProcessEngineTests : IDisposable
         var options = new ProcessEngineOptions { UseProcessGroups = false, KillGracePeriod = TimeSpan.FromMilliseconds(300) };
         Assert.Equal(["fast"], (await RunAsync(Sh("echo fast"), options)).Output(LogStream.Output));
 
-        var spec = Sh("trap '' TERM; echo ready; while true; do sleep 1; done");
-        var context = new RecordingContext();
-        using var cts = new CancellationTokenSource();
-        using var engine = Engine(spec, options);
-        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
-        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
-
-        await cts.CancelAsync();
-
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
-        Assert.Equal(137, context.ExitCode);
+        Assert.Equal(137, await CancelAfterReadyAsync(Sh("trap '' TERM; echo ready; while true; do sleep 1; done"), options));
     }
 
     [Fact]
     public async Task Execute_CancelledAndIgnoringSigterm_IsKilledAfterGrace()
     {
-        var spec = Sh("trap '' TERM; echo ready; while true; do sleep 1; done");
-        var context = new RecordingContext();
-        using var cts = new CancellationTokenSource();
-        using var engine = Engine(spec, new ProcessEngineOptions { KillGracePeriod = TimeSpan.FromMilliseconds(300) });
-        var run = engine.ExecuteAsync(context, cts.Token).AsTask();
-        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+        var exitCode = await CancelAfterReadyAsync(Sh("trap '' TERM; echo ready; while true; do sleep 1; done"), new ProcessEngineOptions { KillGracePeriod = TimeSpan.FromMilliseconds(300) });
 
-        await cts.CancelAsync();
-
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
-        Assert.Equal(137, context.ExitCode);
+        Assert.Equal(137, exitCode);
     }
 
     [Fact]
