@@ -43,7 +43,7 @@ public static class JobRunnerServiceCollectionExtensions
         services.TryAddSingleton<WorkloadRegistry>();
         services.TryAddSingleton<JobRunner.Scheduling.TenantWeights>();
         services.TryAddSingleton<JobRunner.Scheduling.JobScheduler>();
-        services.TryAddSingleton<JobRunner.Scheduling.ISchedulerControl>(static sp => sp.GetRequiredService<JobRunner.Scheduling.JobScheduler>());
+        services.TryAddSingleton<JobRunner.ISchedulerControl>(static sp => sp.GetRequiredService<JobRunner.Scheduling.JobScheduler>());
         services.TryAddSingleton<JobRunnerTelemetry>();
         services.TryAddSingleton<IJobClient, JobClient>();
         services.TryAddSingleton<JobWorker>();
