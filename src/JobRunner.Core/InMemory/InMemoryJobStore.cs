@@ -219,8 +219,10 @@ internal sealed class InMemoryJobStore : IJobStore
                 next = JobState.Cancelled;
             }
 
-            var updated = EndAttempt(job, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode) with
+            var updated = job with
             {
+                Attempts = EndAttempt(job.Attempts, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode),
+                UpdatedAt = now,
                 State = next,
                 DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
                 LastError = completion.Error ?? job.LastError,
@@ -278,7 +280,12 @@ internal sealed class InMemoryJobStore : IJobStore
                 var job = entry.Record;
                 const string Error = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
                 var next = job.CancelRequested ? JobState.Cancelled : JobState.Queued;
-                var updated = EndAttempt(job, now, AttemptOutcome.LeaseExpired, Error, errorType: null, exitCode: null) with { State = next };
+                var updated = job with
+                {
+                    Attempts = EndAttempt(job.Attempts, now, AttemptOutcome.LeaseExpired, Error, errorType: null, exitCode: null),
+                    UpdatedAt = now,
+                    State = next,
+                };
                 Transition(entry, updated, job.State, Error);
                 if (next == JobState.Queued)
                 {
@@ -302,11 +309,11 @@ internal sealed class InMemoryJobStore : IJobStore
         return result;
     }
 
-    private static JobRecord EndAttempt(JobRecord job, DateTimeOffset now, AttemptOutcome outcome, string? error, string? errorType, int? exitCode)
+    private static JobAttempt[] EndAttempt(IReadOnlyList<JobAttempt> attempts, DateTimeOffset now, AttemptOutcome outcome, string? error, string? errorType, int? exitCode)
     {
-        var attempts = job.Attempts.ToArray();
-        attempts[^1] = attempts[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
-        return job with { Attempts = attempts, UpdatedAt = now };
+        var ended = attempts.ToArray();
+        ended[^1] = ended[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
+        return ended;
     }
 
     /// <summary>Returns the entry when <paramref name="lease"/> is current, or throws <see cref="StaleFenceTokenException"/>.</summary>

@@ -18,6 +18,8 @@ namespace JobRunner.Worker;
 /// </summary>
 internal sealed partial class JobWorker : BackgroundService
 {
+    private static readonly AttemptCompletion s_succeeded = new() { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded };
+
     private readonly IJobQueue _queue;
     private readonly IJobEventBus _events;
     private readonly WorkloadRegistry _registry;
@@ -447,7 +449,7 @@ internal sealed partial class JobWorker : BackgroundService
             case StopReason.TimedOut:
                 return Fail(job, workload, new JobTimeoutException(job.Id, attempt.Timeout!.Value), AttemptOutcome.TimedOut);
             case StopReason.None when error is null:
-                return new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded };
+                return s_succeeded;
             default:
                 return Fail(job, workload, error!, error is JobTimeoutException ? AttemptOutcome.TimedOut : AttemptOutcome.Failed);
         }
