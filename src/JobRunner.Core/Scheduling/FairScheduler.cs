@@ -155,9 +155,11 @@ internal sealed class FairScheduler
 
         var job = node.Value.Job;
         var effective = node.Value.Priority;
-        if (BlockedBy(job) is { } limit)
+        var block = BlockedBy(job);
+        if (block != Block.None)
         {
-            return limit.StartsWith("rate:", StringComparison.Ordinal)
+            var limit = Describe(block, job);
+            return block is Block.WorkloadRate or Block.TenantRate
                 ? new JobExplanation(id, WaitReason.RateLimited, $"The rate limit {limit} is used up; it runs when the bucket refills.", limit)
                 : new JobExplanation(id, WaitReason.ConcurrencyLimit, $"The concurrency limit {limit} is reached; it runs when one of those attempts ends.", limit);
         }
@@ -249,7 +251,7 @@ internal sealed class FairScheduler
         LinkedListNode<Entry>? best = null;
         foreach (var flow in tenant.Flows.Values)
         {
-            if (flow.First is { } head && (best is null || head.Value.Sequence < best.Value.Sequence) && BlockedBy(head.Value.Job) is null)
+            if (flow.First is { } head && (best is null || head.Value.Sequence < best.Value.Sequence) && BlockedBy(head.Value.Job) == Block.None)
             {
                 best = head;
             }
@@ -258,40 +260,48 @@ internal sealed class FairScheduler
         return best;
     }
 
-    /// <summary>The limit that blocks <paramref name="job"/>, as <c>kind:name=limit</c>, or <see langword="null"/>.</summary>
-    private string? BlockedBy(QueuedJob job)
+    /// <summary>Which limit blocks <paramref name="job"/>; allocation-free, for the decision path.</summary>
+    private Block BlockedBy(QueuedJob job)
     {
         if (_options.WorkloadLimits.TryGetValue(job.Workload, out var workloadLimit) && IsAtLimit(_runningByWorkload, job.Workload, workloadLimit))
         {
-            return $"workload:{job.Workload}={workloadLimit}";
+            return Block.Workload;
         }
 
         if (_options.TenantLimits.TryGetValue(job.Tenant, out var tenantLimit) && IsAtLimit(_runningByTenant, job.Tenant, tenantLimit))
         {
-            return $"tenant:{job.Tenant}={tenantLimit}";
+            return Block.Tenant;
         }
 
-        if (job.ConcurrencyKey is { } key)
+        if (job.ConcurrencyKey is { } key && IsAtLimit(_runningByKey, key, KeyLimit(key)))
         {
-            var keyLimit = _options.ConcurrencyKeyLimits.TryGetValue(key, out var l) ? l : _options.DefaultConcurrencyKeyLimit;
-            if (IsAtLimit(_runningByKey, key, keyLimit))
-            {
-                return $"key:{key}={keyLimit}";
-            }
+            return Block.Key;
         }
 
         if (_workloadBuckets.Count > 0 && _workloadBuckets.TryGetValue(job.Workload, out var workloadBucket) && !HasToken(workloadBucket))
         {
-            return $"rate:workload:{job.Workload}={workloadBucket.Rate.PerSecond}/s";
+            return Block.WorkloadRate;
         }
 
         if (_tenantBuckets.Count > 0 && _tenantBuckets.TryGetValue(job.Tenant, out var tenantBucket) && !HasToken(tenantBucket))
         {
-            return $"rate:tenant:{job.Tenant}={tenantBucket.Rate.PerSecond}/s";
+            return Block.TenantRate;
         }
 
-        return null;
+        return Block.None;
     }
+
+    /// <summary>Names a block as <c>kind:name=limit</c>, for explanations only.</summary>
+    private string Describe(Block block, QueuedJob job) => block switch
+    {
+        Block.Workload => $"workload:{job.Workload}={_options.WorkloadLimits[job.Workload]}",
+        Block.Tenant => $"tenant:{job.Tenant}={_options.TenantLimits[job.Tenant]}",
+        Block.Key => $"key:{job.ConcurrencyKey}={KeyLimit(job.ConcurrencyKey!)}",
+        Block.WorkloadRate => $"rate:workload:{job.Workload}={_workloadBuckets[job.Workload].Rate.PerSecond}/s",
+        _ => $"rate:tenant:{job.Tenant}={_tenantBuckets[job.Tenant].Rate.PerSecond}/s",
+    };
+
+    private int KeyLimit(string key) => _options.ConcurrencyKeyLimits.TryGetValue(key, out var limit) ? limit : _options.DefaultConcurrencyKeyLimit;
 
     private bool HasToken(Bucket bucket)
     {
@@ -389,6 +399,16 @@ internal sealed class FairScheduler
         public double VirtualTime { get; set; }
 
         public long Sequence { get; set; }
+    }
+
+    private enum Block
+    {
+        None,
+        Workload,
+        Tenant,
+        Key,
+        WorkloadRate,
+        TenantRate,
     }
 
     private readonly record struct Entry(QueuedJob Job, long Sequence, int Priority);
