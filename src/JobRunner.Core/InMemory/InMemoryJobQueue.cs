@@ -290,17 +290,15 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private sealed class Band(Scheduling.TenantWeights weights)
     {
         private readonly Dictionary<string, TenantQueue> _byTenant = new(StringComparer.Ordinal);
-        private readonly PriorityQueue<TenantQueue, (double Pass, long Sequence)> _turns = new();
-        private double _virtualTime;
-        private long _sequence;
+        private readonly Scheduling.WeightedTurns<TenantQueue> _turns = new();
 
         public void Add(QueuedJob job)
         {
             if (!_byTenant.TryGetValue(job.Tenant, out var queue))
             {
-                queue = new TenantQueue(job.Tenant) { Pass = _virtualTime };
+                queue = new TenantQueue(job.Tenant);
                 _byTenant.Add(job.Tenant, queue);
-                _turns.Enqueue(queue, (queue.Pass, ++_sequence));
+                _turns.Join(queue);
             }
 
             queue.Jobs.Enqueue(job);
@@ -308,18 +306,17 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public bool TryTake(out QueuedJob job)
         {
-            if (!_turns.TryDequeue(out var queue, out _))
+            if (!_turns.TryNext(out var queue))
             {
                 job = null!;
                 return false;
             }
 
             job = queue.Jobs.Dequeue();
-            _virtualTime = Math.Max(_virtualTime, queue.Pass);
-            queue.Pass += 1.0 / weights.WeightOf(queue.Tenant);
+            _turns.Served(queue, weights.WeightOf(queue.Tenant));
             if (queue.Jobs.Count > 0)
             {
-                _turns.Enqueue(queue, (queue.Pass, ++_sequence));
+                _turns.Push(queue);
             }
             else
             {
@@ -329,11 +326,13 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
             return true;
         }
 
-        private sealed class TenantQueue(string tenant)
+        private sealed class TenantQueue(string tenant) : Scheduling.ITurnTaker
         {
             public string Tenant { get; } = tenant;
 
             public double Pass { get; set; }
+
+            public bool InTurn { get; set; }
 
             public Queue<QueuedJob> Jobs { get; } = new();
         }

@@ -7,7 +7,7 @@ namespace JobRunner.Scheduling;
 /// Chooses which held job runs next. Strict priority bands (10 first); inside a band, weighted fair share across
 /// tenants by stride scheduling (each tenant has a pass; the lowest pass with an admissible job goes, then its pass
 /// grows by 1/weight; a tenant that becomes active starts at the band's current pass, so idle time earns no credit and
-/// the share of an idle tenant goes to the others). Concurrency limits per workload, tenant and concurrency key are
+/// the share of an idle tenant goes to the others; see <see cref="WeightedTurns{T}"/>). Concurrency limits per workload, tenant and concurrency key are
 /// checked at admission and given back by <see cref="Release"/>. Not thread-safe: the worker calls it under a lock.
 /// </summary>
 [DebuggerDisplay("Pending = {_pending.Count}, Running = {RunningCount}")]
@@ -97,12 +97,7 @@ internal sealed class FairScheduler
             band.Tenants.Add(job.Tenant, tenant);
         }
 
-        if (!tenant.InHeap)
-        {
-            // A tenant that becomes active starts at the band's current pass: waiting earns no credit.
-            tenant.Pass = Math.Max(tenant.Pass, band.VirtualTime);
-            Push(band, tenant);
-        }
+        band.Turns.Join(tenant);
 
         _pending[job.Id] = tenant.Add(new Entry(job, sequence, priority));
     }
@@ -129,7 +124,7 @@ internal sealed class FairScheduler
         for (var priority = JobRequest.MaxPriority; priority >= JobRequest.MinPriority; priority--)
         {
             var band = _bands[priority];
-            if (band.Active.Count > 0 && TryTakeFromBand(band, out job))
+            if (band.Turns.Count > 0 && TryTakeFromBand(band, out job))
             {
                 _pending.Remove(job.Id);
                 Count(job, +1);
@@ -194,9 +189,8 @@ internal sealed class FairScheduler
     {
         job = null!;
         var found = false;
-        while (band.Active.TryDequeue(out var tenant, out _))
+        while (band.Turns.TryNext(out var tenant))
         {
-            tenant.InHeap = false;
             if (tenant.Count == 0)
             {
                 continue;
@@ -211,11 +205,10 @@ internal sealed class FairScheduler
 
             job = node.Value.Job;
             tenant.Remove(node);
-            band.VirtualTime = Math.Max(band.VirtualTime, tenant.Pass);
-            tenant.Pass += 1.0 / tenant.Weight;
+            band.Turns.Served(tenant, tenant.Weight);
             if (tenant.Count > 0)
             {
-                Push(band, tenant);
+                band.Turns.Push(tenant);
             }
 
             found = true;
@@ -224,17 +217,11 @@ internal sealed class FairScheduler
 
         foreach (var tenant in _skipped)
         {
-            Push(band, tenant);
+            band.Turns.Push(tenant);
         }
 
         _skipped.Clear();
         return found;
-    }
-
-    private static void Push(Band band, Tenant tenant)
-    {
-        tenant.InHeap = true;
-        band.Active.Enqueue(tenant, (tenant.Pass, ++band.Sequence));
     }
 
     /// <summary>
@@ -394,11 +381,7 @@ internal sealed class FairScheduler
     {
         public Dictionary<string, Tenant> Tenants { get; } = new(StringComparer.Ordinal);
 
-        public PriorityQueue<Tenant, (double Pass, long Sequence)> Active { get; } = new();
-
-        public double VirtualTime { get; set; }
-
-        public long Sequence { get; set; }
+        public WeightedTurns<Tenant> Turns { get; } = new();
     }
 
     private enum Block
@@ -431,7 +414,7 @@ internal sealed class FairScheduler
         }
     }
 
-    private sealed class Tenant(string name, int weight)
+    private sealed class Tenant(string name, int weight) : ITurnTaker
     {
         public string Name { get; } = name;
 
@@ -439,7 +422,7 @@ internal sealed class FairScheduler
 
         public double Pass { get; set; }
 
-        public bool InHeap { get; set; }
+        public bool InTurn { get; set; }
 
         public int Count { get; private set; }
 
