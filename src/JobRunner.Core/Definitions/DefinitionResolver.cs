@@ -138,7 +138,7 @@ internal static class DefinitionResolver
             throw new JobValidationException(errors);
         }
 
-        string Fill(string text) => Substitute(text, values);
+        string Fill(string text) => Substitute(text, name => values.GetValueOrDefault(name, ""));
         var spec = definition.Spec with
         {
             Image = Fill(definition.Spec.Image),
@@ -208,21 +208,19 @@ internal static class DefinitionResolver
         }
     }
 
-    private static IEnumerable<string> Placeholders(string text)
+    private static List<string> Placeholders(string text)
     {
-        for (var i = text.IndexOf("${", StringComparison.Ordinal); i >= 0; i = text.IndexOf("${", i + 2, StringComparison.Ordinal))
+        var names = new List<string>();
+        Substitute(text, name =>
         {
-            var end = text.IndexOf('}', i + 2);
-            if (end < 0)
-            {
-                yield break;
-            }
-
-            yield return text[(i + 2)..end];
-        }
+            names.Add(name);
+            return "";
+        });
+        return names;
     }
 
-    private static string Substitute(string text, IReadOnlyDictionary<string, string> values)
+    /// <summary>Replaces every <c>${name}</c> with <paramref name="value"/>(name); an unclosed <c>${</c> stays as it is.</summary>
+    private static string Substitute(string text, Func<string, string> value)
     {
         if (!text.Contains("${", StringComparison.Ordinal))
         {
@@ -239,7 +237,7 @@ internal static class DefinitionResolver
                 break;
             }
 
-            sb.Append(text, at, i - at).Append(values.GetValueOrDefault(text[(i + 2)..end], ""));
+            sb.Append(text, at, i - at).Append(value(text[(i + 2)..end]));
             at = end + 1;
         }
 

@@ -159,15 +159,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 
     private async Task StopAsync(System.Diagnostics.Process process, bool groups)
     {
-        if (groups)
-        {
-            ProcessGroup.Signal(process.Id, ProcessGroup.SigTerm);
-        }
-        else
-        {
-            ProcessGroup.SignalProcess(process.Id, ProcessGroup.SigTerm);
-        }
-
+        ProcessGroup.Send(process.Id, ProcessGroup.SigTerm, groups);
         using var grace = new CancellationTokenSource(_options.KillGracePeriod, _time);
         try
         {
@@ -181,6 +173,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             }
             else
             {
+                // Without a group, the tree as it stands now is the best reach.
                 process.Kill(entireProcessTree: true);
             }
 
@@ -313,14 +306,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
     {
         foreach (var (pid, groups) in _running)
         {
-            if (groups)
-            {
-                ProcessGroup.Signal(pid, ProcessGroup.SigKill);
-            }
-            else
-            {
-                ProcessGroup.SignalProcess(pid, ProcessGroup.SigKill);
-            }
+            ProcessGroup.Send(pid, ProcessGroup.SigKill, groups);
         }
     }
 }

@@ -32,6 +32,19 @@ internal static partial class ProcessGroup
         }
     }
 
+    /// <summary>Sends <paramref name="signal"/> to the group led by <paramref name="pid"/>, or to that process alone.</summary>
+    public static void Send(int pid, int signal, bool group)
+    {
+        if (group)
+        {
+            Signal(pid, signal);
+        }
+        else
+        {
+            SignalProcess(pid, signal);
+        }
+    }
+
     public static string SignalName(int signal) => signal switch
     {
         1 => "SIGHUP",
