@@ -93,7 +93,7 @@ internal sealed class FairScheduler
         var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
-            tenant = new Tenant(job.Tenant, WeightOf(job.Tenant));
+            tenant = new Tenant(job.Tenant, _weights.WeightOf(job.Tenant));
             band.Tenants.Add(job.Tenant, tenant);
         }
 
@@ -374,8 +374,6 @@ internal sealed class FairScheduler
             }
         }
     }
-
-    private int WeightOf(string tenant) => _weights.WeightOf(tenant);
 
     private sealed class Band
     {

@@ -32,7 +32,6 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
     private ITimer? _timeoutTimer;
     private ITimer? _graceTimer;
     private int _reason;
-    private int _finished = -1;
     private volatile bool _disposed;
 
     public QueuedJob Item { get; } = item;
@@ -96,9 +95,9 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
     /// <returns>The reason it was stopped, or <see cref="StopReason.None"/> when it finished on its own.</returns>
     public StopReason Finish()
     {
-        var previous = Interlocked.CompareExchange(ref _reason, (int)StopReason.Finished, (int)StopReason.None);
-        Interlocked.CompareExchange(ref _finished, previous == (int)StopReason.Finished ? (int)StopReason.None : previous, -1);
-        return (StopReason)Volatile.Read(ref _finished);
+        // _reason leaves None exactly once, so the first call's answer can be read back from it.
+        var previous = (StopReason)Interlocked.CompareExchange(ref _reason, (int)StopReason.Finished, (int)StopReason.None);
+        return previous == StopReason.Finished ? StopReason.None : previous;
     }
 
     /// <summary>Gets whether the attempt ended and its outcome was handled: its context accepts no more writes.</summary>

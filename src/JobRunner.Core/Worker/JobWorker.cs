@@ -473,26 +473,18 @@ internal sealed partial class JobWorker : BackgroundService
             delay = (job.Request.Retry ?? workload.Retry).GetRetryDelay(failed, error);
         }
 
-        var message = error.Message;
-        if (delay is { } wait)
-        {
-            var now = Time.GetUtcNow();
-            var due = wait < DateTimeOffset.MaxValue - now ? now + wait : DateTimeOffset.MaxValue;
-            return new AttemptCompletion
-            {
-                Outcome = outcome,
-                NextState = wait > TimeSpan.Zero ? JobState.Scheduled : JobState.Queued,
-                DueAt = due,
-                Error = message,
-                ErrorType = error.GetType().FullName,
-            };
-        }
-
+        var now = Time.GetUtcNow();
         return new AttemptCompletion
         {
             Outcome = outcome,
-            NextState = JobState.Failed,
-            Error = message,
+            NextState = delay switch
+            {
+                null => JobState.Failed,
+                { } wait when wait > TimeSpan.Zero => JobState.Scheduled,
+                _ => JobState.Queued,
+            },
+            DueAt = delay is { } d ? (d < DateTimeOffset.MaxValue - now ? now + d : DateTimeOffset.MaxValue) : null,
+            Error = error.Message,
             ErrorType = error.GetType().FullName,
         };
     }
