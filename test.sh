@@ -11,7 +11,11 @@ rm -rf "$results"
 mkdir -p "$results"
 
 pids=()
+stops=()
 cleanup() {
+  for stop in "${stops[@]}"; do
+    eval "$stop" || true
+  done
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -22,8 +26,15 @@ echo "== restore and build (warnings are errors)"
 dotnet restore JobRunner.sln
 dotnet build JobRunner.sln --no-restore -c "$configuration" -warnaserror -nologo
 
-# Services the integration tests need are started here (none yet: PostgreSQL and the AWS emulators come with their
-# packages). Each one records its pid in "pids" so that the trap above stops it.
+# Services the integration tests need: each script in eng/test-services/ is sourced here. It installs what it needs,
+# starts its service on 127.0.0.1, exports the connection settings the tests read (JOBRUNNER_TEST_*), and appends the
+# pid of what it started to "pids" (or a stop command to "stops") so that the trap above stops it, even on failure.
+for service in eng/test-services/*.sh; do
+  [ -e "$service" ] || continue
+  echo "== start $(basename "$service" .sh)"
+  # shellcheck source=/dev/null
+  source "$service"
+done
 
 echo "== test"
 status=0
