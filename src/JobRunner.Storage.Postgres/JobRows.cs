@@ -1,0 +1,182 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using Npgsql;
+
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>Maps rows of the jobs table to <see cref="JobRecord"/>s, and job fields to column values.</summary>
+internal static class JobRows
+{
+    /// <summary>The columns <see cref="Read"/> expects, in order.</summary>
+    public const string Columns =
+        "id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input, not_before, timeout_ms, retry, " +
+        "state, ready_at, created_at, updated_at, fence, attempts, checkpoint, progress_fraction, progress_message, cancel_requested, cancel_reason, last_error, seq";
+
+    public const string QueueColumns = "id, priority, tenant, workload, concurrency_key, enqueued_at";
+
+    public static JobRecord Read(NpgsqlDataReader row, int offset = 0)
+    {
+        var labels = row.IsDBNull(offset + 8) ? null : ReadLabels(row.GetString(offset + 8));
+        var request = new JobRequest(row.GetString(offset + 2))
+        {
+            Input = row.GetFieldValue<byte[]>(offset + 9),
+            Tenant = row.GetString(offset + 1),
+            Priority = row.GetInt16(offset + 3),
+            ConcurrencyKey = NullableString(row, offset + 4),
+            DedupeKey = NullableString(row, offset + 5),
+            CorrelationId = NullableString(row, offset + 6),
+            ParentId = row.IsDBNull(offset + 7) ? null : new JobId(row.GetGuid(offset + 7)),
+            NotBefore = row.IsDBNull(offset + 10) ? null : row.GetFieldValue<DateTimeOffset>(offset + 10),
+            Timeout = row.IsDBNull(offset + 11) ? null : TimeSpan.FromMilliseconds(row.GetInt64(offset + 11)),
+            Retry = row.IsDBNull(offset + 12) ? null : ReadRetry(row.GetString(offset + 12)),
+        };
+        if (labels is not null)
+        {
+            request = request with { Labels = labels };
+        }
+
+        var state = (JobState)row.GetInt16(offset + 13);
+        if (!Enum.IsDefined(state))
+        {
+            throw new InvalidDataException($"Unknown state {(int)state}.");
+        }
+
+        return new JobRecord
+        {
+            Id = new JobId(row.GetGuid(offset)),
+            Request = request,
+            State = state,
+            DueAt = state == JobState.Scheduled ? row.GetFieldValue<DateTimeOffset>(offset + 14) : null,
+            CreatedAt = row.GetFieldValue<DateTimeOffset>(offset + 15),
+            UpdatedAt = row.GetFieldValue<DateTimeOffset>(offset + 16),
+            FenceToken = row.GetInt64(offset + 17),
+            Attempts = ReadAttempts(row.GetString(offset + 18)),
+            Checkpoint = row.IsDBNull(offset + 19) ? null : row.GetFieldValue<byte[]>(offset + 19),
+            Progress = row.IsDBNull(offset + 20) && row.IsDBNull(offset + 21)
+                ? null
+                : new JobProgress(row.IsDBNull(offset + 20) ? null : row.GetDouble(offset + 20), NullableString(row, offset + 21)),
+            CancelRequested = row.GetBoolean(offset + 22),
+            CancelReason = NullableString(row, offset + 23),
+            LastError = NullableString(row, offset + 24),
+        };
+    }
+
+    public static long ReadSequence(NpgsqlDataReader row) => row.GetInt64(25);
+
+    public static QueuedJob ReadQueued(NpgsqlDataReader row) => new()
+    {
+        Id = new JobId(row.GetGuid(0)),
+        Priority = row.GetInt16(1),
+        Tenant = row.GetString(2),
+        Workload = row.GetString(3),
+        ConcurrencyKey = NullableString(row, 4),
+        EnqueuedAt = row.GetFieldValue<DateTimeOffset>(5),
+    };
+
+    /// <summary>Microseconds since the Unix epoch: how attempts store their times.</summary>
+    public static long ToMicros(DateTimeOffset time) => (time.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / 10;
+
+    public static string? WriteLabels(IReadOnlyDictionary<string, string> labels)
+    {
+        if (labels.Count == 0)
+        {
+            return null;
+        }
+
+        var buffer = new ArrayBufferWriter<byte>(64);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            foreach (var (key, value) in labels)
+            {
+                writer.WriteString(key, value);
+            }
+
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    public static string? WriteRetry(RetryPolicy? retry)
+    {
+        if (retry is null)
+        {
+            return null;
+        }
+
+        var buffer = new ArrayBufferWriter<byte>(64);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("b", retry.Backoff.ToString());
+            writer.WriteNumber("m", retry.MaxAttempts);
+            writer.WriteNumber("d", retry.BaseDelay.Ticks);
+            writer.WriteNumber("x", retry.MaxDelay.Ticks);
+            writer.WriteBoolean("j", retry.UseJitter);
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    private static RetryPolicy ReadRetry(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var root = document.RootElement;
+        var kind = root.GetProperty("b").GetString();
+        var max = root.GetProperty("m").GetInt32();
+        var delay = TimeSpan.FromTicks(root.GetProperty("d").GetInt64());
+        var maxDelay = TimeSpan.FromTicks(root.GetProperty("x").GetInt64());
+        return kind switch
+        {
+            nameof(BackoffKind.None) => RetryPolicy.None,
+            nameof(BackoffKind.Fixed) => RetryPolicy.Fixed(delay, max),
+            nameof(BackoffKind.Linear) => RetryPolicy.Linear(delay, max, maxDelay),
+            nameof(BackoffKind.Exponential) => RetryPolicy.Exponential(delay, max, maxDelay, root.GetProperty("j").GetBoolean()),
+            _ => throw new InvalidDataException($"Unknown retry backoff '{kind}'."),
+        };
+    }
+
+    private static Dictionary<string, string> ReadLabels(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var property in document.RootElement.EnumerateObject())
+        {
+            labels[property.Name] = property.Value.GetString() ?? "";
+        }
+
+        return labels;
+    }
+
+    private static JobAttempt[] ReadAttempts(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var root = document.RootElement;
+        var attempts = new JobAttempt[root.GetArrayLength()];
+        var i = 0;
+        foreach (var a in root.EnumerateArray())
+        {
+            attempts[i++] = new JobAttempt
+            {
+                Number = a.GetProperty("n").GetInt32(),
+                WorkerId = a.GetProperty("w").GetString() ?? "",
+                FenceToken = a.GetProperty("f").GetInt64(),
+                StartedAt = FromMicros(a.GetProperty("s").GetInt64()),
+                EndedAt = a.TryGetProperty("e", out var e) ? FromMicros(e.GetInt64()) : null,
+                Outcome = a.TryGetProperty("o", out var o) ? (AttemptOutcome)o.GetInt32() : null,
+                Error = a.TryGetProperty("err", out var err) ? err.GetString() : null,
+                ErrorType = a.TryGetProperty("et", out var et) ? et.GetString() : null,
+                ExitCode = a.TryGetProperty("x", out var x) ? x.GetInt32() : null,
+            };
+        }
+
+        return attempts;
+    }
+
+    private static DateTimeOffset FromMicros(long micros) => DateTimeOffset.UnixEpoch.AddTicks(micros * 10);
+
+    private static string? NullableString(NpgsqlDataReader row, int ordinal) => row.IsDBNull(ordinal) ? null : row.GetString(ordinal);
+}

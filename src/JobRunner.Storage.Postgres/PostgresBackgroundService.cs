@@ -1,0 +1,215 @@
+using System.Text.Json;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>
+/// Applies the migrations when the host starts (so a wrong connection string, missing permissions or a newer schema
+/// stop the start with a clear error), then keeps one LISTEN connection open (wake-ups and cancellations from other
+/// hosts; reconnects after the database restarts) and runs housekeeping on one host at a time (an advisory lock).
+/// </summary>
+internal sealed partial class PostgresBackgroundService : BackgroundService
+{
+    private readonly PostgresDatabase _db;
+    private readonly PostgresJobStore _store;
+    private readonly ILogger _logger;
+
+    public PostgresBackgroundService(PostgresDatabase db, PostgresJobStore store, ILoggerFactory? loggers = null)
+    {
+        _db = db;
+        _store = store;
+        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+    }
+
+    /// <summary>Gets a task that completes each time the listener (re)connects; for tests.</summary>
+    internal WakeSignal Listening { get; } = new();
+
+    public override async Task StartAsync(CancellationToken cancellationToken)
+    {
+        await _db.EnsureMigratedAsync(cancellationToken).ConfigureAwait(false);
+        await base.StartAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    protected override Task ExecuteAsync(CancellationToken stoppingToken)
+        => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken));
+
+    private async Task ListenAsync(CancellationToken stoppingToken)
+    {
+        var delay = TimeSpan.FromMilliseconds(100);
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                var connection = new NpgsqlConnection(_db.BuildListenerConnectionString());
+                await using (connection.ConfigureAwait(false))
+                {
+                    connection.Notification += OnNotification;
+                    await connection.OpenAsync(stoppingToken).ConfigureAwait(false);
+                    using (var listen = new NpgsqlCommand($"LISTEN \"{_db.ReadyChannel}\"; LISTEN \"{_db.CancelChannel}\"", connection))
+                    {
+                        await listen.ExecuteNonQueryAsync(stoppingToken).ConfigureAwait(false);
+                    }
+
+                    // Whatever was announced while not listening: look for ready jobs, and for cancellations of running ones.
+                    delay = TimeSpan.FromMilliseconds(100);
+                    _db.Ready.Set();
+                    await RelayPendingCancellationsAsync(stoppingToken).ConfigureAwait(false);
+                    Listening.Set();
+                    while (!stoppingToken.IsCancellationRequested)
+                    {
+                        await connection.WaitAsync(stoppingToken).ConfigureAwait(false);
+                    }
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e)
+            {
+                Log.ListenerFailed(_logger, delay, e);
+                try
+                {
+                    await Task.Delay(delay, _db.Time, stoppingToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+            }
+        }
+    }
+
+    private void OnNotification(object sender, NpgsqlNotificationEventArgs e)
+    {
+        if (e.Channel == _db.ReadyChannel)
+        {
+            _db.Ready.Set();
+            return;
+        }
+
+        try
+        {
+            using var document = JsonDocument.Parse(e.Payload);
+            var root = document.RootElement;
+            if (root.GetProperty("i").GetString() == _db.InstanceId)
+            {
+                return; // this process already told its workers
+            }
+
+            _store.PublishCancellation(
+                new JobId(root.GetProperty("j").GetGuid()),
+                root.GetProperty("t").GetString() ?? "",
+                root.GetProperty("w").GetString() ?? "",
+                root.GetProperty("a").GetInt32(),
+                root.TryGetProperty("r", out var r) ? r.GetString() : null,
+                _db.Time.GetUtcNow());
+        }
+        catch (Exception ex) when (ex is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            Log.BadNotification(_logger, e.Payload, ex);
+        }
+    }
+
+    private async Task RelayPendingCancellationsAsync(CancellationToken cancellationToken)
+    {
+        var pending = await _db.RunAsync(_db.Client, $"SELECT id, tenant, workload, attempt_count, cancel_reason FROM {_db.Schema}.jobs WHERE state = 2 AND cancel_requested", static async (c, sql, token) =>
+        {
+            using var command = new NpgsqlCommand(sql, c);
+            var rows = new List<(Guid, string, string, int, string?)>();
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                rows.Add((reader.GetGuid(0), reader.GetString(1), reader.GetString(2), reader.GetInt32(3), reader.IsDBNull(4) ? null : reader.GetString(4)));
+            }
+
+            return rows;
+        }, cancellationToken).ConfigureAwait(false);
+        var now = _db.Time.GetUtcNow();
+        foreach (var (id, tenant, workload, attempt, reason) in pending)
+        {
+            _store.PublishCancellation(new JobId(id), tenant, workload, attempt, reason, now);
+        }
+    }
+
+    private async Task HousekeepAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(_db.Options.HousekeepingInterval, _db.Time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    await HousekeepOnceAsync(stoppingToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (!stoppingToken.IsCancellationRequested)
+                {
+                    Log.HousekeepingFailed(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>Deletes expired history and finished jobs, if no other host is doing it now.</summary>
+    /// <returns>The rows deleted (history, jobs), or <see langword="null"/> when another host holds the lock.</returns>
+    internal Task<(long History, long Jobs)?> HousekeepOnceAsync(CancellationToken cancellationToken)
+    {
+        var now = _db.Time.GetUtcNow();
+        var options = _db.Options;
+        return _db.RunAsync(_db.Client, (Db: _db, Now: now), static async (c, s, token) =>
+        {
+            var transaction = await c.BeginTransactionAsync(token).ConfigureAwait(false);
+            await using (transaction.ConfigureAwait(false))
+            {
+                using (var lockCommand = new NpgsqlCommand("SELECT pg_try_advisory_xact_lock(hashtext($1))", c, transaction))
+                {
+                    lockCommand.Parameters.Add(new NpgsqlParameter { Value = "jobrunner.housekeeping." + s.Db.Options.Schema });
+                    if (!(bool)(await lockCommand.ExecuteScalarAsync(token).ConfigureAwait(false))!)
+                    {
+                        return ((long, long)?)null;
+                    }
+                }
+
+                long history;
+                using (var command = new NpgsqlCommand($"DELETE FROM {s.Db.Schema}.job_history WHERE at < $1", c, transaction))
+                {
+                    command.Parameters.Add(new NpgsqlParameter { Value = s.Now - s.Db.Options.HistoryRetention });
+                    history = await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+                }
+
+                long jobs = 0;
+                if (s.Db.Options.FinishedJobRetention is { } retention)
+                {
+                    using var command = new NpgsqlCommand($"DELETE FROM {s.Db.Schema}.jobs WHERE state >= 3 AND updated_at < $1", c, transaction);
+                    command.Parameters.Add(new NpgsqlParameter { Value = s.Now - retention });
+                    jobs = await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+                }
+
+                await transaction.CommitAsync(token).ConfigureAwait(false);
+                return (history, jobs);
+            }
+        }, cancellationToken);
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(20, LogLevel.Warning, "PostgreSQL: the LISTEN connection failed; reconnecting in {Delay} (workers poll meanwhile).")]
+        public static partial void ListenerFailed(ILogger logger, TimeSpan delay, Exception exception);
+
+        [LoggerMessage(21, LogLevel.Warning, "PostgreSQL: ignored a malformed cancellation notification: {Payload}")]
+        public static partial void BadNotification(ILogger logger, string payload, Exception exception);
+
+        [LoggerMessage(22, LogLevel.Warning, "PostgreSQL: housekeeping failed; it runs again at the next interval.")]
+        public static partial void HousekeepingFailed(ILogger logger, Exception exception);
+    }
+}

@@ -1,0 +1,229 @@
+using System.Globalization;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using Polly;
+using Polly.Retry;
+
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>
+/// The connection side shared by the store, the queue and the background service: two data sources (client writes are
+/// always durable; worker writes follow <see cref="PostgresOptions.SynchronousCommitForWorkers"/>), the retry pipeline
+/// for transient errors, the migrations, and the coalesced wake-up NOTIFY.
+/// </summary>
+internal sealed partial class PostgresDatabase : IAsyncDisposable
+{
+    private readonly Lock _migrationLock = new();
+    private readonly ILogger _logger;
+    private Task? _migration;
+    private int _notifyState; // 0 idle, 1 a NOTIFY in flight, 2 in flight and another requested
+
+    public PostgresDatabase(IOptions<PostgresOptions> options, TimeProvider time, ILoggerFactory? loggers = null)
+    {
+        Options = options.Value;
+        Time = time;
+        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+        Schema = "\"" + Options.Schema + "\"";
+        ReadyChannel = Options.Schema + "_ready";
+        CancelChannel = Options.Schema + "_cancel";
+        Client = Build(synchronousCommit: true, applicationName: "jobrunner");
+        Worker = Options.SynchronousCommitForWorkers ? Client : Build(synchronousCommit: false, applicationName: "jobrunner-worker");
+        Pipeline = new ResiliencePipelineBuilder
+        {
+            TimeProvider = time,
+        }.AddRetry(new RetryStrategyOptions
+        {
+            ShouldHandle = new PredicateBuilder().Handle<NpgsqlException>(static e => e.IsTransient),
+            MaxRetryAttempts = Math.Max(Options.MaxRetries, 1),
+            BackoffType = DelayBackoffType.Exponential,
+            Delay = TimeSpan.FromMilliseconds(200),
+            MaxDelay = TimeSpan.FromSeconds(5),
+            UseJitter = true,
+            OnRetry = args =>
+            {
+                Log.Retrying(_logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
+                return ValueTask.CompletedTask;
+            },
+        }).Build();
+        if (Options.MaxRetries == 0)
+        {
+            Pipeline = ResiliencePipeline.Empty;
+        }
+    }
+
+    public PostgresOptions Options { get; }
+
+    public TimeProvider Time { get; }
+
+    /// <summary>Gets the quoted schema name, for SQL text.</summary>
+    public string Schema { get; }
+
+    public string ReadyChannel { get; }
+
+    public string CancelChannel { get; }
+
+    /// <summary>Gets an id of this process's store, so that it can ignore its own cancellation notifications.</summary>
+    public string InstanceId { get; } = Guid.NewGuid().ToString("N");
+
+    /// <summary>Gets the data source for submissions, cancellations and reads: commits wait for the WAL flush.</summary>
+    public NpgsqlDataSource Client { get; }
+
+    /// <summary>Gets the data source for worker writes.</summary>
+    public NpgsqlDataSource Worker { get; }
+
+    public ResiliencePipeline Pipeline { get; }
+
+    /// <summary>Gets the signal that ready jobs may be waiting (set by NOTIFY and by local enqueues).</summary>
+    public WakeSignal Ready { get; } = new();
+
+    public string BuildListenerConnectionString()
+    {
+        var builder = new NpgsqlConnectionStringBuilder(Options.ConnectionString)
+        {
+            Pooling = false,
+            KeepAlive = 5,
+            ApplicationName = "jobrunner-listener",
+        };
+        return builder.ConnectionString;
+    }
+
+    /// <summary>Runs <paramref name="operation"/> on a connection from <paramref name="source"/>, retrying transient errors.</summary>
+    public async Task<T> RunAsync<T, TState>(NpgsqlDataSource source, TState state, Func<NpgsqlConnection, TState, CancellationToken, Task<T>> operation, CancellationToken cancellationToken)
+    {
+        await EnsureMigratedAsync(cancellationToken).ConfigureAwait(false);
+        return await Pipeline.ExecuteAsync(
+            static async (s, token) =>
+            {
+                var connection = await s.Source.OpenConnectionAsync(token).ConfigureAwait(false);
+                await using (connection.ConfigureAwait(false))
+                {
+                    return await s.Operation(connection, s.State, token).ConfigureAwait(false);
+                }
+            },
+            (Source: source, State: state, Operation: operation),
+            cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Tells every worker (this process at once, others by a coalesced NOTIFY) that jobs may be ready.</summary>
+    public void NotifyReady()
+    {
+        Ready.Set();
+        while (true)
+        {
+            var state = Volatile.Read(ref _notifyState);
+            if (state == 2)
+            {
+                return;
+            }
+
+            if (Interlocked.CompareExchange(ref _notifyState, state + 1, state) == state)
+            {
+                if (state == 0)
+                {
+                    _ = Task.Run(SendNotificationsAsync);
+                }
+
+                return;
+            }
+        }
+    }
+
+    private async Task SendNotificationsAsync()
+    {
+        // One NOTIFY in flight at a time; requests that arrive meanwhile are folded into the next one.
+        do
+        {
+            Volatile.Write(ref _notifyState, 1);
+            try
+            {
+                await RunAsync(Client, ReadyChannel, static async (c, channel, token) =>
+                {
+                    using var command = new NpgsqlCommand("SELECT pg_notify($1, '')", c);
+                    command.Parameters.Add(new NpgsqlParameter { Value = channel });
+                    await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+                    return 0;
+                }, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // Peers fall back to polling.
+                Log.NotifyFailed(_logger, e);
+            }
+        }
+        while (Interlocked.CompareExchange(ref _notifyState, 0, 1) != 1);
+    }
+
+    public Task EnsureMigratedAsync(CancellationToken cancellationToken)
+    {
+        var migration = Volatile.Read(ref _migration);
+        if (migration is { IsCompletedSuccessfully: true })
+        {
+            return Task.CompletedTask;
+        }
+
+        lock (_migrationLock)
+        {
+            if (_migration is null || _migration.IsFaulted || _migration.IsCanceled)
+            {
+                _migration = Migrator.RunAsync(this, CancellationToken.None);
+            }
+
+            return _migration.WaitAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>Turns a failure to reach or use the database at start into an error that names the fix.</summary>
+    public PostgresStorageException Explain(Exception e)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(Options.ConnectionString);
+        var where = $"{builder.Host}:{builder.Port.ToString(CultureInfo.InvariantCulture)}, database '{builder.Database ?? builder.Username}', user '{builder.Username}'";
+        return e switch
+        {
+            PostgresStorageException known => known,
+            PostgresException { SqlState: "28P01" or "28000" } p => new($"PostgreSQL at {where} refused the login: {p.MessageText}. Check Username and Password in PostgresOptions.ConnectionString.", e),
+            PostgresException { SqlState: "3D000" } p => new($"PostgreSQL at {where}: {p.MessageText}. Create the database, or fix Database in PostgresOptions.ConnectionString.", e),
+            PostgresException { SqlState: "42501" } p => new($"PostgreSQL at {where}: permission denied ({p.MessageText}). Grant the user CREATE on the database and on schema '{Options.Schema}' (or run the migrations once as the owner and set ApplyMigrations = false, with SELECT, INSERT, UPDATE, DELETE and USAGE granted).", e),
+            NpgsqlException { InnerException: SocketException or TimeoutException } or NpgsqlException { InnerException: IOException } => new($"Cannot connect to PostgreSQL at {where}: {e.InnerException!.Message}. Check Host and Port in PostgresOptions.ConnectionString and that the server is running and reachable.", e),
+            NpgsqlException => new($"PostgreSQL at {where} failed: {e.Message}. Check PostgresOptions.ConnectionString.", e),
+            _ => new($"PostgreSQL at {where} failed at start: {e.Message}", e),
+        };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Client.DisposeAsync().ConfigureAwait(false);
+        if (!ReferenceEquals(Worker, Client))
+        {
+            await Worker.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private NpgsqlDataSource Build(bool synchronousCommit, string applicationName)
+    {
+        var builder = new NpgsqlDataSourceBuilder(Options.ConnectionString);
+        var csb = builder.ConnectionStringBuilder;
+        csb.ApplicationName ??= applicationName;
+        var settings = string.Create(
+            CultureInfo.InvariantCulture,
+            $"-c statement_timeout={(long)Options.StatementTimeout.TotalMilliseconds} -c idle_in_transaction_session_timeout={(long)Options.IdleInTransactionTimeout.TotalMilliseconds}");
+        if (!synchronousCommit)
+        {
+            settings += " -c synchronous_commit=off";
+        }
+
+        csb.Options = string.IsNullOrEmpty(csb.Options) ? settings : csb.Options + " " + settings;
+        return builder.Build();
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(1, LogLevel.Warning, "PostgreSQL: transient error, retry {Attempt} in {Delay}.")]
+        public static partial void Retrying(ILogger logger, int attempt, TimeSpan delay, Exception? exception);
+
+        [LoggerMessage(2, LogLevel.Debug, "PostgreSQL: the wake-up NOTIFY failed; peers will poll.")]
+        public static partial void NotifyFailed(ILogger logger, Exception exception);
+    }
+}

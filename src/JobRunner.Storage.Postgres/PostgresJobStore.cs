@@ -1,0 +1,820 @@
+using System.Globalization;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+using NpgsqlTypes;
+
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>
+/// The durable store: one row per job in the jobs table, which is also the queue (see <see cref="PostgresJobQueue"/>).
+/// Inserts, leases and completions from concurrent callers are written in batches (group commit, one round trip per
+/// batch). Every write of an attempt is fenced in its WHERE clause: a stale token changes no row. Every state
+/// transition is also appended to the history table in the same statement.
+/// </summary>
+internal sealed partial class PostgresJobStore : IJobStore
+{
+    private const string QuarantineMessage =
+        "Quarantined: the job's lease expired {0} times without a heartbeat (its worker died during each attempt). " +
+        "Find why the job kills its worker, then submit it again; PostgresOptions.MaxLeaseExpirations sets the limit.";
+
+    private const string LeaseExpiredMessage = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
+
+    private readonly PostgresDatabase _db;
+    private readonly IJobEventBus _events;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly Batcher<JobRecord, SubmitResult> _inserts;
+    private readonly Batcher<LeaseRequest, LeasedJob?> _leases;
+    private readonly Batcher<Completion, JobRecord> _completions;
+    private readonly string _insertSql;
+    private readonly string _leaseSql;
+    private readonly string _completeSql;
+    private readonly string _reclaimSql;
+    private readonly string _cancelSql;
+    private readonly string _history;
+
+    public PostgresJobStore(PostgresDatabase db, IJobEventBus events, ILoggerFactory? loggers = null)
+    {
+        _db = db;
+        _events = events;
+        _time = db.Time;
+        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+        var max = db.Options.MaxBatchSize;
+        _inserts = new(InsertBatchAsync, max);
+        _leases = new(LeaseBatchAsync, max);
+        _completions = new(CompleteBatchAsync, max);
+
+        var s = db.Schema;
+        _history = db.Options.WriteHistory
+            ? $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}} FROM u)"
+            : "";
+        _insertSql = $"""
+            WITH u AS (
+                INSERT INTO {s}.jobs (id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
+                                      not_before, timeout_ms, retry, state, ready_at, enqueued_at, created_at, updated_at)
+                SELECT id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels::jsonb, input,
+                       not_before, timeout_ms, retry::jsonb, state, ready_at, created_at, created_at, created_at
+                FROM unnest(@ids, @tenants, @workloads, @priorities, @concurrency_keys, @dedupe_keys, @correlation_ids, @parent_ids,
+                            @labels, @inputs, @not_befores, @timeouts, @retries, @states, @ready_ats, @created_ats)
+                     AS r(id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
+                          not_before, timeout_ms, retry, state, ready_at, created_at)
+                ON CONFLICT DO NOTHING
+                RETURNING *){History("NULL::text")}
+            SELECT id FROM u
+            """;
+        _leaseSql = $"""
+            WITH r AS (SELECT * FROM unnest(@ids, @workers, @expires) AS r(id, worker, expires)),
+            locked AS (
+                SELECT j.id FROM {s}.jobs j JOIN r USING (id)
+                WHERE j.state = 0 OR (j.state = 1 AND j.ready_at <= @now)
+                ORDER BY j.id FOR UPDATE OF j SKIP LOCKED),
+            granted AS (SELECT id, nextval('{s}.fence_tokens') AS fence FROM locked),
+            u AS (
+                UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = r.worker, lease_expires_at = r.expires, updated_at = @now,
+                    taken_until = NULL, attempt_count = j.attempt_count + 1,
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', r.worker, 'f', g.fence, 's', @now_us::bigint))
+                FROM granted g JOIN r USING (id)
+                WHERE j.id = g.id
+                RETURNING j.*){History("NULL::text")}
+            SELECT {JobRows.Columns} FROM u
+            """;
+        _completeSql = $"""
+            WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
+                                 AS c(id, fence, outcome, next_state, due_at, error, error_type, exit_code)),
+            u AS (
+                UPDATE {s}.jobs j SET
+                    state = CASE WHEN j.cancel_requested AND c.next_state < 3 THEN 5 ELSE c.next_state END,
+                    attempts = jsonb_set(j.attempts, ARRAY[(jsonb_array_length(j.attempts) - 1)::text],
+                        (j.attempts -> -1) || jsonb_strip_nulls(jsonb_build_object('e', @now_us::bigint, 'o', c.outcome, 'err', c.error, 'et', c.error_type, 'x', c.exit_code))),
+                    updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END,
+                    taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
+                FROM c
+                WHERE j.id = c.id AND j.fence = c.fence AND j.state = 2
+                RETURNING j.*){History("u.last_error")}
+            SELECT {JobRows.Columns} FROM u
+            """;
+        _reclaimSql = $"""
+            WITH expired AS (
+                SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= @now
+                ORDER BY id LIMIT @limit FOR UPDATE SKIP LOCKED),
+            u AS (
+                UPDATE {s}.jobs j SET
+                    state = CASE WHEN j.cancel_requested THEN 5 WHEN j.lease_losses + 1 >= @max_losses THEN 4 ELSE 0 END,
+                    lease_losses = j.lease_losses + 1,
+                    attempts = jsonb_set(j.attempts, ARRAY[(jsonb_array_length(j.attempts) - 1)::text],
+                        (j.attempts -> -1) || jsonb_build_object('e', @now_us::bigint, 'o', 5, 'err', @expired_message::text)),
+                    last_error = CASE WHEN NOT j.cancel_requested AND j.lease_losses + 1 >= @max_losses
+                        THEN format(@quarantine_message::text, j.lease_losses + 1) ELSE @expired_message::text END,
+                    updated_at = @now, enqueued_at = @now, ready_at = @now, taken_until = NULL, lease_expires_at = NULL
+                FROM expired
+                WHERE j.id = expired.id
+                RETURNING j.*){History("u.last_error")}
+            SELECT {JobRows.Columns} FROM u
+            """;
+        _cancelSql = $"""
+            WITH u AS (
+                UPDATE {s}.jobs SET cancel_requested = true, cancel_reason = @reason, updated_at = @now,
+                    state = CASE WHEN state IN (0, 1) THEN 5 ELSE state END,
+                    last_error = CASE WHEN state IN (0, 1) THEN coalesce(@reason, last_error) ELSE last_error END
+                WHERE id = @id AND state < 3 AND NOT (state = 2 AND cancel_requested)
+                RETURNING *),
+            n AS (
+                SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'j', id, 'a', attempt_count, 't', tenant, 'w', workload, 'r', left(@reason, 2000))::text)
+                FROM u WHERE state = 2){History("@reason")}
+            SELECT {JobRows.Columns}, (SELECT count(*) FROM n) FROM u
+            """;
+
+        string History(string message) => db.Options.WriteHistory ? string.Format(CultureInfo.InvariantCulture, _history, message) : "";
+    }
+
+    public async ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        if (job.State is not (JobState.Queued or JobState.Scheduled))
+        {
+            throw new ArgumentException($"A new job must be Queued or Scheduled, not {job.State}.", nameof(job));
+        }
+
+        // The caller's token only stops the wait: once batched, the insert is written with its batch.
+        var result = await _inserts.Enqueue(job).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!result.Attached)
+        {
+            PublishState(result.Job, previous: null, message: null);
+        }
+
+        return result;
+    }
+
+    /// <summary>Inserts many jobs in batched statements (the bulk path). Dedupe keys and ids behave as in <see cref="InsertAsync"/>.</summary>
+    public async Task<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
+    {
+        var tasks = new Task<SubmitResult>[jobs.Count];
+        for (var i = 0; i < jobs.Count; i++)
+        {
+            tasks[i] = _inserts.Enqueue(jobs[i]);
+        }
+
+        var results = await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
+        foreach (var result in results)
+        {
+            if (!result.Attached)
+            {
+                PublishState(result.Job, previous: null, message: null);
+            }
+        }
+
+        return results;
+    }
+
+    private async Task InsertBatchAsync(IReadOnlyList<Batcher<JobRecord, SubmitResult>.Item> batch)
+    {
+        var inserted = await _db.RunAsync(_db.Client, batch, InsertRowsAsync, CancellationToken.None).ConfigureAwait(false);
+        List<Batcher<JobRecord, SubmitResult>.Item>? conflicts = null;
+        foreach (var item in batch)
+        {
+            if (inserted.Contains(item.Request.Id.Value))
+            {
+                item.TrySetResult(new SubmitResult(item.Request, Attached: false));
+            }
+            else
+            {
+                (conflicts ??= []).Add(item);
+            }
+        }
+
+        foreach (var item in conflicts ?? [])
+        {
+            // Not inserted: the same id exists (a retry of a commit whose reply was lost), or the dedupe key is held.
+            var request = item.Request;
+            var existing = await GetAsync(request.Id, CancellationToken.None).ConfigureAwait(false);
+            if (existing is not null)
+            {
+                item.TrySetResult(new SubmitResult(existing, Attached: false));
+                continue;
+            }
+
+            var holder = request.Request.DedupeKey is { } key ? await FindLiveByDedupeKeyAsync(request.Request.Tenant, key).ConfigureAwait(false) : null;
+            if (holder is not null)
+            {
+                item.TrySetResult(new SubmitResult(holder, Attached: true));
+            }
+            else
+            {
+                // The holder finished in between: insert again, on its own.
+                _ = _inserts.Enqueue(request).ContinueWith(
+                    static (t, state) => ((Batcher<JobRecord, SubmitResult>.Item)state!).TrySetFromTask(t),
+                    item,
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
+        }
+    }
+
+    private async Task<HashSet<Guid>> InsertRowsAsync(NpgsqlConnection connection, IReadOnlyList<Batcher<JobRecord, SubmitResult>.Item> batch, CancellationToken token)
+    {
+        var n = batch.Count;
+        var ids = new Guid[n];
+        var tenants = new string[n];
+        var workloads = new string[n];
+        var priorities = new short[n];
+        var concurrencyKeys = new string?[n];
+        var dedupeKeys = new string?[n];
+        var correlationIds = new string?[n];
+        var parentIds = new Guid?[n];
+        var labels = new string?[n];
+        var inputs = new byte[n][];
+        var notBefores = new DateTimeOffset?[n];
+        var timeouts = new long?[n];
+        var retries = new string?[n];
+        var states = new short[n];
+        var readyAts = new DateTimeOffset[n];
+        var createdAts = new DateTimeOffset[n];
+        for (var i = 0; i < n; i++)
+        {
+            var job = batch[i].Request;
+            var request = job.Request;
+            ids[i] = job.Id.Value;
+            tenants[i] = request.Tenant;
+            workloads[i] = request.Workload;
+            priorities[i] = (short)request.Priority;
+            concurrencyKeys[i] = request.ConcurrencyKey;
+            dedupeKeys[i] = request.DedupeKey;
+            correlationIds[i] = request.CorrelationId;
+            parentIds[i] = request.ParentId?.Value;
+            labels[i] = JobRows.WriteLabels(request.Labels);
+            inputs[i] = request.Input.ToArray();
+            notBefores[i] = request.NotBefore?.ToUniversalTime();
+            timeouts[i] = request.Timeout is { } t ? (long)t.TotalMilliseconds : null;
+            retries[i] = JobRows.WriteRetry(request.Retry);
+            states[i] = (short)job.State;
+            createdAts[i] = job.CreatedAt.ToUniversalTime();
+            readyAts[i] = (job.State == JobState.Scheduled ? job.DueAt ?? job.CreatedAt : job.CreatedAt).ToUniversalTime();
+        }
+
+        using var command = new NpgsqlCommand(_insertSql, connection);
+        var p = command.Parameters;
+        p.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
+        p.Add(new("tenants", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = tenants });
+        p.Add(new("workloads", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workloads });
+        p.Add(new("priorities", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = priorities });
+        p.Add(new("concurrency_keys", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = concurrencyKeys });
+        p.Add(new("dedupe_keys", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = dedupeKeys });
+        p.Add(new("correlation_ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = correlationIds });
+        p.Add(new("parent_ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = parentIds });
+        p.Add(new("labels", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = labels });
+        p.Add(new("inputs", NpgsqlDbType.Array | NpgsqlDbType.Bytea) { Value = inputs });
+        p.Add(new("not_befores", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = notBefores });
+        p.Add(new("timeouts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = timeouts });
+        p.Add(new("retries", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = retries });
+        p.Add(new("states", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = states });
+        p.Add(new("ready_ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = readyAts });
+        p.Add(new("created_ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = createdAts });
+        var inserted = new HashSet<Guid>(n);
+        var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+        while (await reader.ReadAsync(token).ConfigureAwait(false))
+        {
+            inserted.Add(reader.GetGuid(0));
+        }
+
+        return inserted;
+    }
+
+    public async ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken)
+    {
+        return await _db.RunAsync(_db.Client, (Sql: $"SELECT {JobRows.Columns} FROM {_db.Schema}.jobs WHERE id = $1", Id: id.Value), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new NpgsqlParameter { Value = s.Id });
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? JobRows.Read(reader) : null;
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<JobRecord?> FindLiveByDedupeKeyAsync(string tenant, string key)
+    {
+        return await _db.RunAsync(_db.Client, (Sql: $"SELECT {JobRows.Columns} FROM {_db.Schema}.jobs WHERE tenant = $1 AND dedupe_key = $2 AND state < 3", Tenant: tenant, Key: key), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new NpgsqlParameter { Value = s.Tenant });
+            command.Parameters.Add(new NpgsqlParameter { Value = s.Key });
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? JobRows.Read(reader) : null;
+        }, CancellationToken.None).ConfigureAwait(false);
+    }
+
+    public async ValueTask<JobPage> ListAsync(JobQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.PageSize, 1);
+        long after = 0;
+        if (query.ContinuationToken is { } token && !long.TryParse(token, NumberStyles.None, CultureInfo.InvariantCulture, out after))
+        {
+            throw new ArgumentException($"The continuation token '{token}' was not issued by this store. Pass the JobPage.ContinuationToken of the previous page.", nameof(query));
+        }
+
+        var sql = new StringBuilder($"SELECT {JobRows.Columns} FROM {_db.Schema}.jobs WHERE seq > @after");
+        if (query.State is not null)
+        {
+            sql.Append(" AND state = @state");
+        }
+
+        if (query.Tenant is not null)
+        {
+            sql.Append(" AND tenant = @tenant");
+        }
+
+        if (query.Workload is not null)
+        {
+            sql.Append(" AND workload = @workload");
+        }
+
+        var labels = query.Labels is { Count: > 0 } l ? JobRows.WriteLabels(l) : null;
+        if (labels is not null)
+        {
+            sql.Append(" AND labels @> @labels::jsonb");
+        }
+
+        sql.Append(" ORDER BY seq LIMIT @limit");
+        return await _db.RunAsync(_db.Client, (Sql: sql.ToString(), Query: query, After: after, Labels: labels), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.AddWithValue("after", s.After);
+            command.Parameters.AddWithValue("limit", s.Query.PageSize + 1);
+            if (s.Query.State is { } state)
+            {
+                command.Parameters.AddWithValue("state", (short)state);
+            }
+
+            if (s.Query.Tenant is { } tenant)
+            {
+                command.Parameters.AddWithValue("tenant", tenant);
+            }
+
+            if (s.Query.Workload is { } workload)
+            {
+                command.Parameters.AddWithValue("workload", workload);
+            }
+
+            if (s.Labels is { } labels)
+            {
+                command.Parameters.AddWithValue("labels", labels);
+            }
+
+            var items = new List<JobRecord>();
+            long last = 0;
+            var more = false;
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                if (items.Count == s.Query.PageSize)
+                {
+                    more = true;
+                    break;
+                }
+
+                items.Add(JobRows.Read(reader));
+                last = JobRows.ReadSequence(reader);
+            }
+
+            return new JobPage(items, more ? last.ToString(CultureInfo.InvariantCulture) : null);
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(workerId);
+        var leased = await _leases.Enqueue(new LeaseRequest(id, workerId, duration)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (leased is not null)
+        {
+            PublishState(leased.Job, JobState.Queued, message: null);
+        }
+
+        return leased;
+    }
+
+    private async Task LeaseBatchAsync(IReadOnlyList<Batcher<LeaseRequest, LeasedJob?>.Item> batch)
+    {
+        var now = _time.GetUtcNow();
+        var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
+        {
+            var n = s.Batch.Count;
+            var ids = new Guid[n];
+            var workers = new string[n];
+            var expires = new DateTimeOffset[n];
+            for (var i = 0; i < n; i++)
+            {
+                var request = s.Batch[i].Request;
+                ids[i] = request.Id.Value;
+                workers[i] = request.WorkerId;
+                expires[i] = s.Now + request.Duration;
+            }
+
+            using var command = new NpgsqlCommand(s.Store._leaseSql, c);
+            command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
+            command.Parameters.Add(new("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
+            command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
+            command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
+            command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
+            var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, int Attempt, Exception? Error)>();
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                var id = reader.GetGuid(0);
+                try
+                {
+                    var job = JobRows.Read(reader);
+                    granted[id] = (job, job.FenceToken, job.Attempts.Count, null);
+                }
+                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
+                {
+                    granted[id] = (null, reader.GetInt64(17), 0, e);
+                }
+            }
+
+            return granted;
+        }, CancellationToken.None).ConfigureAwait(false);
+
+        foreach (var item in batch)
+        {
+            var request = item.Request;
+            if (!rows.TryGetValue(request.Id.Value, out var row))
+            {
+                item.TrySetResult(null);
+                continue;
+            }
+
+            if (row.Job is null)
+            {
+                // A row this version cannot read fails alone; the rest of the batch runs.
+                Log.MalformedRow(_logger, request.Id, row.Error!);
+                _ = FailMalformedAsync(request, row.Fence, row.Error!);
+                item.TrySetResult(null);
+                continue;
+            }
+
+            var job = row.Job;
+            item.TrySetResult(new LeasedJob(new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration), job));
+        }
+    }
+
+    private async Task FailMalformedAsync(LeaseRequest request, long fence, Exception error)
+    {
+        try
+        {
+            // The attempt number is only used for events; the row's own count is kept by the SQL.
+            var lease = new JobLease(request.Id, request.WorkerId, fence, 0, DateTimeOffset.MaxValue);
+            await CompleteAttemptAsync(lease, new AttemptCompletion
+            {
+                Outcome = AttemptOutcome.Failed,
+                NextState = JobState.Failed,
+                Error = $"The stored job could not be read ({error.Message}). It was written by another version or changed by hand; submit it again.",
+                ErrorType = error.GetType().FullName,
+            }, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is JobRunnerException or NpgsqlException or InvalidDataException or System.Text.Json.JsonException)
+        {
+            Log.MalformedRow(_logger, request.Id, e);
+        }
+    }
+
+    public async ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(leases);
+        if (leases.Count == 0)
+        {
+            return [];
+        }
+
+        var expires = _time.GetUtcNow() + duration;
+        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM unnest(@ids, @fences) AS r(id, fence) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id", Leases: leases, Expires: expires), static async (c, s, token) =>
+        {
+            var ids = new Guid[s.Leases.Count];
+            var fences = new long[s.Leases.Count];
+            for (var i = 0; i < ids.Length; i++)
+            {
+                ids[i] = s.Leases[i].JobId.Value;
+                fences[i] = s.Leases[i].FenceToken;
+            }
+
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
+            command.Parameters.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
+            command.Parameters.Add(new("expires", NpgsqlDbType.TimestampTz) { Value = s.Expires });
+            var result = new HashSet<Guid>();
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                result.Add(reader.GetGuid(0));
+            }
+
+            return result;
+        }, cancellationToken).ConfigureAwait(false);
+
+        List<JobId>? lost = null;
+        foreach (var lease in leases)
+        {
+            if (!renewed.Contains(lease.JobId.Value))
+            {
+                (lost ??= []).Add(lease.JobId);
+            }
+        }
+
+        return lost is null ? [] : lost;
+    }
+
+    public async ValueTask SaveCheckpointAsync(JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        var now = _time.GetUtcNow();
+        var owner = await FencedUpdateAsync(lease, "checkpoint = @value", checkpoint.ToArray(), null, now, cancellationToken).ConfigureAwait(false);
+        Publish(lease, owner, JobEventKind.Checkpointed, now, progress: null, message: null);
+    }
+
+    public async ValueTask ReportProgressAsync(JobLease lease, JobProgress progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        var now = _time.GetUtcNow();
+        var owner = await FencedUpdateAsync(lease, "progress_fraction = @value, progress_message = @message", progress.Fraction is { } f ? f : DBNull.Value, progress.Message, now, cancellationToken).ConfigureAwait(false);
+        Publish(lease, owner, JobEventKind.Progress, now, progress, progress.Message);
+    }
+
+    private async Task<(string Tenant, string Workload)> FencedUpdateAsync(JobLease lease, string set, object value, string? message, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var sql = $"UPDATE {_db.Schema}.jobs SET {set}, updated_at = @now WHERE id = @id AND fence = @fence AND state = 2 RETURNING tenant, workload";
+        var row = await _db.RunAsync(_db.Worker, (Sql: sql, Lease: lease, Value: value, Message: message, Now: now), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.AddWithValue("id", s.Lease.JobId.Value);
+            command.Parameters.AddWithValue("fence", s.Lease.FenceToken);
+            command.Parameters.AddWithValue("now", s.Now);
+            command.Parameters.AddWithValue("value", s.Value);
+            command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = (object?)s.Message ?? DBNull.Value });
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? (reader.GetString(0), reader.GetString(1)) : default((string, string)?);
+        }, cancellationToken).ConfigureAwait(false);
+        return row ?? throw await StaleAsync(lease).ConfigureAwait(false);
+    }
+
+    public async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentNullException.ThrowIfNull(completion);
+        if (completion.NextState == JobState.Running)
+        {
+            throw new ArgumentException("An attempt cannot complete into Running. Use Queued to run the job again.", nameof(completion));
+        }
+
+        var updated = await _completions.Enqueue(new Completion(lease, completion)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        PublishState(updated, JobState.Running, completion.Error);
+        if (updated.State is JobState.Queued or JobState.Scheduled)
+        {
+            _db.NotifyReady();
+        }
+
+        return updated;
+    }
+
+    private async Task CompleteBatchAsync(IReadOnlyList<Batcher<Completion, JobRecord>.Item> batch)
+    {
+        var now = _time.GetUtcNow();
+        var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
+        {
+            var n = s.Batch.Count;
+            var ids = new Guid[n];
+            var fences = new long[n];
+            var outcomes = new int[n];
+            var nextStates = new short[n];
+            var dueAts = new DateTimeOffset?[n];
+            var errors = new string?[n];
+            var errorTypes = new string?[n];
+            var exitCodes = new int?[n];
+            for (var i = 0; i < n; i++)
+            {
+                var (lease, completion) = s.Batch[i].Request;
+                ids[i] = lease.JobId.Value;
+                fences[i] = lease.FenceToken;
+                outcomes[i] = (int)completion.Outcome;
+                nextStates[i] = (short)completion.NextState;
+                dueAts[i] = completion.DueAt?.ToUniversalTime();
+                errors[i] = completion.Error;
+                errorTypes[i] = completion.ErrorType;
+                exitCodes[i] = completion.ExitCode;
+            }
+
+            using var command = new NpgsqlCommand(s.Store._completeSql, c);
+            var p = command.Parameters;
+            p.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
+            p.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
+            p.Add(new("outcomes", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = outcomes });
+            p.Add(new("next_states", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = nextStates });
+            p.Add(new("due_ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = dueAts });
+            p.Add(new("errors", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = errors });
+            p.Add(new("error_types", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = errorTypes });
+            p.Add(new("exit_codes", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = exitCodes });
+            p.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
+            p.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
+            var done = new Dictionary<Guid, object>(n);
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                try
+                {
+                    done[reader.GetGuid(0)] = JobRows.Read(reader);
+                }
+                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
+                {
+                    done[reader.GetGuid(0)] = e;
+                }
+            }
+
+            return done;
+        }, CancellationToken.None).ConfigureAwait(false);
+
+        foreach (var item in batch)
+        {
+            var lease = item.Request.Lease;
+            if (!rows.TryGetValue(lease.JobId.Value, out var row))
+            {
+                item.TrySetException(await StaleAsync(lease).ConfigureAwait(false));
+            }
+            else if (row is JobRecord job)
+            {
+                item.TrySetResult(job);
+            }
+            else
+            {
+                item.TrySetException(new InvalidDataException($"Job {lease.JobId} was completed, but its row could not be read back.", (Exception)row));
+            }
+        }
+    }
+
+    public async ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken)
+    {
+        var now = _time.GetUtcNow();
+        var (changed, notified) = await _db.RunAsync(_db.Client, (Store: this, Id: id, Reason: reason, Now: now), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Store._cancelSql, c);
+            command.Parameters.AddWithValue("id", s.Id.Value);
+            command.Parameters.Add(new("reason", NpgsqlDbType.Text) { Value = (object?)s.Reason ?? DBNull.Value });
+            command.Parameters.AddWithValue("now", s.Now);
+            command.Parameters.AddWithValue("channel", s.Store._db.CancelChannel);
+            command.Parameters.AddWithValue("instance", s.Store._db.InstanceId);
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? (JobRows.Read(reader), reader.GetInt64(26) > 0) : (null, false);
+        }, cancellationToken).ConfigureAwait(false);
+
+        if (changed is null)
+        {
+            // Unchanged: finished, already being cancelled, or no such job.
+            return await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+        }
+
+        if (changed.State == JobState.Running)
+        {
+            // This process's workers hear it here; other hosts by the NOTIFY sent with the commit.
+            PublishCancellation(changed.Id, changed.Request.Tenant, changed.Request.Workload, changed.Attempts.Count, reason, now);
+        }
+        else
+        {
+            PublishState(changed, previous: null, reason);
+        }
+
+        return changed;
+    }
+
+    internal void PublishCancellation(JobId id, string tenant, string workload, int attempt, string? reason, DateTimeOffset now)
+    {
+        _events.Publish(new JobEvent
+        {
+            Kind = JobEventKind.CancellationRequested,
+            JobId = id,
+            Tenant = tenant,
+            Workload = workload,
+            Timestamp = now,
+            State = JobState.Running,
+            Attempt = attempt,
+            Message = reason,
+        });
+    }
+
+    public async ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)
+    {
+        var now = _time.GetUtcNow();
+        var rows = await _db.RunAsync(_db.Worker, (Store: this, Now: now), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Store._reclaimSql, c);
+            command.Parameters.AddWithValue("now", s.Now);
+            command.Parameters.AddWithValue("now_us", JobRows.ToMicros(s.Now));
+            command.Parameters.AddWithValue("limit", s.Store._db.Options.MaxBatchSize);
+            command.Parameters.AddWithValue("max_losses", s.Store._db.Options.MaxLeaseExpirations);
+            command.Parameters.AddWithValue("expired_message", LeaseExpiredMessage);
+            command.Parameters.AddWithValue("quarantine_message", QuarantineMessage.Replace("{0}", "%s", StringComparison.Ordinal));
+            var jobs = new List<JobRecord>();
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                jobs.Add(JobRows.Read(reader));
+            }
+
+            return jobs;
+        }, cancellationToken).ConfigureAwait(false);
+
+        var ready = new List<JobRecord>();
+        foreach (var job in rows)
+        {
+            PublishState(job, JobState.Running, job.LastError);
+            if (job.State == JobState.Queued)
+            {
+                ready.Add(job);
+            }
+        }
+
+        if (ready.Count > 0)
+        {
+            _db.NotifyReady();
+        }
+
+        return ready;
+    }
+
+    /// <summary>Builds the error for a fenced write that changed no row: no such job, or a stale token.</summary>
+    private async Task<Exception> StaleAsync(JobLease lease)
+    {
+        var current = await _db.RunAsync(_db.Client, (Sql: $"SELECT fence, state FROM {_db.Schema}.jobs WHERE id = $1", Id: lease.JobId.Value), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new NpgsqlParameter { Value = s.Id });
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? (reader.GetInt64(0), (JobState)reader.GetInt16(1)) : default((long, JobState)?);
+        }, CancellationToken.None).ConfigureAwait(false);
+        if (current is not { } row)
+        {
+            return new JobNotFoundException(lease.JobId);
+        }
+
+        var reason = row.Item1 != lease.FenceToken ? "a newer lease was granted" : $"the attempt already ended (the job is {row.Item2})";
+        return new StaleFenceTokenException(lease.JobId, lease.FenceToken, row.Item1, reason);
+    }
+
+    private void Publish(JobLease lease, (string Tenant, string Workload) owner, JobEventKind kind, DateTimeOffset now, JobProgress? progress, string? message)
+    {
+        if (_events.HasSubscribers)
+        {
+            _events.Publish(new JobEvent
+            {
+                Kind = kind,
+                JobId = lease.JobId,
+                Tenant = owner.Tenant,
+                Workload = owner.Workload,
+                Timestamp = now,
+                State = JobState.Running,
+                Attempt = lease.Attempt,
+                Progress = progress,
+                Message = message,
+            });
+        }
+    }
+
+    private void PublishState(JobRecord job, JobState? previous, string? message)
+    {
+        if (_events.HasSubscribers)
+        {
+            _events.Publish(new JobEvent
+            {
+                Kind = JobEventKind.StateChanged,
+                JobId = job.Id,
+                Tenant = job.Request.Tenant,
+                Workload = job.Request.Workload,
+                Timestamp = job.UpdatedAt,
+                State = job.State,
+                PreviousState = previous,
+                Attempt = job.Attempts.Count,
+                Message = message,
+            });
+        }
+    }
+
+    private readonly record struct LeaseRequest(JobId Id, string WorkerId, TimeSpan Duration);
+
+    private readonly record struct Completion(JobLease Lease, AttemptCompletion Value);
+
+    private static partial class Log
+    {
+        [LoggerMessage(10, LogLevel.Error, "Job {JobId}: its row could not be read; the job is failed alone.")]
+        public static partial void MalformedRow(ILogger logger, JobId jobId, Exception exception);
+    }
+}

@@ -1,0 +1,61 @@
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>Settings of the PostgreSQL store and queue. Checked when the host starts.</summary>
+public sealed class PostgresOptions
+{
+    /// <summary>Gets or sets the Npgsql connection string. Required.</summary>
+    public string ConnectionString { get; set; } = "";
+
+    /// <summary>Gets or sets the schema that holds JobRunner's tables (created by the migrations). Default "jobrunner".</summary>
+    public string Schema { get; set; } = "jobrunner";
+
+    /// <summary>Gets or sets whether the migrations shipped in the package are applied at start. Default <see langword="true"/>.</summary>
+    public bool ApplyMigrations { get; set; } = true;
+
+    /// <summary>
+    /// Gets or sets whether the worker's writes (lease, heartbeat, checkpoint, completion) wait for the WAL flush.
+    /// Default <see langword="true"/>. Submissions and cancellations always do. With <see langword="false"/>, a crash
+    /// of the database server (not of a worker) may forget the last few hundred milliseconds of worker writes: such
+    /// jobs run again from their previous checkpoint (at-least-once is kept; no job is lost).
+    /// </summary>
+    public bool SynchronousCommitForWorkers { get; set; } = true;
+
+    /// <summary>Gets or sets the server-side statement timeout. Default 30 seconds.</summary>
+    public TimeSpan StatementTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Gets or sets the server-side idle-in-transaction timeout. Default 60 seconds.</summary>
+    public TimeSpan IdleInTransactionTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Gets or sets how often an idle worker looks for ready jobs when no wake-up arrives (wake-ups come by
+    /// LISTEN/NOTIFY; polling is only the fallback). Default 5 seconds.
+    /// </summary>
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Gets or sets the most rows one batched statement writes (inserts, leases, completions). Default 500.</summary>
+    public int MaxBatchSize { get; set; } = 500;
+
+    /// <summary>
+    /// Gets or sets how many times a job's lease may expire (its worker died during the attempt) before the job is
+    /// quarantined as <see cref="JobState.Failed"/>. Default 5.
+    /// </summary>
+    public int MaxLeaseExpirations { get; set; } = 5;
+
+    /// <summary>Gets or sets whether every state transition is written to the history table. Default <see langword="true"/>.</summary>
+    public bool WriteHistory { get; set; } = true;
+
+    /// <summary>Gets or sets how long history rows are kept. Default 7 days.</summary>
+    public TimeSpan HistoryRetention { get; set; } = TimeSpan.FromDays(7);
+
+    /// <summary>
+    /// Gets or sets how long finished jobs (succeeded, failed, cancelled) are kept; <see langword="null"/> keeps them.
+    /// Default 7 days.
+    /// </summary>
+    public TimeSpan? FinishedJobRetention { get; set; } = TimeSpan.FromDays(7);
+
+    /// <summary>Gets or sets how often housekeeping runs (on one host at a time). Default 1 minute.</summary>
+    public TimeSpan HousekeepingInterval { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>Gets or sets how many transient database errors an operation retries (with backoff). Default 5.</summary>
+    public int MaxRetries { get; set; } = 5;
+}
