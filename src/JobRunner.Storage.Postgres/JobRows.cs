@@ -52,7 +52,7 @@ internal static class JobRows
             UpdatedAt = row.GetFieldValue<DateTimeOffset>(offset + 16),
             FenceToken = row.GetInt64(offset + 17),
             Attempts = ReadAttempts(row.GetString(offset + 18)),
-            Checkpoint = row.IsDBNull(offset + 19) ? null : row.GetFieldValue<byte[]>(offset + 19),
+            Checkpoint = row.IsDBNull(offset + 19) ? (ReadOnlyMemory<byte>?)null : row.GetFieldValue<byte[]>(offset + 19),
             Progress = row.IsDBNull(offset + 20) && row.IsDBNull(offset + 21)
                 ? null
                 : new JobProgress(row.IsDBNull(offset + 20) ? null : row.GetDouble(offset + 20), NullableString(row, offset + 21)),

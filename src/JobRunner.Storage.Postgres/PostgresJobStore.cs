@@ -26,7 +26,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private readonly Batcher<JobRecord, SubmitResult> _inserts;
-    private readonly Batcher<LeaseRequest, LeasedJob?> _leases;
+    private readonly Batcher<LeaseRequest, LeaseResult> _leases;
     private readonly Batcher<Completion, JobRecord> _completions;
     private readonly string _insertSql;
     private readonly string _leaseSql;
@@ -390,7 +390,16 @@ internal sealed partial class PostgresJobStore : IJobStore
     public async ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrEmpty(workerId);
-        var leased = await _leases.Enqueue(new LeaseRequest(id, workerId, duration)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var request = new LeaseRequest(id, workerId, duration);
+        var (leased, malformed) = await _leases.Enqueue(request).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (malformed is not null)
+        {
+            // A row this version cannot read fails alone; the rest of the batch runs.
+            Log.MalformedRow(_logger, id, malformed.Value.Error);
+            await FailMalformedAsync(request, malformed.Value.Fence, malformed.Value.Error).ConfigureAwait(false);
+            return null;
+        }
+
         if (leased is not null)
         {
             PublishState(leased.Job, JobState.Queued, message: null);
@@ -399,7 +408,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         return leased;
     }
 
-    private async Task LeaseBatchAsync(IReadOnlyList<Batcher<LeaseRequest, LeasedJob?>.Item> batch)
+    private async Task LeaseBatchAsync(IReadOnlyList<Batcher<LeaseRequest, LeaseResult>.Item> batch)
     {
         var now = _time.GetUtcNow();
         var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
@@ -447,21 +456,16 @@ internal sealed partial class PostgresJobStore : IJobStore
             var request = item.Request;
             if (!rows.TryGetValue(request.Id.Value, out var row))
             {
-                item.TrySetResult(null);
-                continue;
+                item.TrySetResult(default);
             }
-
-            if (row.Job is null)
+            else if (row.Job is not { } job)
             {
-                // A row this version cannot read fails alone; the rest of the batch runs.
-                Log.MalformedRow(_logger, request.Id, row.Error!);
-                _ = FailMalformedAsync(request, row.Fence, row.Error!);
-                item.TrySetResult(null);
-                continue;
+                item.TrySetResult(new LeaseResult(null, (row.Fence, row.Error!)));
             }
-
-            var job = row.Job;
-            item.TrySetResult(new LeasedJob(new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration), job));
+            else
+            {
+                item.TrySetResult(new LeaseResult(new LeasedJob(new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration), job), null));
+            }
         }
     }
 
@@ -809,6 +813,8 @@ internal sealed partial class PostgresJobStore : IJobStore
     }
 
     private readonly record struct LeaseRequest(JobId Id, string WorkerId, TimeSpan Duration);
+
+    private readonly record struct LeaseResult(LeasedJob? Job, (long Fence, Exception Error)? Malformed);
 
     private readonly record struct Completion(JobLease Lease, AttemptCompletion Value);
 

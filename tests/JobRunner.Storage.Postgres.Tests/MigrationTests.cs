@@ -1,0 +1,116 @@
+using JobRunner.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Storage.Postgres.Tests;
+
+public sealed class MigrationTests : IAsyncLifetime
+{
+    private readonly PostgresTestDatabase _database = new();
+    private readonly FakeTimeProvider _time = new();
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync() => await _database.DisposeAsync();
+
+    [Fact]
+    public async Task Hosts_starting_together_migrate_once_and_a_second_run_changes_nothing()
+    {
+        var hosts = Enumerable.Range(0, 4).Select(_ => _database.Open(_time)).ToArray();
+
+        await Task.WhenAll(hosts.Select(h => h.EnsureMigratedAsync(default)));
+        await _database.Open(_time).EnsureMigratedAsync(default);
+
+        Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.schema_migrations"));
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+    }
+
+    [Fact]
+    public async Task A_schema_migrated_by_a_newer_version_is_refused_with_the_fix()
+    {
+        await _database.Open(_time).EnsureMigratedAsync(default);
+        await _database.ExecuteAsync("INSERT INTO {s}.schema_migrations (version, name) VALUES (999, '0999_future.sql')");
+
+        var error = await Assert.ThrowsAsync<PostgresStorageException>(() => _database.Open(_time).EnsureMigratedAsync(default));
+
+        Assert.Contains("version 999", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Upgrade the package", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Without_ApplyMigrations_an_old_schema_is_an_error_that_names_the_option()
+    {
+        var error = await Assert.ThrowsAsync<PostgresStorageException>(() => _database.Open(_time, o => o.ApplyMigrations = false).EnsureMigratedAsync(default));
+        Assert.Contains("ApplyMigrations", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_server_that_is_not_there_fails_the_start_with_host_and_port()
+    {
+        var port = FreePort();
+        var options = _database.Options(o =>
+        {
+            o.ConnectionString = $"Host=127.0.0.1;Port={port};Username=postgres;Timeout=2";
+            o.MaxRetries = 0;
+        });
+        using var host = BuildHost(options);
+
+        var error = await Assert.ThrowsAsync<PostgresStorageException>(() => host.StartAsync());
+
+        Assert.Contains($"127.0.0.1:{port}", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Check Host and Port", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_user_without_permission_gets_an_error_that_names_the_grant()
+    {
+        var role = "jr_limited_" + Guid.NewGuid().ToString("N")[..8];
+        await _database.ExecuteAsync($"CREATE ROLE {role} LOGIN; REVOKE CREATE ON DATABASE postgres FROM PUBLIC");
+        try
+        {
+            var builder = new Npgsql.NpgsqlConnectionStringBuilder(_database.ConnectionString) { Username = role };
+            var db = _database.Open(_time, o => o.ConnectionString = builder.ConnectionString);
+
+            var error = await Assert.ThrowsAsync<PostgresStorageException>(() => db.EnsureMigratedAsync(default));
+
+            Assert.Contains("permission denied", error.Message, StringComparison.Ordinal);
+            Assert.Contains("Grant the user CREATE", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await _database.ExecuteAsync($"DROP ROLE {role}");
+        }
+    }
+
+    [Fact]
+    public void Bad_options_are_rejected_at_start_naming_each_fix()
+    {
+        var result = new PostgresOptionsValidator().Validate(null, new PostgresOptions { ConnectionString = "", Schema = "Bad-Name", MaxBatchSize = 0, MaxLeaseExpirations = 0 });
+
+        Assert.True(result.Failed);
+        Assert.Contains(result.Failures!, f => f.Contains("ConnectionString is empty", StringComparison.Ordinal));
+        Assert.Contains(result.Failures!, f => f.Contains("Schema 'Bad-Name'", StringComparison.Ordinal));
+        Assert.Contains(result.Failures!, f => f.Contains("MaxBatchSize", StringComparison.Ordinal));
+        Assert.Contains(result.Failures!, f => f.Contains("MaxLeaseExpirations", StringComparison.Ordinal));
+        Assert.True(new PostgresOptionsValidator().Validate(null, _database.Options()).Succeeded);
+    }
+
+    private static IHost BuildHost(PostgresOptions options)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Services.AddJobRunner(r => r.UsePostgres(options.ConnectionString, o =>
+        {
+            o.Schema = options.Schema;
+            o.MaxRetries = options.MaxRetries;
+        }).ConfigureWorker(w => w.Enabled = false));
+        return builder.Build();
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

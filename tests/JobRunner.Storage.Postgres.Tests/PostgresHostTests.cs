@@ -1,0 +1,114 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+
+namespace JobRunner.Storage.Postgres.Tests;
+
+/// <summary>The worker host on PostgreSQL, end to end, on the real clock: submit, run, retry, resume, cancel.</summary>
+public sealed class PostgresHostTests : IAsyncLifetime
+{
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
+    private readonly PostgresTestDatabase _database = new();
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync() => await _database.DisposeAsync();
+
+    [Fact]
+    public async Task Jobs_run_to_completion_with_retries_and_a_checkpoint_carries_over_to_the_next_host()
+    {
+        var flaky = new ConcurrentDictionary<JobId, int>();
+        var resumedFrom = new ConcurrentDictionary<JobId, string?>();
+        var blocking = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var blocked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var first = Build(new Steps(flaky, resumedFrom, blocking, blocked));
+        await first.StartAsync();
+        var client = first.Services.GetRequiredService<IJobClient>();
+
+        var ok = await client.SubmitAsync(new JobRequest("steps") { Input = "\"ok\""u8.ToArray() });
+        var retried = await client.SubmitAsync(new JobRequest("steps") { Input = "\"flaky\""u8.ToArray() });
+        var held = await client.SubmitAsync(new JobRequest("steps") { Input = "\"block\""u8.ToArray() });
+        Assert.Equal(JobState.Succeeded, await WaitForTerminalAsync(client, ok.Job.Id));
+        Assert.Equal(JobState.Succeeded, await WaitForTerminalAsync(client, retried.Job.Id));
+        Assert.Equal(2, flaky[retried.Job.Id]);
+
+        // The blocking job checkpoints, then its host stops: the job is released and a second host resumes it.
+        if (await Task.WhenAny(blocked.Task, Task.Delay(Limit, TimeProvider.System)) != blocked.Task)
+        {
+            var record = await client.GetAsync(held.Job.Id);
+            Assert.Fail($"The blocking job never checkpointed: {record?.State} {record?.LastError} attempts {record?.Attempts.Count}");
+        }
+
+        await first.StopAsync();
+        first.Dispose();
+        Assert.Equal((short)JobState.Queued, await _database.ScalarAsync<short>($"SELECT state FROM {{s}}.jobs WHERE id = '{held.Job.Id}'"));
+
+        blocking.SetResult();
+        using var second = Build(new Steps(flaky, resumedFrom, blocking, new TaskCompletionSource()));
+        await second.StartAsync();
+        var client2 = second.Services.GetRequiredService<IJobClient>();
+        Assert.Equal(JobState.Succeeded, await WaitForTerminalAsync(client2, held.Job.Id));
+        Assert.Equal("step-1", resumedFrom[held.Job.Id]);
+
+        // Cancellation of a queued job.
+        var later = await client2.SubmitAsync(new JobRequest("steps") { Input = "\"ok\""u8.ToArray(), NotBefore = DateTimeOffset.UtcNow.AddHours(1) });
+        Assert.Equal(JobState.Cancelled, (await client2.CancelAsync(later.Job.Id, "not needed")).State);
+        await second.StopAsync();
+    }
+
+    private static async Task<JobState> WaitForTerminalAsync(IJobClient client, JobId id)
+    {
+        using var timeout = new CancellationTokenSource(Limit);
+        await foreach (var e in client.WatchAsync(id, timeout.Token))
+        {
+            if (e.Kind == JobEventKind.StateChanged && e.State.IsTerminal())
+            {
+                return e.State;
+            }
+        }
+
+        return (await client.GetAsync(id))!.State;
+    }
+
+    private IHost Build(Steps steps)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Services.AddSingleton(steps);
+        builder.Services.AddJobRunner(r => r
+            .UsePostgres(_database.ConnectionString, o => o.Schema = _database.Schema)
+            .ConfigureWorker(w =>
+            {
+                w.Slots = 4;
+                w.ShutdownGracePeriod = TimeSpan.FromSeconds(5);
+            })
+            .AddWorkload<StepsWorkload>("steps", w => w.Retry = RetryPolicy.Fixed(TimeSpan.FromMilliseconds(50), 3)));
+        return builder.Build();
+    }
+
+    public sealed record Steps(ConcurrentDictionary<JobId, int> Flaky, ConcurrentDictionary<JobId, string?> ResumedFrom, TaskCompletionSource Blocking, TaskCompletionSource Blocked);
+
+    public sealed class StepsWorkload(Steps steps) : IWorkload
+    {
+        public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
+        {
+            var kind = context.GetInput<string>();
+            switch (kind)
+            {
+                case "flaky" when steps.Flaky.AddOrUpdate(context.JobId, 1, (_, n) => n + 1) == 1:
+                    throw new TransientJobException("first try fails");
+                case "block":
+                    if (context.Checkpoint is { } checkpoint)
+                    {
+                        steps.ResumedFrom[context.JobId] = System.Text.Encoding.UTF8.GetString(checkpoint.Span);
+                        return;
+                    }
+
+                    await context.SaveCheckpointAsync("step-1"u8.ToArray(), cancellationToken);
+                    steps.Blocked.TrySetResult();
+                    // Stops when the host asks for a checkpoint (shutdown).
+                    await steps.Blocking.Task.WaitAsync(context.CheckpointRequested);
+                    break;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+using JobRunner.Testing;
+
+namespace JobRunner.Storage.Postgres.Tests;
+
+public sealed class PostgresJobStoreTests : IAsyncLifetime
+{
+    private readonly PostgresTestDatabase _database = new();
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 22, 10, 0, 0, TimeSpan.Zero));
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync() => await _database.DisposeAsync();
+
+    [Fact]
+    public async Task Insert_then_get_round_trips_every_field()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false)) with { };
+        job = job with { Request = job.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1) } };
+
+        var result = await store.InsertAsync(job, default);
+        var read = await store.GetAsync(job.Id, default);
+
+        Assert.False(result.Attached);
+        Assert.NotNull(read);
+        Assert.Equal(job.Id, read.Id);
+        Assert.Equal(JobState.Queued, read.State);
+        Assert.Equal("{\"n\":1}", System.Text.Encoding.UTF8.GetString(read.Request.Input.Span));
+        Assert.Equal("a", read.Request.Labels["team"]);
+        Assert.Equal(TimeSpan.FromSeconds(90), read.Request.Timeout);
+        Assert.Equal(job.Request.Retry, read.Request.Retry);
+        Assert.Equal("k", read.Request.ConcurrencyKey);
+        Assert.Equal(job.Request.ParentId, read.Request.ParentId);
+        Assert.Equal(job.Request.NotBefore, read.Request.NotBefore);
+        Assert.Equal("corr", read.Request.CorrelationId);
+        Assert.Equal(job.CreatedAt, read.CreatedAt);
+        Assert.Empty(read.Attempts);
+        Assert.Null(read.Checkpoint);
+        Assert.Null(read.Progress);
+    }
+
+    [Fact]
+    public async Task A_live_dedupe_key_attaches_and_a_finished_one_frees_the_key()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var first = await store.InsertAsync(Jobs.New(_time, dedupe: "nightly"), default);
+        var second = await store.InsertAsync(Jobs.New(_time, dedupe: "nightly"), default);
+        var otherTenant = await store.InsertAsync(Jobs.New(_time, dedupe: "nightly", tenant: "t2"), default);
+
+        Assert.True(second.Attached);
+        Assert.Equal(first.Job.Id, second.Job.Id);
+        Assert.False(otherTenant.Attached);
+
+        await store.RequestCancellationAsync(first.Job.Id, "done", default);
+        var third = await store.InsertAsync(Jobs.New(_time, dedupe: "nightly"), default);
+        Assert.False(third.Attached);
+        Assert.NotEqual(first.Job.Id, third.Job.Id);
+    }
+
+    [Fact]
+    public async Task Concurrent_inserts_are_batched_and_none_is_lost()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time, o => o.MaxBatchSize = 50);
+        var jobs = Enumerable.Range(0, 400).Select(_ => Jobs.New(_time)).ToArray();
+
+        var results = await Task.WhenAll(jobs.Select(j => store.InsertAsync(j, default).AsTask()));
+        var many = await store.InsertManyAsync([.. Enumerable.Range(0, 300).Select(_ => Jobs.New(_time))], default);
+
+        Assert.All(results, r => Assert.False(r.Attached));
+        Assert.Equal(300, many.Count);
+        Assert.Equal(700L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.jobs"));
+    }
+
+    [Fact]
+    public async Task A_lease_grants_a_higher_fence_and_a_stale_one_changes_nothing()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var first = await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default);
+        Assert.NotNull(first);
+        Assert.Null(await store.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default));
+        await store.SaveCheckpointAsync(first.Lease, "cp1"u8.ToArray(), default);
+
+        // The lease expires; the job is taken back and leased again by another worker.
+        _time.Advance(TimeSpan.FromSeconds(31));
+        var reclaimed = await store.ReclaimExpiredLeasesAsync(default);
+        Assert.Equal(job.Id, Assert.Single(reclaimed).Id);
+        var second = await store.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default);
+        Assert.NotNull(second);
+        Assert.True(second.Lease.FenceToken > first.Lease.FenceToken);
+        Assert.Equal(2, second.Lease.Attempt);
+        Assert.Equal("cp1"u8.ToArray(), second.Job.Checkpoint!.Value.ToArray());
+
+        // The first worker comes back: every write it tries is rejected and the row is untouched.
+        await Assert.ThrowsAsync<StaleFenceTokenException>(async () => await store.SaveCheckpointAsync(first.Lease, "stale"u8.ToArray(), default));
+        await Assert.ThrowsAsync<StaleFenceTokenException>(async () => await store.ReportProgressAsync(first.Lease, new JobProgress(0.9, "stale"), default));
+        await Assert.ThrowsAsync<StaleFenceTokenException>(async () => await store.CompleteAttemptAsync(first.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default));
+        Assert.Equal((await store.RenewLeasesAsync([first.Lease], TimeSpan.FromSeconds(30), default)).Single(), job.Id);
+
+        var now = await store.GetAsync(job.Id, default);
+        Assert.Equal(JobState.Running, now!.State);
+        Assert.Equal(second.Lease.FenceToken, now.FenceToken);
+        Assert.Equal("cp1"u8.ToArray(), now.Checkpoint!.Value.ToArray());
+        Assert.Null(now.Progress);
+        Assert.Equal(AttemptOutcome.LeaseExpired, now.Attempts[0].Outcome);
+        Assert.Null(now.Attempts[1].Outcome);
+    }
+
+    [Fact]
+    public async Task Completion_records_the_attempt_and_the_next_state()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        await store.ReportProgressAsync(lease, new JobProgress(0.5, "half"), default);
+        _time.Advance(TimeSpan.FromSeconds(2));
+        var retry = _time.GetUtcNow().AddSeconds(10);
+
+        var scheduled = await store.CompleteAttemptAsync(lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = retry, Error = "boom", ErrorType = "X", ExitCode = 3 }, default);
+
+        Assert.Equal(JobState.Scheduled, scheduled.State);
+        Assert.Equal(retry, scheduled.DueAt);
+        Assert.Equal("boom", scheduled.LastError);
+        Assert.Equal(new JobProgress(0.5, "half"), scheduled.Progress);
+        var attempt = Assert.Single(scheduled.Attempts);
+        Assert.Equal((AttemptOutcome.Failed, "boom", "X", 3, "w1"), (attempt.Outcome!.Value, attempt.Error!, attempt.ErrorType!, attempt.ExitCode!.Value, attempt.WorkerId));
+        Assert.Equal(_time.GetUtcNow(), attempt.EndedAt);
+
+        // Not due yet: no lease. Due: leased again.
+        Assert.Null(await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default));
+        _time.Advance(TimeSpan.FromSeconds(10));
+        var again = await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default);
+        Assert.NotNull(again);
+        var done = await store.CompleteAttemptAsync(again.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default);
+        Assert.Equal(JobState.Succeeded, done.State);
+        Assert.Equal(2, done.Attempts.Count);
+
+        // History holds every transition: Queued, Running, Scheduled, Running, Succeeded.
+        Assert.Equal("0,2,1,2,3", await _database.ScalarAsync<string>($"SELECT string_agg(state::text, ',' ORDER BY id) FROM {{s}}.job_history WHERE job_id = '{job.Id}'"));
+    }
+
+    [Fact]
+    public async Task Cancelling_a_queued_job_ends_it_and_a_running_one_tells_its_worker_on_another_host()
+    {
+        var (_, storeA, _, _) = _database.OpenStore(_time);
+        var (dbB, storeB, _, eventsB) = _database.OpenStore(_time);
+        var listenerB = new PostgresBackgroundService(dbB, storeB);
+        using var stop = new CancellationTokenSource();
+        await listenerB.StartAsync(default);
+        await listenerB.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
+        var heard = eventsB.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }, stop.Token).GetAsyncEnumerator();
+        var next = heard.MoveNextAsync().AsTask();
+
+        var queued = (await storeA.InsertAsync(Jobs.New(_time), default)).Job;
+        var cancelled = await storeA.RequestCancellationAsync(queued.Id, "no longer needed", default);
+        Assert.Equal(JobState.Cancelled, cancelled.State);
+        Assert.Null(await storeA.TryAcquireLeaseAsync(queued.Id, "w", TimeSpan.FromSeconds(30), default));
+
+        var running = (await storeA.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await storeB.TryAcquireLeaseAsync(running.Id, "wB", TimeSpan.FromSeconds(30), default))!.Lease;
+        var marked = await storeA.RequestCancellationAsync(running.Id, "stop it", default);
+
+        Assert.Equal(JobState.Running, marked.State);
+        Assert.True(marked.CancelRequested);
+        Assert.True(await next.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal((running.Id, "stop it"), (heard.Current.JobId, heard.Current.Message));
+
+        // A cancellation requested during the attempt wins over a retry.
+        var ended = await storeB.CompleteAttemptAsync(lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Queued }, default);
+        Assert.Equal(JobState.Cancelled, ended.State);
+        await Assert.ThrowsAsync<JobNotFoundException>(async () => await storeA.RequestCancellationAsync(JobId.New(_time), null, default));
+        await stop.CancelAsync();
+        await listenerB.StopAsync(default);
+        await heard.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_job_whose_lease_keeps_expiring_is_quarantined_as_failed()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time, o => o.MaxLeaseExpirations = 2);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+
+        for (var i = 0; i < 2; i++)
+        {
+            Assert.NotNull(await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(5), default));
+            _time.Advance(TimeSpan.FromSeconds(6));
+            await store.ReclaimExpiredLeasesAsync(default);
+        }
+
+        var quarantined = await store.GetAsync(job.Id, default);
+        Assert.Equal(JobState.Failed, quarantined!.State);
+        Assert.Contains("Quarantined", quarantined.LastError, StringComparison.Ordinal);
+        Assert.Contains("2 times", quarantined.LastError, StringComparison.Ordinal);
+        Assert.Contains("MaxLeaseExpirations", quarantined.LastError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_malformed_row_fails_that_job_only()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var good = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var bad = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        await _database.ExecuteAsync($"UPDATE {{s}}.jobs SET retry = '{{\"b\":\"Sometimes\"}}' WHERE id = '{bad.Id}'");
+
+        var leases = await Task.WhenAll(
+            store.TryAcquireLeaseAsync(good.Id, "w", TimeSpan.FromSeconds(30), default).AsTask(),
+            store.TryAcquireLeaseAsync(bad.Id, "w", TimeSpan.FromSeconds(30), default).AsTask());
+
+        Assert.NotNull(leases[0]);
+        Assert.Null(leases[1]);
+        Assert.Equal((short)JobState.Failed, await _database.ScalarAsync<short>($"SELECT state FROM {{s}}.jobs WHERE id = '{bad.Id}'"));
+        Assert.Contains("could not be read", await _database.ScalarAsync<string>($"SELECT last_error FROM {{s}}.jobs WHERE id = '{bad.Id}'"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task List_filters_and_pages_oldest_first()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var ids = new List<JobId>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add((await store.InsertAsync(Jobs.New(_time, tenant: i % 2 == 0 ? "even" : "odd"), default)).Job.Id);
+        }
+
+        var page1 = await store.ListAsync(new JobQuery { Tenant = "even", PageSize = 2 }, default);
+        var page2 = await store.ListAsync(new JobQuery { Tenant = "even", PageSize = 2, ContinuationToken = page1.ContinuationToken }, default);
+        var labelled = await store.ListAsync(new JobQuery { Labels = new Dictionary<string, string> { ["team"] = "a" }, State = JobState.Queued }, default);
+
+        Assert.Equal([ids[0], ids[2]], page1.Items.Select(j => j.Id));
+        Assert.Equal([ids[4]], page2.Items.Select(j => j.Id));
+        Assert.Null(page2.ContinuationToken);
+        Assert.Equal(5, labelled.Items.Count);
+    }
+}
