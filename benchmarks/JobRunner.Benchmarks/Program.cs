@@ -4,6 +4,13 @@ using BenchmarkDotNet.Running;
 // Run one scenario:   dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- --filter '*EndToEnd*'
 // End-to-end fairness (console harness, not BenchmarkDotNet):
 //                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- fairness
+// PostgreSQL end to end (console harness; starts a throwaway server): benchmarks/postgres.sh [jobs]
+if (args is ["postgres", ..])
+{
+    await JobRunner.Benchmarks.PostgresThroughput.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 50_000);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();

@@ -10,6 +10,16 @@ public interface IJobClient
     /// <exception cref="JobValidationException">The request is invalid; nothing was stored.</exception>
     ValueTask<SubmitResult> SubmitAsync(JobRequest request, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Validates and submits many jobs at once: every request is checked first, so an invalid one stores none. Stores
+    /// that batch (PostgreSQL) write them in a few round trips.
+    /// </summary>
+    /// <param name="requests">The requests.</param>
+    /// <param name="cancellationToken">Cancels the submit.</param>
+    /// <returns>One result per request, in order.</returns>
+    /// <exception cref="JobValidationException">A request is invalid (the errors name which); nothing was stored.</exception>
+    ValueTask<IReadOnlyList<SubmitResult>> SubmitManyAsync(IReadOnlyList<JobRequest> requests, CancellationToken cancellationToken = default);
+
     /// <summary>Gets a job.</summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Cancels the read.</param>

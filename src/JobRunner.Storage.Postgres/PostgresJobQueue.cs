@@ -1,3 +1,4 @@
+using System.Globalization;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -35,8 +36,10 @@ internal sealed class PostgresJobQueue : IJobQueue
             RETURNING {Prefixed("j.", JobRows.QueueColumns)}
             """;
         _nextDueSql = $"SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state IN (0, 1)";
-        _returnSql = $"UPDATE {s}.jobs SET taken_until = NULL WHERE id = ANY(@ids) AND state IN (0, 1)";
-        _extendSql = $"UPDATE {s}.jobs SET taken_until = @until WHERE id = ANY(@ids) AND state IN (0, 1)";
+        // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.
+        const string Locked = "(SELECT id FROM {0}.jobs WHERE id = ANY(@ids) AND state IN (0, 1) ORDER BY id FOR UPDATE) l";
+        _returnSql = $"UPDATE {s}.jobs j SET taken_until = NULL FROM {string.Format(CultureInfo.InvariantCulture, Locked, s)} WHERE j.id = l.id";
+        _extendSql = $"UPDATE {s}.jobs j SET taken_until = @until FROM {string.Format(CultureInfo.InvariantCulture, Locked, s)} WHERE j.id = l.id";
     }
 
     public ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)

@@ -69,7 +69,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             locked AS (
                 SELECT j.id FROM {s}.jobs j JOIN r USING (id)
                 WHERE j.state = 0 OR (j.state = 1 AND j.ready_at <= @now)
-                ORDER BY j.id FOR UPDATE OF j SKIP LOCKED),
+                ORDER BY j.id FOR UPDATE OF j),
             granted AS (SELECT id, nextval('{s}.fence_tokens') AS fence FROM locked),
             u AS (
                 UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = r.worker, lease_expires_at = r.expires, updated_at = @now,
@@ -83,6 +83,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completeSql = $"""
             WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
                                  AS c(id, fence, outcome, next_state, due_at, error, error_type, exit_code)),
+            locked AS (SELECT j.id FROM {s}.jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j),
             u AS (
                 UPDATE {s}.jobs j SET
                     state = CASE WHEN j.cancel_requested AND c.next_state < 3 THEN 5 ELSE c.next_state END,
@@ -90,7 +91,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                         (j.attempts -> -1) || jsonb_strip_nulls(jsonb_build_object('e', @now_us::bigint, 'o', c.outcome, 'err', c.error, 'et', c.error_type, 'x', c.exit_code))),
                     updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END,
                     taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
-                FROM c
+                FROM c JOIN locked USING (id)
                 WHERE j.id = c.id AND j.fence = c.fence AND j.state = 2
                 RETURNING j.*){History("u.last_error")}
             SELECT {JobRows.Columns} FROM u
@@ -148,8 +149,9 @@ internal sealed partial class PostgresJobStore : IJobStore
     }
 
     /// <summary>Inserts many jobs in batched statements (the bulk path). Dedupe keys and ids behave as in <see cref="InsertAsync"/>.</summary>
-    public async Task<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
+    public async ValueTask<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(jobs);
         var tasks = new Task<SubmitResult>[jobs.Count];
         for (var i = 0; i < jobs.Count; i++)
         {
@@ -498,7 +500,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         }
 
         var expires = _time.GetUtcNow() + duration;
-        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM unnest(@ids, @fences) AS r(id, fence) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id", Leases: leases, Expires: expires), static async (c, s, token) =>
+        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"WITH r AS (SELECT * FROM unnest(@ids, @fences) AS r(id, fence)), locked AS (SELECT j.id FROM {_db.Schema}.jobs j JOIN r USING (id) ORDER BY j.id FOR UPDATE OF j) UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM r JOIN locked USING (id) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id", Leases: leases, Expires: expires), static async (c, s, token) =>
         {
             var ids = new Guid[s.Leases.Count];
             var fences = new long[s.Leases.Count];

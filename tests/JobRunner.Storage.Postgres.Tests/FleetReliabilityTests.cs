@@ -82,6 +82,9 @@ public sealed class FleetReliabilityTests(ITestOutputHelper output) : IAsyncLife
                     await pgctl.WaitForExitAsync();
                     Assert.Equal(0, pgctl.ExitCode);
                     restarted = true;
+
+                    // This test's own pooled connections died with the server.
+                    Npgsql.NpgsqlConnection.ClearAllPools();
                 }
             }
         }
@@ -144,8 +147,10 @@ public sealed class FleetReliabilityTests(ITestOutputHelper output) : IAsyncLife
 
     private Process StartWorker(int index)
     {
-        var dll = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "JobRunner.Storage.Postgres.FleetWorker", "bin",
-            new DirectoryInfo(AppContext.BaseDirectory).Parent!.Parent!.Name, "net10.0", "JobRunner.Storage.Postgres.FleetWorker.dll"));
+        // This test runs from tests/<this>/bin/<configuration>/net10.0/; the worker is built next to it by the project reference.
+        var output = Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory);
+        var configuration = Path.GetFileName(Path.GetDirectoryName(output))!;
+        var dll = Path.GetFullPath(Path.Combine(output, "..", "..", "..", "..", "JobRunner.Storage.Postgres.FleetWorker", "bin", configuration, "net10.0", "JobRunner.Storage.Postgres.FleetWorker.dll"));
         Assert.True(File.Exists(dll), $"The fleet worker was not built at {dll}.");
         var start = new ProcessStartInfo("dotnet", [dll, _database.ConnectionString, _database.Schema, "w" + index])
         {

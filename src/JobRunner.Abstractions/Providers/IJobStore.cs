@@ -13,6 +13,22 @@ public interface IJobStore
     /// <returns>The stored job, and whether it was an existing one.</returns>
     ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken);
 
+    /// <summary>Inserts many new jobs; a store that can batches them. By default, one <see cref="InsertAsync"/> each.</summary>
+    /// <param name="jobs">The jobs, each as for <see cref="InsertAsync"/>.</param>
+    /// <param name="cancellationToken">Cancels the insert.</param>
+    /// <returns>One result per job, in order.</returns>
+    async ValueTask<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        var results = new SubmitResult[jobs.Count];
+        for (var i = 0; i < results.Length; i++)
+        {
+            results[i] = await InsertAsync(jobs[i], cancellationToken).ConfigureAwait(false);
+        }
+
+        return results;
+    }
+
     /// <summary>Gets a job.</summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Cancels the read.</param>

@@ -20,8 +20,55 @@ internal sealed class JobClient(
     {
         JobRequestValidator.Validate(request, registry);
         var now = time.GetUtcNow();
+        var result = await store.InsertAsync(NewRecord(request, now), cancellationToken).ConfigureAwait(false);
+        await EnqueueAsync(result, now).ConfigureAwait(false);
+        return result;
+    }
+
+    public async ValueTask<IReadOnlyList<SubmitResult>> SubmitManyAsync(IReadOnlyList<JobRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        List<string>? errors = null;
+        for (var i = 0; i < requests.Count; i++)
+        {
+            try
+            {
+                JobRequestValidator.Validate(requests[i], registry);
+            }
+            catch (JobValidationException e)
+            {
+                foreach (var error in e.Errors)
+                {
+                    (errors ??= []).Add($"request {i}: {error}");
+                }
+            }
+        }
+
+        if (errors is not null)
+        {
+            throw new JobValidationException(errors);
+        }
+
+        var now = time.GetUtcNow();
+        var jobs = new JobRecord[requests.Count];
+        for (var i = 0; i < jobs.Length; i++)
+        {
+            jobs[i] = NewRecord(requests[i], now);
+        }
+
+        var results = await store.InsertManyAsync(jobs, cancellationToken).ConfigureAwait(false);
+        foreach (var result in results)
+        {
+            await EnqueueAsync(result, now).ConfigureAwait(false);
+        }
+
+        return results;
+    }
+
+    private JobRecord NewRecord(JobRequest request, DateTimeOffset now)
+    {
         var scheduled = request.NotBefore > now;
-        var job = new JobRecord
+        return new JobRecord
         {
             Id = JobId.New(time),
             Request = request,
@@ -30,16 +77,16 @@ internal sealed class JobClient(
             UpdatedAt = now,
             DueAt = scheduled ? request.NotBefore : null,
         };
+    }
 
-        var result = await store.InsertAsync(job, cancellationToken).ConfigureAwait(false);
+    private async ValueTask EnqueueAsync(SubmitResult result, DateTimeOffset now)
+    {
         if (!result.Attached)
         {
             // The job is stored: enqueue it whatever the caller's token says, or it would wait in no queue.
-            await queue.EnqueueAsync(QueuedJob.For(job, now), CancellationToken.None).ConfigureAwait(false);
-            telemetry.Submitted(request.Tenant, request.Workload);
+            await queue.EnqueueAsync(QueuedJob.For(result.Job, now), CancellationToken.None).ConfigureAwait(false);
+            telemetry.Submitted(result.Job.Request.Tenant, result.Job.Request.Workload);
         }
-
-        return result;
     }
 
     public ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken = default)

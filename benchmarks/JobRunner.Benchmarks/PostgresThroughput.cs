@@ -1,0 +1,240 @@
+using System.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Npgsql;
+
+namespace JobRunner.Benchmarks;
+
+/// <summary>
+/// End-to-end numbers for the PostgreSQL store and queue (console harness):
+/// a raw batched SKIP LOCKED loop as the baseline, bulk and single enqueue, drain of no-op jobs (durable and with
+/// synchronous_commit off for worker writes), and idle enqueue → start latency across two hosts (the NOTIFY path).
+/// Needs JOBRUNNER_TEST_POSTGRES; benchmarks/postgres.sh starts a throwaway server and runs this.
+/// </summary>
+internal static class PostgresThroughput
+{
+    public static async Task RunAsync(int jobs)
+    {
+        var connectionString = Environment.GetEnvironmentVariable("JOBRUNNER_TEST_POSTGRES")
+            ?? throw new InvalidOperationException("Set JOBRUNNER_TEST_POSTGRES, or run benchmarks/postgres.sh.");
+        Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores");
+
+        var raw = await RawLoopAsync(connectionString, jobs);
+        Console.WriteLine($"baseline: raw batched SKIP LOCKED loop (4 consumers, 100 per batch, one tx each): {raw:N0} jobs/s");
+
+        var bulk = await EnqueueAsync(connectionString, jobs, bulk: true);
+        Console.WriteLine($"enqueue bulk (InsertMany, durable): {bulk:N0} jobs/s ({bulk / raw:F2}x baseline)");
+        var single = await EnqueueAsync(connectionString, Math.Min(jobs, 20_000), bulk: false);
+        Console.WriteLine($"enqueue single (SubmitAsync, 16 producers, durable): {single:N0} jobs/s ({single / raw:F2}x baseline)");
+
+        foreach (var durable in new[] { true, false })
+        {
+            var drain = await DrainAsync(connectionString, jobs, durable);
+            Console.WriteLine($"drain no-op jobs (synchronous commit for workers {(durable ? "on" : "off")}): {drain:N0} jobs/s ({drain / raw:F2}x baseline)");
+        }
+
+        var (p50, p99, max) = await LatencyAsync(connectionString, 300);
+        Console.WriteLine($"idle enqueue -> start, submitter and worker in separate hosts: p50 {p50:F2} ms, p99 {p99:F2} ms, max {max:F2} ms");
+    }
+
+    private static async Task<double> RawLoopAsync(string connectionString, int jobs)
+    {
+        await using var source = NpgsqlDataSource.Create(connectionString);
+        await Exec(source, "DROP TABLE IF EXISTS bench_raw; CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, state smallint NOT NULL DEFAULT 0, payload bytea); CREATE INDEX ON bench_raw (id) WHERE state = 0;");
+        await Exec(source, $"INSERT INTO bench_raw (payload) SELECT '\\x00' FROM generate_series(1, {jobs})");
+        var stopwatch = Stopwatch.StartNew();
+        var consumers = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            while (true)
+            {
+                await using var connection = await source.OpenConnectionAsync();
+                await using var tx = await connection.BeginTransactionAsync();
+                await using var command = new NpgsqlCommand("UPDATE bench_raw SET state = 1 WHERE id IN (SELECT id FROM bench_raw WHERE state = 0 ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)", connection, tx);
+                var n = await command.ExecuteNonQueryAsync();
+                await tx.CommitAsync();
+                if (n == 0)
+                {
+                    return;
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(consumers);
+        var rate = jobs / stopwatch.Elapsed.TotalSeconds;
+        await Exec(source, "DROP TABLE bench_raw");
+        return rate;
+    }
+
+    private static async Task<double> EnqueueAsync(string connectionString, int jobs, bool bulk)
+    {
+        await using var bench = await BenchHost.StartAsync(connectionString, worker: false, durable: true);
+        var stopwatch = Stopwatch.StartNew();
+        if (bulk)
+        {
+            var client = bench.Host.Services.GetRequiredService<IJobClient>();
+            for (var offset = 0; offset < jobs; offset += 10_000)
+            {
+                await client.SubmitManyAsync(Requests(Math.Min(jobs, offset + 10_000) - offset));
+            }
+        }
+        else
+        {
+            var client = bench.Host.Services.GetRequiredService<IJobClient>();
+            var next = 0;
+            await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(async () =>
+            {
+                while (Interlocked.Increment(ref next) <= jobs)
+                {
+                    await client.SubmitAsync(new JobRequest("noop"));
+                }
+            })));
+        }
+
+        return jobs / stopwatch.Elapsed.TotalSeconds;
+    }
+
+    private static async Task<double> DrainAsync(string connectionString, int jobs, bool durable)
+    {
+        // Enqueue first (not timed), then start the worker and time until the last completion is committed.
+        await using var bench = await BenchHost.StartAsync(connectionString, worker: false, durable: durable);
+        await bench.Host.Services.GetRequiredService<IJobClient>().SubmitManyAsync(Requests(jobs));
+        await using var worker = await BenchHost.StartAsync(connectionString, worker: true, durable: durable, schema: bench.Schema, startNow: false);
+        var done = 0;
+        var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var events = worker.Host.Services.GetRequiredService<IJobEventBus>();
+        using var stop = new CancellationTokenSource();
+        var watcher = Task.Run(async () =>
+        {
+            await foreach (var e in events.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token))
+            {
+                if (e.State == JobState.Succeeded && Interlocked.Increment(ref done) == jobs)
+                {
+                    all.TrySetResult();
+                }
+            }
+        });
+        var stopwatch = Stopwatch.StartNew();
+        await worker.Host.StartAsync();
+        await all.Task.WaitAsync(TimeSpan.FromMinutes(10));
+        var rate = jobs / stopwatch.Elapsed.TotalSeconds;
+        await stop.CancelAsync();
+        await watcher.ContinueWith(static _ => { });
+        return rate;
+    }
+
+    private static async Task<(double P50, double P99, double Max)> LatencyAsync(string connectionString, int samples)
+    {
+        await using var submitter = await BenchHost.StartAsync(connectionString, worker: false, durable: true);
+        await using var worker = await BenchHost.StartAsync(connectionString, worker: true, durable: true, schema: submitter.Schema);
+        var client = submitter.Host.Services.GetRequiredService<IJobClient>();
+        var started = worker.Host.Services.GetRequiredService<StartSignal>();
+        var latencies = new double[samples];
+        for (var i = 0; i < samples; i++)
+        {
+            var signal = started.Next();
+            var before = Stopwatch.GetTimestamp();
+            await client.SubmitAsync(new JobRequest("noop"));
+            var at = await signal.WaitAsync(TimeSpan.FromSeconds(30));
+            latencies[i] = Stopwatch.GetElapsedTime(before, at).TotalMilliseconds;
+            // Idle between samples: the worker waits for the NOTIFY again.
+            await Task.Delay(TimeSpan.FromMilliseconds(5), TimeProvider.System);
+        }
+
+        Array.Sort(latencies);
+        return (latencies[samples / 2], latencies[(int)(samples * 0.99) - 1], latencies[^1]);
+    }
+
+    private static JobRequest[] Requests(int count)
+    {
+        var requests = new JobRequest[count];
+        Array.Fill(requests, new JobRequest("noop"));
+        return requests;
+    }
+
+    private static async Task Exec(NpgsqlDataSource source, string sql)
+    {
+        await using var command = source.CreateCommand(sql);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    internal sealed class StartSignal
+    {
+        private TaskCompletionSource<long> _next = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<long> Next()
+        {
+            _next = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _next.Task;
+        }
+
+        public void Started() => _next.TrySetResult(Stopwatch.GetTimestamp());
+    }
+
+    private sealed class NoOp(StartSignal signal) : IWorkload
+    {
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
+        {
+            signal.Started();
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    private sealed class BenchHost : IAsyncDisposable
+    {
+        private BenchHost(IHost host, string schema, bool started)
+        {
+            Host = host;
+            Schema = schema;
+            Started = started;
+        }
+
+        public IHost Host { get; }
+
+        public string Schema { get; }
+
+        private bool Started { get; }
+
+        public static async Task<BenchHost> StartAsync(string connectionString, bool worker, bool durable, string? schema = null, bool startNow = true)
+        {
+            schema ??= "bench_" + Guid.NewGuid().ToString("N")[..8];
+            var builder = Microsoft.Extensions.Hosting.Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+            builder.Services.AddSingleton<StartSignal>();
+            builder.Services.AddJobRunner(r => r
+                .UsePostgres(connectionString, o =>
+                {
+                    o.Schema = schema;
+                    o.SynchronousCommitForWorkers = durable;
+                    o.MaxBatchSize = 1000;
+                })
+                .ConfigureWorker(w =>
+                {
+                    w.Enabled = worker;
+                    w.Slots = 256;
+                })
+                .AddWorkload<NoOp>("noop", w => w.Retry = RetryPolicy.None));
+            var host = builder.Build();
+            if (startNow)
+            {
+                await host.StartAsync();
+            }
+            else
+            {
+                // Migrate now, so the timed part starts with the worker.
+                await host.Services.GetRequiredService<IJobClient>().GetAsync(default);
+            }
+
+            return new BenchHost(host, schema, startNow);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                await Host.StopAsync();
+            }
+            finally
+            {
+                Host.Dispose();
+            }
+        }
+    }
+}
