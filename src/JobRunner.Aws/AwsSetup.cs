@@ -40,12 +40,8 @@ internal static class AwsSetup
 
     public static SqsJobQueue CreateQueue(SqsQueueOptions options, TimeProvider time, ILogger? logger = null, HttpMessageHandler? transport = null)
     {
-        var region = RegionEndpoint.GetBySystemName(options.Region);
         var credentials = ResolveCredentials(options.Credentials, nameof(SqsQueueOptions));
-        var endpoint = options.ServiceUrl ?? new Uri($"https://sqs.{options.Region}.amazonaws.com/");
-        transport ??= new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5), MaxConnectionsPerServer = 64 };
-        var http = new HttpClient(new SigV4Handler(credentials, region, "sqs", time, transport)) { Timeout = options.WaitTime + TimeSpan.FromSeconds(30) };
-        var client = new SqsClient(http, endpoint, time, options.MaxRetries);
+        var client = CreateSqsClient(options, credentials, time, transport);
         S3Bucket? payloads = null;
         if (options.LargePayloadBucket is { } bucket)
         {
@@ -63,6 +59,15 @@ internal static class AwsSetup
         }
 
         return new SqsJobQueue(client, options, time, logger ?? NullLogger.Instance, payloads);
+    }
+
+    public static SqsClient CreateSqsClient(SqsQueueOptions options, AWSCredentials credentials, TimeProvider time, HttpMessageHandler? transport = null)
+    {
+        var region = RegionEndpoint.GetBySystemName(options.Region);
+        var endpoint = options.ServiceUrl ?? new Uri($"https://sqs.{options.Region}.amazonaws.com/");
+        transport ??= new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5), MaxConnectionsPerServer = 64 };
+        var http = new HttpClient(new SigV4Handler(credentials, region, "sqs", time, transport)) { Timeout = options.WaitTime + TimeSpan.FromSeconds(30) };
+        return new SqsClient(http, endpoint, time, options.MaxRetries);
     }
 
     public static S3Bucket CreateBucket(S3StoreOptions options)

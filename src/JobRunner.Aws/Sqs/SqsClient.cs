@@ -58,7 +58,10 @@ internal sealed class SqsClient : IDisposable
                 {
                     if (response.IsSuccessStatusCode)
                     {
-                        return await JsonDocument.ParseAsync(stream, default, cancellationToken).ConfigureAwait(false);
+                        // Some servers answer an empty result (e.g. a ReceiveMessage without messages) with no body.
+                        return response.Content.Headers.ContentLength == 0
+                            ? JsonDocument.Parse("{}")
+                            : await ParseOrEmptyAsync(stream, cancellationToken).ConfigureAwait(false);
                     }
 
                     failure = await ReadErrorAsync(action, response, stream, cancellationToken).ConfigureAwait(false);
@@ -83,6 +86,13 @@ internal sealed class SqsClient : IDisposable
     }
 
     public void Dispose() => _http.Dispose();
+
+    private static async Task<JsonDocument> ParseOrEmptyAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        using var copy = new MemoryStream();
+        await stream.CopyToAsync(copy, cancellationToken).ConfigureAwait(false);
+        return copy.Length == 0 ? JsonDocument.Parse("{}") : JsonDocument.Parse(copy.GetBuffer().AsMemory(0, (int)copy.Length));
+    }
 
     private static async Task<AwsServiceException> ReadErrorAsync(string action, HttpResponseMessage response, Stream stream, CancellationToken cancellationToken)
     {

@@ -34,6 +34,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly CancellationTokenSource _disposed = new();
     private readonly Lazy<Task> _started;
     private string? _deadLetterUrl;
+    private int _disposeState;
 
     public SqsJobQueue(SqsClient client, SqsQueueOptions options, TimeProvider time, ILogger logger, S3Bucket? payloads)
     {
@@ -106,12 +107,33 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 for (var i = 0; i < _bands.Length; i++)
                 {
                     var band = _bands[i];
-                    band.Poll ??= Task.Run(() => PollAsync(band, max, visibility), CancellationToken.None);
+                    band.Poll ??= Task.Run(() => PollAsync(band, max, visibility, _options.WaitTime), CancellationToken.None);
                     polls[i] = band.Poll;
                 }
             }
 
             await Task.WhenAny(polls).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>One receive on every band without waiting (for tests): how many ready jobs it brought.</summary>
+    internal async Task<int> PollOnceAsync(TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        await StartAsync(cancellationToken).ConfigureAwait(false);
+        int before;
+        lock (_lock)
+        {
+            before = _overflow.Count;
+        }
+
+        foreach (var band in _bands)
+        {
+            await PollAsync(band, Coalescer<string>.MaxBatch, visibility, TimeSpan.Zero).ConfigureAwait(false);
+        }
+
+        lock (_lock)
+        {
+            return _overflow.Count - before;
         }
     }
 
@@ -159,6 +181,11 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposeState, 1) != 0)
+        {
+            return;
+        }
+
         await _disposed.CancelAsync().ConfigureAwait(false);
         _client.Dispose();
         _disposed.Dispose();
@@ -258,12 +285,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
     }
 
-    private async Task PollAsync(Band band, int max, TimeSpan visibility)
+    private async Task PollAsync(Band band, int max, TimeSpan visibility, TimeSpan wait)
     {
         var receivedAt = _time.GetUtcNow();
         using var response = await _client.SendAsync(
             "ReceiveMessage",
-            (band.Url!, max, visibility, _options.WaitTime),
+            (band.Url!, max, visibility, wait),
             static (w, s) =>
             {
                 w.WriteString("QueueUrl", s.Item1);
