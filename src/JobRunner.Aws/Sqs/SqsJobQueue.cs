@@ -23,6 +23,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>SQS's longest visibility timeout.</summary>
     internal static readonly TimeSpan MaxVisibility = TimeSpan.FromHours(12);
 
+    /// <summary>How many receives may be in flight on one band at once (one per waiting consumer).</summary>
+    private const int MaxPollsPerBand = 8;
+
     private readonly SqsClient _client;
     private readonly SqsQueueOptions _options;
     private readonly TimeProvider _time;
@@ -35,6 +38,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly Lazy<Task> _started;
     private string? _deadLetterUrl;
     private int _disposeState;
+    private int _waiting;
 
     public SqsJobQueue(SqsClient client, SqsQueueOptions options, TimeProvider time, ILogger logger, S3Bucket? payloads)
     {
@@ -98,21 +102,36 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 return taken;
             }
 
-            // One long poll per band, all at once; a poll left running when this call returns keeps going, and what it
-            // brings back is handed out first next time (unless its visibility lapsed meanwhile).
-            var polls = new Task[_bands.Length];
+            // Long polls on every band at once, one more per waiting caller (up to MaxPollsPerBand), so that several
+            // consumers keep several receives in flight. A poll still running when this call returns keeps going, and
+            // what it brings back is handed out first next time (unless its visibility lapsed meanwhile).
             var max = Math.Min(Coalescer<string>.MaxBatch, buffer.Length);
+            var polls = new List<Task>();
             lock (_lock)
             {
-                for (var i = 0; i < _bands.Length; i++)
+                _waiting++;
+                foreach (var band in _bands)
                 {
-                    var band = _bands[i];
-                    band.Poll ??= Task.Run(() => PollAsync(band, max, visibility, _options.WaitTime), CancellationToken.None);
-                    polls[i] = band.Poll;
+                    if (band.Polls.Count < Math.Min(_waiting, MaxPollsPerBand))
+                    {
+                        band.Polls.Add(Task.Run(() => PollAsync(band, max, visibility, _options.WaitTime), CancellationToken.None));
+                    }
+
+                    polls.AddRange(band.Polls);
                 }
             }
 
-            await Task.WhenAny(polls).WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await Task.WhenAny(polls).WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                lock (_lock)
+                {
+                    _waiting--;
+                }
+            }
         }
     }
 
@@ -229,18 +248,21 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     {
         lock (_lock)
         {
+            Task? faulted = null;
             foreach (var band in _bands)
             {
-                if (band.Poll is { IsCompleted: true } done)
+                for (var i = band.Polls.Count - 1; i >= 0; i--)
                 {
-                    band.Poll = null;
-                    if (done.IsFaulted)
+                    if (band.Polls[i].IsCompleted)
                     {
-                        // The error surfaces to the caller; the worker logs it and tries again.
-                        done.GetAwaiter().GetResult();
+                        faulted ??= band.Polls[i].IsFaulted ? band.Polls[i] : null;
+                        band.Polls.RemoveAt(i);
                     }
                 }
             }
+
+            // A failed receive surfaces to one caller (the worker logs it and tries again); what other polls brought stays.
+            faulted?.GetAwaiter().GetResult();
 
             if (_overflow.Count == 0)
             {
@@ -655,7 +677,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
         public string? Url { get; set; }
 
-        public Task? Poll { get; set; }
+        public List<Task> Polls { get; } = [];
 
         public Coalescer<SendEntry> Sends { get; set; } = null!;
 
