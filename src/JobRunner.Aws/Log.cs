@@ -13,4 +13,7 @@ internal static partial class Log
 
     [LoggerMessage(3, LogLevel.Information, "Created the SQS queue {QueueName}: {QueueUrl}.")]
     public static partial void QueueCreated(ILogger logger, string queueName, string queueUrl);
+
+    [LoggerMessage(4, LogLevel.Warning, "Could not hand {Count} received SQS messages back at shutdown; they become visible again after their visibility timeout.")]
+    public static partial void ReturnFailed(ILogger logger, int count, Exception exception);
 }

@@ -35,6 +35,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly List<QueuedJob> _overflow = [];
     private readonly CancellationTokenSource _disposed = new();
+    private readonly CancellationToken _stopping;
     private readonly Lazy<Task> _started;
     private string? _deadLetterUrl;
     private int _disposeState;
@@ -57,7 +58,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             _bands[i] = band;
         }
 
-        _started = new Lazy<Task>(() => ResolveQueuesAsync(_disposed.Token), LazyThreadSafetyMode.ExecutionAndPublication);
+        _stopping = _disposed.Token;
+        _started = new Lazy<Task>(() => ResolveQueuesAsync(_stopping), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>Gets the HTTP calls made so far (for the benchmark).</summary>
@@ -206,7 +208,39 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
 
         await _disposed.CancelAsync().ConfigureAwait(false);
+        List<Task> polls = [];
+        lock (_lock)
+        {
+            foreach (var band in _bands)
+            {
+                polls.AddRange(band.Polls);
+            }
+        }
+
+        await Task.WhenAll(polls).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+
+        // Deliveries received but never handed out go back at once instead of waiting out their visibility.
+        QueuedJob[] unclaimed;
+        lock (_lock)
+        {
+            unclaimed = [.. _overflow];
+            _overflow.Clear();
+        }
+
+        if (unclaimed.Length > 0)
+        {
+            try
+            {
+                await ChangeVisibilityAsync(unclaimed, TimeSpan.Zero, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (AwsServiceException e)
+            {
+                Log.ReturnFailed(_logger, unclaimed.Length, e);
+            }
+        }
+
         _client.Dispose();
+        _payloads?.Dispose();
         _disposed.Dispose();
     }
 
@@ -323,7 +357,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 w.WriteStringValue("ApproximateReceiveCount");
                 w.WriteEndArray();
             },
-            _disposed.Token).ConfigureAwait(false);
+            _stopping).ConfigureAwait(false);
 
         if (!response.RootElement.TryGetProperty("Messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
         {
@@ -359,7 +393,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>Turns a message into a ready job; poison goes to the dead-letter queue, a job not due yet waits longer.</summary>
     private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility)
     {
-        var ct = _disposed.Token;
+        var ct = _stopping;
         if (!SqsMessage.TryDecode(body, out var job, out var pointer, out var problem))
         {
             await DeadLetterAsync(band, handle, body, messageId, problem!, ct).ConfigureAwait(false);
