@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Text.Json;
 using Amazon.Runtime;
 using JobRunner.Aws;
 using JobRunner.Aws.Sqs;
@@ -44,10 +45,11 @@ internal static class SqsDrain
             Console.WriteLine($"round {round}: raw {raw:F0} ms ({jobs / raw * 1000:F0} jobs/s), JobRunner {jr:F0} ms ({jobs / jr * 1000:F0} jobs/s), ratio {jr / raw:F2}, API calls per job {calls:F3}");
         }
 
+        var ratios = rawTimes.Zip(jrTimes, static (r, j) => j / r).ToList();
         var rawMedian = Median(rawTimes);
         var jrMedian = Median(jrTimes);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"median: raw {rawMedian:F0} ms ({jobs / rawMedian * 1000:F0} jobs/s), JobRunner {jrMedian:F0} ms ({jobs / jrMedian * 1000:F0} jobs/s), ratio {jrMedian / rawMedian:F2}, API calls per job {Median(callsPerJob):F3}"));
+            $"median: raw {rawMedian:F0} ms ({jobs / rawMedian * 1000:F0} jobs/s), JobRunner {jrMedian:F0} ms ({jobs / jrMedian * 1000:F0} jobs/s), ratio of medians {jrMedian / rawMedian:F2}, median of round ratios {Median(ratios):F2}, API calls per job {Median(callsPerJob):F3}"));
     }
 
     private static SqsQueueOptions Options(string endpoint) => new()
@@ -87,18 +89,30 @@ internal static class SqsDrain
         }
 
         var remaining = jobs;
+        using var done = new CancellationTokenSource();
         var clock = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, Consumers).Select(_ => Task.Run(async () =>
         {
             while (Volatile.Read(ref remaining) > 0)
             {
-                using var received = await client.SendAsync("ReceiveMessage", url, static (w, u) =>
+                JsonDocument received;
+                try
                 {
-                    w.WriteString("QueueUrl", u);
-                    w.WriteNumber("MaxNumberOfMessages", 10);
-                    w.WriteNumber("VisibilityTimeout", 60);
-                    w.WriteNumber("WaitTimeSeconds", 1);
-                }, CancellationToken.None);
+                    received = await client.SendAsync("ReceiveMessage", url, static (w, u) =>
+                    {
+                        w.WriteString("QueueUrl", u);
+                        w.WriteNumber("MaxNumberOfMessages", 10);
+                        w.WriteNumber("VisibilityTimeout", 60);
+                        w.WriteNumber("WaitTimeSeconds", 1);
+                    }, done.Token);
+                }
+                catch (OperationCanceledException) when (done.IsCancellationRequested)
+                {
+                    // The last jobs were taken by another consumer while this long poll waited: the drain is over.
+                    break;
+                }
+
+                using var _r = received;
                 if (!received.RootElement.TryGetProperty("Messages", out var messages) || messages.GetArrayLength() == 0)
                 {
                     continue;
@@ -119,7 +133,10 @@ internal static class SqsDrain
 
                     w.WriteEndArray();
                 }, CancellationToken.None);
-                Interlocked.Add(ref remaining, -handles.Length);
+                if (Interlocked.Add(ref remaining, -handles.Length) <= 0)
+                {
+                    await done.CancelAsync();
+                }
             }
         }))).WaitAsync(TimeSpan.FromMinutes(5));
         return clock.Elapsed.TotalMilliseconds;
@@ -163,7 +180,7 @@ internal static class SqsDrain
         await Task.WhenAll(consumers).WaitAsync(TimeSpan.FromMinutes(5));
         var ms = clock.Elapsed.TotalMilliseconds;
 
-        // Long polls still open when the last job was taken count too: they are part of the price.
+        // Long polls still open when the last job was taken (cancelled, empty) count too: they are part of the price.
         return (ms, (queue.ApiCalls - before) / (double)jobs);
     }
 

@@ -59,9 +59,12 @@ internal sealed class SqsClient : IDisposable
                     if (response.IsSuccessStatusCode)
                     {
                         // Some servers answer an empty result (e.g. a ReceiveMessage without messages) with no body.
-                        return response.Content.Headers.ContentLength == 0
-                            ? JsonDocument.Parse("{}")
-                            : await ParseOrEmptyAsync(stream, cancellationToken).ConfigureAwait(false);
+                        return response.Content.Headers.ContentLength switch
+                        {
+                            0 => JsonDocument.Parse("{}"),
+                            > 0 => await JsonDocument.ParseAsync(stream, default, cancellationToken).ConfigureAwait(false),
+                            _ => await ParseOrEmptyAsync(stream, cancellationToken).ConfigureAwait(false),
+                        };
                     }
 
                     failure = await ReadErrorAsync(action, response, stream, cancellationToken).ConfigureAwait(false);
