@@ -179,6 +179,30 @@ public sealed class SqsJobQueueIntegrationTests
 
     [Theory]
     [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
+    public async Task CreatedQueue_RedrivesToTheDeadLetterQueue(string emulator)
+    {
+        var options = QueueOptions(emulator);
+        options.DeadLetterQueueName = options.QueueName + "-dlq";
+        options.MaxReceiveCount = 4;
+        await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
+        using var raw = RawClient(emulator);
+
+        await queue.StartAsync(Guard());
+
+        using var attributes = await raw.SendAsync("GetQueueAttributes", queue.QueueUrls[0]!, static (w, u) =>
+        {
+            w.WriteString("QueueUrl", u);
+            w.WriteStartArray("AttributeNames");
+            w.WriteStringValue("RedrivePolicy");
+            w.WriteEndArray();
+        }, CancellationToken.None);
+        using var policy = System.Text.Json.JsonDocument.Parse(attributes.RootElement.GetProperty("Attributes").GetProperty("RedrivePolicy").GetString()!);
+        Assert.EndsWith(":" + options.DeadLetterQueueName, policy.RootElement.GetProperty("deadLetterTargetArn").GetString(), StringComparison.Ordinal);
+        Assert.Equal("4", policy.RootElement.GetProperty("maxReceiveCount").ToString());
+    }
+
+    [Theory]
+    [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
     public async Task JobDueAfterFifteenMinutes_IsSentAgainWithTheRestOfTheDelay(string emulator)
     {
         await using var queue = AwsSetup.CreateQueue(QueueOptions(emulator), TimeProvider.System);
