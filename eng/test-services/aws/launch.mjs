@@ -19,7 +19,11 @@ const sqsPort = sqs.address().port;
 console.log(`fauxqs=${fauxqsPort} local-aws-sqs=${sqsPort}`);
 
 const stop = async () => {
+  // Open keep-alive connections would hold close() up: exit within 2 seconds whatever happens.
+  setTimeout(() => process.exit(0), 2000).unref();
+  sqs.closeAllConnections?.();
   sqs.close();
+  fauxqs.server.closeAllConnections?.();
   await fauxqs.close();
   process.exit(0);
 };
