@@ -11,6 +11,14 @@ if (args is ["postgres", ..])
     return;
 }
 
+// SQS drain against the emulator (needs JOBRUNNER_TEST_SQS: run it inside `source eng/test-services/aws.sh`):
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- sqs [jobs] [rounds]
+if (args is ["sqs", ..])
+{
+    await JobRunner.Benchmarks.SqsDrain.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 2000, args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();

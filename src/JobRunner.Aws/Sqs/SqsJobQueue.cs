@@ -1,0 +1,720 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using JobRunner.Aws.S3;
+using Microsoft.Extensions.Logging;
+
+namespace JobRunner.Aws.Sqs;
+
+/// <summary>
+/// An <see cref="IJobQueue"/> over SQS. The visibility timeout is the lease (extended by the worker's heartbeat with
+/// ChangeMessageVisibilityBatch); enqueues and acknowledgements are coalesced into SendMessageBatch and
+/// DeleteMessageBatch calls; one queue per priority band, long-polled together, up to 10 messages per call. Delays up to
+/// 15 minutes are SQS's own; longer ones come back and are sent again with the rest of the delay. A message that
+/// cannot be read goes to the dead-letter queue and never blocks the queue. Job state stays in the job store.
+/// </summary>
+[DebuggerDisplay("Bands = {_bands.Length}, Overflow = {_overflow.Count}")]
+internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
+{
+    /// <summary>SQS's longest per-message delay.</summary>
+    internal static readonly TimeSpan MaxDelay = TimeSpan.FromMinutes(15);
+
+    /// <summary>SQS's longest visibility timeout.</summary>
+    internal static readonly TimeSpan MaxVisibility = TimeSpan.FromHours(12);
+
+    /// <summary>How many receives may be in flight on one band at once (one per waiting consumer).</summary>
+    private const int MaxPollsPerBand = 8;
+
+    private readonly SqsClient _client;
+    private readonly SqsQueueOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly S3Bucket? _payloads;
+    private readonly Band[] _bands;
+    private readonly Lock _lock = new();
+    private readonly List<QueuedJob> _overflow = [];
+    private readonly CancellationTokenSource _disposed = new();
+    private readonly CancellationToken _stopping;
+    private readonly Lazy<Task> _started;
+    private string? _deadLetterUrl;
+    private int _disposeState;
+    private int _waiting;
+
+    public SqsJobQueue(SqsClient client, SqsQueueOptions options, TimeProvider time, ILogger logger, S3Bucket? payloads)
+    {
+        _client = client;
+        _options = options;
+        _time = time;
+        _logger = logger;
+        _payloads = payloads;
+        var bands = options.Bands.Count == 0 ? [new SqsPriorityBand(JobRequest.MinPriority, options.QueueName)] : options.Bands.OrderByDescending(static b => b.MinPriority).ToArray();
+        _bands = new Band[bands.Length];
+        for (var i = 0; i < bands.Length; i++)
+        {
+            var band = new Band(i, bands[i].MinPriority, QueueName(bands[i].QueueName));
+            band.Sends = new Coalescer<SendEntry>(entries => SendBatchAsync(band, entries), maxConcurrent: 4);
+            band.Deletes = new Coalescer<string>(handles => DeleteBatchAsync(band, handles), maxConcurrent: 4);
+            _bands[i] = band;
+        }
+
+        _stopping = _disposed.Token;
+        _started = new Lazy<Task>(() => ResolveQueuesAsync(_stopping), LazyThreadSafetyMode.ExecutionAndPublication);
+    }
+
+    /// <summary>Gets the HTTP calls made so far (for the benchmark).</summary>
+    internal long ApiCalls => _client.Calls;
+
+    internal IReadOnlyList<string?> QueueUrls => Array.ConvertAll(_bands, static b => b.Url);
+
+    internal string? DeadLetterUrl => _deadLetterUrl;
+
+    /// <summary>Finds (or creates, when allowed) every queue; fails with an error that names the fix.</summary>
+    public Task StartAsync(CancellationToken cancellationToken) => _started.Value.WaitAsync(cancellationToken);
+
+    public async ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        await StartAsync(cancellationToken).ConfigureAwait(false);
+        var body = SqsMessage.Encode(job);
+        var now = _time.GetUtcNow();
+        var delay = job.DueAt is { } due && due > now ? due - now : TimeSpan.Zero;
+        await SendAsync(BandOf(job.Priority), job, body, delay, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        if (buffer.IsEmpty)
+        {
+            throw new ArgumentException("The buffer must hold at least one job.", nameof(buffer));
+        }
+
+        if (visibility <= TimeSpan.Zero || visibility > MaxVisibility)
+        {
+            throw new ArgumentOutOfRangeException(nameof(visibility), visibility, "SQS visibility timeouts are from 1 second to 12 hours.");
+        }
+
+        await StartAsync(cancellationToken).ConfigureAwait(false);
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var taken = TakeOverflow(buffer.Span);
+            if (taken > 0)
+            {
+                return taken;
+            }
+
+            // Long polls on every band at once, one more per waiting caller (up to MaxPollsPerBand), so that several
+            // consumers keep several receives in flight. A poll still running when this call returns keeps going, and
+            // what it brings back is handed out first next time (unless its visibility lapsed meanwhile).
+            var max = Math.Min(Coalescer<string>.MaxBatch, buffer.Length);
+            var polls = new List<Task>();
+            lock (_lock)
+            {
+                _waiting++;
+                foreach (var band in _bands)
+                {
+                    if (band.Polls.Count < Math.Min(_waiting, MaxPollsPerBand))
+                    {
+                        band.Polls.Add(Task.Run(() => PollAsync(band, max, visibility, _options.WaitTime), CancellationToken.None));
+                    }
+
+                    polls.AddRange(band.Polls);
+                }
+            }
+
+            try
+            {
+                await Task.WhenAny(polls).WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                lock (_lock)
+                {
+                    _waiting--;
+                }
+            }
+        }
+    }
+
+    /// <summary>One receive on every band without waiting (for tests): how many ready jobs it brought.</summary>
+    internal async Task<int> PollOnceAsync(TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        await StartAsync(cancellationToken).ConfigureAwait(false);
+        int before;
+        lock (_lock)
+        {
+            before = _overflow.Count;
+        }
+
+        foreach (var band in _bands)
+        {
+            await PollAsync(band, Coalescer<string>.MaxBatch, visibility, TimeSpan.Zero).ConfigureAwait(false);
+        }
+
+        lock (_lock)
+        {
+            return _overflow.Count - before;
+        }
+    }
+
+    public async ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        if (jobs.Count == 0)
+        {
+            return;
+        }
+
+        var deletes = new List<Task>(jobs.Count);
+        foreach (var job in jobs)
+        {
+            if (job.Receipt is SqsReceipt receipt)
+            {
+                ForgetOverflow(job);
+                deletes.Add(_bands[receipt.Band].Deletes.AddAsync(receipt.Handle));
+                if (receipt.PayloadKey is { } key && _payloads is not null)
+                {
+                    deletes.Add(_payloads.DeleteAsync(key, cancellationToken));
+                }
+            }
+        }
+
+        await Task.WhenAll(deletes).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        return ChangeVisibilityAsync(jobs, TimeSpan.Zero, cancellationToken);
+    }
+
+    public ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(jobs);
+        if (visibility < TimeSpan.Zero || visibility > MaxVisibility)
+        {
+            throw new ArgumentOutOfRangeException(nameof(visibility), visibility, "SQS visibility timeouts are from 0 to 12 hours.");
+        }
+
+        return ChangeVisibilityAsync(jobs, visibility, cancellationToken);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposeState, 1) != 0)
+        {
+            return;
+        }
+
+        await _disposed.CancelAsync().ConfigureAwait(false);
+        List<Task> polls = [];
+        lock (_lock)
+        {
+            foreach (var band in _bands)
+            {
+                polls.AddRange(band.Polls);
+            }
+        }
+
+        await Task.WhenAll(polls).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+
+        // Deliveries received but never handed out go back at once instead of waiting out their visibility.
+        QueuedJob[] unclaimed;
+        lock (_lock)
+        {
+            unclaimed = [.. _overflow];
+            _overflow.Clear();
+        }
+
+        if (unclaimed.Length > 0)
+        {
+            try
+            {
+                await ChangeVisibilityAsync(unclaimed, TimeSpan.Zero, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (AwsServiceException e)
+            {
+                Log.ReturnFailed(_logger, unclaimed.Length, e);
+            }
+        }
+
+        _client.Dispose();
+        _payloads?.Dispose();
+        _disposed.Dispose();
+    }
+
+    private static string QueueName(string configured) => configured;
+
+    private Band BandOf(int priority)
+    {
+        foreach (var band in _bands)
+        {
+            if (priority >= band.MinPriority)
+            {
+                return band;
+            }
+        }
+
+        return _bands[^1];
+    }
+
+    private async Task SendAsync(Band band, QueuedJob job, string body, TimeSpan delay, CancellationToken cancellationToken)
+    {
+        string? payloadKey = null;
+        if (Encoding.UTF8.GetByteCount(body) > _options.LargePayloadThreshold)
+        {
+            if (_payloads is null)
+            {
+                throw new AwsServiceException("sqs", "MessageTooLong", null, transient: false, $"Job {job.Id}: the message is larger than SqsQueueOptions.LargePayloadThreshold ({_options.LargePayloadThreshold} bytes). Set SqsQueueOptions.LargePayloadBucket to keep large bodies in S3.");
+            }
+
+            payloadKey = _payloads.Prefix + "payloads/" + job.Id.ToString() + "/" + Guid.CreateVersion7(_time.GetUtcNow()).ToString("N");
+            await _payloads.PutAsync(payloadKey, Encoding.UTF8.GetBytes(body), cancellationToken).ConfigureAwait(false);
+            body = SqsMessage.EncodePointer(payloadKey);
+        }
+
+        var entry = new SendEntry(body, delay, job.Tenant, job.Id, job.DueAt is not null && delay > TimeSpan.Zero, _time.GetUtcNow().ToUnixTimeMilliseconds());
+        await band.Sends.AddAsync(entry).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private int TakeOverflow(Span<QueuedJob> buffer)
+    {
+        lock (_lock)
+        {
+            Task? faulted = null;
+            foreach (var band in _bands)
+            {
+                for (var i = band.Polls.Count - 1; i >= 0; i--)
+                {
+                    if (band.Polls[i].IsCompleted)
+                    {
+                        faulted ??= band.Polls[i].IsFaulted ? band.Polls[i] : null;
+                        band.Polls.RemoveAt(i);
+                    }
+                }
+            }
+
+            // A failed receive surfaces to one caller (the worker logs it and tries again); what other polls brought stays.
+            faulted?.GetAwaiter().GetResult();
+
+            if (_overflow.Count == 0)
+            {
+                return 0;
+            }
+
+            // Highest priority first, oldest first within a priority; drop deliveries whose visibility lapsed (SQS
+            // delivers them again).
+            _overflow.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
+            var now = _time.GetUtcNow();
+            var taken = 0;
+            var kept = 0;
+            for (var i = 0; i < _overflow.Count; i++)
+            {
+                var job = _overflow[i];
+                var receipt = (SqsReceipt)job.Receipt!;
+                if (receipt.ReceivedAt + receipt.Visibility <= now)
+                {
+                    continue;
+                }
+
+                if (taken < buffer.Length)
+                {
+                    buffer[taken++] = job;
+                }
+                else
+                {
+                    _overflow[kept++] = job;
+                }
+            }
+
+            _overflow.RemoveRange(kept, _overflow.Count - kept);
+            return taken;
+        }
+    }
+
+    private void ForgetOverflow(QueuedJob job)
+    {
+        lock (_lock)
+        {
+            _overflow.Remove(job);
+        }
+    }
+
+    private async Task PollAsync(Band band, int max, TimeSpan visibility, TimeSpan wait)
+    {
+        var receivedAt = _time.GetUtcNow();
+        using var response = await _client.SendAsync(
+            "ReceiveMessage",
+            (band.Url!, max, visibility, wait),
+            static (w, s) =>
+            {
+                w.WriteString("QueueUrl", s.Item1);
+                w.WriteNumber("MaxNumberOfMessages", s.max);
+                w.WriteNumber("VisibilityTimeout", (long)Math.Ceiling(s.visibility.TotalSeconds));
+                w.WriteNumber("WaitTimeSeconds", (long)Math.Ceiling(s.Item4.TotalSeconds));
+                w.WriteStartArray("MessageSystemAttributeNames");
+                w.WriteStringValue("ApproximateReceiveCount");
+                w.WriteEndArray();
+            },
+            _stopping).ConfigureAwait(false);
+
+        if (!response.RootElement.TryGetProperty("Messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
+        {
+            return;
+        }
+
+        var ready = new List<QueuedJob>(messages.GetArrayLength());
+        foreach (var message in messages.EnumerateArray())
+        {
+            var handle = message.GetProperty("ReceiptHandle").GetString()!;
+            var body = message.TryGetProperty("Body", out var b) ? b.GetString() ?? "" : "";
+            var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
+            try
+            {
+                if (await ReadAsync(band, handle, body, messageId, receivedAt, visibility).ConfigureAwait(false) is { } job)
+                {
+                    ready.Add(job);
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // This one message could not be handled (S3 or SQS failed): it becomes visible again after its timeout.
+                Log.MessageFailed(_logger, messageId, e);
+            }
+        }
+
+        lock (_lock)
+        {
+            _overflow.AddRange(ready);
+        }
+    }
+
+    /// <summary>Turns a message into a ready job; poison goes to the dead-letter queue, a job not due yet waits longer.</summary>
+    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility)
+    {
+        var ct = _stopping;
+        if (!SqsMessage.TryDecode(body, out var job, out var pointer, out var problem))
+        {
+            await DeadLetterAsync(band, handle, body, messageId, problem!, ct).ConfigureAwait(false);
+            return null;
+        }
+
+        if (pointer is not null)
+        {
+            var stored = _payloads is null ? null : await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
+            if (stored is null || !SqsMessage.TryDecode(Encoding.UTF8.GetString(stored), out job, out _, out problem) || job is null)
+            {
+                await DeadLetterAsync(band, handle, body, messageId, _payloads is null ? "the body is in S3 but SqsQueueOptions.LargePayloadBucket is not set" : problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);
+                return null;
+            }
+        }
+
+        var now = _time.GetUtcNow();
+        if (job.DueAt is { } due && due - now > TimeSpan.FromSeconds(1))
+        {
+            // Not due yet (a delay longer than SQS's 15 minutes): send it again with the rest of the delay, or, on a FIFO
+            // queue (no per-message delays), keep it invisible until then. Either way no consumer sees it early.
+            var rest = due - now;
+            if (_options.Fifo)
+            {
+                await ChangeVisibilityAsync(band, [handle], rest < MaxVisibility ? rest : MaxVisibility, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                var entry = new SendEntry(body, rest, job.Tenant, job.Id, Delayed: true, now.ToUnixTimeMilliseconds());
+                await band.Sends.AddAsync(entry).ConfigureAwait(false);
+                await band.Deletes.AddAsync(handle).ConfigureAwait(false);
+            }
+
+            return null;
+        }
+
+        return job with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer) };
+    }
+
+    private async Task DeadLetterAsync(Band band, string handle, string body, string? messageId, string problem, CancellationToken cancellationToken)
+    {
+        Log.PoisonMessage(_logger, messageId, band.Url!, problem, _deadLetterUrl);
+        if (_deadLetterUrl is { } dlq)
+        {
+            using var _ = await _client.SendAsync(
+                "SendMessage",
+                (dlq, body, problem, _options.Fifo, messageId ?? handle),
+                static (w, s) =>
+                {
+                    w.WriteString("QueueUrl", s.dlq);
+                    w.WriteString("MessageBody", s.body.Length == 0 ? "(empty)" : s.body);
+                    if (s.Fifo)
+                    {
+                        w.WriteString("MessageGroupId", "poison");
+                        w.WriteString("MessageDeduplicationId", DedupId(s.Item5));
+                    }
+
+                    w.WriteStartObject("MessageAttributes");
+                    w.WriteStartObject("jobrunner-poison-reason");
+                    w.WriteString("DataType", "String");
+                    w.WriteString("StringValue", s.problem.Length > 1000 ? s.problem[..1000] : s.problem);
+                    w.WriteEndObject();
+                    w.WriteEndObject();
+                },
+                cancellationToken).ConfigureAwait(false);
+        }
+
+        await band.Deletes.AddAsync(handle).ConfigureAwait(false);
+    }
+
+    private async ValueTask ChangeVisibilityAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        if (jobs.Count == 0)
+        {
+            return;
+        }
+
+        var byBand = new List<string>?[_bands.Length];
+        foreach (var job in jobs)
+        {
+            if (job.Receipt is SqsReceipt receipt)
+            {
+                (byBand[receipt.Band] ??= []).Add(receipt.Handle);
+            }
+        }
+
+        var calls = new List<Task>();
+        for (var i = 0; i < byBand.Length; i++)
+        {
+            if (byBand[i] is { } handles)
+            {
+                calls.Add(ChangeVisibilityAsync(_bands[i], handles, visibility, cancellationToken));
+            }
+        }
+
+        await Task.WhenAll(calls).ConfigureAwait(false);
+    }
+
+    private async Task ChangeVisibilityAsync(Band band, List<string> handles, TimeSpan visibility, CancellationToken cancellationToken)
+    {
+        for (var start = 0; start < handles.Count; start += Coalescer<string>.MaxBatch)
+        {
+            var count = Math.Min(Coalescer<string>.MaxBatch, handles.Count - start);
+            using var response = await _client.SendAsync(
+                "ChangeMessageVisibilityBatch",
+                (band.Url!, handles, start, count, (long)Math.Ceiling(visibility.TotalSeconds)),
+                static (w, s) =>
+                {
+                    w.WriteString("QueueUrl", s.Item1);
+                    w.WriteStartArray("Entries");
+                    for (var i = 0; i < s.count; i++)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("Id", i.ToString(CultureInfo.InvariantCulture));
+                        w.WriteString("ReceiptHandle", s.handles[s.start + i]);
+                        w.WriteNumber("VisibilityTimeout", s.Item5);
+                        w.WriteEndObject();
+                    }
+
+                    w.WriteEndArray();
+                },
+                cancellationToken).ConfigureAwait(false);
+
+            // A failed entry is a delivery that is no longer in flight (acknowledged, or lapsed and taken by another
+            // consumer): the job store's lease decides who runs it, so there is nothing to do here.
+        }
+    }
+
+    private async Task<Exception?[]> SendBatchAsync(Band band, SendEntry[] entries)
+    {
+        using var response = await _client.SendAsync(
+            "SendMessageBatch",
+            (band.Url!, entries, _options.Fifo),
+            static (w, s) =>
+            {
+                w.WriteString("QueueUrl", s.Item1);
+                w.WriteStartArray("Entries");
+                for (var i = 0; i < s.entries.Length; i++)
+                {
+                    var e = s.entries[i];
+                    w.WriteStartObject();
+                    w.WriteString("Id", i.ToString(CultureInfo.InvariantCulture));
+                    w.WriteString("MessageBody", e.Body);
+                    if (s.Fifo)
+                    {
+                        // The tenant is the message group: one tenant's jobs leave in order without holding up the
+                        // others. A delayed job gets a group of its own, so that while it waits (invisible) it does not
+                        // hold up its tenant's group.
+                        w.WriteString("MessageGroupId", e.Delayed ? e.Tenant + "~" + e.JobId.ToString("N", null) : e.Tenant);
+                        w.WriteString("MessageDeduplicationId", DedupId(e.JobId.ToString("N", null) + "-" + e.SentAtMs.ToString(CultureInfo.InvariantCulture)));
+                    }
+                    else if (e.Delay > TimeSpan.Zero)
+                    {
+                        var seconds = Math.Min((long)Math.Ceiling(e.Delay.TotalSeconds), (long)MaxDelay.TotalSeconds);
+                        w.WriteNumber("DelaySeconds", seconds);
+                    }
+
+                    w.WriteEndObject();
+                }
+
+                w.WriteEndArray();
+            },
+            CancellationToken.None).ConfigureAwait(false);
+        return BatchResults(response, entries.Length, "SendMessageBatch", ignoreCode: null);
+    }
+
+    private async Task<Exception?[]> DeleteBatchAsync(Band band, string[] handles)
+    {
+        using var response = await _client.SendAsync(
+            "DeleteMessageBatch",
+            (band.Url!, handles),
+            static (w, s) =>
+            {
+                w.WriteString("QueueUrl", s.Item1);
+                w.WriteStartArray("Entries");
+                for (var i = 0; i < s.handles.Length; i++)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("Id", i.ToString(CultureInfo.InvariantCulture));
+                    w.WriteString("ReceiptHandle", s.handles[i]);
+                    w.WriteEndObject();
+                }
+
+                w.WriteEndArray();
+            },
+            CancellationToken.None).ConfigureAwait(false);
+
+        // A receipt that is no longer valid belongs to a delivery that lapsed: another consumer has the message now,
+        // and the job store's fence token keeps that one from running twice to completion.
+        return BatchResults(response, handles.Length, "DeleteMessageBatch", ignoreCode: "ReceiptHandleIsInvalid");
+    }
+
+    private static Exception?[] BatchResults(JsonDocument response, int count, string action, string? ignoreCode)
+    {
+        var results = new Exception?[count];
+        if (response.RootElement.TryGetProperty("Failed", out var failed) && failed.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var f in failed.EnumerateArray())
+            {
+                if (!int.TryParse(f.GetProperty("Id").GetString(), NumberStyles.None, CultureInfo.InvariantCulture, out var index) || index < 0 || index >= count)
+                {
+                    continue;
+                }
+
+                var code = f.TryGetProperty("Code", out var c) ? c.GetString() ?? "" : "";
+                if (code == ignoreCode || code.EndsWith("ReceiptHandleIsInvalid", StringComparison.Ordinal) && ignoreCode is not null)
+                {
+                    continue;
+                }
+
+                var senderFault = f.TryGetProperty("SenderFault", out var sf) && sf.ValueKind == JsonValueKind.True;
+                var message = f.TryGetProperty("Message", out var m) ? m.GetString() : null;
+                results[index] = new AwsServiceException("sqs", code, null, transient: !senderFault, $"SQS {action} failed for one entry with {code}: {message}");
+            }
+        }
+
+        return results;
+    }
+
+    private static string DedupId(string value) => value.Length <= 128 ? value : value[..128];
+
+    private async Task ResolveQueuesAsync(CancellationToken cancellationToken)
+    {
+        string? deadLetterArn = null;
+        if (_options.DeadLetterQueueName is { } dlqName)
+        {
+            _deadLetterUrl = await ResolveAsync(dlqName, redriveTo: null, cancellationToken).ConfigureAwait(false);
+            if (_options.CreateQueues)
+            {
+                deadLetterArn = await GetArnAsync(_deadLetterUrl, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        foreach (var band in _bands)
+        {
+            band.Url = await ResolveAsync(band.Name, deadLetterArn, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async Task<string> ResolveAsync(string nameOrUrl, string? redriveTo, CancellationToken cancellationToken)
+    {
+        if (nameOrUrl.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || nameOrUrl.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
+        {
+            // A URL: check that it exists (this also checks the credentials and the region).
+            await GetArnAsync(nameOrUrl, cancellationToken).ConfigureAwait(false);
+            return nameOrUrl;
+        }
+
+        var name = _options.Fifo && !nameOrUrl.EndsWith(".fifo", StringComparison.Ordinal) ? nameOrUrl + ".fifo" : nameOrUrl;
+        try
+        {
+            using var found = await _client.SendAsync("GetQueueUrl", name, static (w, n) => w.WriteString("QueueName", n), cancellationToken).ConfigureAwait(false);
+            return found.RootElement.GetProperty("QueueUrl").GetString()!;
+        }
+        catch (AwsServiceException e) when (e.Code == "QueueDoesNotExist")
+        {
+            if (!_options.CreateQueues)
+            {
+                throw new AwsServiceException("sqs", e.Code, e.StatusCode, transient: false, $"The SQS queue '{name}' does not exist in region {_options.Region}{(_options.ServiceUrl is { } url ? " at " + url : "")}. Create it, set SqsQueueOptions.CreateQueues = true to let JobRunner create it, or fix the queue name or SqsQueueOptions.Region.", e);
+            }
+        }
+
+        using var created = await _client.SendAsync(
+            "CreateQueue",
+            (name, _options.Fifo, redriveTo, _options.MaxReceiveCount),
+            static (w, s) =>
+            {
+                w.WriteString("QueueName", s.name);
+                w.WriteStartObject("Attributes");
+                if (s.Fifo)
+                {
+                    w.WriteString("FifoQueue", "true");
+                }
+
+                if (s.redriveTo is not null)
+                {
+                    w.WriteString("RedrivePolicy", "{\"deadLetterTargetArn\":\"" + s.redriveTo + "\",\"maxReceiveCount\":" + s.MaxReceiveCount.ToString(CultureInfo.InvariantCulture) + "}");
+                }
+
+                w.WriteEndObject();
+            },
+            cancellationToken).ConfigureAwait(false);
+        var queueUrl = created.RootElement.GetProperty("QueueUrl").GetString()!;
+        Log.QueueCreated(_logger, name, queueUrl);
+        return queueUrl;
+    }
+
+    private async Task<string> GetArnAsync(string url, CancellationToken cancellationToken)
+    {
+        using var attributes = await _client.SendAsync(
+            "GetQueueAttributes",
+            url,
+            static (w, u) =>
+            {
+                w.WriteString("QueueUrl", u);
+                w.WriteStartArray("AttributeNames");
+                w.WriteStringValue("QueueArn");
+                w.WriteEndArray();
+            },
+            cancellationToken).ConfigureAwait(false);
+        return attributes.RootElement.GetProperty("Attributes").GetProperty("QueueArn").GetString()!;
+    }
+
+    /// <summary>One message to send, before it is batched.</summary>
+    private readonly record struct SendEntry(string Body, TimeSpan Delay, string Tenant, JobId JobId, bool Delayed, long SentAtMs);
+
+    /// <summary>One priority band: its queue and its batchers.</summary>
+    private sealed class Band(int index, int minPriority, string name)
+    {
+        public int Index { get; } = index;
+
+        public int MinPriority { get; } = minPriority;
+
+        public string Name { get; } = name;
+
+        public string? Url { get; set; }
+
+        public List<Task> Polls { get; } = [];
+
+        public Coalescer<SendEntry> Sends { get; set; } = null!;
+
+        public Coalescer<string> Deletes { get; set; } = null!;
+    }
+}
