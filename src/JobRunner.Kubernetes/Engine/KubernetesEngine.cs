@@ -355,31 +355,20 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (job is not null)
         {
             var (complete, failed, failure) = Conditions(job);
-            if (complete)
+            if (complete || failed)
             {
-                await FinishLogsAsync().ConfigureAwait(false);
-                Context.ReportExitCode(main?.State?.Terminated?.ExitCode ?? 0);
-                return true;
-            }
-
-            if (failed)
-            {
-                if (failure?.Reason == "DeadlineExceeded")
+                var deadline = failed && failure?.Reason == "DeadlineExceeded";
+                var podDone = main?.State?.Terminated is not null || pod?.Status?.Phase is "Succeeded" or "Failed";
+                if (!podDone && !deadline)
                 {
-                    await FinishLogsAsync().ConfigureAwait(false);
-                    throw new JobTimeoutException(Context.JobId, Spec.Timeout ?? TimeSpan.Zero);
-                }
+                    // The pod's last state travels on the other watch and may not be here yet: give it a moment, then ask once.
+                    _podGraceUntil ??= now + s_podGrace;
+                    if (now < _podGraceUntil)
+                    {
+                        Arm(now);
+                        return false;
+                    }
 
-                if (Classify(pod, main) is { } error)
-                {
-                    await FinishLogsAsync().ConfigureAwait(false);
-                    throw error;
-                }
-
-                // The pod's last state may still be on its way through the other watch: give it a moment, then ask.
-                _podGraceUntil ??= now + s_podGrace;
-                if (now >= _podGraceUntil)
-                {
                     if (!_listedPods)
                     {
                         _listedPods = true;
@@ -390,12 +379,27 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
                             return false;
                         }
                     }
-
-                    throw new TransientJobException($"Kubernetes Job {Name} failed ({failure?.Reason}: {failure?.Message}) and its pod left no exit status.");
                 }
 
-                Arm(now);
-                return false;
+                if (Options.StreamLogs && _logs is null && pod is not null && (main?.State?.Running is not null || main?.State?.Terminated is not null))
+                {
+                    _logs = Task.Run(() => PumpLogsAsync(pod.Metadata.Name!, _logStop.Token), CancellationToken.None);
+                }
+
+                await FinishLogsAsync().ConfigureAwait(false);
+                if (complete)
+                {
+                    Context.ReportExitCode(main?.State?.Terminated?.ExitCode ?? 0);
+                    return true;
+                }
+
+                if (deadline)
+                {
+                    throw new JobTimeoutException(Context.JobId, Spec.Timeout ?? TimeSpan.Zero);
+                }
+
+                throw (Exception?)Classify(pod, main)
+                    ?? new TransientJobException($"Kubernetes Job {Name} failed ({failure?.Reason}: {failure?.Message}) and its pod left no exit status.");
             }
         }
 
@@ -465,8 +469,24 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             due = grace;
         }
 
-        var wait = due is { } d ? d - now : Timeout.InfiniteTimeSpan;
-        _timer.Change(wait < TimeSpan.Zero ? TimeSpan.Zero : wait, Timeout.InfiniteTimeSpan);
+        if (due is null)
+        {
+            _timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            return;
+        }
+
+        // Measured against the clock now, not the evaluation's start: time may have moved meanwhile.
+        var wait = due.Value - Time.GetUtcNow();
+        if (wait <= TimeSpan.Zero)
+        {
+            Signal();
+        }
+        else
+        {
+            _timer.Change(wait, Timeout.InfiniteTimeSpan);
+        }
+
+        _ = now;
     }
 
     private async Task ReportPhaseAsync(KubePod pod, ContainerStatus? main)

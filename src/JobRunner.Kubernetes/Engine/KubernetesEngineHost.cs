@@ -14,6 +14,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
 {
     private readonly SemaphoreSlim _connect = new(1, 1);
     private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http)? _connection;
+    private int _disposed;
 
     public KubernetesEngineHost(IOptions<KubernetesEngineOptions> options, TimeProvider time, ILoggerFactory? loggers = null)
     {
@@ -58,6 +59,11 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
         if (_connection is { } connection)
         {
             await connection.Watch.DisposeAsync().ConfigureAwait(false);
