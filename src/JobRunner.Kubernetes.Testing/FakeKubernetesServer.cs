@@ -191,8 +191,8 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
                 ["capacity"] = new JsonObject { ["cpu"] = "8", ["memory"] = "32Gi", ["pods"] = "110" },
                 ["allocatable"] = new JsonObject { ["cpu"] = "7800m", ["memory"] = "31Gi", ["pods"] = "110" },
                 ["conditions"] = new JsonArray(
-                    Condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", now),
-                    Condition("Ready", ready ? "True" : "False", ready ? "KubeletReady" : "KubeletNotReady", ready ? "kubelet is posting ready status" : "container runtime network not ready", now)),
+                    NodeCondition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", now),
+                    NodeCondition("Ready", ready ? "True" : "False", ready ? "KubeletReady" : "KubeletNotReady", ready ? "kubelet is posting ready status" : "container runtime network not ready", now)),
             },
         };
         lock (_lock)
@@ -486,6 +486,17 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         ["type"] = type,
         ["status"] = status,
         ["lastProbeTime"] = null,
+        ["lastTransitionTime"] = now,
+        ["reason"] = reason,
+        ["message"] = message,
+    };
+
+    // Node conditions carry a heartbeat instead of a probe time.
+    private static JsonObject NodeCondition(string type, string status, string reason, string message, string now) => new()
+    {
+        ["type"] = type,
+        ["status"] = status,
+        ["lastHeartbeatTime"] = now,
         ["lastTransitionTime"] = now,
         ["reason"] = reason,
         ["message"] = message,
