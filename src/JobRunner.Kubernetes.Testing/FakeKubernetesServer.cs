@@ -610,6 +610,7 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             http.Response.ContentType = "application/json";
             http.Response.Headers.CacheControl = "no-cache, private";
             await http.Response.StartAsync(http.RequestAborted).ConfigureAwait(false);
+            await http.Response.Body.FlushAsync(http.RequestAborted).ConfigureAwait(false);
             var reader = watcher.Lines.Reader;
             while (await reader.WaitToReadAsync(http.RequestAborted).ConfigureAwait(false))
             {
@@ -1251,6 +1252,7 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         http.Response.StatusCode = 200;
         http.Response.ContentType = "text/plain";
         await http.Response.StartAsync(http.RequestAborted).ConfigureAwait(false);
+            await http.Response.Body.FlushAsync(http.RequestAborted).ConfigureAwait(false);
         var next = 0;
         while (true)
         {

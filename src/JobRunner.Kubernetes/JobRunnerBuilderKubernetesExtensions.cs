@@ -36,11 +36,17 @@ public static class JobRunnerBuilderKubernetesExtensions
     /// <param name="configure">Adjusts its retry, timeout and failure classification.</param>
     /// <returns>The same builder so that additional calls can be chained.</returns>
     /// <exception cref="ArgumentNullException">An argument is <see langword="null"/>.</exception>
+    /// <exception cref="ArgumentException"><paramref name="spec"/> is invalid; the message lists every problem.</exception>
     public static JobRunnerBuilder AddKubernetesWorkload(this JobRunnerBuilder builder, string name, ContainerSpec spec, Action<WorkloadOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(spec);
+        if (JobMapper.Validate(spec) is { Count: > 0 } errors)
+        {
+            throw new ArgumentException("The container spec is invalid: " + string.Join(" ", errors), nameof(spec));
+        }
+
         AddServices(builder.Services, configure: null);
         return builder.AddWorkload(
             name,
