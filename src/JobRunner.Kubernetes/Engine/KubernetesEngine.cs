@@ -303,7 +303,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         try
         {
             await _client.DeleteJobAsync(Namespace, Name, timeout.Token).ConfigureAwait(false);
-            await KubernetesEngine.TryLogAsync(Context, $"Deleted Kubernetes Job {Name}: {why}.").ConfigureAwait(false);
+            await KubernetesEngine.TryLogAsync(Context, $"Deleted Kubernetes Job {Name}: {why.TrimEnd('.')}.").ConfigureAwait(false);
         }
         catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException)
         {
