@@ -12,8 +12,9 @@ public sealed class KubernetesApiException : JobRunnerException
     /// <param name="message">What the server said, and what JobRunner was doing.</param>
     /// <param name="causes">The field causes of an <c>Invalid</c> error, each as "field: message".</param>
     /// <param name="retryAfter">How long the server asked to wait (429, 503), when it said.</param>
-    public KubernetesApiException(int statusCode, string? reason, string message, IReadOnlyList<string>? causes = null, TimeSpan? retryAfter = null)
-        : base(message)
+    /// <param name="innerException">The cause, if any.</param>
+    public KubernetesApiException(int statusCode, string? reason, string message, IReadOnlyList<string>? causes = null, TimeSpan? retryAfter = null, Exception? innerException = null)
+        : base(message, innerException)
     {
         StatusCode = statusCode;
         Reason = reason;

@@ -23,6 +23,9 @@ internal sealed class KubernetesApiClient
     private readonly TimeProvider _time;
     private readonly int _maxRetries;
 
+    /// <summary>Gets or sets the time limit of a plain request (not a watch or a log stream), retries included.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     public KubernetesApiClient(HttpClient http, TimeProvider time, int maxRetries = 5)
     {
         _http = http;
@@ -164,11 +167,21 @@ internal sealed class KubernetesApiClient
 
     private async Task<T> SendAsync<T>(HttpMethod method, string path, ByteArrayContent? body, JsonTypeInfo<T> type, string what, CancellationToken cancellationToken)
     {
-        using var response = await SendRawAsync(method, path, body, HttpCompletionOption.ResponseContentRead, what, cancellationToken).ConfigureAwait(false);
-        var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-        await using (stream.ConfigureAwait(false))
+        // Plain requests (not watches or log streams) get a time limit of their own, retries included.
+        using var timeout = new CancellationTokenSource(RequestTimeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        try
         {
-            return (await JsonSerializer.DeserializeAsync(stream, type, cancellationToken).ConfigureAwait(false))!;
+            using var response = await SendRawAsync(method, path, body, HttpCompletionOption.ResponseContentRead, what, linked.Token).ConfigureAwait(false);
+            var stream = await response.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
+            await using (stream.ConfigureAwait(false))
+            {
+                return (await JsonSerializer.DeserializeAsync(stream, type, linked.Token).ConfigureAwait(false))!;
+            }
+        }
+        catch (OperationCanceledException e) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw new KubernetesApiException(504, "Timeout", $"Kubernetes API: could not {what}: no answer within {RequestTimeout}. Check that the API server at {_http.BaseAddress} is reachable.", innerException: e);
         }
     }
 

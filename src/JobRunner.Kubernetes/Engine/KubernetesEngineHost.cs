@@ -10,7 +10,7 @@ namespace JobRunner.Kubernetes.Engine;
 /// What every Kubernetes engine of a host shares: the connection (resolved once, on first use), the REST client and the
 /// namespace's watch. It is the <see cref="IContainerEngineProvider"/> that <c>UseKubernetes</c> registers.
 /// </summary>
-internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDisposable
+internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDisposable, IDisposable
 {
     private readonly SemaphoreSlim _connect = new(1, 1);
     private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http)? _connection;
@@ -56,6 +56,9 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
             _connect.Release();
         }
     }
+
+    /// <summary>For containers disposed synchronously: stops the watch and waits for it.</summary>
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     public async ValueTask DisposeAsync()
     {

@@ -85,12 +85,11 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         var client = Client(time);
 
         var list = client.ListJobsAsync("ns", null, CancellationToken.None);
-        var wait = await time.NextTimer;
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(7));
         Assert.False(list.IsCompleted);
-        time.Fake.Advance(wait);
+        time.Fake.Advance(TimeSpan.FromSeconds(7));
         var result = await list.WaitAsync(K8sTest.Limit);
 
-        Assert.Equal(TimeSpan.FromSeconds(7), wait);
         Assert.NotNull(result.Metadata.ResourceVersion);
         Assert.Equal(2, _server.RequestCount);
     }
@@ -117,7 +116,8 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         var client = Client(time);
 
         var get = client.ListPodsAsync("ns", null, CancellationToken.None);
-        time.Fake.Advance(await time.NextTimer);
+        await time.WaitForTimerAsync(TimeSpan.FromMilliseconds(200));
+        time.Fake.Advance(TimeSpan.FromMilliseconds(200));
         await get.WaitAsync(K8sTest.Limit);
 
         Assert.Equal(2, _server.RequestCount);
@@ -201,7 +201,7 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         var pod = Assert.Single(pods.Items).Metadata.Name!;
 
         var open = client.OpenLogAsync("ns", pod, "main", follow: false, null, waitingRetries: 1, CancellationToken.None);
-        Assert.Equal(TimeSpan.FromSeconds(1), await time.NextTimer);
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(1));
         time.Fake.Advance(TimeSpan.FromSeconds(1));
         var error = await Assert.ThrowsAsync<KubernetesApiException>(() => open.WaitAsync(K8sTest.Limit));
 
@@ -260,5 +260,22 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         Assert.False(all.Items.Single(static n => n.Metadata.Name == "node-b").IsReady);
         Assert.All(events.Items, e => Assert.Equal(pod, e.InvolvedObject!.Name));
         Assert.Contains(events.Items, static e => e.Reason == "Scheduled");
+    }
+
+    [Fact]
+    public async Task Request_NoAnswerWithinTheTimeLimit_ThrowsTransientTimeout()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(503, count: 100, retryAfterSeconds: 30);
+        var client = new KubernetesApiClient(_http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        var list = client.ListJobsAsync("ns", null, CancellationToken.None);
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(30));
+        time.Fake.Advance(TimeSpan.FromSeconds(20));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => list.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(504, error.StatusCode);
+        Assert.True(error.IsTransient);
+        Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
     }
 }

@@ -365,4 +365,58 @@ public sealed class KubernetesEngineTests
         Assert.Contains(error.Errors, e => e.Contains("NoSchedule, PreferNoSchedule, NoExecute", StringComparison.Ordinal));
         Assert.Equal(0, test.Server.RequestCount);
     }
+
+    [Fact]
+    public async Task Execute_ManyConcurrentAttempts_ShareOneWatchPerResourceAndNeverPoll()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static r => FakePodScript.Succeed(r.JobName);
+        var engine = test.Engine();
+        var contexts = Enumerable.Range(0, 20).Select(_ => new TestContext()).ToList();
+
+        await Task.WhenAll(contexts.Select(c => engine.ExecuteAsync(c, CancellationToken.None).AsTask())).WaitAsync(K8sTest.Limit);
+
+        Assert.All(contexts, static c => Assert.Equal([$"jr-{c.JobId}-1"], c.Output));
+        Assert.Equal(2, test.Server.CountRequests(static r => r.IsWatch));
+        Assert.Equal(20, test.Posts);
+        Assert.Equal(20, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
+        Assert.Equal(2, test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && !r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Execute_CreateThrottled_WaitsRetryAfterThenSubmitsOnce()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(429, count: 1, retryAfterSeconds: 2, match: static r => r.Method == "POST");
+        var time = new TimerSignal();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(2));
+        time.Fake.Advance(TimeSpan.FromSeconds(2));
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(2, test.Posts);
+        Assert.Single(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task FakeServer_ActiveDeadlineOnItsClock_FailsTheJobWithDeadlineExceeded()
+    {
+        var serverTime = new FakeTimeProvider();
+        await using var server = await FakeKubernetesServer.StartAsync(serverTime);
+        var never = new TaskCompletionSource();
+        server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { Server = server.BaseAddress }), TimeProvider.System);
+        await using var _ = host;
+        var context = new TestContext();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec() with { Timeout = TimeSpan.FromSeconds(30) })).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync(": running");
+        serverTime.Advance(TimeSpan.FromSeconds(30));
+
+        await Assert.ThrowsAsync<JobTimeoutException>(() => run.WaitAsync(K8sTest.Limit));
+        var job = server.GetObject("jobs", "default", $"jr-{context.JobId}-1")!;
+        Assert.Contains(job["status"]!["conditions"]!.AsArray(), static c => c!["type"]!.GetValue<string>() == "Failed" && c["reason"]!.GetValue<string>() == "DeadlineExceeded");
+    }
 }

@@ -2,23 +2,28 @@ using JobRunner.Testing;
 
 namespace JobRunner.Kubernetes.Tests.Support;
 
-/// <summary>A fake clock that also tells the test when a timer is created, and for how long (e.g. a Retry-After wait).</summary>
+/// <summary>A fake clock that also tells the test when a timer with a given due time is created (e.g. a Retry-After wait).</summary>
 public sealed class TimerSignal : TimeProvider
 {
     private readonly Lock _lock = new();
-    private TaskCompletionSource<TimeSpan> _next = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<TimeSpan> _created = [];
+    private readonly List<(TimeSpan Due, TaskCompletionSource Done)> _waiters = [];
 
     public FakeTimeProvider Fake { get; } = new();
 
-    /// <summary>Completes with the due time of the next timer created with a finite due time.</summary>
-    public Task<TimeSpan> NextTimer
+    /// <summary>Completes once a timer due in <paramref name="due"/> has been created (now or before).</summary>
+    public Task WaitForTimerAsync(TimeSpan due)
     {
-        get
+        lock (_lock)
         {
-            lock (_lock)
+            if (_created.Contains(due))
             {
-                return _next.Task.WaitAsync(TimeSpan.FromSeconds(30));
+                return Task.CompletedTask;
             }
+
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiters.Add((due, done));
+            return done.Task.WaitAsync(TimeSpan.FromSeconds(30));
         }
     }
 
@@ -31,16 +36,13 @@ public sealed class TimerSignal : TimeProvider
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         var timer = Fake.CreateTimer(callback, state, dueTime, period);
-        if (dueTime != Timeout.InfiniteTimeSpan)
+        lock (_lock)
         {
-            TaskCompletionSource<TimeSpan> current;
-            lock (_lock)
+            _created.Add(dueTime);
+            foreach (var (due, done) in _waiters.Where(w => w.Due == dueTime))
             {
-                current = _next;
-                _next = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
+                done.TrySetResult();
             }
-
-            current.TrySetResult(dueTime);
         }
 
         return timer;
