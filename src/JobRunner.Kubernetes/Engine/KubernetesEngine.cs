@@ -365,7 +365,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
                     _podGraceUntil ??= now + s_podGrace;
                     if (now < _podGraceUntil)
                     {
-                        Arm(now);
+                        Arm();
                         return false;
                     }
 
@@ -408,7 +408,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             CheckStuck(pod, main, now);
         }
 
-        Arm(now);
+        Arm();
         return false;
     }
 
@@ -451,7 +451,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     /// <summary>The attempt gives up on a Job the cluster would keep trying: delete it, then fail with <paramref name="error"/>.</summary>
     private static void FailPermanently(WorkloadExitException error) => throw new GiveUpException(error);
 
-    private void Arm(DateTimeOffset now)
+    private void Arm()
     {
         DateTimeOffset? due = null;
         if (_pullSince is { } pull)
@@ -485,8 +485,6 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         {
             _timer.Change(wait, Timeout.InfiniteTimeSpan);
         }
-
-        _ = now;
     }
 
     private async Task ReportPhaseAsync(KubePod pod, ContainerStatus? main)
