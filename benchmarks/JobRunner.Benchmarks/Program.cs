@@ -19,6 +19,14 @@ if (args is ["sqs", ..])
     return;
 }
 
+// Kubernetes engine through the fake API server (requests per job, jobs/s):
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- kubernetes [jobs] [concurrency] [podSeconds]
+if (args is ["kubernetes", ..])
+{
+    await JobRunner.Benchmarks.KubernetesRequests.RunAsync(args);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();

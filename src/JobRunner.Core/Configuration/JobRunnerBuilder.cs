@@ -51,8 +51,9 @@ public sealed class JobRunnerBuilder
     }
 
     /// <summary>
-    /// Registers a container workload run by the local process engine: each job runs <paramref name="spec"/> as a child
-    /// process (the image only names the environment locally). The spec is validated when the host starts.
+    /// Registers a container workload run by the container engine: the local process engine (each job runs
+    /// <paramref name="spec"/> as a child process; the image only names the environment locally) unless a provider
+    /// registered an <see cref="IContainerEngineProvider"/> (e.g. <c>UseKubernetes</c>). The spec is validated when the host starts.
     /// </summary>
     /// <param name="name">The name jobs use to ask for it.</param>
     /// <param name="spec">What to run.</param>
@@ -72,7 +73,7 @@ public sealed class JobRunnerBuilder
     /// <summary>
     /// Adds definitions: <see cref="IJobDefinitions"/> (create, read, update, delete, list, preview, run) over the
     /// in-memory definition store unless <see cref="UseDefinitionStore"/> picks another, and the workload that runs them
-    /// with the local process engine.
+    /// with the container engine (the local process engine unless a provider registered an <see cref="IContainerEngineProvider"/>).
     /// </summary>
     /// <param name="configure">Adjusts the retry, timeout and failure classification of every run.</param>
     /// <returns>The same builder so that additional calls can be chained.</returns>
@@ -197,8 +198,10 @@ public sealed class JobRunnerBuilder
         return this;
     }
 
-    private static LocalProcessEngine CreateProcessEngine(IServiceProvider services, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
-        => new(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
+    private static IExecutionEngine CreateProcessEngine(IServiceProvider services, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
+        => services.GetService<IContainerEngineProvider>() is { } provider
+            ? provider.CreateEngine(resolve)
+            : new LocalProcessEngine(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
 
     private JobRunnerBuilder Add(string name, Type? workloadType, Func<IServiceProvider, IExecutionEngine> engineFactory, Action<WorkloadOptions>? configure)
     {

@@ -16,6 +16,7 @@ public sealed class PublicApiTests
         "JobRunner.Core",
         "JobRunner.Testing",
         "JobRunner.Kubernetes",
+        "JobRunner.Kubernetes.Testing",
         "JobRunner.Aws",
         "JobRunner.Storage.Postgres",
     };

@@ -1,0 +1,123 @@
+using YamlDotNet.RepresentationModel;
+
+namespace JobRunner.Kubernetes.Connection;
+
+/// <summary>A kubeconfig file or its selected context is unusable. The message names the file, the context and the problem.</summary>
+internal sealed class KubeconfigException(string message) : Exception(message);
+
+/// <summary>The parts of a kubeconfig JobRunner uses (clusters, users, contexts), read with YamlDotNet's representation model.</summary>
+internal sealed class Kubeconfig
+{
+    private readonly Dictionary<string, YamlMappingNode> _clusters = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, YamlMappingNode> _users = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, YamlMappingNode> _contexts = new(StringComparer.Ordinal);
+
+    private Kubeconfig(string path)
+    {
+        Path = path;
+    }
+
+    public string Path { get; }
+
+    public string? CurrentContext { get; private set; }
+
+    public IReadOnlyCollection<string> Contexts => _contexts.Keys;
+
+    public static Kubeconfig Load(string path)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new KubeconfigException($"The kubeconfig '{path}' cannot be read: {e.Message} Set KubernetesEngineOptions.KubeconfigPath (or KUBECONFIG) to a readable file, or set Server or InCluster.");
+        }
+
+        return Parse(text, path);
+    }
+
+    public static Kubeconfig Parse(string text, string path)
+    {
+        var config = new Kubeconfig(path);
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(text));
+        }
+        catch (YamlDotNet.Core.YamlException e)
+        {
+            throw new KubeconfigException($"The kubeconfig '{path}' is not valid YAML: {e.Message}");
+        }
+
+        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
+        {
+            throw new KubeconfigException($"The kubeconfig '{path}' is empty or not a mapping.");
+        }
+
+        config.CurrentContext = Scalar(root, "current-context") is { Length: > 0 } current ? current : null;
+        config.ReadNamed(root, "clusters", "cluster", config._clusters);
+        config.ReadNamed(root, "users", "user", config._users);
+        config.ReadNamed(root, "contexts", "context", config._contexts);
+        return config;
+    }
+
+    /// <summary>The settings of a context: its cluster and user entries.</summary>
+    public (string Context, YamlMappingNode Cluster, YamlMappingNode User) Select(string? context)
+    {
+        var name = context ?? CurrentContext
+            ?? throw new KubeconfigException($"The kubeconfig '{Path}' has no current-context. Set KubernetesEngineOptions.Context to one of: {List(_contexts.Keys)}.");
+        if (!_contexts.TryGetValue(name, out var entry))
+        {
+            throw new KubeconfigException($"The kubeconfig '{Path}' has no context '{name}'. Set KubernetesEngineOptions.Context to one of: {List(_contexts.Keys)}.");
+        }
+
+        var clusterName = Scalar(entry, "cluster");
+        if (clusterName is null || !_clusters.TryGetValue(clusterName, out var cluster))
+        {
+            throw new KubeconfigException($"Context '{name}' of kubeconfig '{Path}' refers to cluster '{clusterName}', which is not defined. Add it under 'clusters', or fix the context.");
+        }
+
+        var userName = Scalar(entry, "user");
+        YamlMappingNode user;
+        if (userName is null)
+        {
+            user = new YamlMappingNode();
+        }
+        else if (!_users.TryGetValue(userName, out user!))
+        {
+            throw new KubeconfigException($"Context '{name}' of kubeconfig '{Path}' refers to user '{userName}', which is not defined. Add it under 'users', or fix the context.");
+        }
+
+        return (name, cluster, user);
+    }
+
+    public static string? Scalar(YamlMappingNode node, string key)
+        => node.Children.TryGetValue(new YamlScalarNode(key), out var value) && value is YamlScalarNode scalar ? scalar.Value : null;
+
+    public static YamlNode? Child(YamlMappingNode node, string key)
+        => node.Children.TryGetValue(new YamlScalarNode(key), out var value) ? value : null;
+
+    private static string List(IEnumerable<string> names) => string.Join(", ", names.Select(static n => "'" + n + "'"));
+
+    private void ReadNamed(YamlMappingNode root, string section, string inner, Dictionary<string, YamlMappingNode> into)
+    {
+        if (Child(root, section) is not YamlSequenceNode items)
+        {
+            return;
+        }
+
+        foreach (var item in items)
+        {
+            if (item is YamlMappingNode entry && Scalar(entry, "name") is { } name)
+            {
+                into[name] = Child(entry, inner) as YamlMappingNode ?? new YamlMappingNode();
+            }
+            else
+            {
+                throw new KubeconfigException($"The kubeconfig '{Path}' has an entry under '{section}' without a name.");
+            }
+        }
+    }
+}

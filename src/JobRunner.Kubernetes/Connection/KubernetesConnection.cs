@@ -1,0 +1,377 @@
+using System.Diagnostics;
+using System.Net.Http.Headers;
+using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using System.Text.Json;
+using JobRunner.Kubernetes.Client;
+using Microsoft.Extensions.Logging;
+using YamlDotNet.RepresentationModel;
+
+namespace JobRunner.Kubernetes.Connection;
+
+/// <summary>Where the API server is and how to authenticate to it: resolved from the options, a kubeconfig, or the pod's service account.</summary>
+internal sealed class KubernetesConnection
+{
+    public const string ServiceAccountDirectory = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+    public required Uri Server { get; init; }
+
+    public required string Description { get; init; }
+
+    public X509Certificate2Collection? CertificateAuthority { get; init; }
+
+    public X509Certificate2? ClientCertificate { get; init; }
+
+    public bool SkipTlsVerify { get; init; }
+
+    public string? TlsServerName { get; init; }
+
+    public ITokenSource? Token { get; init; }
+
+    public (string User, string Password)? Basic { get; init; }
+
+    /// <summary>Resolves the connection the options ask for; throws <see cref="KubeconfigException"/> naming the problem.</summary>
+    public static KubernetesConnection Resolve(KubernetesEngineOptions options, Func<string, string?> environment, string serviceAccountDirectory = ServiceAccountDirectory)
+    {
+        if (options.Server is { } server)
+        {
+            return new KubernetesConnection
+            {
+                Server = server,
+                Description = $"server {server}",
+                Token = options.AccessToken is { } token ? new StaticToken(token) : null,
+            };
+        }
+
+        if (options.InCluster || (options.KubeconfigPath is null && environment("KUBECONFIG") is null && environment("KUBERNETES_SERVICE_HOST") is not null))
+        {
+            return InCluster(options, environment, serviceAccountDirectory);
+        }
+
+        var path = options.KubeconfigPath
+            ?? environment("KUBECONFIG")?.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries).FirstOrDefault()
+            ?? System.IO.Path.Combine(environment("HOME") ?? "~", ".kube", "config");
+        return FromKubeconfig(Kubeconfig.Load(path), options.Context);
+    }
+
+    public static KubernetesConnection InCluster(KubernetesEngineOptions options, Func<string, string?> environment, string directory)
+    {
+        var host = environment("KUBERNETES_SERVICE_HOST");
+        var port = environment("KUBERNETES_SERVICE_PORT");
+        if (string.IsNullOrEmpty(host) || string.IsNullOrEmpty(port))
+        {
+            throw new KubeconfigException("In-cluster configuration needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which Kubernetes sets in every pod. Outside a cluster, use a kubeconfig (KubeconfigPath) or Server.");
+        }
+
+        var tokenPath = Path.Combine(directory, "token");
+        var caPath = Path.Combine(directory, "ca.crt");
+        if (!File.Exists(tokenPath))
+        {
+            throw new KubeconfigException($"In-cluster configuration: the service-account token '{tokenPath}' does not exist. Mount the service account token (automountServiceAccountToken: true).");
+        }
+
+        var ca = new X509Certificate2Collection();
+        if (File.Exists(caPath))
+        {
+            ca.ImportFromPemFile(caPath);
+        }
+
+        var authority = host.Contains(':', StringComparison.Ordinal) ? $"[{host}]" : host;
+        return new KubernetesConnection
+        {
+            Server = new Uri($"https://{authority}:{port}"),
+            Description = "in-cluster service account",
+            CertificateAuthority = ca.Count > 0 ? ca : null,
+            Token = new FileToken(tokenPath, options.TokenRefreshInterval),
+        };
+    }
+
+    public static KubernetesConnection FromKubeconfig(Kubeconfig config, string? context)
+    {
+        var (name, cluster, user) = config.Select(context);
+        var where = $"context '{name}' of kubeconfig '{config.Path}'";
+        var baseDirectory = Path.GetDirectoryName(Path.GetFullPath(config.Path)) ?? ".";
+        string Resolve(string file) => Path.IsPathRooted(file) ? file : Path.Combine(baseDirectory, file);
+
+        var serverText = Kubeconfig.Scalar(cluster, "server");
+        if (string.IsNullOrEmpty(serverText) || !Uri.TryCreate(serverText, UriKind.Absolute, out var server))
+        {
+            throw new KubeconfigException($"The cluster of {where} has no valid 'server' URL ('{serverText}'). Set it to the API server, e.g. https://host:6443.");
+        }
+
+        try
+        {
+            X509Certificate2Collection? ca = null;
+            if (Kubeconfig.Scalar(cluster, "certificate-authority-data") is { Length: > 0 } caData)
+            {
+                ca = [];
+                ca.ImportFromPem(Encoding.UTF8.GetString(Convert.FromBase64String(caData)));
+            }
+            else if (Kubeconfig.Scalar(cluster, "certificate-authority") is { Length: > 0 } caFile)
+            {
+                ca = [];
+                ca.ImportFromPemFile(Resolve(caFile));
+            }
+
+            X509Certificate2? clientCertificate = null;
+            var certData = Kubeconfig.Scalar(user, "client-certificate-data");
+            var keyData = Kubeconfig.Scalar(user, "client-key-data");
+            var certFile = Kubeconfig.Scalar(user, "client-certificate");
+            var keyFile = Kubeconfig.Scalar(user, "client-key");
+            if (certData is not null || certFile is not null)
+            {
+                var certPem = certData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(certData)) : File.ReadAllText(Resolve(certFile!));
+                var keyPem = keyData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(keyData))
+                    : keyFile is not null ? File.ReadAllText(Resolve(keyFile))
+                    : throw new KubeconfigException($"The user of {where} has a client certificate but no client-key(-data). Add the key.");
+                clientCertificate = X509Certificate2.CreateFromPem(certPem, keyPem);
+            }
+
+            ITokenSource? token = null;
+            if (Kubeconfig.Scalar(user, "token") is { Length: > 0 } staticToken)
+            {
+                token = new StaticToken(staticToken);
+            }
+            else if (Kubeconfig.Scalar(user, "tokenFile") is { Length: > 0 } tokenFile)
+            {
+                token = new FileToken(Resolve(tokenFile), TimeSpan.FromMinutes(1));
+            }
+            else if (Kubeconfig.Child(user, "exec") is YamlMappingNode exec)
+            {
+                token = ExecToken.From(exec, where);
+            }
+            else if (Kubeconfig.Child(user, "auth-provider") is YamlMappingNode provider)
+            {
+                throw new KubeconfigException($"The user of {where} uses auth-provider '{Kubeconfig.Scalar(provider, "name")}', which JobRunner does not support. Use an exec credential plugin (client.authentication.k8s.io) instead.");
+            }
+
+            (string, string)? basic = Kubeconfig.Scalar(user, "username") is { } username ? (username, Kubeconfig.Scalar(user, "password") ?? "") : null;
+            return new KubernetesConnection
+            {
+                Server = server,
+                Description = where,
+                CertificateAuthority = ca,
+                ClientCertificate = clientCertificate,
+                SkipTlsVerify = string.Equals(Kubeconfig.Scalar(cluster, "insecure-skip-tls-verify"), "true", StringComparison.OrdinalIgnoreCase),
+                TlsServerName = Kubeconfig.Scalar(cluster, "tls-server-name"),
+                Token = token,
+                Basic = basic,
+            };
+        }
+        catch (Exception e) when (e is FormatException or System.Security.Cryptography.CryptographicException or IOException or UnauthorizedAccessException)
+        {
+            throw new KubeconfigException($"The credentials of {where} cannot be loaded: {e.Message} Check certificate-authority(-data), client-certificate(-data) and client-key(-data).");
+        }
+    }
+
+    public HttpMessageHandler CreateHandler(TimeProvider time, ILogger logger)
+    {
+        var sockets = new SocketsHttpHandler
+        {
+            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
+            MaxConnectionsPerServer = 64,
+            EnableMultipleHttp2Connections = true,
+        };
+        if (Server.Scheme == Uri.UriSchemeHttps)
+        {
+            var ssl = new SslClientAuthenticationOptions { TargetHost = TlsServerName ?? Server.IdnHost };
+            if (ClientCertificate is not null)
+            {
+                ssl.ClientCertificates = [ClientCertificate];
+            }
+
+            if (SkipTlsVerify)
+            {
+                // insecure-skip-tls-verify: true in the kubeconfig is the user's explicit choice.
+#pragma warning disable CA5359
+                ssl.RemoteCertificateValidationCallback = static (_, _, _, _) => true;
+#pragma warning restore CA5359
+            }
+            else if (CertificateAuthority is { } authority)
+            {
+                ssl.RemoteCertificateValidationCallback = (_, certificate, _, errors) => Validate(certificate, errors, authority);
+            }
+
+            sockets.SslOptions = ssl;
+        }
+
+        return new AuthHandler(this, time, logger) { InnerHandler = sockets };
+    }
+
+    private static bool Validate(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection authority)
+    {
+        if (certificate is null || (errors & (SslPolicyErrors.RemoteCertificateNameMismatch | SslPolicyErrors.RemoteCertificateNotAvailable)) != 0)
+        {
+            return false;
+        }
+
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.CustomTrustStore.AddRange(authority);
+        using var leaf = new X509Certificate2(certificate);
+        return chain.Build(leaf);
+    }
+
+    /// <summary>Adds the bearer token (or basic credentials) to every request.</summary>
+    private sealed class AuthHandler(KubernetesConnection connection, TimeProvider time, ILogger logger) : DelegatingHandler
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            if (connection.Token is { } source)
+            {
+                var token = await source.GetTokenAsync(time, logger, cancellationToken).ConfigureAwait(false);
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            }
+            else if (connection.Basic is { } basic)
+            {
+                request.Headers.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{basic.User}:{basic.Password}")));
+            }
+
+            return await base.SendAsync(request, cancellationToken).ConfigureAwait(false);
+        }
+    }
+}
+
+/// <summary>Supplies a bearer token, refreshing it as needed.</summary>
+internal interface ITokenSource
+{
+    ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken);
+}
+
+internal sealed class StaticToken(string token) : ITokenSource
+{
+    public ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken) => ValueTask.FromResult(token);
+}
+
+/// <summary>A token read from a file and read again every <paramref name="refresh"/> (service-account tokens are rotated on disk).</summary>
+internal sealed class FileToken(string path, TimeSpan refresh) : ITokenSource
+{
+    private string? _token;
+    private DateTimeOffset _readAt;
+
+    public string Path => path;
+
+    public async ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        if (_token is { } token && now - _readAt < refresh)
+        {
+            return token;
+        }
+
+        token = (await File.ReadAllTextAsync(path, cancellationToken).ConfigureAwait(false)).Trim();
+        _token = token;
+        _readAt = now;
+        return token;
+    }
+}
+
+/// <summary>
+/// A client-go exec credential plugin: runs the command with <c>KUBERNETES_EXEC_INFO</c> set to an ExecCredential
+/// (kind <c>ExecCredential</c>, spec.interactive false), reads the ExecCredential it prints, and keeps the token until
+/// its <c>expirationTimestamp</c>.
+/// </summary>
+#pragma warning disable CA1001 // The gate lives as long as the connection, which lives as long as the host.
+internal sealed class ExecToken : ITokenSource
+#pragma warning restore CA1001
+{
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private string? _token;
+    private DateTimeOffset? _expires;
+
+    public required string Command { get; init; }
+
+    public required IReadOnlyList<string> Args { get; init; }
+
+    public required IReadOnlyList<(string Name, string Value)> Env { get; init; }
+
+    public required string ApiVersion { get; init; }
+
+    public required string Where { get; init; }
+
+    public static ExecToken From(YamlMappingNode exec, string where)
+    {
+        var command = Kubeconfig.Scalar(exec, "command");
+        if (string.IsNullOrEmpty(command))
+        {
+            throw new KubeconfigException($"The exec credential plugin of {where} has no 'command'. Set it to the plugin executable.");
+        }
+
+        var apiVersion = Kubeconfig.Scalar(exec, "apiVersion") ?? "client.authentication.k8s.io/v1";
+        var args = Kubeconfig.Child(exec, "args") is YamlSequenceNode a ? a.OfType<YamlScalarNode>().Select(static s => s.Value ?? "").ToList() : [];
+        var env = Kubeconfig.Child(exec, "env") is YamlSequenceNode e
+            ? e.OfType<YamlMappingNode>().Select(static m => (Kubeconfig.Scalar(m, "name") ?? "", Kubeconfig.Scalar(m, "value") ?? "")).ToList()
+            : [];
+        return new ExecToken { Command = command, Args = args, Env = env, ApiVersion = apiVersion, Where = where };
+    }
+
+    public async ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken)
+    {
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_token is { } token && (_expires is null || _expires > time.GetUtcNow() + TimeSpan.FromSeconds(10)))
+            {
+                return token;
+            }
+
+            var credential = await RunAsync(cancellationToken).ConfigureAwait(false);
+            _token = credential.Status?.Token ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} returned no status.token.");
+            _expires = credential.Status.ExpirationTimestamp;
+            return _token;
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private async Task<ExecCredential> RunAsync(CancellationToken cancellationToken)
+    {
+        var info = new ProcessStartInfo(Command) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in Args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        foreach (var (name, value) in Env)
+        {
+            info.Environment[name] = value;
+        }
+
+        var request = new ExecCredential { ApiVersion = ApiVersion, Spec = new ExecCredentialSpec { Interactive = false } };
+        info.Environment["KUBERNETES_EXEC_INFO"] = JsonSerializer.Serialize(request, KubeJson.Default.ExecCredential);
+        Process process;
+        try
+        {
+            process = Process.Start(info) ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not start.");
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} cannot run: {e.Message}. Install it or fix 'command'.");
+        }
+
+        using (process)
+        {
+            var output = process.StandardOutput.ReadToEndAsync(cancellationToken);
+            var error = process.StandardError.ReadToEndAsync(cancellationToken);
+            await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
+            if (process.ExitCode != 0)
+            {
+                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} exited with code {process.ExitCode}: {(await error.ConfigureAwait(false)).Trim()}");
+            }
+
+            try
+            {
+                var credential = JsonSerializer.Deserialize(await output.ConfigureAwait(false), KubeJson.Default.ExecCredential);
+                return credential is { Kind: "ExecCredential" } ? credential : throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not print an ExecCredential.");
+            }
+            catch (JsonException e)
+            {
+                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} printed invalid JSON: {e.Message}");
+            }
+        }
+    }
+}

@@ -1,0 +1,656 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Threading.Channels;
+using JobRunner.Kubernetes.Client;
+using Microsoft.Extensions.Logging;
+
+namespace JobRunner.Kubernetes.Engine;
+
+/// <summary>
+/// Runs each attempt of a container workload as a batch/v1 Job named <c>{prefix}-{job id}-{attempt}</c>. The name is
+/// checkpointed before the Job is created, so a new lease owner re-attaches to it instead of submitting twice; a create
+/// that answers 409 AlreadyExists adopts the Job. The shared <see cref="NamespaceWatch"/> drives the attempt: no polling.
+/// </summary>
+internal sealed class KubernetesEngine : IExecutionEngine
+{
+    private readonly KubernetesEngineHost _host;
+    private readonly Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> _resolve;
+
+    public KubernetesEngine(KubernetesEngineHost host, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
+    {
+        _host = host;
+        _resolve = resolve;
+    }
+
+    public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
+    {
+        var spec = await _resolve(context, cancellationToken).ConfigureAwait(false);
+        var errors = JobMapper.Validate(spec);
+        if (errors.Count > 0)
+        {
+            throw new JobValidationException(errors);
+        }
+
+        var (client, watch) = await _host.ConnectAsync(cancellationToken).ConfigureAwait(false);
+        await watch.StartAsync(cancellationToken).ConfigureAwait(false);
+
+        using var run = new AttemptRun(_host, client, context, spec);
+        var name = await FindPreviousAsync(run, client, cancellationToken).ConfigureAwait(false);
+        using var registration = name is null ? await SubmitAsync(run, watch, client, cancellationToken).ConfigureAwait(false) : watch.Attach(name, run);
+        try
+        {
+            await run.RunAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (GiveUpException e)
+        {
+            await run.DeleteAsync(e.Error.Message).ConfigureAwait(false);
+            throw e.Error;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            if (context.CheckpointRequested.IsCancellationRequested)
+            {
+                // A graceful stop: the Job keeps running and the next owner re-attaches to it by its checkpointed name.
+                await TryLogAsync(context, $"Leaving Kubernetes Job {run.Name} running; the next owner of the job re-attaches to it.").ConfigureAwait(false);
+            }
+            else
+            {
+                await run.DeleteAsync("the attempt was cancelled").ConfigureAwait(false);
+            }
+
+            throw;
+        }
+        finally
+        {
+            await run.StopLogsAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A Job named by the checkpoint that is still running (or succeeded) belongs to this job: re-attach to it.</summary>
+    private static async Task<string?> FindPreviousAsync(AttemptRun run, KubernetesApiClient client, CancellationToken cancellationToken)
+    {
+        var context = run.Context;
+        if (ReadCheckpoint(context.Checkpoint) is not { } previous || previous.Namespace != run.Namespace)
+        {
+            return null;
+        }
+
+        KubeJob? job;
+        try
+        {
+            job = await client.GetJobAsync(run.Namespace, previous.Job, cancellationToken).ConfigureAwait(false);
+        }
+        catch (KubernetesApiException e) when (e.IsNotFound)
+        {
+            return null;
+        }
+
+        if (job.Metadata.Labels?.GetValueOrDefault(KubeNames.JobIdLabel) != context.JobId.ToString())
+        {
+            return null;
+        }
+
+        var (complete, failed, _) = AttemptRun.Conditions(job);
+        if (failed)
+        {
+            // The previous attempt's Job failed: this attempt is a retry and gets a Job of its own.
+            return null;
+        }
+
+        run.Name = previous.Job;
+        Log.Adopted(run.Logger, context.JobId, previous.Job, complete ? "finished, from the checkpoint" : "running, from the checkpoint");
+        await TryLogAsync(context, $"Re-attached to Kubernetes Job {previous.Job} in namespace {run.Namespace} (it is {(complete ? "complete" : "still running")}).").ConfigureAwait(false);
+        return previous.Job;
+    }
+
+    private static async Task<NamespaceWatch.Registration> SubmitAsync(AttemptRun run, NamespaceWatch watch, KubernetesApiClient client, CancellationToken cancellationToken)
+    {
+        var context = run.Context;
+        var options = run.Options;
+        var name = KubeNames.JobName(options.JobNamePrefix, context.JobId, context.Attempt);
+        run.Name = name;
+
+        // Checkpoint first: if this host dies between the create and the next write, the next owner still finds the Job.
+        await context.SaveCheckpointAsync(WriteCheckpoint(name, run.Namespace), cancellationToken).ConfigureAwait(false);
+        var registration = watch.Attach(name, run);
+        try
+        {
+            await client.CreateJobAsync(run.Namespace, JobMapper.ToJob(name, run.Spec, context, options), cancellationToken).ConfigureAwait(false);
+            Log.Created(run.Logger, context.JobId, name);
+        }
+        catch (KubernetesApiException e) when (e.IsAlreadyExists)
+        {
+            Log.Adopted(run.Logger, context.JobId, name, "409 AlreadyExists");
+            await TryLogAsync(context, $"Kubernetes Job {name} already exists (a second submit of this attempt); adopted it.").ConfigureAwait(false);
+        }
+        catch
+        {
+            registration.Dispose();
+            throw;
+        }
+
+        return registration;
+    }
+
+    internal static async Task TryLogAsync(WorkloadContext context, string message)
+    {
+        try
+        {
+            await context.LogAsync(message, LogStream.System, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (StaleFenceTokenException)
+        {
+            // The lease is gone; the attempt is ending anyway.
+        }
+    }
+
+    internal static (string Job, string Namespace)? ReadCheckpoint(ReadOnlyMemory<byte>? checkpoint)
+    {
+        if (checkpoint is not { IsEmpty: false } raw)
+        {
+            return null;
+        }
+
+        try
+        {
+            using var document = JsonDocument.Parse(raw);
+            var root = document.RootElement;
+            return root.ValueKind == JsonValueKind.Object
+                && root.TryGetProperty("kubernetesJob", out var job) && job.GetString() is { } name
+                && root.TryGetProperty("namespace", out var ns) && ns.GetString() is { } space
+                ? (name, space)
+                : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    internal static byte[] WriteCheckpoint(string name, string ns)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("kubernetesJob", name);
+            writer.WriteString("namespace", ns);
+            writer.WriteEndObject();
+        }
+
+        return buffer.ToArray();
+    }
+}
+
+/// <summary>One attempt's view of its Job and pod, fed by the shared watch, and the decisions taken on it.</summary>
+internal sealed class AttemptRun : IWatchTarget, IDisposable
+{
+    private static readonly TimeSpan s_podGrace = TimeSpan.FromSeconds(2);
+    private readonly KubernetesEngineHost _host;
+    private readonly KubernetesApiClient _client;
+    private readonly Channel<bool> _changed = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
+    private readonly ITimer _timer;
+    private readonly CancellationTokenSource _logStop = new();
+    private readonly TaskCompletionSource _containerDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile KubeJob? _job;
+    private volatile KubePod? _pod;
+    private volatile bool _jobSeen;
+    private volatile bool _jobGone;
+    private DateTimeOffset? _pullSince;
+    private DateTimeOffset? _unschedulableSince;
+    private DateTimeOffset? _podGraceUntil;
+    private bool _listedPods;
+    private Task? _logs;
+    private string? _lastReported;
+
+    public AttemptRun(KubernetesEngineHost host, KubernetesApiClient client, WorkloadContext context, ContainerSpec spec)
+    {
+        _host = host;
+        _client = client;
+        Context = context;
+        Spec = spec;
+        _timer = host.Time.CreateTimer(static s => ((AttemptRun)s!).Signal(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+    }
+
+    public WorkloadContext Context { get; }
+
+    public ContainerSpec Spec { get; }
+
+    public string Name { get; set; } = "";
+
+    public KubernetesEngineOptions Options => _host.Options;
+
+    public string Namespace => _host.Options.Namespace;
+
+    public ILogger Logger => _host.Logger;
+
+    private TimeProvider Time => _host.Time;
+
+    public void OnJob(KubeJob? job)
+    {
+        if (job is null)
+        {
+            _jobGone = _jobSeen;
+        }
+        else
+        {
+            _job = job;
+            _jobSeen = true;
+        }
+
+        Signal();
+    }
+
+    public void OnPod(KubePod pod, bool deleted)
+    {
+        if (!deleted)
+        {
+            _pod = pod;
+            if (Main(pod)?.State?.Terminated is not null || pod.Status?.Phase is "Succeeded" or "Failed")
+            {
+                _containerDone.TrySetResult();
+            }
+        }
+
+        Signal();
+    }
+
+    public static (bool Complete, bool Failed, Condition? Failure) Conditions(KubeJob job)
+    {
+        bool complete = false, failed = false;
+        Condition? failure = null;
+        if (job.Status?.Conditions is { } conditions)
+        {
+            foreach (var c in conditions)
+            {
+                if (c.Status != "True")
+                {
+                    continue;
+                }
+
+                if (c.Type == "Complete")
+                {
+                    complete = true;
+                }
+                else if (c.Type == "Failed")
+                {
+                    failed = true;
+                    failure = c;
+                }
+            }
+        }
+
+        return (complete, failed, failure);
+    }
+
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            if (await EvaluateAsync(cancellationToken).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            await _changed.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Deletes the Job (pods in the background) with a bounded wait of its own: the caller's token is already cancelled.</summary>
+    public async Task DeleteAsync(string why)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30), Time);
+        try
+        {
+            await _client.DeleteJobAsync(Namespace, Name, timeout.Token).ConfigureAwait(false);
+            await KubernetesEngine.TryLogAsync(Context, $"Deleted Kubernetes Job {Name}: {why.TrimEnd('.')}.").ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException)
+        {
+            Log.DeleteFailed(Logger, e, Context.JobId, Name);
+        }
+    }
+
+    public async Task StopLogsAsync()
+    {
+        if (_logs is { } logs)
+        {
+            await _logStop.CancelAsync().ConfigureAwait(false);
+            await logs.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+    }
+
+    public void Dispose()
+    {
+        _timer.Dispose();
+        _logStop.Dispose();
+    }
+
+    private void Signal() => _changed.Writer.TryWrite(true);
+
+    private static ContainerStatus? Main(KubePod? pod)
+        => pod?.Status?.ContainerStatuses?.Find(static c => c.Name == KubeNames.ContainerName);
+
+    /// <summary>Looks at the latest state; returns true when the attempt succeeded, throws when it failed, false to wait.</summary>
+    private async Task<bool> EvaluateAsync(CancellationToken cancellationToken)
+    {
+        var job = _job;
+        var pod = _pod;
+        var now = Time.GetUtcNow();
+        if (_jobGone)
+        {
+            throw new TransientJobException($"Kubernetes Job {Name} in namespace {Namespace} was deleted by someone else before it finished.");
+        }
+
+        var main = Main(pod);
+        if (pod is not null)
+        {
+            await ReportPhaseAsync(pod, main).ConfigureAwait(false);
+            if (Options.StreamLogs && _logs is null && (main?.State?.Running is not null || main?.State?.Terminated is not null))
+            {
+                _logs = Task.Run(() => PumpLogsAsync(pod.Metadata.Name!, _logStop.Token), CancellationToken.None);
+            }
+        }
+
+        if (job is not null)
+        {
+            var (complete, failed, failure) = Conditions(job);
+            if (complete || failed)
+            {
+                var deadline = failed && failure?.Reason == "DeadlineExceeded";
+                var podDone = main?.State?.Terminated is not null || pod?.Status?.Phase is "Succeeded" or "Failed";
+                if (!podDone && !deadline)
+                {
+                    // The pod's last state travels on the other watch and may not be here yet: give it a moment, then ask once.
+                    _podGraceUntil ??= now + s_podGrace;
+                    if (now < _podGraceUntil)
+                    {
+                        Arm();
+                        return false;
+                    }
+
+                    if (!_listedPods)
+                    {
+                        _listedPods = true;
+                        var pods = await _client.ListPodsAsync(Namespace, $"{KubeNames.KubeJobLabel}={Name}", cancellationToken).ConfigureAwait(false);
+                        if (pods.Items.Count > 0)
+                        {
+                            OnPod(pods.Items[^1], deleted: false);
+                            return false;
+                        }
+                    }
+                }
+
+                if (Options.StreamLogs && _logs is null && pod is not null && (main?.State?.Running is not null || main?.State?.Terminated is not null))
+                {
+                    _logs = Task.Run(() => PumpLogsAsync(pod.Metadata.Name!, _logStop.Token), CancellationToken.None);
+                }
+
+                await FinishLogsAsync().ConfigureAwait(false);
+                if (complete)
+                {
+                    Context.ReportExitCode(main?.State?.Terminated?.ExitCode ?? 0);
+                    return true;
+                }
+
+                if (deadline)
+                {
+                    throw new JobTimeoutException(Context.JobId, Spec.Timeout ?? TimeSpan.Zero);
+                }
+
+                throw (Exception?)Classify(pod, main)
+                    ?? new TransientJobException($"Kubernetes Job {Name} failed ({failure?.Reason}: {failure?.Message}) and its pod left no exit status.");
+            }
+        }
+
+        if (pod is not null)
+        {
+            CheckStuck(pod, main, now);
+        }
+
+        Arm();
+        return false;
+    }
+
+    private void CheckStuck(KubePod pod, ContainerStatus? main, DateTimeOffset now)
+    {
+        var waiting = main?.State?.Waiting;
+        if (waiting?.Reason is "InvalidImageName" or "ErrImageNeverPull")
+        {
+            FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: false, $"Pod {pod.Metadata.Name}: the image '{Spec.Image}' cannot be used ({waiting.Reason}: {waiting.Message}). Fix ContainerSpec.Image."));
+        }
+
+        if (waiting?.Reason is "ErrImagePull" or "ImagePullBackOff")
+        {
+            _pullSince ??= now;
+            if (now - _pullSince >= Options.ImagePullBackOffLimit)
+            {
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: false, $"Pod {pod.Metadata.Name}: the image '{Spec.Image}' could not be pulled for {Options.ImagePullBackOffLimit} ({waiting.Reason}: {waiting.Message}). Check the image name and tag, and the registry credentials (imagePullSecrets)."));
+            }
+        }
+        else if (main?.State?.Running is not null || main?.State?.Terminated is not null)
+        {
+            _pullSince = null;
+        }
+
+        var scheduled = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
+        if (scheduled is { Status: "False", Reason: "Unschedulable" })
+        {
+            _unschedulableSince ??= now;
+            if (now - _unschedulableSince >= Options.UnschedulableLimit)
+            {
+                FailPermanently(new WorkloadExitException(null, ExitReason.Unschedulable, isTransient: true, $"Pod {pod.Metadata.Name} could not be scheduled for {Options.UnschedulableLimit}: {scheduled.Message}. Check the node selector, tolerations and resources against the cluster's nodes, or raise KubernetesEngineOptions.UnschedulableLimit."));
+            }
+        }
+        else
+        {
+            _unschedulableSince = null;
+        }
+    }
+
+    /// <summary>The attempt gives up on a Job the cluster would keep trying: delete it, then fail with <paramref name="error"/>.</summary>
+    private static void FailPermanently(WorkloadExitException error) => throw new GiveUpException(error);
+
+    private void Arm()
+    {
+        DateTimeOffset? due = null;
+        if (_pullSince is { } pull)
+        {
+            due = pull + Options.ImagePullBackOffLimit;
+        }
+
+        if (_unschedulableSince is { } unschedulable && (due is null || unschedulable + Options.UnschedulableLimit < due))
+        {
+            due = unschedulable + Options.UnschedulableLimit;
+        }
+
+        if (_podGraceUntil is { } grace && (due is null || grace < due))
+        {
+            due = grace;
+        }
+
+        if (due is null)
+        {
+            _timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            return;
+        }
+
+        // Measured against the clock now, not the evaluation's start: time may have moved meanwhile.
+        var wait = due.Value - Time.GetUtcNow();
+        if (wait <= TimeSpan.Zero)
+        {
+            Signal();
+        }
+        else
+        {
+            _timer.Change(wait, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private async Task ReportPhaseAsync(KubePod pod, ContainerStatus? main)
+    {
+        var state = main?.State;
+        var phase = state?.Waiting is { } w ? $"waiting: {w.Reason}{(string.IsNullOrEmpty(w.Message) ? "" : " (" + w.Message + ")")}"
+            : state?.Running is not null ? "running"
+            : state?.Terminated is { } t ? $"terminated: {t.Reason}, exit code {t.ExitCode}"
+            : pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled") is { Status: "False" } s ? $"pending: {s.Reason} ({s.Message})"
+            : $"{pod.Status?.Phase?.ToLowerInvariant() ?? "pending"}";
+        var line = $"Pod {pod.Metadata.Name}: {phase}";
+        if (line != _lastReported)
+        {
+            _lastReported = line;
+            await KubernetesEngine.TryLogAsync(Context, line).ConfigureAwait(false);
+        }
+    }
+
+    private WorkloadExitException? Classify(KubePod? pod, ContainerStatus? main)
+    {
+        if (pod is null)
+        {
+            return null;
+        }
+
+        var name = pod.Metadata.Name;
+        var terminated = main?.State?.Terminated;
+        if (terminated is not null)
+        {
+            Context.ReportExitCode(terminated.ExitCode);
+        }
+
+        if (pod.Status?.Reason == "Evicted")
+        {
+            return new WorkloadExitException(terminated?.ExitCode, ExitReason.Evicted, isTransient: true, $"Pod {name} was evicted from its node: {pod.Status.Message}");
+        }
+
+        if (pod.Status?.Conditions?.Find(static c => c.Type == "DisruptionTarget" && c.Status == "True") is { } disruption)
+        {
+            return new WorkloadExitException(terminated?.ExitCode, ExitReason.Evicted, isTransient: true, $"Pod {name} was disrupted ({disruption.Reason}: {disruption.Message}).");
+        }
+
+        if (terminated is null)
+        {
+            return null;
+        }
+
+        if (terminated.Reason == "OOMKilled")
+        {
+            return new WorkloadExitException(terminated.ExitCode, ExitReason.OutOfMemory, isTransient: true, $"Pod {name}: the container ran out of memory (OOMKilled) at its limit of {Spec.Resources.MemoryMb} Mi. Raise ContainerSpec.Resources.MemoryMb if it keeps happening.");
+        }
+
+        if (terminated.Reason is "ContainerCannotRun" or "StartError")
+        {
+            return new WorkloadExitException(terminated.ExitCode, ExitReason.StartFailed, isTransient: false, $"Pod {name}: the container could not start ({terminated.Reason}: {terminated.Message}). Check ContainerSpec.Command against the image.");
+        }
+
+        if (terminated.ExitCode == 0)
+        {
+            return null;
+        }
+
+        var transient = Options.TransientExitCodes.Contains(terminated.ExitCode);
+        return terminated.ExitCode is > 128 and < 128 + 65
+            ? new WorkloadExitException(terminated.ExitCode, ExitReason.Signal, transient, $"Pod {name}: the container was killed by signal {terminated.ExitCode - 128} (exit code {terminated.ExitCode}, {terminated.Reason}).")
+            : new WorkloadExitException(terminated.ExitCode, ExitReason.NonZeroExit, transient, $"Pod {name}: the container exited with code {terminated.ExitCode} ({terminated.Reason}).");
+    }
+
+    private async Task FinishLogsAsync()
+    {
+        if (_logs is { } logs)
+        {
+            // The stream ends when the container does; the bound only guards against a server that never closes it.
+            await logs.WaitAsync(TimeSpan.FromSeconds(30), Time).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+    }
+
+    private async Task PumpLogsAsync(string pod, CancellationToken stop)
+    {
+        DateTimeOffset? last = null;
+        var seenAtLast = 0;
+        try
+        {
+            for (var connection = 0; connection < 4 && !stop.IsCancellationRequested; connection++)
+            {
+                var skip = seenAtLast;
+                var stream = await _client.OpenLogAsync(Namespace, pod, KubeNames.ContainerName, follow: true, last, waitingRetries: 30, stop).ConfigureAwait(false);
+                await using (stream.ConfigureAwait(false))
+                {
+                    using var reader = new StreamReader(stream);
+                    var batch = new List<LogLine>(64);
+                    var pending = reader.ReadLineAsync(stop).AsTask();
+                    while (await pending.ConfigureAwait(false) is { } raw)
+                    {
+                        var (time, text) = SplitTimestamp(raw);
+                        if (time is { } t && last is { } l && t <= l)
+                        {
+                            // A reconnect starts at the last second seen: skip what was already stored.
+                            if (t < l || skip-- > 0)
+                            {
+                                pending = reader.ReadLineAsync(stop).AsTask();
+                                continue;
+                            }
+                        }
+
+                        if (time is { } stamp)
+                        {
+                            seenAtLast = last == stamp ? seenAtLast + 1 : 1;
+                            last = stamp;
+                        }
+
+                        batch.Add(new LogLine(time ?? Time.GetUtcNow(), LogStream.Output, text));
+                        pending = reader.ReadLineAsync(stop).AsTask();
+
+                        // Hand over whatever has arrived, a batch at a time.
+                        if (!pending.IsCompleted || batch.Count >= 256)
+                        {
+                            await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                            batch = new List<LogLine>(64);
+                        }
+                    }
+
+                    if (batch.Count > 0)
+                    {
+                        await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                    }
+                }
+
+                // The stream ends when the container exits; otherwise the connection broke: reconnect from the last line.
+                try
+                {
+                    await _containerDone.Task.WaitAsync(TimeSpan.FromSeconds(5), Time, stop).ConfigureAwait(false);
+                    return;
+                }
+                catch (TimeoutException)
+                {
+                    // Continue with a new connection.
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // The attempt ended.
+        }
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or IOException or StaleFenceTokenException)
+        {
+            Log.LogStreamFailed(Logger, e, Context.JobId, pod);
+            await KubernetesEngine.TryLogAsync(Context, $"The log stream of pod {pod} ended early: {e.Message}").ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Splits the RFC 3339 timestamp that <c>timestamps=true</c> puts before each line.</summary>
+    internal static (DateTimeOffset? Time, string Text) SplitTimestamp(string line)
+    {
+        var space = line.IndexOf(' ', StringComparison.Ordinal);
+        if (space > 0 && DateTimeOffset.TryParse(line.AsSpan(0, space), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal, out var time))
+        {
+            return (time, line[(space + 1)..]);
+        }
+
+        return (null, line);
+    }
+}
+
+/// <summary>Carries a decision to give up on a Job that the cluster would keep retrying; the engine deletes it first.</summary>
+internal sealed class GiveUpException(WorkloadExitException error) : Exception(error.Message, error)
+{
+    public WorkloadExitException Error { get; } = error;
+}

@@ -1,0 +1,282 @@
+using System.Text.Json;
+using JobRunner.Kubernetes.Client;
+using Microsoft.Extensions.Logging;
+
+namespace JobRunner.Kubernetes.Engine;
+
+/// <summary>What a running attempt hears from the shared watch. Called under the watch's lock: store and signal, nothing more.</summary>
+internal interface IWatchTarget
+{
+    void OnJob(KubeJob? job);
+
+    void OnPod(KubePod pod, bool deleted);
+}
+
+/// <summary>
+/// The one shared list+watch of a namespace (an informer): two long-lived connections, one for the Jobs JobRunner
+/// manages and one for their pods, that drive every running attempt. It keeps the latest objects, relists on 410
+/// (<c>Expired</c>/<c>Gone</c>), reconnects from the last resourceVersion (bookmarks included) when the server closes
+/// the connection, and backs off on other errors. No attempt polls.
+/// </summary>
+internal sealed class NamespaceWatch : IAsyncDisposable
+{
+    private readonly KubernetesApiClient _client;
+    private readonly string _namespace;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, KubeJob> _jobs = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, KubePod> _pods = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, IWatchTarget> _targets = new(StringComparer.Ordinal);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Task? _loops;
+    private int _relists;
+    private int _reconnects;
+
+    public NamespaceWatch(KubernetesApiClient client, string ns, TimeProvider time, ILogger logger)
+    {
+        _client = client;
+        _namespace = ns;
+        _time = time;
+        _logger = logger;
+    }
+
+    /// <summary>Gets how many times a watch was answered with 410 and the objects were listed again (initial lists excluded).</summary>
+    public int Relists => Volatile.Read(ref _relists);
+
+    /// <summary>Gets how many times a watch connection ended and was opened again.</summary>
+    public int Reconnects => Volatile.Read(ref _reconnects);
+
+    /// <summary>Starts both loops once, and waits until both have listed.</summary>
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _loops ??= Task.WhenAll(
+                Task.Run(() => RunAsync(isJobs: true, _stop.Token), CancellationToken.None),
+                Task.Run(() => RunAsync(isJobs: false, _stop.Token), CancellationToken.None));
+        }
+
+        return Task.WhenAll(_jobsSynced.Task, _podsSynced.Task).WaitAsync(cancellationToken);
+    }
+
+    /// <summary>Routes the events of Job <paramref name="jobName"/> and its pods to <paramref name="target"/>, starting with what is known now.</summary>
+    public Registration Attach(string jobName, IWatchTarget target)
+    {
+        lock (_lock)
+        {
+            _targets[jobName] = target;
+            if (_jobs.TryGetValue(jobName, out var job))
+            {
+                target.OnJob(job);
+            }
+
+            foreach (var pod in _pods.Values)
+            {
+                if (JobOf(pod) == jobName)
+                {
+                    target.OnPod(pod, deleted: false);
+                }
+            }
+        }
+
+        return new Registration(this, jobName, target);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (_loops is { } loops)
+        {
+            await loops.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        _stop.Dispose();
+    }
+
+    private void Detach(string jobName, IWatchTarget target)
+    {
+        lock (_lock)
+        {
+            if (_targets.TryGetValue(jobName, out var current) && ReferenceEquals(current, target))
+            {
+                _targets.Remove(jobName);
+            }
+        }
+    }
+
+    private static string? JobOf(KubePod pod) => pod.Metadata.Labels?.GetValueOrDefault(KubeNames.KubeJobLabel);
+
+    private async Task RunAsync(bool isJobs, CancellationToken stop)
+    {
+        var path = isJobs ? KubernetesApiClient.JobsPath(_namespace) : KubernetesApiClient.PodsPath(_namespace);
+        var kind = isJobs ? "Jobs" : "pods";
+        string? resourceVersion = null;
+        var failures = 0;
+        var listed = false;
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                if (resourceVersion is null)
+                {
+                    if (listed)
+                    {
+                        Interlocked.Increment(ref _relists);
+                    }
+
+                    resourceVersion = isJobs ? await ListJobsAsync(stop).ConfigureAwait(false) : await ListPodsAsync(stop).ConfigureAwait(false);
+                    listed = true;
+                    (isJobs ? _jobsSynced : _podsSynced).TrySetResult();
+                }
+
+                await foreach (var e in _client.WatchAsync(path, KubeNames.ManagedSelector, resourceVersion, stop).ConfigureAwait(false))
+                {
+                    failures = 0;
+                    resourceVersion = (isJobs ? Apply(e, KubeJson.Default.KubeJob) : Apply(e, KubeJson.Default.KubePod)) ?? resourceVersion;
+                }
+
+                // The server closed the watch (its timeout, a restart, a proxy): continue from the last version seen.
+                Interlocked.Increment(ref _reconnects);
+                Log.WatchClosed(_logger, kind, _namespace, resourceVersion);
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (KubernetesApiException e) when (e.IsExpired)
+            {
+                Log.WatchExpired(_logger, kind, _namespace, e.Message);
+                resourceVersion = null;
+            }
+#pragma warning disable CA1031 // The watch must outlive any failure: it logs, backs off and tries again.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                failures++;
+                var delay = TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(failures, 8)), 10_000));
+                Log.WatchFailed(_logger, e, kind, _namespace, delay);
+                try
+                {
+                    await Task.Delay(delay, _time, stop).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    private string? Apply<T>(RawWatchEvent e, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type)
+        where T : class
+    {
+        var item = e.Object.Deserialize(type)!;
+        var meta = item is KubeJob j ? j.Metadata : ((KubePod)(object)item).Metadata;
+        if (e.Type == "BOOKMARK")
+        {
+            return meta.ResourceVersion;
+        }
+
+        var deleted = e.Type == "DELETED";
+        lock (_lock)
+        {
+            if (item is KubeJob job)
+            {
+                UpsertJob(job, deleted);
+            }
+            else
+            {
+                UpsertPod((KubePod)(object)item, deleted);
+            }
+        }
+
+        return meta.ResourceVersion;
+    }
+
+    private void UpsertJob(KubeJob job, bool deleted)
+    {
+        var name = job.Metadata.Name!;
+        if (deleted)
+        {
+            _jobs.Remove(name);
+        }
+        else
+        {
+            _jobs[name] = job;
+        }
+
+        if (_targets.TryGetValue(name, out var target))
+        {
+            target.OnJob(deleted ? null : job);
+        }
+    }
+
+    private void UpsertPod(KubePod pod, bool deleted)
+    {
+        var name = pod.Metadata.Name!;
+        if (deleted)
+        {
+            _pods.Remove(name);
+        }
+        else
+        {
+            _pods[name] = pod;
+        }
+
+        if (JobOf(pod) is { } job && _targets.TryGetValue(job, out var target))
+        {
+            target.OnPod(pod, deleted);
+        }
+    }
+
+    private async Task<string?> ListJobsAsync(CancellationToken stop)
+    {
+        var list = await _client.ListJobsAsync(_namespace, KubeNames.ManagedSelector, stop).ConfigureAwait(false);
+        lock (_lock)
+        {
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var job in list.Items)
+            {
+                seen.Add(job.Metadata.Name!);
+                UpsertJob(job, deleted: false);
+            }
+
+            foreach (var gone in _jobs.Values.Where(j => !seen.Contains(j.Metadata.Name!)).ToList())
+            {
+                UpsertJob(gone, deleted: true);
+            }
+        }
+
+        return list.Metadata.ResourceVersion;
+    }
+
+    private async Task<string?> ListPodsAsync(CancellationToken stop)
+    {
+        var list = await _client.ListPodsAsync(_namespace, KubeNames.ManagedSelector, stop).ConfigureAwait(false);
+        lock (_lock)
+        {
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var pod in list.Items)
+            {
+                seen.Add(pod.Metadata.Name!);
+                UpsertPod(pod, deleted: false);
+            }
+
+            foreach (var gone in _pods.Values.Where(p => !seen.Contains(p.Metadata.Name!)).ToList())
+            {
+                UpsertPod(gone, deleted: true);
+            }
+        }
+
+        return list.Metadata.ResourceVersion;
+    }
+
+    /// <summary>Detaches a target when disposed.</summary>
+    internal readonly struct Registration(NamespaceWatch watch, string jobName, IWatchTarget target) : IDisposable
+    {
+        public void Dispose() => watch.Detach(jobName, target);
+    }
+}

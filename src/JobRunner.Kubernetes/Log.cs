@@ -1,0 +1,30 @@
+using Microsoft.Extensions.Logging;
+
+namespace JobRunner.Kubernetes;
+
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Debug, "The watch of {Kind} in namespace {Namespace} was closed by the server; reconnecting from resourceVersion {ResourceVersion}.")]
+    public static partial void WatchClosed(ILogger logger, string kind, string @namespace, string? resourceVersion);
+
+    [LoggerMessage(2, LogLevel.Information, "The watch of {Kind} in namespace {Namespace} expired ({Message}); listing again.")]
+    public static partial void WatchExpired(ILogger logger, string kind, string @namespace, string message);
+
+    [LoggerMessage(3, LogLevel.Warning, "The watch of {Kind} in namespace {Namespace} failed; retrying in {Delay}.")]
+    public static partial void WatchFailed(ILogger logger, Exception exception, string kind, string @namespace, TimeSpan delay);
+
+    [LoggerMessage(4, LogLevel.Information, "Job {JobId}: created Kubernetes Job {Name}.")]
+    public static partial void Created(ILogger logger, JobId jobId, string name);
+
+    [LoggerMessage(5, LogLevel.Information, "Job {JobId}: adopted the existing Kubernetes Job {Name} ({How}).")]
+    public static partial void Adopted(ILogger logger, JobId jobId, string name, string how);
+
+    [LoggerMessage(6, LogLevel.Warning, "Job {JobId}: the log stream of pod {Pod} failed.")]
+    public static partial void LogStreamFailed(ILogger logger, Exception exception, JobId jobId, string pod);
+
+    [LoggerMessage(7, LogLevel.Warning, "Job {JobId}: could not delete Kubernetes Job {Name}.")]
+    public static partial void DeleteFailed(ILogger logger, Exception exception, JobId jobId, string name);
+
+    [LoggerMessage(8, LogLevel.Debug, "Refreshing the exec credential of {Command} failed.")]
+    public static partial void ExecFailed(ILogger logger, Exception exception, string command);
+}

@@ -1,0 +1,281 @@
+using JobRunner.Kubernetes.Client;
+using JobRunner.Kubernetes.Testing;
+using JobRunner.Kubernetes.Tests.Support;
+
+namespace JobRunner.Kubernetes.Tests.Client;
+
+#pragma warning disable CA1001 // xunit disposes it through IAsyncLifetime.
+public sealed class KubernetesApiClientTests : IAsyncLifetime
+#pragma warning restore CA1001
+{
+    private FakeKubernetesServer _server = null!;
+    private HttpClient _http = null!;
+
+    public async Task InitializeAsync()
+    {
+        _server = await FakeKubernetesServer.StartAsync();
+        _http = new HttpClient { BaseAddress = _server.BaseAddress };
+    }
+
+    public async Task DisposeAsync()
+    {
+        _http.Dispose();
+        await _server.DisposeAsync();
+    }
+
+    private KubernetesApiClient Client(TimeProvider? time = null) => new(_http, time ?? TimeProvider.System);
+
+    private static KubeJob Job(string name) => new()
+    {
+        ApiVersion = "batch/v1",
+        Kind = "Job",
+        Metadata = new ObjectMeta { Name = name, Labels = new() { ["app.kubernetes.io/managed-by"] = "jobrunner" } },
+        Spec = new JobSpec
+        {
+            BackoffLimit = 0,
+            Template = new PodTemplateSpec { Spec = new PodSpec { RestartPolicy = "Never", Containers = [new Container { Name = "main", Image = "busybox" }] } },
+        },
+    };
+
+    [Fact]
+    public async Task CreateJob_Twice_ThrowsAlreadyExists()
+    {
+        var client = Client();
+        var created = await client.CreateJobAsync("ns", Job("a"), CancellationToken.None);
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => client.CreateJobAsync("ns", Job("a"), CancellationToken.None));
+
+        Assert.NotNull(created.Metadata.Uid);
+        Assert.Equal(409, error.StatusCode);
+        Assert.Equal("AlreadyExists", error.Reason);
+        Assert.True(error.IsAlreadyExists);
+        Assert.False(error.IsTransient);
+        Assert.Contains("jobs.batch \"a\" already exists", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task GetJob_Missing_ThrowsNotFound()
+    {
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => Client().GetJobAsync("ns", "missing", CancellationToken.None));
+
+        Assert.Equal(404, error.StatusCode);
+        Assert.Equal("NotFound", error.Reason);
+        Assert.False(error.IsTransient);
+    }
+
+    [Fact]
+    public async Task CreateJob_Invalid_ThrowsInvalidWithCauses()
+    {
+        var job = Job("Bad_Name");
+        job.Spec!.Template.Spec.Containers[0].Image = "";
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => Client().CreateJobAsync("ns", job, CancellationToken.None));
+
+        Assert.Equal(422, error.StatusCode);
+        Assert.Equal("Invalid", error.Reason);
+        Assert.Contains(error.Causes, c => c.StartsWith("metadata.name: Invalid value", StringComparison.Ordinal));
+        Assert.Contains("spec.template.spec.containers[0].image: Required value", error.Causes);
+    }
+
+    [Fact]
+    public async Task Request_Throttled_WaitsRetryAfterOnTheClockThenSucceeds()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(429, count: 1, retryAfterSeconds: 7);
+        var client = Client(time);
+
+        var list = client.ListJobsAsync("ns", null, CancellationToken.None);
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(7));
+        Assert.False(list.IsCompleted);
+        time.Fake.Advance(TimeSpan.FromSeconds(7));
+        var result = await list.WaitAsync(K8sTest.Limit);
+
+        Assert.NotNull(result.Metadata.ResourceVersion);
+        Assert.Equal(2, _server.RequestCount);
+    }
+
+    [Fact]
+    public async Task Request_ThrottledTooOften_ThrowsTransientWithRetryAfter()
+    {
+        _server.InjectFault(429, count: 10, retryAfterSeconds: 1);
+        var client = new KubernetesApiClient(_http, TimeProvider.System, maxRetries: 0);
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => client.ListJobsAsync("ns", null, CancellationToken.None));
+
+        Assert.Equal(429, error.StatusCode);
+        Assert.True(error.IsTransient);
+        Assert.Equal(TimeSpan.FromSeconds(1), error.RetryAfter);
+        Assert.Contains("Too many requests", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Request_ServerError_IsRetriedAndTransient()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(500, count: 1);
+        var client = Client(time);
+
+        var get = client.ListPodsAsync("ns", null, CancellationToken.None);
+        await time.WaitForTimerAsync(TimeSpan.FromMilliseconds(200));
+        time.Fake.Advance(TimeSpan.FromMilliseconds(200));
+        await get.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(2, _server.RequestCount);
+        Assert.True(new KubernetesApiException(503, "ServiceUnavailable", "x").IsTransient);
+    }
+
+    [Fact]
+    public async Task DeleteJob_SendsBackgroundPropagationAndRemovesPods()
+    {
+        var client = Client();
+        var release = new TaskCompletionSource();
+        _server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        await client.CreateJobAsync("ns", Job("d"), CancellationToken.None);
+
+        Assert.True(await client.DeleteJobAsync("ns", "d", CancellationToken.None));
+        Assert.False(await client.DeleteJobAsync("ns", "d", CancellationToken.None));
+
+        var delete = _server.Requests.First(static r => r.Method == "DELETE");
+        Assert.Equal("""{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}""", delete.Body);
+        Assert.Empty(_server.Names("pods", "ns"));
+    }
+
+    [Fact]
+    public async Task Watch_FromAResourceVersion_ReplaysEventsThenBookmarks()
+    {
+        var client = Client();
+        var list = await client.ListJobsAsync("ns", null, CancellationToken.None);
+        await client.CreateJobAsync("ns", Job("w"), CancellationToken.None);
+        using var cancel = new CancellationTokenSource(K8sTest.Limit);
+        var events = new List<RawWatchEvent>();
+
+        await foreach (var e in client.WatchAsync(KubernetesApiClient.JobsPath("ns"), null, list.Metadata.ResourceVersion!, cancel.Token))
+        {
+            events.Add(e);
+            if (events.Count == 1)
+            {
+                _server.SendBookmarks();
+            }
+
+            if (e.Type == "BOOKMARK")
+            {
+                break;
+            }
+        }
+
+        Assert.Equal("ADDED", events[0].Type);
+        Assert.Equal("w", events[0].Object.GetProperty("metadata").GetProperty("name").GetString());
+        Assert.Equal("BOOKMARK", events[^1].Type);
+        Assert.Contains(_server.Requests, static r => r.IsWatch && r.Query.Contains("allowWatchBookmarks=true", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Watch_FromACompactedVersion_Throws410Expired()
+    {
+        var client = Client();
+        var list = await client.ListJobsAsync("ns", null, CancellationToken.None);
+        await client.CreateJobAsync("ns", Job("x"), CancellationToken.None);
+        _server.ExpireWatches();
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(async () =>
+        {
+            await foreach (var _ in client.WatchAsync(KubernetesApiClient.JobsPath("ns"), null, list.Metadata.ResourceVersion!, CancellationToken.None))
+            {
+            }
+        });
+
+        Assert.Equal(410, error.StatusCode);
+        Assert.Equal("Expired", error.Reason);
+        Assert.True(error.IsExpired);
+    }
+
+    [Fact]
+    public async Task OpenLog_ContainerWaitingToStart_RetriesUntilItRuns()
+    {
+        var time = new TimerSignal();
+        var release = new TaskCompletionSource();
+        _server.PodBehavior = _ => new FakePodScript { Unschedulable = true };
+        var client = Client(time);
+        await client.CreateJobAsync("ns", Job("l"), CancellationToken.None);
+        var pods = await client.ListPodsAsync("ns", "job-name=l", CancellationToken.None);
+        var pod = Assert.Single(pods.Items).Metadata.Name!;
+
+        var open = client.OpenLogAsync("ns", pod, "main", follow: false, null, waitingRetries: 1, CancellationToken.None);
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(1));
+        time.Fake.Advance(TimeSpan.FromSeconds(1));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => open.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(400, error.StatusCode);
+        Assert.Contains($"container \"main\" in pod \"{pod}\" is waiting to start: ContainerCreating", error.Message, StringComparison.Ordinal);
+        Assert.Equal(2, _server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task OpenLog_FinishedPod_ReturnsTimestampedLines()
+    {
+        _server.PodBehavior = _ => FakePodScript.Succeed("alpha", "beta");
+        var client = Client();
+        await client.CreateJobAsync("ns", Job("t"), CancellationToken.None);
+        string pod;
+        while (true)
+        {
+            // The fake's controller runs asynchronously; the pod's Succeeded phase is observed through a watch.
+            var pods = await client.ListPodsAsync("ns", "job-name=t", CancellationToken.None);
+            if (pods.Items is [{ Status.Phase: "Succeeded" } p])
+            {
+                pod = p.Metadata.Name!;
+                break;
+            }
+
+            await foreach (var _ in client.WatchAsync(KubernetesApiClient.PodsPath("ns"), "job-name=t", pods.Metadata.ResourceVersion!, CancellationToken.None))
+            {
+                break;
+            }
+        }
+
+        using var reader = new StreamReader(await client.OpenLogAsync("ns", pod, "main", follow: true, null, 0, CancellationToken.None));
+        var lines = (await reader.ReadToEndAsync()).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+
+        Assert.Equal(["alpha", "beta"], lines.Select(static l => Kubernetes.Engine.AttemptRun.SplitTimestamp(l).Text));
+        Assert.All(lines, static l => Assert.NotNull(Kubernetes.Engine.AttemptRun.SplitTimestamp(l).Time));
+    }
+
+    [Fact]
+    public async Task PodEventsAndNodes_AreListed()
+    {
+        _server.AddNode("node-a", new Dictionary<string, string> { ["pool"] = "batch" }, ready: true);
+        _server.AddNode("node-b", new Dictionary<string, string> { ["pool"] = "web" }, ready: false);
+        _server.PodBehavior = _ => new FakePodScript { ImagePullFails = true };
+        var client = Client();
+        await client.CreateJobAsync("ns", Job("e"), CancellationToken.None);
+
+        var nodes = await client.ListNodesAsync("pool=batch", CancellationToken.None);
+        var all = await client.ListNodesAsync(null, CancellationToken.None);
+        var pod = (await client.ListPodsAsync("ns", "job-name=e", CancellationToken.None)).Items.Single().Metadata.Name!;
+        var events = await client.ListPodEventsAsync("ns", pod, CancellationToken.None);
+
+        var node = Assert.Single(nodes.Items);
+        Assert.Equal("node-a", node.Metadata.Name);
+        Assert.True(node.IsReady);
+        Assert.False(all.Items.Single(static n => n.Metadata.Name == "node-b").IsReady);
+        Assert.All(events.Items, e => Assert.Equal(pod, e.InvolvedObject!.Name));
+        Assert.Contains(events.Items, static e => e.Reason == "Scheduled");
+    }
+
+    [Fact]
+    public async Task Request_NoAnswerWithinTheTimeLimit_ThrowsTransientTimeout()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(503, count: 100, retryAfterSeconds: 30);
+        var client = new KubernetesApiClient(_http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        var list = client.ListJobsAsync("ns", null, CancellationToken.None);
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(30));
+        time.Fake.Advance(TimeSpan.FromSeconds(20));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => list.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(504, error.StatusCode);
+        Assert.True(error.IsTransient);
+        Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
+    }
+}

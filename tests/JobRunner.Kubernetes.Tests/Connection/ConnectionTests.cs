@@ -1,0 +1,227 @@
+using System.Text;
+using JobRunner.Kubernetes.Client;
+using JobRunner.Kubernetes.Connection;
+using JobRunner.Kubernetes.Testing;
+using JobRunner.Kubernetes.Tests.Support;
+using JobRunner.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace JobRunner.Kubernetes.Tests.Connection;
+
+/// <summary>Every way to reach a cluster: kubeconfig (the kubernetes-client/csharp fixtures), exec plugins, in-cluster, a direct server.</summary>
+[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+public sealed class ConnectionTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("jobrunner-k8s-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static string FixturePath(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", "kubeconfig", name);
+
+    /// <summary>Copies a fixture next to the assets/ files it refers to (made from the PEM data embedded in the main fixture).</summary>
+    private string WithAssets(string fixture)
+    {
+        var main = Kubeconfig.Load(FixturePath("csharp-client.kubeconfig.yml"));
+        var (_, cluster, user) = main.Select("victorian-context");
+        Directory.CreateDirectory(Path.Combine(_dir, "assets"));
+        File.WriteAllBytes(Path.Combine(_dir, "assets", "ca.crt"), Convert.FromBase64String(Kubeconfig.Scalar(cluster, "certificate-authority-data")!));
+        File.WriteAllBytes(Path.Combine(_dir, "assets", "client.crt"), Convert.FromBase64String(Kubeconfig.Scalar(user, "client-certificate-data")!));
+        File.WriteAllBytes(Path.Combine(_dir, "assets", "client.key"), Convert.FromBase64String(Kubeconfig.Scalar(user, "client-key-data")!));
+        var path = Path.Combine(_dir, fixture);
+        File.Copy(FixturePath(fixture), path);
+        return path;
+    }
+
+    private static KubernetesConnection Resolve(KubernetesEngineOptions options, Dictionary<string, string>? env = null, string? serviceAccount = null)
+        => KubernetesConnection.Resolve(options, name => env?.GetValueOrDefault(name), serviceAccount ?? KubernetesConnection.ServiceAccountDirectory);
+
+    [Fact]
+    public void Kubeconfig_CurrentContext_WithFileCertificates()
+    {
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = WithAssets("csharp-client.kubeconfig.yml") });
+
+        Assert.Equal(new Uri("https://horse.org:4443"), connection.Server);
+        Assert.Single(connection.CertificateAuthority!);
+        Assert.True(connection.ClientCertificate!.HasPrivateKey);
+        Assert.Contains("context 'federal-context'", connection.Description, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Kubeconfig_NamedContext_WithEmbeddedCertificateData()
+    {
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.yml"), Context = "victorian-context" });
+
+        Assert.Equal(new Uri("https://llama.org:443"), connection.Server);
+        Assert.Single(connection.CertificateAuthority!);
+        Assert.True(connection.ClientCertificate!.HasPrivateKey);
+        Assert.Null(connection.Token);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_TokenAndSkipTls()
+    {
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.yml"), Context = "queen-anne-context" });
+
+        Assert.True(connection.SkipTlsVerify);
+        Assert.Equal("black-token", await connection.Token!.GetTokenAsync(TimeProvider.System, NullLogger.Instance, CancellationToken.None));
+    }
+
+    [Fact]
+    public void Kubeconfig_TlsServerNameBasicAuthAndNoCredentials()
+    {
+        var servername = Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.tls-servername.yml") });
+        var basic = Resolve(new KubernetesEngineOptions { KubeconfigPath = WithAssets("csharp-client.kubeconfig.user-pass.yml") });
+        var none = Resolve(new KubernetesEngineOptions { KubeconfigPath = WithAssets("csharp-client.kubeconfig.no-credentials.yml") });
+        var extra = Resolve(new KubernetesEngineOptions { KubeconfigPath = WithAssets("csharp-client.kubeconfig.additional-properties.yml") });
+
+        Assert.Equal("pony", servername.TlsServerName);
+        Assert.Equal(("admin", "secret"), basic.Basic);
+        Assert.Null(none.Token);
+        Assert.Null(none.Basic);
+        Assert.Null(none.ClientCertificate);
+        Assert.NotNull(extra.Server);
+    }
+
+    [Fact]
+    public void Kubeconfig_Problems_NameTheContextAndTheFix()
+    {
+        var noCurrent = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.no-current-context.yml") }));
+        var unknown = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.yml"), Context = "nope" }));
+        var missingFiles = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions { KubeconfigPath = FixturePath("csharp-client.kubeconfig.yml") }));
+        var missingFile = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions { KubeconfigPath = Path.Combine(_dir, "absent") }));
+
+        Assert.Contains("has no current-context. Set KubernetesEngineOptions.Context", noCurrent.Message, StringComparison.Ordinal);
+        Assert.Contains("has no context 'nope'", unknown.Message, StringComparison.Ordinal);
+        Assert.Contains("'victorian-context'", unknown.Message, StringComparison.Ordinal);
+        Assert.Contains("context 'federal-context'", missingFiles.Message, StringComparison.Ordinal);
+        Assert.Contains("cannot be loaded", missingFiles.Message, StringComparison.Ordinal);
+        Assert.Contains("cannot be read", missingFile.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_StaticToken_IsSentToTheServer()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var path = Path.Combine(_dir, "config");
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            current-context: fake
+            clusters:
+            - name: fake
+              cluster:
+                server: {server.BaseAddress}
+            users:
+            - name: me
+              user:
+                token: s3cret
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: me
+            """);
+
+        await ListOnceAsync(Resolve(new KubernetesEngineOptions { KubeconfigPath = path }));
+
+        Assert.Equal("Bearer s3cret", server.Requests[^1].Headers["Authorization"]);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_ExecPlugin_GetsAnExecCredentialRequestAndItsTokenIsSent()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var seen = Path.Combine(_dir, "exec-info.json");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            printf '%s' "$KUBERNETES_EXEC_INFO" > '{{{seen}}}'
+            echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"from-plugin-'"$PLUGIN_SUFFIX"'","expirationTimestamp":"2099-01-01T00:00:00Z"}}'
+            """);
+        File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var path = Path.Combine(_dir, "config");
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            current-context: fake
+            clusters:
+            - name: fake
+              cluster:
+                server: {server.BaseAddress}
+            users:
+            - name: me
+              user:
+                exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: {script}
+                  env:
+                  - name: PLUGIN_SUFFIX
+                    value: abc
+                  interactiveMode: Never
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: me
+            """);
+
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
+        await ListOnceAsync(connection);
+        await ListOnceAsync(connection);
+
+        Assert.Equal("Bearer from-plugin-abc", server.Requests[^1].Headers["Authorization"]);
+        var info = System.Text.Json.JsonDocument.Parse(File.ReadAllText(seen)).RootElement;
+        Assert.Equal("ExecCredential", info.GetProperty("kind").GetString());
+        Assert.Equal("client.authentication.k8s.io/v1", info.GetProperty("apiVersion").GetString());
+        Assert.False(info.GetProperty("spec").GetProperty("interactive").GetBoolean());
+    }
+
+    [Fact]
+    public async Task InCluster_UsesTheServiceAccountAndRereadsTheRotatedToken()
+    {
+        var account = Path.Combine(_dir, "serviceaccount");
+        Directory.CreateDirectory(account);
+        File.WriteAllText(Path.Combine(account, "token"), "token-1\n");
+        var (_, cluster, _) = Kubeconfig.Load(FixturePath("csharp-client.kubeconfig.yml")).Select("victorian-context");
+        File.WriteAllBytes(Path.Combine(account, "ca.crt"), Convert.FromBase64String(Kubeconfig.Scalar(cluster, "certificate-authority-data")!));
+        var env = new Dictionary<string, string> { ["KUBERNETES_SERVICE_HOST"] = "10.96.0.1", ["KUBERNETES_SERVICE_PORT"] = "443" };
+        var time = new FakeTimeProvider();
+
+        // Nothing configured and KUBERNETES_SERVICE_HOST set: in-cluster.
+        var connection = Resolve(new KubernetesEngineOptions { TokenRefreshInterval = TimeSpan.FromMinutes(1) }, env, account);
+        var first = await connection.Token!.GetTokenAsync(time, NullLogger.Instance, CancellationToken.None);
+        File.WriteAllText(Path.Combine(account, "token"), "token-2\n");
+        var cached = await connection.Token.GetTokenAsync(time, NullLogger.Instance, CancellationToken.None);
+        time.Advance(TimeSpan.FromMinutes(1));
+        var rotated = await connection.Token.GetTokenAsync(time, NullLogger.Instance, CancellationToken.None);
+
+        Assert.Equal(new Uri("https://10.96.0.1:443"), connection.Server);
+        Assert.Single(connection.CertificateAuthority!);
+        Assert.Equal(("token-1", "token-1", "token-2"), (first, cached, rotated));
+        Assert.Equal("in-cluster service account", connection.Description);
+    }
+
+    [Fact]
+    public void InCluster_WithoutTheEnvironment_NamesTheFix()
+    {
+        var error = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions { InCluster = true }));
+
+        Assert.Contains("KUBERNETES_SERVICE_HOST", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task DirectServer_SendsTheAccessToken()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+
+        await ListOnceAsync(Resolve(new KubernetesEngineOptions { Server = server.BaseAddress, AccessToken = "direct" }));
+
+        Assert.Equal("Bearer direct", server.Requests[^1].Headers["Authorization"]);
+    }
+
+    private static async Task ListOnceAsync(KubernetesConnection connection)
+    {
+        using var http = new HttpClient(connection.CreateHandler(TimeProvider.System, NullLogger.Instance)) { BaseAddress = connection.Server };
+        await new KubernetesApiClient(http, TimeProvider.System).ListJobsAsync("default", null, CancellationToken.None);
+    }
+}

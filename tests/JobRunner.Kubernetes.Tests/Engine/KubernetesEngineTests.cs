@@ -1,0 +1,422 @@
+using System.Text.Json.Nodes;
+using JobRunner.Kubernetes.Testing;
+using JobRunner.Kubernetes.Tests.Support;
+using JobRunner.Testing;
+
+namespace JobRunner.Kubernetes.Tests.Engine;
+
+public sealed class KubernetesEngineTests
+{
+    [Fact]
+    public async Task Execute_Success_CreatesOneJobStreamsLogsAndReportsExitCode()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1", "line 2");
+        var context = new TestContext();
+
+        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.Equal(["line 1", "line 2"], context.Output);
+        Assert.Equal(1, test.Posts);
+        var name = $"jr-{context.JobId}-1";
+        var job = test.Server.GetObject("jobs", "jobs", name)!;
+        var spec = job["spec"]!;
+        Assert.Equal(0, spec["backoffLimit"]!.GetValue<int>());
+        Assert.Equal(3600, spec["ttlSecondsAfterFinished"]!.GetValue<int>());
+        var container = spec["template"]!["spec"]!["containers"]![0]!;
+        Assert.Equal("busybox:1.36", container["image"]!.GetValue<string>());
+        Assert.Equal("500m", container["resources"]!["requests"]!["cpu"]!.GetValue<string>());
+        Assert.Equal("512Mi", container["resources"]!["limits"]!["memory"]!.GetValue<string>());
+        Assert.Equal("Never", spec["template"]!["spec"]!["restartPolicy"]!.GetValue<string>());
+        Assert.Equal("on-demand", job["metadata"]!["labels"]!["jobrunner.io/lifecycle"]!.GetValue<string>());
+        Assert.Contains(container["env"]!.AsArray(), e => e!["name"]!.GetValue<string>() == "GREETING" && e["value"]!.GetValue<string>() == "hi");
+        Assert.Contains(container["env"]!.AsArray(), e => e!["name"]!.GetValue<string>() == "JOBRUNNER_JOB_ID" && e["value"]!.GetValue<string>() == context.JobId.ToString());
+
+        // The name is checkpointed for takeover.
+        Assert.Equal((name, "jobs"), Kubernetes.Engine.KubernetesEngine.ReadCheckpoint(context.SavedCheckpoint));
+    }
+
+    [Fact]
+    public async Task Execute_PlacementAndTimeout_AreMapped()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var spec = K8sTest.Spec() with
+        {
+            NodeSelector = new Dictionary<string, string> { ["pool"] = "batch" },
+            Tolerations = [new Toleration("spot", TolerationOperator.Exists, Effect: "NoSchedule")],
+            Lifecycle = Lifecycle.Spot,
+            Timeout = TimeSpan.FromSeconds(90.5),
+            Resources = new ContainerResources { CpuMillicores = 2000, MemoryMb = 4096, EphemeralStorageMb = 1000, Gpus = 1 },
+        };
+        var context = new TestContext();
+
+        await test.Engine(spec).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        var job = test.Server.GetObject("jobs", "jobs", $"jr-{context.JobId}-1")!;
+        Assert.Equal(91, job["spec"]!["activeDeadlineSeconds"]!.GetValue<long>());
+        var pod = job["spec"]!["template"]!["spec"]!;
+        Assert.Equal("batch", pod["nodeSelector"]!["pool"]!.GetValue<string>());
+        Assert.Equal("Exists", pod["tolerations"]![0]!["operator"]!.GetValue<string>());
+        Assert.Equal("spot", job["metadata"]!["labels"]!["jobrunner.io/lifecycle"]!.GetValue<string>());
+        var limits = pod["containers"]![0]!["resources"]!["limits"]!;
+        Assert.Equal("1", limits["nvidia.com/gpu"]!.GetValue<string>());
+        Assert.Equal("1000Mi", limits["ephemeral-storage"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public async Task Execute_NonZeroExit_FailsPermanentlyWithTheExitCode()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.Exit(3, "boom");
+        var context = new TestContext();
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(3, error.ExitCode);
+        Assert.Equal(ExitReason.NonZeroExit, error.Reason);
+        Assert.False(error.IsTransient);
+        Assert.Equal(3, context.ExitCode);
+        Assert.Contains("boom", context.Output);
+    }
+
+    [Fact]
+    public async Task Execute_TransientExitCode_IsTransient()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.Exit(75);
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine(configure: o => o.TransientExitCodes.Add(75)).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.True(error.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_OomKilled_IsTransientOutOfMemory()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.OomKilled();
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.OutOfMemory, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Equal(137, error.ExitCode);
+        Assert.Contains("OOMKilled", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Execute_Evicted_IsTransient()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { Evicted = true };
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.Evicted, error.Reason);
+        Assert.True(error.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_ImagePullBackOffPastTheLimit_FailsPermanentlyAndDeletesTheJob()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { ImagePullFails = true };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.ImagePullBackOffLimit = TimeSpan.FromMinutes(5)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("ImagePullBackOff");
+        Assert.False(run.IsCompleted);
+        time.Advance(TimeSpan.FromMinutes(5));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.False(error.IsTransient);
+        Assert.Contains("could not be pulled", error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+        Assert.Contains(test.Server.Requests, r => r.Method == "DELETE" && r.Body.Contains("\"propagationPolicy\":\"Background\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Execute_InvalidImageName_FailsPermanentlyAtOnce()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { InvalidImageName = true };
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.False(error.IsTransient);
+    }
+
+    [Fact]
+    public async Task Execute_UnschedulablePastTheLimit_FailsTransiently()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { Unschedulable = true };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("Unschedulable");
+        time.Advance(TimeSpan.FromMinutes(10));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.Unschedulable, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("Insufficient memory", error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_DeadlineExceeded_ThrowsJobTimeoutException()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var never = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        var context = new TestContext();
+        var spec = K8sTest.Spec() with { Timeout = TimeSpan.FromMinutes(2) };
+        var run = test.Engine(spec).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync(": running");
+        test.Server.ExceedDeadline("jobs", $"jr-{context.JobId}-1");
+        var error = await Assert.ThrowsAsync<JobTimeoutException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(TimeSpan.FromMinutes(2), error.Timeout);
+    }
+
+    [Fact]
+    public async Task Execute_Cancelled_DeletesTheJobInTheBackground()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var never = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        var context = new TestContext();
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine().ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync(": running");
+        await cancel.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+        var delete = Assert.Single(test.Server.Requests, r => r.Method == "DELETE");
+        Assert.Equal($"/apis/batch/v1/namespaces/jobs/jobs/jr-{context.JobId}-1", delete.Path);
+        Assert.Equal("Background", JsonNode.Parse(delete.Body)!["propagationPolicy"]!.GetValue<string>());
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+        Assert.Empty(test.Server.Names("pods", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_SecondSubmitOfTheSameAttempt_AdoptsTheJobOn409()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["working"] };
+        var jobId = JobId.New(TimeProvider.System);
+
+        // The first host is stopped gracefully (CheckpointRequested): it leaves the Job running.
+        var first = new TestContext(jobId);
+        using var stop = new CancellationTokenSource();
+        var firstRun = test.Engine().ExecuteAsync(first, stop.Token).AsTask();
+        await first.WaitForLineAsync(": running");
+        first.RequestCheckpoint();
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => firstRun.WaitAsync(K8sTest.Limit));
+        Assert.Single(test.Server.Names("jobs", "jobs"));
+
+        // A second submit of the same attempt, without the checkpoint, gets 409 AlreadyExists and adopts the Job.
+        var second = new TestContext(jobId);
+        var secondRun = test.Engine().ExecuteAsync(second, CancellationToken.None).AsTask();
+        await second.WaitForLineAsync("adopted");
+        release.SetResult();
+        await secondRun.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(2, test.Posts);
+        Assert.Single(test.Server.Names("jobs", "jobs"));
+        Assert.Single(test.Server.Names("pods", "jobs"));
+        Assert.Contains("working", second.Output);
+    }
+
+    [Fact]
+    public async Task Execute_TakeoverAfterHostCrash_ReattachesByCheckpointWithoutSubmittingAgain()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] };
+        var jobId = JobId.New(TimeProvider.System);
+
+        // Host A runs attempt 1, then crashes: its engine host and watch go away, the Job stays.
+        var crashed = test.Host();
+        var a = new TestContext(jobId, attempt: 1);
+        using var abandon = new CancellationTokenSource();
+        var aRun = crashed.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(a, abandon.Token).AsTask();
+        await a.WaitForLineAsync(": running");
+        a.RequestCheckpoint();
+        await abandon.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => aRun.WaitAsync(K8sTest.Limit));
+        await crashed.DisposeAsync();
+
+        // Host B takes the lease over: attempt 2 starts from attempt 1's checkpoint and re-attaches.
+        var b = new TestContext(jobId, attempt: 2, checkpoint: a.SavedCheckpoint);
+        var bRun = test.Engine().ExecuteAsync(b, CancellationToken.None).AsTask();
+        await b.WaitForLineAsync("Re-attached");
+        release.SetResult();
+        await bRun.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(1, test.Posts);
+        Assert.Equal(0, b.ExitCode);
+        Assert.Equal([$"jr-{jobId}-1"], test.Server.Names("jobs", "jobs"));
+        Assert.Contains("from the pod", b.Output);
+    }
+
+    [Fact]
+    public async Task Execute_RetryAfterAFailedAttempt_SubmitsANewJob()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var calls = 0;
+        test.Server.PodBehavior = _ => Interlocked.Increment(ref calls) == 1 ? FakePodScript.OomKilled() : FakePodScript.Succeed("ok");
+        var jobId = JobId.New(TimeProvider.System);
+        var first = new TestContext(jobId, attempt: 1);
+        await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(first, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        var second = new TestContext(jobId, attempt: 2, checkpoint: first.SavedCheckpoint);
+        await test.Engine().ExecuteAsync(second, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(2, test.Posts);
+        Assert.Equal([$"jr-{jobId}-1", $"jr-{jobId}-2"], test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_LogsStreamWhileThePodRuns()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["first"] };
+        var context = new TestContext();
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("first", LogStream.Output);
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "second");
+        await context.WaitForLineAsync("second", LogStream.Output);
+        Assert.False(run.IsCompleted);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(["first", "second"], context.Output);
+        Assert.Equal(1, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Execute_WatchExpiresMidRun_RelistsAndFinishes()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        var context = new TestContext();
+        var host = test.Host();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync(": running");
+        var lists = test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && r.Path.EndsWith("/jobs", StringComparison.Ordinal));
+
+        test.Server.ExpireWatches();
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        var (_, watch) = await host.ConnectAsync(CancellationToken.None);
+        Assert.True(watch.Relists >= 1);
+        Assert.True(test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && r.Path.EndsWith("/jobs", StringComparison.Ordinal)) > lists);
+    }
+
+    [Fact]
+    public async Task Execute_WatchDropped_ReconnectsFromTheLastVersionAndFinishes()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        var context = new TestContext();
+        var host = test.Host();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync(": running");
+
+        test.Server.DropWatches();
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        var (_, watch) = await host.ConnectAsync(CancellationToken.None);
+        Assert.True(watch.Reconnects >= 1);
+        Assert.Equal(0, watch.Relists);
+    }
+
+    [Fact]
+    public async Task Execute_InvalidSpec_FailsBeforeAnyApiCall()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var spec = K8sTest.Spec() with
+        {
+            NodeSelector = new Dictionary<string, string> { ["bad key!"] = "x" },
+            Tolerations = [new Toleration("gpu", Effect: "Sometimes")],
+        };
+
+        var error = await Assert.ThrowsAsync<JobValidationException>(() => test.Engine(spec).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask());
+
+        Assert.Equal(2, error.Errors.Count);
+        Assert.Contains(error.Errors, e => e.Contains("'bad key!' is not a valid label key", StringComparison.Ordinal));
+        Assert.Contains(error.Errors, e => e.Contains("NoSchedule, PreferNoSchedule, NoExecute", StringComparison.Ordinal));
+        Assert.Equal(0, test.Server.RequestCount);
+    }
+
+    [Fact]
+    public async Task Execute_ManyConcurrentAttempts_ShareOneWatchPerResourceAndNeverPoll()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static r => FakePodScript.Succeed(r.JobName);
+        var engine = test.Engine();
+        var contexts = Enumerable.Range(0, 20).Select(_ => new TestContext()).ToList();
+
+        await Task.WhenAll(contexts.Select(c => engine.ExecuteAsync(c, CancellationToken.None).AsTask())).WaitAsync(K8sTest.Limit);
+
+        Assert.All(contexts, static c => Assert.Equal([$"jr-{c.JobId}-1"], c.Output));
+        Assert.Equal(2, test.Server.CountRequests(static r => r.IsWatch));
+        Assert.Equal(20, test.Posts);
+        Assert.Equal(20, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
+        Assert.Equal(2, test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && !r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Execute_CreateThrottled_WaitsRetryAfterThenSubmitsOnce()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(429, count: 1, retryAfterSeconds: 2, match: static r => r.Method == "POST");
+        var time = new TimerSignal();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(2));
+        time.Fake.Advance(TimeSpan.FromSeconds(2));
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(2, test.Posts);
+        Assert.Single(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task FakeServer_ActiveDeadlineOnItsClock_FailsTheJobWithDeadlineExceeded()
+    {
+        var serverTime = new FakeTimeProvider();
+        await using var server = await FakeKubernetesServer.StartAsync(serverTime);
+        var never = new TaskCompletionSource();
+        server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { Server = server.BaseAddress }), TimeProvider.System);
+        await using var _ = host;
+        var context = new TestContext();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec() with { Timeout = TimeSpan.FromSeconds(30) })).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync(": running");
+        serverTime.Advance(TimeSpan.FromSeconds(30));
+
+        await Assert.ThrowsAsync<JobTimeoutException>(() => run.WaitAsync(K8sTest.Limit));
+        var job = server.GetObject("jobs", "default", $"jr-{context.JobId}-1")!;
+        Assert.Contains(job["status"]!["conditions"]!.AsArray(), static c => c!["type"]!.GetValue<string>() == "Failed" && c["reason"]!.GetValue<string>() == "DeadlineExceeded");
+    }
+}

@@ -1,0 +1,55 @@
+using JobRunner.Kubernetes.Engine;
+using JobRunner.Kubernetes.Testing;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Kubernetes.Tests.Support;
+
+/// <summary>A fake API server and an engine host pointed at it; disposed after each test.</summary>
+public sealed class K8sTest : IAsyncDisposable
+{
+    public static readonly TimeSpan Limit = TimeSpan.FromSeconds(30);
+
+    private readonly List<KubernetesEngineHost> _hosts = [];
+
+    private K8sTest(FakeKubernetesServer server)
+    {
+        Server = server;
+    }
+
+    public FakeKubernetesServer Server { get; }
+
+    public static async Task<K8sTest> StartAsync() => new(await FakeKubernetesServer.StartAsync());
+
+    public static ContainerSpec Spec(string image = "busybox:1.36") => new()
+    {
+        Image = image,
+        Command = ["/bin/sh", "-c"],
+        Args = ["echo hello"],
+        Env = [new EnvVar("GREETING", "hi")],
+        Resources = new ContainerResources { CpuMillicores = 500, MemoryMb = 512 },
+    };
+
+    internal KubernetesEngineHost Host(TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null)
+    {
+        var options = new KubernetesEngineOptions { Server = Server.BaseAddress, Namespace = "jobs" };
+        configure?.Invoke(options);
+        var host = new KubernetesEngineHost(Options.Create(options), time ?? TimeProvider.System);
+        _hosts.Add(host);
+        return host;
+    }
+
+    internal IExecutionEngine Engine(ContainerSpec? spec = null, TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null)
+        => Host(time, configure).CreateEngine((_, _) => ValueTask.FromResult(spec ?? Spec()));
+
+    public int Posts => Server.CountRequests(static r => r.Method == "POST");
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var host in _hosts)
+        {
+            await host.DisposeAsync();
+        }
+
+        await Server.DisposeAsync();
+    }
+}
