@@ -40,9 +40,15 @@ pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -o "$pg_options" -l "$pg_dir/server.log
 stops+=("$(declare -f pg_as); pg_as '$pg_bin/pg_ctl' -D '$pg_dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$pg_dir'")
 
 export JOBRUNNER_TEST_POSTGRES="Host=127.0.0.1;Port=$pg_port;Username=postgres;Database=postgres"
-if [ "$(id -u)" -eq 0 ]; then
-  export JOBRUNNER_TEST_POSTGRES_RESTART="runuser -u postgres -- '$pg_bin/pg_ctl' -D '$pg_dir/data' -o '$pg_options' -l '$pg_dir/server.log' -m fast -w -t 60 restart"
-else
-  export JOBRUNNER_TEST_POSTGRES_RESTART="'$pg_bin/pg_ctl' -D '$pg_dir/data' -o '$pg_options' -l '$pg_dir/server.log' -m fast -w -t 60 restart"
-fi
+# The restart script closes every inherited descriptor above stderr first, so that the restarted server holds none of
+# its caller's (a lock file, a test runner's pipe).
+pg_run_as=""
+[ "$(id -u)" -eq 0 ] && pg_run_as="runuser -u postgres --"
+cat >"$pg_dir/restart.sh" <<RESTART
+#!/usr/bin/env bash
+for fd in \$(ls /proc/\$\$/fd); do [ "\$fd" -gt 2 ] && eval "exec \$fd>&-" 2>/dev/null; done
+exec $pg_run_as '$pg_bin/pg_ctl' -D '$pg_dir/data' -o '$pg_options' -l '$pg_dir/server.log' -m fast -w -t 60 restart
+RESTART
+chmod 755 "$pg_dir/restart.sh"
+export JOBRUNNER_TEST_POSTGRES_RESTART="bash $pg_dir/restart.sh"
 echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port ($pg_dir)"
