@@ -13,11 +13,14 @@ namespace JobRunner.Benchmarks;
 /// </summary>
 internal static class PostgresThroughput
 {
-    public static async Task RunAsync(int jobs)
+    private static int s_inFlight = 1;
+
+    public static async Task RunAsync(int jobs, int inFlight = 1)
     {
+        s_inFlight = inFlight;
         var connectionString = Environment.GetEnvironmentVariable("JOBRUNNER_TEST_POSTGRES")
             ?? throw new InvalidOperationException("Set JOBRUNNER_TEST_POSTGRES, or run benchmarks/postgres.sh.");
-        Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores");
+        Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores, {inFlight} batches in flight per kind");
 
         var raw = await RawLoopAsync(connectionString, jobs);
         Console.WriteLine($"baseline: raw batched SKIP LOCKED loop (4 consumers, 100 per batch, one tx each): {raw:N0} jobs/s");
@@ -204,6 +207,7 @@ internal static class PostgresThroughput
                     o.Schema = schema;
                     o.SynchronousCommitForWorkers = durable;
                     o.MaxBatchSize = 1000;
+                    o.MaxBatchesInFlight = s_inFlight;
                 })
                 .ConfigureWorker(w =>
                 {

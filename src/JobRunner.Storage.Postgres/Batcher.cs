@@ -3,19 +3,22 @@ namespace JobRunner.Storage.Postgres;
 /// <summary>
 /// Group commit: concurrent callers' requests are collected while one statement is in flight, and the next flush writes
 /// all of them in one round trip. Idle, a request goes out at once; under load, batches grow to <c>maxBatch</c>.
+/// Up to <c>maxInFlight</c> batches are written at once (each on its own connection).
 /// </summary>
 internal sealed class Batcher<TRequest, TResult>
 {
     private readonly Lock _lock = new();
     private readonly Func<IReadOnlyList<Item>, Task> _flush;
     private readonly int _maxBatch;
+    private readonly int _maxInFlight;
     private List<Item> _pending = [];
-    private bool _flushing;
+    private int _inFlight;
 
-    public Batcher(Func<IReadOnlyList<Item>, Task> flush, int maxBatch)
+    public Batcher(Func<IReadOnlyList<Item>, Task> flush, int maxBatch, int maxInFlight = 1)
     {
         _flush = flush;
         _maxBatch = maxBatch;
+        _maxInFlight = maxInFlight;
     }
 
     public Task<TResult> Enqueue(TRequest request)
@@ -25,8 +28,11 @@ internal sealed class Batcher<TRequest, TResult>
         lock (_lock)
         {
             _pending.Add(item);
-            start = !_flushing;
-            _flushing = true;
+            start = _inFlight < _maxInFlight;
+            if (start)
+            {
+                _inFlight++;
+            }
         }
 
         if (start)
@@ -46,7 +52,7 @@ internal sealed class Batcher<TRequest, TResult>
             {
                 if (_pending.Count == 0)
                 {
-                    _flushing = false;
+                    _inFlight--;
                     return;
                 }
 

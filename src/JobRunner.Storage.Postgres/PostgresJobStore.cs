@@ -42,9 +42,9 @@ internal sealed partial class PostgresJobStore : IJobStore
         _time = db.Time;
         _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
         var max = db.Options.MaxBatchSize;
-        _inserts = new(InsertBatchAsync, max);
-        _leases = new(LeaseBatchAsync, max);
-        _completions = new(CompleteBatchAsync, max);
+        _inserts = new(InsertBatchAsync, max, db.Options.MaxBatchesInFlight);
+        _leases = new(LeaseBatchAsync, max, db.Options.MaxBatchesInFlight);
+        _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
         var s = db.Schema;
         _history = db.Options.WriteHistory

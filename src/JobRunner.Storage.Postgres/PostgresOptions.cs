@@ -35,6 +35,9 @@ public sealed class PostgresOptions
     /// <summary>Gets or sets the most rows one batched statement writes (inserts, leases, completions). Default 500.</summary>
     public int MaxBatchSize { get; set; } = 500;
 
+    /// <summary>Gets or sets how many batches of one kind (inserts, leases, completions) are written at once. Default 1.</summary>
+    public int MaxBatchesInFlight { get; set; } = 1;
+
     /// <summary>
     /// Gets or sets how many times a job's lease may expire (its worker died during the attempt) before the job is
     /// quarantined as <see cref="JobState.Failed"/>. Default 5.
