@@ -11,7 +11,7 @@ using Npgsql;
 
 var (connectionString, schema, name) = (args[0], args[1], args[2]);
 var builder = Host.CreateApplicationBuilder();
-builder.Logging.SetMinimumLevel(LogLevel.Warning);
+builder.Logging.SetMinimumLevel(LogLevel.Error);
 builder.Services.AddSingleton(new FleetLog(NpgsqlDataSource.Create(connectionString), schema));
 builder.Services.AddJobRunner(r => r
     .UsePostgres(connectionString, o =>
