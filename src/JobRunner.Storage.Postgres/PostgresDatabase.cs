@@ -31,27 +31,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         CancelChannel = Options.Schema + "_cancel";
         Client = Build(synchronousCommit: true, applicationName: "jobrunner");
         Worker = Options.SynchronousCommitForWorkers ? Client : Build(synchronousCommit: false, applicationName: "jobrunner-worker");
-        Pipeline = new ResiliencePipelineBuilder
-        {
-            TimeProvider = time,
-        }.AddRetry(new RetryStrategyOptions
-        {
-            ShouldHandle = new PredicateBuilder().Handle<NpgsqlException>(static e => e.IsTransient),
-            MaxRetryAttempts = Math.Max(Options.MaxRetries, 1),
-            BackoffType = DelayBackoffType.Exponential,
-            Delay = TimeSpan.FromMilliseconds(200),
-            MaxDelay = TimeSpan.FromSeconds(5),
-            UseJitter = true,
-            OnRetry = args =>
-            {
-                Log.Retrying(_logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
-                return ValueTask.CompletedTask;
-            },
-        }).Build();
-        if (Options.MaxRetries == 0)
-        {
-            Pipeline = ResiliencePipeline.Empty;
-        }
+        Pipeline = Options.MaxRetries == 0 ? ResiliencePipeline.Empty : BuildRetryPipeline(time);
     }
 
     public PostgresOptions Options { get; }
@@ -200,6 +180,24 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             await Worker.DisposeAsync().ConfigureAwait(false);
         }
     }
+
+    private ResiliencePipeline BuildRetryPipeline(TimeProvider time) => new ResiliencePipelineBuilder
+    {
+        TimeProvider = time,
+    }.AddRetry(new RetryStrategyOptions
+    {
+        ShouldHandle = new PredicateBuilder().Handle<NpgsqlException>(static e => e.IsTransient),
+        MaxRetryAttempts = Options.MaxRetries,
+        BackoffType = DelayBackoffType.Exponential,
+        Delay = TimeSpan.FromMilliseconds(200),
+        MaxDelay = TimeSpan.FromSeconds(5),
+        UseJitter = true,
+        OnRetry = args =>
+        {
+            Log.Retrying(_logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
+            return ValueTask.CompletedTask;
+        },
+    }).Build();
 
     private NpgsqlDataSource Build(bool synchronousCommit, string applicationName)
     {
