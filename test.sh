@@ -9,6 +9,8 @@ configuration=Release
 results="$(pwd)/artifacts/test-results"
 rm -rf "$results"
 mkdir -p "$results"
+# Tests that measure something (the PostgreSQL fleet test) append a line here; it is printed at the end.
+export JOBRUNNER_TEST_REPORT="$results/report.txt"
 
 pids=()
 stops=()
@@ -60,5 +62,6 @@ if [ "$failed" -gt 0 ] || [ "$passed" -eq 0 ]; then
   status=1
 fi
 
+[ -s "$JOBRUNNER_TEST_REPORT" ] && cat "$JOBRUNNER_TEST_REPORT"
 echo "$passed passed, $failed failed"
 exit "$status"

@@ -131,7 +131,11 @@ public sealed class FleetReliabilityTests(ITestOutputHelper output) : IAsyncLife
         output.WriteLine($"terminal {terminal}, succeeded {succeeded}, lost {lost}, completed twice {completedTwice}");
         output.WriteLine($"jobs with more than one attempt {reclaimed}, attempts resumed from a checkpoint {resumed}, resumed behind the last checkpoint {resumedBehind}");
         output.WriteLine($"stale writes accepted: checkpoints {staleCheckpoints}, completions {staleCompletions}");
-        Console.WriteLine($"[fleet] jobs {JobCount} kills {kills} restartedDb {restarted} terminal {terminal} succeeded {succeeded} lost {lost} completedTwice {completedTwice} resumed {resumed} resumedBehind {resumedBehind} staleAccepted {staleCheckpoints + staleCompletions} seconds {elapsed.TotalSeconds:F1}");
+        var summary = $"[fleet] jobs {JobCount} kills {kills} restartedDb {restarted} terminal {terminal} succeeded {succeeded} lost {lost} completedTwice {completedTwice} resumed {resumed} resumedBehind {resumedBehind} staleAccepted {staleCheckpoints + staleCompletions} seconds {elapsed.TotalSeconds:F1}";
+        if (Environment.GetEnvironmentVariable("JOBRUNNER_TEST_REPORT") is { Length: > 0 } report)
+        {
+            await File.AppendAllTextAsync(report, summary + Environment.NewLine);
+        }
 
         Assert.True(restarted);
         Assert.True(kills >= 3, $"only {kills} kills");
