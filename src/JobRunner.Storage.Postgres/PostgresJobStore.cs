@@ -799,18 +799,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         if (_events.HasSubscribers)
         {
-            _events.Publish(new JobEvent
-            {
-                Kind = JobEventKind.StateChanged,
-                JobId = job.Id,
-                Tenant = job.Request.Tenant,
-                Workload = job.Request.Workload,
-                Timestamp = job.UpdatedAt,
-                State = job.State,
-                PreviousState = previous,
-                Attempt = job.Attempts.Count,
-                Message = message,
-            });
+            _events.Publish(JobEvent.StateChanged(job, previous, message));
         }
     }
 

@@ -54,6 +54,31 @@ public sealed record JobEvent
 
     /// <summary>Gets a human-readable detail: the error, the cancel reason, the retry time.</summary>
     public string? Message { get; init; }
+
+    /// <summary>
+    /// Creates the <see cref="JobEventKind.StateChanged"/> event for <paramref name="job"/> as it is now: its state, its
+    /// update time, and its latest attempt. Stores publish these for every transition.
+    /// </summary>
+    /// <param name="job">The job after the change.</param>
+    /// <param name="previousState">The state before; <see langword="null"/> for a new job.</param>
+    /// <param name="message">The detail, if any.</param>
+    /// <returns>The event.</returns>
+    public static JobEvent StateChanged(JobRecord job, JobState? previousState = null, string? message = null)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        return new JobEvent
+        {
+            Kind = JobEventKind.StateChanged,
+            JobId = job.Id,
+            Tenant = job.Request.Tenant,
+            Workload = job.Request.Workload,
+            Timestamp = job.UpdatedAt,
+            State = job.State,
+            PreviousState = previousState,
+            Attempt = job.Attempts.Count,
+            Message = message,
+        };
+    }
 }
 
 /// <summary>Selects events for <see cref="IJobClient.WatchAsync(JobEventFilter, CancellationToken)"/>. Unset fields match all.</summary>

@@ -113,18 +113,7 @@ internal sealed class JobClient(
         using (subscription)
         {
             var job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
-            yield return new JobEvent
-            {
-                Kind = JobEventKind.StateChanged,
-                JobId = id,
-                Tenant = job.Request.Tenant,
-                Workload = job.Request.Workload,
-                Timestamp = job.UpdatedAt,
-                State = job.State,
-                Attempt = job.Attempts.Count,
-                Progress = job.Progress,
-                Message = job.State.IsTerminal() ? job.LastError ?? job.CancelReason : null,
-            };
+            yield return JobEvent.StateChanged(job, message: job.State.IsTerminal() ? job.LastError ?? job.CancelReason : null) with { Progress = job.Progress };
             if (job.State.IsTerminal())
             {
                 yield break;
