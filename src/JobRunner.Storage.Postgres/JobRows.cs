@@ -15,28 +15,28 @@ internal static class JobRows
 
     public const string QueueColumns = "id, priority, tenant, workload, concurrency_key, enqueued_at";
 
-    public static JobRecord Read(NpgsqlDataReader row, int offset = 0)
+    public static JobRecord Read(NpgsqlDataReader row)
     {
-        var labels = row.IsDBNull(offset + 8) ? null : ReadLabels(row.GetString(offset + 8));
-        var request = new JobRequest(row.GetString(offset + 2))
+        var labels = row.IsDBNull(8) ? null : ReadLabels(row.GetString(8));
+        var request = new JobRequest(row.GetString(2))
         {
-            Input = row.GetFieldValue<byte[]>(offset + 9),
-            Tenant = row.GetString(offset + 1),
-            Priority = row.GetInt16(offset + 3),
-            ConcurrencyKey = NullableString(row, offset + 4),
-            DedupeKey = NullableString(row, offset + 5),
-            CorrelationId = NullableString(row, offset + 6),
-            ParentId = row.IsDBNull(offset + 7) ? null : new JobId(row.GetGuid(offset + 7)),
-            NotBefore = row.IsDBNull(offset + 10) ? null : row.GetFieldValue<DateTimeOffset>(offset + 10),
-            Timeout = row.IsDBNull(offset + 11) ? null : TimeSpan.FromMilliseconds(row.GetInt64(offset + 11)),
-            Retry = row.IsDBNull(offset + 12) ? null : ReadRetry(row.GetString(offset + 12)),
+            Input = row.GetFieldValue<byte[]>(9),
+            Tenant = row.GetString(1),
+            Priority = row.GetInt16(3),
+            ConcurrencyKey = NullableString(row, 4),
+            DedupeKey = NullableString(row, 5),
+            CorrelationId = NullableString(row, 6),
+            ParentId = row.IsDBNull(7) ? null : new JobId(row.GetGuid(7)),
+            NotBefore = row.IsDBNull(10) ? null : row.GetFieldValue<DateTimeOffset>(10),
+            Timeout = row.IsDBNull(11) ? null : TimeSpan.FromMilliseconds(row.GetInt64(11)),
+            Retry = row.IsDBNull(12) ? null : ReadRetry(row.GetString(12)),
         };
         if (labels is not null)
         {
             request = request with { Labels = labels };
         }
 
-        var state = (JobState)row.GetInt16(offset + 13);
+        var state = (JobState)row.GetInt16(13);
         if (!Enum.IsDefined(state))
         {
             throw new InvalidDataException($"Unknown state {(int)state}.");
@@ -44,21 +44,21 @@ internal static class JobRows
 
         return new JobRecord
         {
-            Id = new JobId(row.GetGuid(offset)),
+            Id = new JobId(row.GetGuid(0)),
             Request = request,
             State = state,
-            DueAt = state == JobState.Scheduled ? row.GetFieldValue<DateTimeOffset>(offset + 14) : null,
-            CreatedAt = row.GetFieldValue<DateTimeOffset>(offset + 15),
-            UpdatedAt = row.GetFieldValue<DateTimeOffset>(offset + 16),
-            FenceToken = row.GetInt64(offset + 17),
-            Attempts = ReadAttempts(row.GetString(offset + 18)),
-            Checkpoint = row.IsDBNull(offset + 19) ? (ReadOnlyMemory<byte>?)null : row.GetFieldValue<byte[]>(offset + 19),
-            Progress = row.IsDBNull(offset + 20) && row.IsDBNull(offset + 21)
+            DueAt = state == JobState.Scheduled ? row.GetFieldValue<DateTimeOffset>(14) : null,
+            CreatedAt = row.GetFieldValue<DateTimeOffset>(15),
+            UpdatedAt = row.GetFieldValue<DateTimeOffset>(16),
+            FenceToken = row.GetInt64(17),
+            Attempts = ReadAttempts(row.GetString(18)),
+            Checkpoint = row.IsDBNull(19) ? (ReadOnlyMemory<byte>?)null : row.GetFieldValue<byte[]>(19),
+            Progress = row.IsDBNull(20) && row.IsDBNull(21)
                 ? null
-                : new JobProgress(row.IsDBNull(offset + 20) ? null : row.GetDouble(offset + 20), NullableString(row, offset + 21)),
-            CancelRequested = row.GetBoolean(offset + 22),
-            CancelReason = NullableString(row, offset + 23),
-            LastError = NullableString(row, offset + 24),
+                : new JobProgress(row.IsDBNull(20) ? null : row.GetDouble(20), NullableString(row, 21)),
+            CancelRequested = row.GetBoolean(22),
+            CancelReason = NullableString(row, 23),
+            LastError = NullableString(row, 24),
         };
     }
 

@@ -1,7 +1,6 @@
 using System.Text.Json;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
 namespace JobRunner.Storage.Postgres;
@@ -17,11 +16,11 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     private readonly PostgresJobStore _store;
     private readonly ILogger _logger;
 
-    public PostgresBackgroundService(PostgresDatabase db, PostgresJobStore store, ILoggerFactory? loggers = null)
+    public PostgresBackgroundService(PostgresDatabase db, PostgresJobStore store)
     {
         _db = db;
         _store = store;
-        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+        _logger = db.Logger;
     }
 
     /// <summary>Gets a task that completes each time the listener (re)connects; for tests.</summary>

@@ -17,7 +17,6 @@ namespace JobRunner.Storage.Postgres;
 internal sealed partial class PostgresDatabase : IAsyncDisposable
 {
     private readonly Lock _migrationLock = new();
-    private readonly ILogger _logger;
     private Task? _migration;
     private int _notifyState; // 0 idle, 1 a NOTIFY in flight, 2 in flight and another requested
 
@@ -25,7 +24,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     {
         Options = options.Value;
         Time = time;
-        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+        Logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
         Schema = "\"" + Options.Schema + "\"";
         ReadyChannel = Options.Schema + "_ready";
         CancelChannel = Options.Schema + "_cancel";
@@ -35,6 +34,9 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     }
 
     public PostgresOptions Options { get; }
+
+    /// <summary>Gets the package's logger, shared by the store, the queue and the background service.</summary>
+    public ILogger Logger { get; }
 
     public TimeProvider Time { get; }
 
@@ -130,7 +132,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             catch (Exception e)
             {
                 // Peers fall back to polling.
-                Log.NotifyFailed(_logger, e);
+                Log.NotifyFailed(Logger, e);
             }
         }
         while (Interlocked.CompareExchange(ref _notifyState, 0, 1) != 1);
@@ -194,7 +196,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         UseJitter = true,
         OnRetry = args =>
         {
-            Log.Retrying(_logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
+            Log.Retrying(Logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
             return ValueTask.CompletedTask;
         },
     }).Build();

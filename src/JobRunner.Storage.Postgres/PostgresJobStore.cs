@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -33,23 +32,20 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly string _completeSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
-    private readonly string _history;
 
-    public PostgresJobStore(PostgresDatabase db, IJobEventBus events, ILoggerFactory? loggers = null)
+    public PostgresJobStore(PostgresDatabase db, IJobEventBus events)
     {
         _db = db;
         _events = events;
         _time = db.Time;
-        _logger = (ILogger?)loggers?.CreateLogger("JobRunner.Storage.Postgres") ?? NullLogger.Instance;
+        _logger = db.Logger;
         var max = db.Options.MaxBatchSize;
         _inserts = new(InsertBatchAsync, max, db.Options.MaxBatchesInFlight);
         _leases = new(LeaseBatchAsync, max, db.Options.MaxBatchesInFlight);
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
         var s = db.Schema;
-        _history = db.Options.WriteHistory
-            ? $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}} FROM u)"
-            : "";
+        var history = $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}} FROM u)";
         _insertSql = $"""
             WITH u AS (
                 INSERT INTO {s}.jobs (id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
@@ -127,7 +123,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             SELECT {JobRows.Columns}, (SELECT count(*) FROM n) FROM u
             """;
 
-        string History(string message) => db.Options.WriteHistory ? string.Format(CultureInfo.InvariantCulture, _history, message) : "";
+        string History(string message) => db.Options.WriteHistory ? string.Format(CultureInfo.InvariantCulture, history, message) : "";
     }
 
     public async ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken)
@@ -433,7 +429,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
             command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, int Attempt, Exception? Error)>();
+            var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, Exception? Error)>();
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
@@ -442,11 +438,11 @@ internal sealed partial class PostgresJobStore : IJobStore
                 try
                 {
                     var job = JobRows.Read(reader);
-                    granted[id] = (job, job.FenceToken, job.Attempts.Count, null);
+                    granted[id] = (job, job.FenceToken, null);
                 }
                 catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
                 {
-                    granted[id] = (null, reader.GetInt64(17), 0, e);
+                    granted[id] = (null, reader.GetInt64(17), e);
                 }
             }
 
@@ -582,11 +578,6 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         var updated = await _completions.Enqueue(new Completion(lease, completion)).WaitAsync(cancellationToken).ConfigureAwait(false);
         PublishState(updated, JobState.Running, completion.Error);
-        if (updated.State is JobState.Queued or JobState.Scheduled)
-        {
-            _db.NotifyReady();
-        }
-
         return updated;
     }
 
@@ -746,11 +737,6 @@ internal sealed partial class PostgresJobStore : IJobStore
             {
                 ready.Add(job);
             }
-        }
-
-        if (ready.Count > 0)
-        {
-            _db.NotifyReady();
         }
 
         return ready;
