@@ -57,8 +57,8 @@ public static class JobRunnerBuilderAwsExtensions
     }
 
     /// <summary>
-    /// Registers an <see cref="ICheckpointStore"/> over S3: one object per fence token, the newest valid one wins, and a
-    /// writer with a stale lease can never replace a newer checkpoint.
+    /// Keeps checkpoints in S3 instead of the job records (<see cref="JobRunnerBuilder.UseCheckpointStore"/>): one object
+    /// per fence token, the newest valid one wins, and a writer with a stale lease can never replace a newer checkpoint.
     /// </summary>
     /// <param name="builder">The builder.</param>
     /// <param name="configure">Sets the bucket, prefix, region and endpoint.</param>
@@ -72,7 +72,7 @@ public static class JobRunnerBuilderAwsExtensions
         services.AddOptions<S3StoreOptions>(CheckpointsName).Configure(configure).ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<S3StoreOptions>, S3StoreOptionsValidator>());
         services.TryAddSingleton(static sp => new S3CheckpointStore(AwsSetup.CreateBucket(sp.GetRequiredService<IOptionsMonitor<S3StoreOptions>>().Get(CheckpointsName))));
-        services.Replace(ServiceDescriptor.Singleton<ICheckpointStore>(static sp => sp.GetRequiredService<S3CheckpointStore>()));
+        builder.UseCheckpointStore(static sp => sp.GetRequiredService<S3CheckpointStore>());
         AddStartStep(services, static (sp, ct) => sp.GetRequiredService<S3CheckpointStore>().Bucket.EnsureExistsAsync(sp.GetRequiredService<IOptionsMonitor<S3StoreOptions>>().Get(CheckpointsName).CreateBucket, ct));
         return builder;
     }

@@ -198,6 +198,20 @@ public sealed class JobRunnerBuilder
         return this;
     }
 
+    /// <summary>
+    /// Keeps checkpoints in <paramref name="factory"/>'s store instead of the job records: attempts start from its newest
+    /// valid checkpoint and save there. Before each save the worker renews the lease through the job store, so a writer
+    /// whose lease was taken over is refused before it writes.
+    /// </summary>
+    /// <param name="factory">Builds the checkpoint store once.</param>
+    /// <returns>The same builder so that additional calls can be chained.</returns>
+    public JobRunnerBuilder UseCheckpointStore(Func<IServiceProvider, ICheckpointStore> factory)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        Services.Replace(ServiceDescriptor.Singleton(factory));
+        return this;
+    }
+
     private static IExecutionEngine CreateProcessEngine(IServiceProvider services, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
         => services.GetService<IContainerEngineProvider>() is { } provider
             ? provider.CreateEngine(resolve)

@@ -3,10 +3,10 @@ using System.Text.Json;
 namespace JobRunner.Worker;
 
 /// <summary>The context of one running attempt; every write carries its lease.</summary>
-internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveAttempt attempt) : WorkloadContext
+internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveAttempt attempt, ReadOnlyMemory<byte>? checkpoint) : WorkloadContext
 {
     private readonly JobLease _lease = leased.Lease;
-    private ReadOnlyMemory<byte>? _checkpoint = leased.Job.Checkpoint;
+    private ReadOnlyMemory<byte>? _checkpoint = checkpoint;
 
     public override JobId JobId => _lease.JobId;
 
@@ -30,7 +30,7 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
     public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
-        await worker.Store.SaveCheckpointAsync(_lease, checkpoint, cancellationToken).ConfigureAwait(false);
+        await worker.Checkpoints.SaveAsync(leased.Job, _lease, checkpoint, worker.LeaseDuration, cancellationToken).ConfigureAwait(false);
         _checkpoint = checkpoint;
     }
 

@@ -65,6 +65,7 @@ internal sealed partial class JobWorker : BackgroundService
         Services = services;
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _scheduler = scheduler;
+        Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time);
         var capacity = _options.Slots + schedulerOptions.Value.Lookahead;
         _held = new SemaphoreSlim(capacity, capacity);
     }
@@ -72,6 +73,10 @@ internal sealed partial class JobWorker : BackgroundService
     public IJobStore Store { get; }
 
     public ILogStore Logs { get; }
+
+    public CheckpointRouter Checkpoints { get; }
+
+    public TimeSpan LeaseDuration => _options.LeaseDuration;
 
     public TimeProvider Time { get; }
 
@@ -373,12 +378,14 @@ internal sealed partial class JobWorker : BackgroundService
             activity.SetTag("jobrunner.correlation_id", job.Request.CorrelationId);
         }
 
-        var context = new AttemptContext(this, leased, attempt);
         _telemetry.Started(tenant, workload.Name);
         var started = Time.GetTimestamp();
+        AttemptContext? context = null;
         Exception? error = null;
         try
         {
+            var checkpoint = await Checkpoints.LoadAsync(job, attempt.Token).ConfigureAwait(false);
+            context = new AttemptContext(this, leased, attempt, checkpoint);
             var execution = workload.Engine.ExecuteAsync(context, attempt.Token);
             if (execution.IsCompletedSuccessfully)
             {
@@ -412,7 +419,7 @@ internal sealed partial class JobWorker : BackgroundService
         }
 
         var completion = Decide(job, workload, attempt, reason, error);
-        if (completion is not null && (context.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
+        if (completion is not null && (context?.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
         {
             completion = completion with { ExitCode = exitCode };
         }

@@ -1,0 +1,55 @@
+namespace JobRunner.Worker;
+
+/// <summary>
+/// Where an attempt's checkpoints go: into the job record through <see cref="IJobStore"/>, or, when the host registered
+/// an <see cref="ICheckpointStore"/>, into that store. The job store stays the authority on leases: before a save to a
+/// checkpoint store the lease is renewed through the job store, so a writer whose lease was taken over is refused with
+/// <see cref="StaleFenceTokenException"/> before it writes. The checkpoint store itself never lets an older fence
+/// replace a newer one.
+/// </summary>
+internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkpoints, IJobEventBus events, TimeProvider time)
+{
+    /// <summary>Reads the checkpoint an attempt starts from: the checkpoint store's newest valid one, else the record's.</summary>
+    public async ValueTask<ReadOnlyMemory<byte>?> LoadAsync(JobRecord job, CancellationToken cancellationToken)
+    {
+        if (checkpoints is null)
+        {
+            return job.Checkpoint;
+        }
+
+        var stored = await checkpoints.LoadAsync(job.Id, cancellationToken).ConfigureAwait(false);
+
+        // A record checkpoint written before the host registered the checkpoint store still counts.
+        return stored is null ? job.Checkpoint : stored.Data;
+    }
+
+    public async ValueTask SaveAsync(JobRecord job, JobLease lease, ReadOnlyMemory<byte> checkpoint, TimeSpan leaseDuration, CancellationToken cancellationToken)
+    {
+        if (checkpoints is null)
+        {
+            await store.SaveCheckpointAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        var lost = await store.RenewLeasesAsync([lease], leaseDuration, cancellationToken).ConfigureAwait(false);
+        if (lost.Count != 0)
+        {
+            throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, currentToken: null, "the lease was lost before the checkpoint was saved");
+        }
+
+        await checkpoints.SaveAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
+        if (events.HasSubscribers)
+        {
+            events.Publish(new JobEvent
+            {
+                Kind = JobEventKind.Checkpointed,
+                JobId = job.Id,
+                Tenant = job.Request.Tenant,
+                Workload = job.Request.Workload,
+                Timestamp = time.GetUtcNow(),
+                State = JobState.Running,
+                Attempt = lease.Attempt,
+            });
+        }
+    }
+}
