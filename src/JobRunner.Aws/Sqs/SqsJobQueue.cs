@@ -166,6 +166,15 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             return;
         }
 
+        if (jobs.Count == 1 && jobs[0].Receipt is SqsReceipt { PayloadKey: null } only)
+        {
+            // One job per call is how the worker acknowledges: no list, no WhenAll.
+            ForgetOverflow(jobs[0]);
+            var delete = _bands[only.Band].Deletes.AddAsync(only.Handle);
+            await (cancellationToken.CanBeCanceled ? delete.WaitAsync(cancellationToken) : delete).ConfigureAwait(false);
+            return;
+        }
+
         var deletes = new List<Task>(jobs.Count);
         foreach (var job in jobs)
         {
@@ -337,7 +346,15 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     {
         lock (_lock)
         {
-            _overflow.Remove(job);
+            // Usually empty: a job is acknowledged after it was handed out. Compare references, not the record's fields.
+            for (var i = 0; i < _overflow.Count; i++)
+            {
+                if (ReferenceEquals(_overflow[i], job))
+                {
+                    _overflow.RemoveAt(i);
+                    return;
+                }
+            }
         }
     }
 
@@ -369,6 +386,13 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         {
             var handle = message.GetProperty("ReceiptHandle").GetString()!;
             var body = message.TryGetProperty("Body", out var b) ? b.GetString() ?? "" : "";
+            if (SqsMessage.TryDecode(body, out var decoded, out var pointer, out _) && pointer is null && !(decoded.DueAt is { } due && due - receivedAt > TimeSpan.FromSeconds(1)))
+            {
+                // The common case, without a task: a dispatch body that is due.
+                ready.Add(decoded with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, PayloadKey: null) });
+                continue;
+            }
+
             var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
             try
             {
@@ -390,7 +414,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
     }
 
-    /// <summary>Turns a message into a ready job; poison goes to the dead-letter queue, a job not due yet waits longer.</summary>
+    /// <summary>Turns a message into a ready job; poison goes to the dead-letter queue, a body in S3 is fetched, a job not due yet waits longer.</summary>
     private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility)
     {
         var ct = _stopping;

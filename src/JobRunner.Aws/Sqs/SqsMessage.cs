@@ -57,53 +57,118 @@ internal static class SqsMessage
     /// <summary>Reads a body; <see langword="false"/> (with the reason) for a poison message that no version of JobRunner wrote.</summary>
     public static bool TryDecode(string body, out QueuedJob job, out string? pointer, out string? problem)
     {
+        // One forward pass of a Utf8JsonReader over the UTF-8 body: no document, no copies beyond the job's strings.
         job = null!;
         pointer = null;
+        var rented = ArrayPool<byte>.Shared.Rent(Encoding.UTF8.GetMaxByteCount(body.Length));
         try
         {
-            using var doc = JsonDocument.Parse(body);
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("v", out var v) || v.ValueKind != JsonValueKind.Number || v.GetInt32() != 1)
+            var length = Encoding.UTF8.GetBytes(body, rented);
+            var reader = new Utf8JsonReader(rented.AsSpan(0, length));
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
             {
                 problem = "not a JobRunner dispatch message (version 1)";
                 return false;
             }
 
-            if (root.TryGetProperty("s3", out var s3) && s3.GetString() is { Length: > 0 } key)
+            int? version = null, priority = null;
+            Guid? id = null;
+            string? tenant = null, workload = null, key = null;
+            long? enqueued = null, due = null;
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
-                pointer = key;
+                var name = reader.ValueSpan;
+                reader.Read();
+                if (name.SequenceEqual("v"u8) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var v))
+                {
+                    version = v;
+                }
+                else if (name.SequenceEqual("s3"u8) && reader.TokenType == JsonTokenType.String)
+                {
+                    pointer = reader.GetString();
+                }
+                else if (name.SequenceEqual("id"u8) && reader.TokenType == JsonTokenType.String && reader.TryGetGuid(out var guid))
+                {
+                    id = guid;
+                }
+                else if (name.SequenceEqual("p"u8) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var p))
+                {
+                    priority = p;
+                }
+                else if (name.SequenceEqual("t"u8) && reader.TokenType == JsonTokenType.String)
+                {
+                    tenant = reader.GetString();
+                }
+                else if (name.SequenceEqual("w"u8) && reader.TokenType == JsonTokenType.String)
+                {
+                    workload = reader.GetString();
+                }
+                else if (name.SequenceEqual("k"u8) && reader.TokenType == JsonTokenType.String)
+                {
+                    key = reader.GetString();
+                }
+                else if (name.SequenceEqual("e"u8) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt64(out var e))
+                {
+                    enqueued = e;
+                }
+                else if (name.SequenceEqual("d"u8) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt64(out var d))
+                {
+                    due = d;
+                }
+                else
+                {
+                    // A field a later version added, or one of a type this version does not read.
+                    reader.Skip();
+                }
+            }
+
+            if (reader.TokenType != JsonTokenType.EndObject || reader.Read())
+            {
+                problem = "the body is not valid: it is not one complete JSON object";
+                return false;
+            }
+
+            if (version != 1)
+            {
+                problem = "not a JobRunner dispatch message (version 1)";
+                return false;
+            }
+
+            if (pointer is { Length: > 0 })
+            {
                 problem = null;
                 return true;
             }
 
-            if (!root.TryGetProperty("id", out var id) || !id.TryGetGuid(out var guid)
-                || !root.TryGetProperty("p", out var p) || !p.TryGetInt32(out var priority) || priority is < JobRequest.MinPriority or > JobRequest.MaxPriority
-                || !root.TryGetProperty("t", out var t) || t.GetString() is not { Length: > 0 } tenant
-                || !root.TryGetProperty("w", out var w) || w.GetString() is not { Length: > 0 } workload
-                || !root.TryGetProperty("e", out var e) || !e.TryGetInt64(out var enqueued))
+            pointer = null;
+            if (id is null || priority is not (>= JobRequest.MinPriority and <= JobRequest.MaxPriority) || string.IsNullOrEmpty(tenant) || string.IsNullOrEmpty(workload) || enqueued is null)
             {
                 problem = "a required field (id, p, t, w, e) is missing or invalid";
                 return false;
             }
 
-            DateTimeOffset? due = root.TryGetProperty("d", out var d) && d.TryGetInt64(out var dueMs) ? DateTimeOffset.FromUnixTimeMilliseconds(dueMs) : null;
             job = new QueuedJob
             {
-                Id = new JobId(guid),
-                Priority = priority,
+                Id = new JobId(id.Value),
+                Priority = priority.Value,
                 Tenant = tenant,
                 Workload = workload,
-                ConcurrencyKey = root.TryGetProperty("k", out var k) ? k.GetString() : null,
-                EnqueuedAt = DateTimeOffset.FromUnixTimeMilliseconds(enqueued),
-                DueAt = due,
+                ConcurrencyKey = key,
+                EnqueuedAt = DateTimeOffset.FromUnixTimeMilliseconds(enqueued.Value),
+                DueAt = due is { } dueMs ? DateTimeOffset.FromUnixTimeMilliseconds(dueMs) : null,
             };
             problem = null;
             return true;
         }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or ArgumentOutOfRangeException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentOutOfRangeException)
         {
+            pointer = null;
             problem = "the body is not valid: " + e.Message;
             return false;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
         }
     }
 

@@ -37,10 +37,32 @@ public sealed class SqsUnitTests
     [InlineData("{\"v\":1,\"id\":\"nope\",\"p\":5,\"t\":\"a\",\"w\":\"w\",\"e\":1}")]
     [InlineData("{\"v\":1,\"id\":\"0193a3c4-0000-7000-8000-000000000000\",\"p\":11,\"t\":\"a\",\"w\":\"w\",\"e\":1}")]
     [InlineData("{\"v\":1,\"id\":\"0193a3c4-0000-7000-8000-000000000000\",\"p\":5,\"w\":\"w\",\"e\":1}")]
+    [InlineData("{\"v\":1,\"id\":\"0193a3c4-0000-7000-8000-000000000000\",\"p\":5,\"t\":\"a\",\"w\":\"w\",\"e\":1}{}")]
+    [InlineData("{\"v\":1,\"id\":\"0193a3c4-0000-7000-8000-000000000000\",\"p\":5,")]
+    [InlineData("{\"v\":1,\"s3\":\"\"}")]
+    [InlineData("{\"v\":\"1\",\"s3\":\"key\"}")]
     public void Message_Poison_IsRejectedWithAReason(string body)
     {
         Assert.False(SqsMessage.TryDecode(body, out _, out _, out var problem));
         Assert.False(string.IsNullOrEmpty(problem));
+    }
+
+    [Fact]
+    public void Message_FieldsOfALaterVersion_AreSkipped()
+    {
+        const string body = "{\"v\":1,\"x\":{\"nested\":[1,2]},\"id\":\"0193a3c4-0000-7000-8000-000000000000\",\"p\":5,\"t\":\"a\",\"w\":\"w\",\"k\":null,\"e\":1,\"y\":\"z\"}";
+
+        Assert.True(SqsMessage.TryDecode(body, out var job, out var pointer, out _));
+        Assert.Null(pointer);
+        Assert.Equal(("a", "w", 5, (string?)null), (job.Tenant, job.Workload, job.Priority, job.ConcurrencyKey));
+    }
+
+    [Fact]
+    public void Message_Pointer_RoundTrips()
+    {
+        Assert.True(SqsMessage.TryDecode(SqsMessage.EncodePointer("payloads/abc"), out _, out var pointer, out var problem));
+        Assert.Equal("payloads/abc", pointer);
+        Assert.Null(problem);
     }
 
     [Fact]
