@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the PostgreSQL end-to-end benchmark against a throwaway server (started and stopped here).
-# Usage: benchmarks/postgres.sh [jobs] [batches in flight]   (defaults 50,000 and 1)
+# Usage: benchmarks/postgres.sh [jobs] [batches in flight] [drain]   (defaults 50,000 and 1; "drain": baseline and durable drain only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pids=()
@@ -11,4 +11,4 @@ cleanup() {
 }
 trap cleanup EXIT
 source eng/test-services/postgres.sh
-dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- postgres "${1:-50000}" "${2:-1}"
+dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- postgres "${1:-50000}" "${2:-1}" ${3:-}

@@ -15,7 +15,7 @@ internal static class PostgresThroughput
 {
     private static int s_inFlight = 1;
 
-    public static async Task RunAsync(int jobs, int inFlight = 1)
+    public static async Task RunAsync(int jobs, int inFlight = 1, string? only = null)
     {
         s_inFlight = inFlight;
         var connectionString = Environment.GetEnvironmentVariable("JOBRUNNER_TEST_POSTGRES")
@@ -24,6 +24,12 @@ internal static class PostgresThroughput
 
         var raw = await RawLoopAsync(connectionString, jobs);
         Console.WriteLine($"baseline: raw batched SKIP LOCKED loop (4 consumers, 100 per batch, one tx each): {raw:N0} jobs/s");
+        if (only == "drain")
+        {
+            var durableDrain = await DrainAsync(connectionString, jobs, durable: true);
+            Console.WriteLine($"drain no-op jobs (synchronous commit for workers on): {durableDrain:N0} jobs/s ({durableDrain / raw:F2}x baseline)");
+            return;
+        }
 
         var bulk = await EnqueueAsync(connectionString, jobs, bulk: true);
         Console.WriteLine($"enqueue bulk (InsertMany, durable): {bulk:N0} jobs/s ({bulk / raw:F2}x baseline)");
@@ -115,10 +121,13 @@ internal static class PostgresThroughput
                 }
             }
         });
+        var cpu = CpuSeconds();
         var stopwatch = Stopwatch.StartNew();
         await worker.Host.StartAsync();
         await all.Task.WaitAsync(TimeSpan.FromMinutes(10));
         var rate = jobs / stopwatch.Elapsed.TotalSeconds;
+        var used = CpuSeconds();
+        Console.WriteLine($"  CPU during the drain ({stopwatch.Elapsed.TotalSeconds:F2} s): this process {used.Self - cpu.Self:F2} s, PostgreSQL {used.Postgres - cpu.Postgres:F2} s");
         await stop.CancelAsync();
         await watcher.ContinueWith(static _ => { });
         return rate;
@@ -144,6 +153,37 @@ internal static class PostgresThroughput
 
         Array.Sort(latencies);
         return (latencies[samples / 2], latencies[(int)(samples * 0.99) - 1], latencies[^1]);
+    }
+
+    /// <summary>CPU seconds used so far by this process and by every process named postgres (Linux /proc).</summary>
+    private static (double Self, double Postgres) CpuSeconds()
+    {
+        var self = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+        var postgres = 0.0;
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            try
+            {
+                var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                var close = stat.LastIndexOf(')');
+                if (close < 0 || !stat.AsSpan(0, close).EndsWith("(postgres", StringComparison.Ordinal))
+                {
+                    continue;
+                }
+
+                // After "pid (comm) ": state is field 3, utime and stime are fields 14 and 15 (clock ticks).
+                var fields = stat[(close + 2)..].Split(' ');
+                postgres += (long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture)) / 100.0;
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return (self, postgres);
     }
 
     private static JobRequest[] Requests(int count)
@@ -208,6 +248,7 @@ internal static class PostgresThroughput
                     o.SynchronousCommitForWorkers = durable;
                     o.MaxBatchSize = 1000;
                     o.MaxBatchesInFlight = s_inFlight;
+                    o.WriteHistory = Environment.GetEnvironmentVariable("BENCH_HISTORY") != "0";
                 })
                 .ConfigureWorker(w =>
                 {

@@ -4,12 +4,13 @@ using BenchmarkDotNet.Running;
 // Run one scenario:   dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- --filter '*EndToEnd*'
 // End-to-end fairness (console harness, not BenchmarkDotNet):
 //                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- fairness
-// PostgreSQL end to end (console harness; starts a throwaway server): benchmarks/postgres.sh [jobs] [batches in flight]
+// PostgreSQL end to end (console harness; starts a throwaway server): benchmarks/postgres.sh [jobs] [batches in flight] [drain]
 if (args is ["postgres", ..])
 {
     await JobRunner.Benchmarks.PostgresThroughput.RunAsync(
         args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 50_000,
-        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1);
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 1,
+        args.Length > 3 ? args[3] : null);
     return;
 }
 

@@ -121,7 +121,7 @@ internal static class JobRows
         return Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
-    private static RetryPolicy ReadRetry(string json)
+    public static RetryPolicy ReadRetry(string json)
     {
         using var document = JsonDocument.Parse(json);
         var root = document.RootElement;

@@ -189,9 +189,18 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
                 long jobs = 0;
                 if (s.Db.Options.FinishedJobRetention is { } retention)
                 {
-                    using var command = new NpgsqlCommand($"DELETE FROM {s.Db.Schema}.jobs WHERE state >= 3 AND updated_at < $1", c, transaction);
+                    // A finished job goes with its log.
+                    using var command = new NpgsqlCommand(
+                        $"""
+                        WITH d AS (DELETE FROM {s.Db.Schema}.jobs WHERE state >= 3 AND updated_at < $1 RETURNING id),
+                        l AS (DELETE FROM {s.Db.Schema}.job_logs WHERE job_id IN (SELECT id FROM d)),
+                        h AS (DELETE FROM {s.Db.Schema}.job_log_heads WHERE job_id IN (SELECT id FROM d))
+                        SELECT count(*) FROM d
+                        """,
+                        c,
+                        transaction);
                     command.Parameters.Add(new NpgsqlParameter { Value = s.Now - retention });
-                    jobs = await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+                    jobs = (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
                 }
 
                 await transaction.CommitAsync(token).ConfigureAwait(false);

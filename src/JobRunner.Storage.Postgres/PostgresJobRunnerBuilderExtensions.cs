@@ -11,8 +11,10 @@ namespace JobRunner;
 public static class PostgresJobRunnerBuilderExtensions
 {
     /// <summary>
-    /// Keeps jobs in PostgreSQL: one durable store and queue that many worker hosts share. The schema is created or
-    /// migrated when the host starts.
+    /// Keeps jobs in PostgreSQL: one durable store and queue that many worker hosts share, with the jobs' logs and the
+    /// job definitions in the same database. The schema is created or migrated when the host starts. A later
+    /// <see cref="JobRunnerBuilder.UseLogStore"/> or <see cref="JobRunnerBuilder.UseDefinitionStore"/> (or
+    /// <c>UseFileLogs</c>, <c>UseS3Logs</c>) replaces the PostgreSQL one.
     /// </summary>
     /// <param name="builder">The JobRunner builder.</param>
     /// <param name="connectionString">The Npgsql connection string.</param>
@@ -33,9 +35,13 @@ public static class PostgresJobRunnerBuilderExtensions
         services.TryAddSingleton<PostgresDatabase>();
         services.TryAddSingleton<PostgresJobStore>();
         services.TryAddSingleton<PostgresJobQueue>();
+        services.TryAddSingleton<PostgresLogStore>();
+        services.TryAddSingleton<PostgresDefinitionStore>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresBackgroundService>());
         return builder
             .UseStore(static sp => sp.GetRequiredService<PostgresJobStore>())
-            .UseQueue(static sp => sp.GetRequiredService<PostgresJobQueue>());
+            .UseQueue(static sp => sp.GetRequiredService<PostgresJobQueue>())
+            .UseLogStore(static sp => sp.GetRequiredService<PostgresLogStore>())
+            .UseDefinitionStore(static sp => sp.GetRequiredService<PostgresDefinitionStore>());
     }
 }

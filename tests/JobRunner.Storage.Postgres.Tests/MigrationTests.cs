@@ -1,3 +1,4 @@
+using NSubstitute;
 using JobRunner.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -22,8 +23,25 @@ public sealed class MigrationTests : IAsyncLifetime
         await Task.WhenAll(hosts.Select(h => h.EnsureMigratedAsync(default)));
         await _database.Open(_time).EnsureMigratedAsync(default);
 
-        Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.schema_migrations"));
+        Assert.Equal((long)Migrator.LatestVersion, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.schema_migrations"));
         Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+    }
+
+    [Fact]
+    public async Task A_schema_at_version_1_is_upgraded_in_place_and_keeps_its_jobs()
+    {
+        // A schema as version 1 left it: the tables of 0002 do not exist yet.
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job, default);
+        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; DELETE FROM {s}.schema_migrations WHERE version > 1");
+
+        var upgraded = _database.Open(_time);
+        await upgraded.EnsureMigratedAsync(default);
+
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(0L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_logs"));
+        Assert.NotNull(await new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>()).GetAsync(job.Id, default));
     }
 
     [Fact]

@@ -56,6 +56,27 @@ public sealed class PostgresHostTests : IAsyncLifetime
         await second.StopAsync();
     }
 
+    [Fact]
+    public async Task Logs_and_definitions_written_on_one_host_are_read_on_another()
+    {
+        using var writer = Build(new Steps(new(), new(), new(), new()));
+        using var reader = Build(new Steps(new(), new(), new(), new()), worker: false);
+        await writer.StartAsync();
+        await reader.StartAsync();
+        var client = writer.Services.GetRequiredService<IJobClient>();
+
+        var flaky = await client.SubmitAsync(new JobRequest("steps") { Input = "\"flaky\""u8.ToArray() });
+        Assert.Equal(JobState.Succeeded, await WaitForTerminalAsync(client, flaky.Job.Id));
+        await writer.Services.GetRequiredService<IJobDefinitions>().CreateAsync(new JobDefinition { Name = "nightly", Aliases = ["n"], Spec = new ContainerSpec { Image = "registry.local/nightly:1", Command = ["/bin/true"] } });
+
+        var logs = await reader.Services.GetRequiredService<IJobClient>().ReadLogsAsync(flaky.Job.Id);
+        Assert.Equal([(0L, 1, "steps flaky attempt 1"), (1L, 2, "steps flaky attempt 2")], logs.Entries.Select(e => (e.Offset, e.Attempt, e.Message)));
+        var definition = await reader.Services.GetRequiredService<IJobDefinitions>().GetAsync("n");
+        Assert.Equal(("nightly", 1, "registry.local/nightly:1"), (definition!.Name, definition.Version, definition.Spec.Image));
+        await writer.StopAsync();
+        await reader.StopAsync();
+    }
+
     private static async Task<JobState> WaitForTerminalAsync(IJobClient client, JobId id)
     {
         using var timeout = new CancellationTokenSource(Limit);
@@ -70,7 +91,7 @@ public sealed class PostgresHostTests : IAsyncLifetime
         return (await client.GetAsync(id))!.State;
     }
 
-    private IHost Build(Steps steps)
+    private IHost Build(Steps steps, bool worker = true)
     {
         var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
         builder.Services.AddSingleton(steps);
@@ -78,10 +99,12 @@ public sealed class PostgresHostTests : IAsyncLifetime
             .UsePostgres(_database.ConnectionString, o => o.Schema = _database.Schema)
             .ConfigureWorker(w =>
             {
+                w.Enabled = worker;
                 w.Slots = 4;
                 w.ShutdownGracePeriod = TimeSpan.FromSeconds(5);
             })
-            .AddWorkload<StepsWorkload>("steps", w => w.Retry = RetryPolicy.Fixed(TimeSpan.FromMilliseconds(50), 3)));
+            .AddWorkload<StepsWorkload>("steps", w => w.Retry = RetryPolicy.Fixed(TimeSpan.FromMilliseconds(50), 3))
+            .AddDefinitions());
         return builder.Build();
     }
 
@@ -92,6 +115,7 @@ public sealed class PostgresHostTests : IAsyncLifetime
         public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
         {
             var kind = context.GetInput<string>();
+            await context.LogAsync($"steps {kind} attempt {context.Attempt}", cancellationToken: cancellationToken);
             switch (kind)
             {
                 case "flaky" when steps.Flaky.AddOrUpdate(context.JobId, 1, (_, n) => n + 1) == 1:

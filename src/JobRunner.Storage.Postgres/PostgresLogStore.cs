@@ -1,0 +1,128 @@
+using Npgsql;
+using NpgsqlTypes;
+
+namespace JobRunner.Storage.Postgres;
+
+/// <summary>
+/// Job logs in PostgreSQL, readable from every host: one row per line, keyed by job and job-wide offset. An append takes
+/// its offsets from the job's row in <c>job_log_heads</c> in the same statement, so concurrent writers (a stale attempt
+/// and its successor) never collide and offsets continue across attempts. Lines are kept until housekeeping deletes
+/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>).
+/// </summary>
+internal sealed class PostgresLogStore : ILogStore
+{
+    private const int MaxLimit = 10_000;
+    private readonly PostgresDatabase _db;
+    private readonly string _appendSql;
+    private readonly string _readSql;
+
+    public PostgresLogStore(PostgresDatabase db)
+    {
+        _db = db;
+        var s = db.Schema;
+        _appendSql = $"""
+            WITH head AS (
+                INSERT INTO {s}.job_log_heads AS h (job_id, next_offset) VALUES (@job, @count)
+                ON CONFLICT (job_id) DO UPDATE SET next_offset = h.next_offset + @count
+                RETURNING next_offset - @count AS first),
+            lines AS (
+                INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message)
+                SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message
+                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n))
+            SELECT first FROM head
+            """;
+        _readSql = $"""
+            SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
+            WHERE job_id = @job AND "offset" >= @offset AND (@attempt::integer IS NULL OR attempt = @attempt) AND (@since::timestamptz IS NULL OR at >= @since)
+            ORDER BY "offset"
+            LIMIT @limit
+            """;
+    }
+
+    public async ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, IReadOnlyList<LogLine> lines, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentNullException.ThrowIfNull(lines);
+        if (lines.Count == 0)
+        {
+            return [];
+        }
+
+        var ats = new DateTimeOffset[lines.Count];
+        var streams = new short[lines.Count];
+        var messages = new string[lines.Count];
+        for (var i = 0; i < lines.Count; i++)
+        {
+            ats[i] = lines[i].Timestamp;
+            streams[i] = (short)lines[i].Stream;
+
+            // PostgreSQL text cannot hold NUL; a process may still print one.
+            messages[i] = lines[i].Message.Contains('\0', StringComparison.Ordinal) ? lines[i].Message.Replace('\0', '\uFFFD') : lines[i].Message;
+        }
+
+        var first = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Lease.JobId.Value });
+            command.Parameters.Add(new("count", NpgsqlDbType.Bigint) { Value = (long)s.Messages.Length });
+            command.Parameters.Add(new("attempt", NpgsqlDbType.Integer) { Value = s.Lease.Attempt });
+            command.Parameters.Add(new("ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = s.Ats });
+            command.Parameters.Add(new("streams", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = s.Streams });
+            command.Parameters.Add(new("messages", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Messages });
+            return (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
+        }, cancellationToken).ConfigureAwait(false);
+
+        var entries = new LogEntry[lines.Count];
+        for (var i = 0; i < lines.Count; i++)
+        {
+            entries[i] = new LogEntry(first + i, lease.Attempt, lines[i].Timestamp, lines[i].Stream, messages[i]);
+        }
+
+        return entries;
+    }
+
+    public async ValueTask<LogPage> ReadAsync(JobId jobId, LogQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.Offset, 0);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.Limit, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(query.Limit, MaxLimit);
+        return await _db.RunAsync(_db.Client, (Sql: _readSql, Heads: $"SELECT next_offset FROM {_db.Schema}.job_log_heads WHERE job_id = @job", Job: jobId, Query: query), static async (c, s, token) =>
+        {
+            var entries = new List<LogEntry>(Math.Min(s.Query.Limit, 256));
+            using (var command = new NpgsqlCommand(s.Sql, c))
+            {
+                command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Job.Value });
+                command.Parameters.Add(new("offset", NpgsqlDbType.Bigint) { Value = s.Query.Offset });
+                command.Parameters.Add(new("attempt", NpgsqlDbType.Integer) { Value = (object?)s.Query.Attempt ?? DBNull.Value });
+                command.Parameters.Add(new("since", NpgsqlDbType.TimestampTz) { Value = (object?)s.Query.Since ?? DBNull.Value });
+
+                // One more than asked: its offset is where the next page starts.
+                command.Parameters.Add(new("limit", NpgsqlDbType.Integer) { Value = s.Query.Limit + 1 });
+                var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+                await using var readerScope = reader.ConfigureAwait(false);
+                while (await reader.ReadAsync(token).ConfigureAwait(false))
+                {
+                    entries.Add(new LogEntry(
+                        reader.GetInt64(0),
+                        reader.GetInt32(1),
+                        reader.GetFieldValue<DateTimeOffset>(2),
+                        (LogStream)reader.GetInt16(3),
+                        reader.GetString(4)));
+                }
+            }
+
+            if (entries.Count > s.Query.Limit)
+            {
+                var next = entries[^1].Offset;
+                entries.RemoveAt(entries.Count - 1);
+                return new LogPage(entries, next, DroppedLines: 0);
+            }
+
+            using var heads = new NpgsqlCommand(s.Heads, c);
+            heads.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Job.Value });
+            var end = await heads.ExecuteScalarAsync(token).ConfigureAwait(false) is long head ? head : 0;
+            return new LogPage(entries, Math.Max(s.Query.Offset, end), DroppedLines: 0);
+        }, cancellationToken).ConfigureAwait(false);
+    }
+}
