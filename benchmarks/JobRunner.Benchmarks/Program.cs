@@ -30,6 +30,14 @@ if (args is ["kubernetes", ..])
     return;
 }
 
+// Enqueue → start latency at 50 % of the measured maximum throughput, open loop, 8 slots (console harness):
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- latency [jobs] [rounds]
+if (args is ["latency", ..])
+{
+    await JobRunner.Benchmarks.Latency.RunAsync(args);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();

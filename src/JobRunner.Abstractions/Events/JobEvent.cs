@@ -17,6 +17,12 @@ public enum JobEventKind
 
     /// <summary>The running attempt saved a checkpoint.</summary>
     Checkpointed = 4,
+
+    /// <summary>
+    /// A job held by a worker's scheduler waits for a new reason; see <see cref="JobEvent.Explanation"/>. Published when
+    /// the reason (or the limit) changes, not per scheduling decision, and only while someone watches this kind.
+    /// </summary>
+    Waiting = 5,
 }
 
 /// <summary>Something that happened to a job.</summary>
@@ -43,7 +49,7 @@ public sealed record JobEvent
     /// <summary>Gets the state before a <see cref="JobEventKind.StateChanged"/> event; <see langword="null"/> for a new job.</summary>
     public JobState? PreviousState { get; init; }
 
-    /// <summary>Gets the attempt number the event belongs to; 0 before the first attempt.</summary>
+    /// <summary>Gets the attempt number the event belongs to; 0 before the first attempt and on <see cref="JobEventKind.Waiting"/> events.</summary>
     public int Attempt { get; init; }
 
     /// <summary>Gets the progress of a <see cref="JobEventKind.Progress"/> event.</summary>
@@ -51,6 +57,9 @@ public sealed record JobEvent
 
     /// <summary>Gets the line of a <see cref="JobEventKind.Log"/> event.</summary>
     public LogEntry? Log { get; init; }
+
+    /// <summary>Gets why the job waits, for a <see cref="JobEventKind.Waiting"/> event.</summary>
+    public JobExplanation? Explanation { get; init; }
 
     /// <summary>Gets a human-readable detail: the error, the cancel reason, the retry time.</summary>
     public string? Message { get; init; }

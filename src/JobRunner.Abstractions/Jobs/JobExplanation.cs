@@ -26,11 +26,25 @@ public enum WaitReason
 
     /// <summary>A rate limit's bucket is empty (<see cref="JobExplanation.Limit"/> says which).</summary>
     RateLimited = 7,
+
+    /// <summary>
+    /// No worker that holds it may run it: it lacks a required label or has an avoided one (see
+    /// <see cref="JobRequest.Affinity"/>). <see cref="JobExplanation.Limit"/> names the term, e.g. <c>gpu=true</c> or <c>!spot</c>.
+    /// </summary>
+    NoCapableWorker = 8,
+
+    /// <summary>
+    /// The worker that holds it lacks a preferred label; it waits for the scheduler's preference wait so that a worker
+    /// with the label gets the first chance. <see cref="JobExplanation.Limit"/> names the term, e.g. <c>zone=eu?</c>.
+    /// </summary>
+    PreferredWorker = 9,
 }
 
 /// <summary>Why a waiting job is not running.</summary>
 /// <param name="JobId">The job.</param>
 /// <param name="Reason">The reason.</param>
 /// <param name="Message">A human-readable explanation.</param>
-/// <param name="Limit">The limit that holds it back, e.g. <c>tenant:acme=2</c>, for <see cref="WaitReason.ConcurrencyLimit"/>.</param>
+/// <param name="Limit">The limit that holds it back, e.g. <c>tenant:acme=2</c> for
+/// <see cref="WaitReason.ConcurrencyLimit"/>, or the affinity term for <see cref="WaitReason.NoCapableWorker"/> and
+/// <see cref="WaitReason.PreferredWorker"/>.</param>
 public sealed record JobExplanation(JobId JobId, WaitReason Reason, string Message, string? Limit = null);

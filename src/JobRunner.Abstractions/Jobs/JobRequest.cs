@@ -71,6 +71,21 @@ public sealed record JobRequest
     /// <value>The default value is an empty dictionary.</value>
     public IReadOnlyDictionary<string, string> Labels { get; init; } = EmptyLabels.Instance;
 
+    /// <summary>
+    /// Gets which workers may run the job, as labels a worker advertises in <c>WorkerOptions.Labels</c>: a comma-separated
+    /// list of terms, for example <c>gpu=true, zone=eu?, !spot</c>.
+    /// <list type="bullet">
+    /// <item><c>key=value</c> or <c>key</c> (any value): required. The job never runs on a worker without that label.</item>
+    /// <item><c>key=value?</c> or <c>key?</c>: preferred (soft). A worker without it takes the job only after the
+    /// scheduler's <c>PreferenceWait</c>, so that a worker with it gets the first chance.</item>
+    /// <item><c>!key=value</c> or <c>!key</c>: avoided (hard). The job never runs on a worker that has that label.</item>
+    /// </list>
+    /// Keys and values follow the rules of <see cref="Labels"/>; spaces around terms are ignored. A malformed expression
+    /// fails the submit with a <see cref="JobValidationException"/> that quotes the term.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: any worker may run the job.</value>
+    public string? Affinity { get; init; }
+
     /// <summary>Gets an id that ties this job to the request that caused it; it is put on the attempt's trace span.</summary>
     /// <value>The default value is <see langword="null"/>.</value>
     public string? CorrelationId { get; init; }

@@ -61,6 +61,13 @@ public sealed record QueuedJob
     /// <summary>Gets the concurrency key.</summary>
     public string? ConcurrencyKey { get; init; }
 
+    /// <summary>
+    /// Gets the job's affinity expression (<see cref="JobRequest.Affinity"/>): the labels a worker must have, should have,
+    /// or must not have to run it. The worker's scheduler parses it once per distinct expression.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: any worker may run the job.</value>
+    public string? Affinity { get; init; }
+
     /// <summary>Gets when the job was enqueued.</summary>
     public required DateTimeOffset EnqueuedAt { get; init; }
 
@@ -84,6 +91,7 @@ public sealed record QueuedJob
             Tenant = job.Request.Tenant,
             Workload = job.Request.Workload,
             ConcurrencyKey = job.Request.ConcurrencyKey,
+            Affinity = job.Request.Affinity,
             EnqueuedAt = enqueuedAt,
             DueAt = job.State == JobState.Scheduled ? job.DueAt : null,
         };

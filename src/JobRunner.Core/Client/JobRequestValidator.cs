@@ -65,6 +65,16 @@ internal static class JobRequestValidator
             }
         }
 
+        if (request.Affinity is not null)
+        {
+            // Parsed here so that a malformed expression fails the submit; workers parse each distinct one once again.
+            Scheduling.AffinityExpression.Parse(request.Affinity, errors ??= []);
+            if (errors.Count == 0)
+            {
+                errors = null;
+            }
+        }
+
         if (errors is not null)
         {
             throw new JobValidationException(errors);

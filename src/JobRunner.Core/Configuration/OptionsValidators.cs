@@ -43,6 +43,19 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
             errors.Add($"WorkerOptions.ShutdownGracePeriod is {options.ShutdownGracePeriod}. Set it to zero or more.");
         }
 
+        foreach (var (key, value) in options.Labels)
+        {
+            if (!Names.IsValidLabelKey(key))
+            {
+                errors.Add($"WorkerOptions.Labels has the key '{key}', which is not valid: use an optional DNS prefix and '/', then a name ({Names.NameRule}).");
+            }
+
+            if (!Names.IsValidLabelValue(value))
+            {
+                errors.Add($"WorkerOptions.Labels['{key}'] is '{value}', which is not valid: use an empty value or a name ({Names.NameRule}).");
+            }
+        }
+
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 }
@@ -184,6 +197,11 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
         if (options.MaxWait is { } maxWait && maxWait <= TimeSpan.Zero)
         {
             errors.Add($"SchedulerOptions.MaxWait is {maxWait}. Set a positive time after which a waiting job is promoted, or null for strict priorities.");
+        }
+
+        if (options.PreferenceWait < TimeSpan.Zero)
+        {
+            errors.Add($"SchedulerOptions.PreferenceWait is {options.PreferenceWait}. Set it to zero (no wait for a preferred worker) or more.");
         }
 
         if (options.Lookahead < 0)

@@ -11,9 +11,18 @@ public sealed class WorkerOptions
     /// <value>The default value is <see langword="true"/>.</value>
     public bool Enabled { get; set; } = true;
 
-    /// <summary>Gets or sets how many attempts run at once.</summary>
+    /// <summary>Gets or sets how many attempts run at once: the capacity this worker advertises.</summary>
     /// <value>The default value is <see cref="Environment.ProcessorCount"/>.</value>
     public int Slots { get; set; } = Environment.ProcessorCount;
+
+    /// <summary>
+    /// Gets the labels this worker advertises, for <see cref="JobRequest.Affinity"/>: a job that requires a label runs only
+    /// on workers that have it, one that avoids a label never runs on a worker that has it, and one that prefers a label
+    /// waits <see cref="SchedulerOptions.PreferenceWait"/> before it runs on a worker without it. The worker's capacity is
+    /// <see cref="Slots"/>. Keys and values follow the rules of Kubernetes labels, e.g. <c>gpu=true</c>, <c>zone=eu</c>.
+    /// </summary>
+    /// <value>The default value is an empty dictionary: only jobs without required labels run here.</value>
+    public IDictionary<string, string> Labels { get; } = new Dictionary<string, string>(StringComparer.Ordinal);
 
     /// <summary>Gets or sets how long a lease lasts without a heartbeat. A crashed worker's jobs are taken over after it.</summary>
     /// <value>The default value is 30 seconds.</value>

@@ -15,8 +15,15 @@ internal sealed class JobEventBus : IJobEventBus
 
     private readonly Lock _lock = new();
     private volatile Subscription[] _subscribers = [];
+    private volatile WaitingInterest? _waiting;
 
     public bool HasSubscribers => _subscribers.Length != 0;
+
+    /// <summary>
+    /// Gets who watches <see cref="JobEventKind.Waiting"/> events (a filter without kinds counts), so that the scheduler
+    /// explains only those jobs, and nothing at all when this is <see langword="null"/>.
+    /// </summary>
+    public WaitingInterest? Waiting => _waiting;
 
     public void Publish(JobEvent jobEvent)
     {
@@ -46,6 +53,7 @@ internal sealed class JobEventBus : IJobEventBus
         lock (_lock)
         {
             _subscribers = [.. _subscribers, subscription];
+            _waiting = WaitingInterest.Of(_subscribers);
         }
 
         return subscription;
@@ -56,6 +64,39 @@ internal sealed class JobEventBus : IJobEventBus
         lock (_lock)
         {
             _subscribers = Array.FindAll(_subscribers, s => !ReferenceEquals(s, subscription));
+            _waiting = WaitingInterest.Of(_subscribers);
+        }
+    }
+
+    /// <summary>The watchers of <see cref="JobEventKind.Waiting"/> events: every job, or only <see cref="Jobs"/>.</summary>
+    internal sealed class WaitingInterest(bool all, JobId[] jobs)
+    {
+        public static readonly WaitingInterest Everyone = new(all: true, []);
+
+        public bool All { get; } = all;
+
+        public IReadOnlyList<JobId> Jobs { get; } = jobs;
+
+        public static WaitingInterest? Of(Subscription[] subscribers)
+        {
+            List<JobId>? jobs = null;
+            foreach (var subscriber in subscribers)
+            {
+                var filter = subscriber.Filter;
+                if (filter.Kinds is not null && !filter.Kinds.Contains(JobEventKind.Waiting))
+                {
+                    continue;
+                }
+
+                if (filter.JobId is not { } id)
+                {
+                    return Everyone;
+                }
+
+                (jobs ??= []).Add(id);
+            }
+
+            return jobs is null ? null : new WaitingInterest(all: false, [.. jobs]);
         }
     }
 

@@ -8,9 +8,12 @@ namespace JobRunner.Scheduling;
 /// tenants by stride scheduling (each tenant has a pass; the lowest pass with an admissible job goes, then its pass
 /// grows by 1/weight; a tenant that becomes active starts at the band's current pass, so idle time earns no credit and
 /// the share of an idle tenant goes to the others; see <see cref="WeightedTurns{T}"/>). Concurrency limits per workload, tenant and concurrency key are
-/// checked at admission and given back by <see cref="Release"/>. Not thread-safe: the worker calls it under a lock.
+/// checked at admission and given back by <see cref="Release"/>. Affinity is checked once per job, at <see cref="Add"/>,
+/// against this worker's labels: a job the worker may not run never enters a band (it is declined, then parked, and given
+/// back to the queue); a job whose preferred labels the worker lacks waits in its band until its preference wait ends.
+/// Jobs without affinity pay one null check. Not thread-safe: the worker calls it under a lock.
 /// </summary>
-[DebuggerDisplay("Pending = {_pending.Count}, Running = {RunningCount}")]
+[DebuggerDisplay("Pending = {_pending.Count}, Parked = {_parked.Count}, Running = {RunningCount}")]
 internal sealed class FairScheduler
 {
     private readonly Band[] _bands = new Band[JobRequest.MaxPriority + 1];
@@ -25,11 +28,26 @@ internal sealed class FairScheduler
     private readonly Dictionary<string, Bucket> _tenantBuckets = new(StringComparer.Ordinal);
     private readonly Queue<(JobId Id, DateTimeOffset Due)> _aging = new();
     private readonly List<Tenant> _skipped = [];
+    private readonly IReadOnlyDictionary<string, string> _labels;
+    private readonly TimeSpan _declineWindow;
+    private readonly Dictionary<string, AffinityFit> _fits = new(StringComparer.Ordinal);
+    private readonly Dictionary<JobId, (QueuedJob Job, AffinityFit Fit)> _parked = [];
+    private readonly Dictionary<JobId, (DateTimeOffset At, AffinityFit Fit)> _declined = [];
     private long _sequence;
 
-    public FairScheduler(IOptions<SchedulerOptions> options, TenantWeights? weights = null, TimeProvider? time = null)
+    /// <param name="options">The scheduler's settings.</param>
+    /// <param name="weights">The tenants' weights; from <paramref name="options"/> when <see langword="null"/>.</param>
+    /// <param name="time">The clock.</param>
+    /// <param name="labels">This worker's labels (<see cref="WorkerOptions.Labels"/>), for affinity.</param>
+    /// <param name="declineWindow">
+    /// How long after giving a job back to the queue (it may not run here, or it prefers other workers) a second delivery
+    /// of it is kept here instead of being given back at once, so that one worker alone does not spin on it.
+    /// </param>
+    public FairScheduler(IOptions<SchedulerOptions> options, TenantWeights? weights = null, TimeProvider? time = null, IReadOnlyDictionary<string, string>? labels = null, TimeSpan? declineWindow = null)
     {
         _options = options.Value;
+        _labels = labels ?? EmptyLabels;
+        _declineWindow = declineWindow ?? TimeSpan.FromSeconds(10);
         _weights = weights ?? new TenantWeights(options);
         _time = time ?? TimeProvider.System;
         foreach (var (name, rate) in _options.WorkloadRates)
@@ -47,14 +65,54 @@ internal sealed class FairScheduler
         }
     }
 
+    private static IReadOnlyDictionary<string, string> EmptyLabels { get; } = new Dictionary<string, string>(0);
+
+    /// <summary>Gets how many jobs wait in the bands (parked jobs are not counted).</summary>
     public int PendingCount => _pending.Count;
+
+    /// <summary>Gets how many jobs this worker holds that it may not run, until it gives them back to the queue.</summary>
+    public int ParkedCount => _parked.Count;
 
     public int RunningCount { get; private set; }
 
-    /// <summary>Gets when a rate-limited job may next become admissible, after a take that found nothing; else <see langword="null"/>.</summary>
-    public DateTimeOffset? NextRefill { get; private set; }
+    /// <summary>
+    /// Gets when a blocked job may next become admissible (a rate limit refills, a preference wait ends), after a take
+    /// that found nothing; else <see langword="null"/>.
+    /// </summary>
+    public DateTimeOffset? NextWake { get; private set; }
 
-    public IEnumerable<QueuedJob> Pending => _pending.Values.Select(static n => n.Value.Job);
+    /// <summary>Adds every job held here, waiting in a band or parked, to <paramref name="into"/>.</summary>
+    public void CopyHeld(List<QueuedJob> into)
+    {
+        foreach (var node in _pending.Values)
+        {
+            into.Add(node.Value.Job);
+        }
+
+        foreach (var parked in _parked.Values)
+        {
+            into.Add(parked.Job);
+        }
+    }
+
+    /// <summary>Gets a job held here, waiting in a band or parked.</summary>
+    public bool TryGetHeld(JobId id, out QueuedJob job)
+    {
+        if (_pending.TryGetValue(id, out var node))
+        {
+            job = node.Value.Job;
+            return true;
+        }
+
+        if (_parked.TryGetValue(id, out var parked))
+        {
+            job = parked.Job;
+            return true;
+        }
+
+        job = null!;
+        return false;
+    }
 
     /// <summary>Sets a tenant's weight now, overriding its tier.</summary>
     public void SetTenantWeight(string tenant, int weight)
@@ -69,13 +127,52 @@ internal sealed class FairScheduler
         }
     }
 
-    /// <summary>Holds a ready job until it is chosen. A job already held is ignored.</summary>
-    /// <returns><see langword="false"/> when the job was already held.</returns>
-    public bool Add(QueuedJob job)
+    /// <summary>
+    /// Holds a ready job until it is chosen, unless its affinity keeps it off this worker. A job already held is ignored.
+    /// </summary>
+    /// <returns>What became of the job; the caller gives a <see cref="Admission.Declined"/> one back to the queue now.</returns>
+    public Admission Add(QueuedJob job)
     {
         if (_pending.ContainsKey(job.Id))
         {
-            return false;
+            return Admission.Duplicate;
+        }
+
+        DateTimeOffset? preferDue = null;
+        if (job.Affinity is not null)
+        {
+            var fit = FitOf(job.Affinity);
+            if (!fit.IsPreferred)
+            {
+                if (_parked.ContainsKey(job.Id))
+                {
+                    return Admission.Duplicate;
+                }
+
+                var now = _time.GetUtcNow();
+                var due = job.EnqueuedAt + _options.PreferenceWait;
+                if (!fit.Capable || due > now)
+                {
+                    // Given back at once the first time, so that a capable (or preferred) worker can take it; a second
+                    // delivery soon after means no such worker took it: keep it here instead of spinning on it.
+                    var recent = _declined.TryGetValue(job.Id, out var declined) && now - declined.At < _declineWindow;
+                    if (!recent)
+                    {
+                        _declined[job.Id] = (now, fit);
+                        return Admission.Declined;
+                    }
+
+                    if (!fit.Capable)
+                    {
+                        _parked.Add(job.Id, (job, fit));
+                        return Admission.Parked;
+                    }
+
+                    preferDue = due;
+                }
+
+                _declined.Remove(job.Id);
+            }
         }
 
         var priority = Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority);
@@ -84,12 +181,69 @@ internal sealed class FairScheduler
             _aging.Enqueue((job.Id, _time.GetUtcNow() + maxWait));
         }
 
-        Insert(job, priority, ++_sequence);
-        return true;
+        Insert(new Entry(job, ++_sequence, priority, preferDue));
+        return Admission.Held;
     }
 
-    private void Insert(QueuedJob job, int priority, long sequence)
+    /// <summary>
+    /// Moves the parked jobs (which this worker may not run) to <paramref name="into"/>, to be given back to the queue for
+    /// other workers, and forgets declines older than twice the decline window.
+    /// </summary>
+    public void TakeParked(List<QueuedJob> into)
     {
+        var now = _time.GetUtcNow();
+        foreach (var (id, parked) in _parked)
+        {
+            into.Add(parked.Job);
+            _declined[id] = (now, parked.Fit);
+        }
+
+        _parked.Clear();
+        if (_declined.Count > _parked.Count)
+        {
+            List<JobId>? stale = null;
+            foreach (var (id, declined) in _declined)
+            {
+                if (now - declined.At >= _declineWindow * 2)
+                {
+                    (stale ??= []).Add(id);
+                }
+            }
+
+            foreach (var id in stale ?? [])
+            {
+                _declined.Remove(id);
+            }
+        }
+    }
+
+    /// <summary>How a job's affinity fits this worker: parsed and evaluated once per distinct expression.</summary>
+    private AffinityFit FitOf(string affinity)
+    {
+        if (_fits.TryGetValue(affinity, out var fit))
+        {
+            return fit;
+        }
+
+        if (_fits.Count >= MaxCachedFits)
+        {
+            _fits.Clear();
+        }
+
+        var errors = new List<string>(0);
+        fit = AffinityExpression.Parse(affinity, errors) is { } expression
+            ? expression.Evaluate(_labels)
+            : new AffinityFit(Capable: false, Term: affinity, Detail: "its affinity is malformed: " + errors[0]);
+        _fits.Add(affinity, fit);
+        return fit;
+    }
+
+    private const int MaxCachedFits = 4096;
+
+    private void Insert(Entry entry)
+    {
+        var job = entry.Job;
+        var priority = entry.Priority;
         var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
@@ -99,7 +253,7 @@ internal sealed class FairScheduler
 
         band.Turns.Join(tenant);
 
-        _pending[job.Id] = tenant.Add(new Entry(job, sequence, priority));
+        _pending[job.Id] = tenant.Add(entry);
     }
 
     /// <summary>Removes a held job that will not run here (returned to the queue).</summary>
@@ -107,7 +261,7 @@ internal sealed class FairScheduler
     {
         if (!_pending.Remove(id, out var node))
         {
-            return false;
+            return _parked.Remove(id);
         }
 
         _bands[node.Value.Priority].Tenants[node.Value.Job.Tenant].Remove(node);
@@ -120,13 +274,18 @@ internal sealed class FairScheduler
     public bool TryTake(out QueuedJob job)
     {
         Promote();
-        NextRefill = null;
+        NextWake = null;
         for (var priority = JobRequest.MaxPriority; priority >= JobRequest.MinPriority; priority--)
         {
             var band = _bands[priority];
             if (band.Turns.Count > 0 && TryTakeFromBand(band, out job))
             {
                 _pending.Remove(job.Id);
+                if (_declined.Count > 0)
+                {
+                    _declined.Remove(job.Id);
+                }
+
                 Count(job, +1);
                 Consume(job);
                 return true;
@@ -145,12 +304,30 @@ internal sealed class FairScheduler
     {
         if (!_pending.TryGetValue(id, out var node))
         {
+            if (_parked.TryGetValue(id, out var parked))
+            {
+                return NoCapableWorker(id, parked.Job.Affinity, parked.Fit, "it is held here until it is given back to the queue for other workers");
+            }
+
+            if (_declined.TryGetValue(id, out var declined))
+            {
+                return declined.Fit.Capable
+                    ? new JobExplanation(id, WaitReason.PreferredWorker, $"This worker gave it back to the queue so that a worker with the preferred label {declined.Fit.Term} gets the first chance ({declined.Fit.Detail}); any capable worker takes it after SchedulerOptions.PreferenceWait.", declined.Fit.Term)
+                    : NoCapableWorker(id, null, declined.Fit, "this worker gave it back to the queue for a capable worker");
+            }
+
             return null;
         }
 
         var job = node.Value.Job;
         var effective = node.Value.Priority;
-        var block = BlockedBy(job);
+        var block = BlockedBy(node.Value);
+        if (block == Block.Preference)
+        {
+            var fit = FitOf(job.Affinity!);
+            return new JobExplanation(id, WaitReason.PreferredWorker, $"It prefers {fit.Term} and this worker does not match ({fit.Detail}); it runs here from {node.Value.PreferDue:O} (SchedulerOptions.PreferenceWait after it was enqueued) unless a preferred worker takes it first.", fit.Term);
+        }
+
         if (block != Block.None)
         {
             var limit = Describe(block, job);
@@ -184,6 +361,9 @@ internal sealed class FairScheduler
             ? new JobExplanation(id, WaitReason.NoFreeSlot, "Every execution slot is busy; it is next in line for its tenant and priority.")
             : new JobExplanation(id, WaitReason.Queued, "It is about to be scheduled.");
     }
+
+    private static JobExplanation NoCapableWorker(JobId id, string? affinity, AffinityFit fit, string where)
+        => new(id, WaitReason.NoCapableWorker, $"This worker may not run it: {fit.Detail}{(affinity is null ? "" : $" (affinity '{affinity}')")}; {where}. Required and avoided labels are never relaxed: give a worker the label in WorkerOptions.Labels, or change the job's affinity.", fit.Term);
 
     private bool TryTakeFromBand(Band band, out QueuedJob job)
     {
@@ -238,7 +418,7 @@ internal sealed class FairScheduler
         LinkedListNode<Entry>? best = null;
         foreach (var flow in tenant.Flows.Values)
         {
-            if (flow.First is { } head && (best is null || head.Value.Sequence < best.Value.Sequence) && BlockedBy(head.Value.Job) == Block.None)
+            if (flow.First is { } head && (best is null || head.Value.Sequence < best.Value.Sequence) && BlockedBy(head.Value) == Block.None)
             {
                 best = head;
             }
@@ -247,9 +427,10 @@ internal sealed class FairScheduler
         return best;
     }
 
-    /// <summary>Which limit blocks <paramref name="job"/>; allocation-free, for the decision path.</summary>
-    private Block BlockedBy(QueuedJob job)
+    /// <summary>Which limit blocks a job; allocation-free, for the decision path.</summary>
+    private Block BlockedBy(in Entry entry)
     {
+        var job = entry.Job;
         if (_options.WorkloadLimits.TryGetValue(job.Workload, out var workloadLimit) && IsAtLimit(_runningByWorkload, job.Workload, workloadLimit))
         {
             return Block.Workload;
@@ -273,6 +454,16 @@ internal sealed class FairScheduler
         if (_tenantBuckets.Count > 0 && _tenantBuckets.TryGetValue(job.Tenant, out var tenantBucket) && !HasToken(tenantBucket))
         {
             return Block.TenantRate;
+        }
+
+        if (entry.PreferDue is { } due && due > _time.GetUtcNow())
+        {
+            if (NextWake is null || due < NextWake)
+            {
+                NextWake = due;
+            }
+
+            return Block.Preference;
         }
 
         return Block.None;
@@ -300,9 +491,9 @@ internal sealed class FairScheduler
         }
 
         var at = now + TimeSpan.FromSeconds((1 - bucket.Tokens) / bucket.Rate.PerSecond);
-        if (NextRefill is null || at < NextRefill)
+        if (NextWake is null || at < NextWake)
         {
-            NextRefill = at;
+            NextWake = at;
         }
 
         return false;
@@ -340,7 +531,7 @@ internal sealed class FairScheduler
 
             var entry = node.Value;
             _bands[entry.Priority].Tenants[entry.Job.Tenant].Remove(node);
-            Insert(entry.Job, entry.Priority + 1, entry.Sequence);
+            Insert(entry with { Priority = entry.Priority + 1 });
             if (entry.Priority + 1 < JobRequest.MaxPriority)
             {
                 _aging.Enqueue((head.Id, now + maxWait));
@@ -390,9 +581,11 @@ internal sealed class FairScheduler
         Key,
         WorkloadRate,
         TenantRate,
+        Preference,
     }
 
-    private readonly record struct Entry(QueuedJob Job, long Sequence, int Priority);
+    /// <summary>A held job. <paramref name="PreferDue"/>: until then it waits for a worker with its preferred labels.</summary>
+    private readonly record struct Entry(QueuedJob Job, long Sequence, int Priority, DateTimeOffset? PreferDue = null);
 
     private sealed class Bucket(RateLimit rate, DateTimeOffset now)
     {
@@ -424,12 +617,15 @@ internal sealed class FairScheduler
 
         public int Count { get; private set; }
 
-        /// <summary>Gets the tenant's jobs by workload and concurrency key, each flow in arrival order.</summary>
-        public Dictionary<(string Workload, string? Key), LinkedList<Entry>> Flows { get; } = [];
+        /// <summary>
+        /// Gets the tenant's jobs by workload, concurrency key and affinity, each flow in arrival order: the jobs of a flow
+        /// are blocked by the same limits and the same preference, so a flow is blocked exactly when its head is.
+        /// </summary>
+        public Dictionary<(string Workload, string? Key, string? Affinity), LinkedList<Entry>> Flows { get; } = [];
 
         public LinkedListNode<Entry> Add(Entry entry)
         {
-            var flowKey = (entry.Job.Workload, entry.Job.ConcurrencyKey);
+            var flowKey = (entry.Job.Workload, entry.Job.ConcurrencyKey, entry.Job.Affinity);
             if (!Flows.TryGetValue(flowKey, out var flow))
             {
                 flow = new LinkedList<Entry>();
@@ -461,4 +657,20 @@ internal sealed class FairScheduler
 
         public bool HasAdmissible(FairScheduler scheduler) => scheduler.FirstAdmissible(this) is not null;
     }
+}
+
+/// <summary>What <see cref="FairScheduler.Add"/> did with a job.</summary>
+internal enum Admission
+{
+    /// <summary>It waits in its band until it is chosen.</summary>
+    Held,
+
+    /// <summary>It was already held: a second delivery.</summary>
+    Duplicate,
+
+    /// <summary>Its affinity keeps it off this worker for now: give it back to the queue at once.</summary>
+    Declined,
+
+    /// <summary>This worker may not run it and gave it back moments ago: it is kept aside, not in a band, until <see cref="FairScheduler.TakeParked"/>.</summary>
+    Parked,
 }

@@ -1,3 +1,4 @@
+using JobRunner.Events;
 using Microsoft.Extensions.Options;
 
 namespace JobRunner.Scheduling;
@@ -5,6 +6,8 @@ namespace JobRunner.Scheduling;
 /// <summary>
 /// The worker's scheduler, shared by its slots (take, release), its feeder (add) and the client (explain): a
 /// <see cref="FairScheduler"/> under one lock, with a signal that wakes slots when a job arrives or a limit frees up.
+/// While someone watches <see cref="JobEventKind.Waiting"/> events, it explains the watched held jobs after each change
+/// and publishes those whose reason (or limit) changed; with no such watcher that costs one volatile read per change.
 /// </summary>
 internal sealed class JobScheduler : ISchedulerControl, IDisposable
 {
@@ -14,13 +17,24 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
     private readonly TimeProvider _time;
     private readonly ITimer _timer;
+    private readonly IJobEventBus _events;
+    private readonly JobEventBus? _bus;
+    private readonly int _slots;
+    private readonly Dictionary<JobId, (WaitReason Reason, string? Limit, long Generation)> _published = [];
+    private readonly List<QueuedJob> _explained = [];
+    private readonly List<JobId> _stale = [];
     private DateTimeOffset _timerDue = DateTimeOffset.MaxValue;
+    private long _generation;
 
-    public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights, TimeProvider time)
+    public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights, TimeProvider time, IOptions<WorkerOptions> worker, IJobEventBus events)
     {
         _options = options.Value;
         _time = time;
-        _scheduler = new FairScheduler(options, weights, time);
+        _events = events;
+        _bus = events as JobEventBus;
+        var workerOptions = worker.Value;
+        _slots = workerOptions.Slots;
+        _scheduler = new FairScheduler(options, weights, time, new Dictionary<string, string>(workerOptions.Labels, StringComparer.Ordinal), workerOptions.HeartbeatInterval);
 
         // One timer wakes the slots when a rate limit refills or a waiting job is due for promotion.
         _timer = time.CreateTimer(static s => ((JobScheduler)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
@@ -29,8 +43,8 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     /// <summary>Raised after a job was added, taken or released (outside the lock); tests wait on it instead of sleeping.</summary>
     public event Action? Changed;
 
-    /// <summary>Gets or sets the number of free slots, for explanations.</summary>
-    public int FreeSlots { get; set; } = 1;
+    /// <summary>Gets the number of free slots (a taken job holds one until it is released), for explanations.</summary>
+    private int FreeSlots => _slots - _scheduler.RunningCount;
 
     public int PendingCount
     {
@@ -43,21 +57,55 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
     }
 
-    public bool Add(QueuedJob job)
+    /// <summary>Gets how many held jobs this worker may not run (they wait to be given back to the queue).</summary>
+    public int ParkedCount
     {
-        bool added;
+        get
+        {
+            lock (_lock)
+            {
+                return _scheduler.ParkedCount;
+            }
+        }
+    }
+
+    /// <summary>Holds a job delivered by the queue; a <see cref="Admission.Declined"/> one must be given back to it now.</summary>
+    public Admission Add(QueuedJob job)
+    {
+        Admission admission;
         lock (_lock)
         {
-            added = _scheduler.Add(job);
+            admission = _scheduler.Add(job);
         }
 
-        if (added)
+        if (admission == Admission.Held)
         {
             Wake();
-            Changed?.Invoke();
         }
 
-        return added;
+        if (admission is Admission.Held or Admission.Parked)
+        {
+            OnChanged();
+        }
+
+        return admission;
+    }
+
+    /// <summary>Removes the parked jobs (this worker may not run them), to give them back to the queue.</summary>
+    public List<QueuedJob> TakeParked()
+    {
+        var parked = new List<QueuedJob>();
+        lock (_lock)
+        {
+            _scheduler.TakeParked(parked);
+        }
+
+        if (parked.Count > 0)
+        {
+            OnChanged();
+        }
+
+        return parked;
     }
 
     public bool TryTake(out QueuedJob job)
@@ -66,7 +114,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         lock (_lock)
         {
             taken = _scheduler.TryTake(out job);
-            if (!taken && _scheduler.NextRefill is { } at && at < _timerDue)
+            if (!taken && _scheduler.NextWake is { } at && at < _timerDue)
             {
                 _timerDue = at;
                 var wait = at - _time.GetUtcNow();
@@ -76,7 +124,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
 
         if (taken)
         {
-            Changed?.Invoke();
+            OnChanged();
         }
 
         return taken;
@@ -90,15 +138,16 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
 
         Wake();
-        Changed?.Invoke();
+        OnChanged();
     }
 
-    /// <summary>Removes and returns every held job (at shutdown, to give them back to the queue).</summary>
+    /// <summary>Removes and returns every held job, parked ones too (at shutdown, to give them back to the queue).</summary>
     public List<QueuedJob> RemoveAll()
     {
         lock (_lock)
         {
-            var all = _scheduler.Pending.ToList();
+            var all = new List<QueuedJob>();
+            _scheduler.CopyHeld(all);
             foreach (var job in all)
             {
                 _scheduler.Remove(job.Id);
@@ -108,12 +157,16 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
     }
 
+    /// <summary>Every held job, parked ones too (their queue visibility is extended with the heartbeat).</summary>
     public List<QueuedJob> Snapshot()
     {
+        var all = new List<QueuedJob>();
         lock (_lock)
         {
-            return [.. _scheduler.Pending];
+            _scheduler.CopyHeld(all);
         }
+
+        return all;
     }
 
     public JobExplanation? Explain(JobId id)
@@ -175,6 +228,98 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
 
         Wake();
+        OnChanged();
+    }
+
+    private void OnChanged()
+    {
+        var interest = _bus is not null ? _bus.Waiting : _events.HasSubscribers ? JobEventBus.WaitingInterest.Everyone : null;
+        if (interest is not null)
+        {
+            PublishWaiting(interest);
+        }
+
         Changed?.Invoke();
+    }
+
+    /// <summary>
+    /// Explains the watched held jobs and publishes a <see cref="JobEventKind.Waiting"/> event for each whose reason or
+    /// limit changed since the last one. <see cref="WaitReason.Queued"/> (about to be scheduled) is remembered but not
+    /// published: it is the normal moment between arriving and being taken, not a hold.
+    /// </summary>
+    private void PublishWaiting(JobEventBus.WaitingInterest interest)
+    {
+        List<JobEvent>? events = null;
+        lock (_lock)
+        {
+            var generation = ++_generation;
+            var now = _time.GetUtcNow();
+            _explained.Clear();
+            if (interest.All)
+            {
+                _scheduler.CopyHeld(_explained);
+            }
+            else
+            {
+                foreach (var id in interest.Jobs)
+                {
+                    if (_scheduler.TryGetHeld(id, out var held))
+                    {
+                        _explained.Add(held);
+                    }
+                }
+            }
+
+            foreach (var job in _explained)
+            {
+                if (_scheduler.Explain(job.Id, FreeSlots) is not { } explanation)
+                {
+                    continue;
+                }
+
+                var changed = !_published.TryGetValue(job.Id, out var last) || last.Reason != explanation.Reason || !string.Equals(last.Limit, explanation.Limit, StringComparison.Ordinal);
+                _published[job.Id] = (explanation.Reason, explanation.Limit, generation);
+                if (changed && explanation.Reason != WaitReason.Queued)
+                {
+                    (events ??= []).Add(new JobEvent
+                    {
+                        Kind = JobEventKind.Waiting,
+                        JobId = job.Id,
+                        Tenant = job.Tenant,
+                        Workload = job.Workload,
+                        Timestamp = now,
+                        State = JobState.Queued,
+                        Explanation = explanation,
+                        Message = explanation.Message,
+                    });
+                }
+            }
+
+            _explained.Clear();
+
+            // Forget the jobs that left (taken, given back) or are no longer watched.
+            if (_published.Count > 0)
+            {
+                foreach (var (id, entry) in _published)
+                {
+                    if (entry.Generation != generation)
+                    {
+                        _stale.Add(id);
+                    }
+                }
+
+                foreach (var id in _stale)
+                {
+                    _published.Remove(id);
+                }
+
+                _stale.Clear();
+            }
+        }
+
+        foreach (var jobEvent in events ?? [])
+        {
+            _events.Publish(jobEvent);
+        }
     }
 }

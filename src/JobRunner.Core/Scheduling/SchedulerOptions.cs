@@ -41,6 +41,14 @@ public sealed class SchedulerOptions
     public TimeSpan? MaxWait { get; set; }
 
     /// <summary>
+    /// Gets or sets how long a job that prefers labels (<c>zone=eu?</c> in <see cref="JobRequest.Affinity"/>) waits, from
+    /// the time it was enqueued, before a worker without those labels takes it: a worker with them gets the first chance.
+    /// Required and avoided labels are never relaxed.
+    /// </summary>
+    /// <value>The default value is 1 second.</value>
+    public TimeSpan PreferenceWait { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
     /// Gets or sets how many ready jobs the scheduler holds to choose from, beyond the running ones. More gives better
     /// fairness when many tenants compete; the queue keeps the rest.
     /// </summary>

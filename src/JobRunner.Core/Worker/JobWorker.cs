@@ -31,7 +31,6 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly CancellationTokenSource _background = new();
     private readonly JobRunner.Scheduling.JobScheduler _scheduler;
     private readonly SemaphoreSlim _held;
-    private int _running;
     private volatile bool _stopping;
     private int _disposed;
     private PeriodicTimer? _heartbeatTimer;
@@ -180,6 +179,7 @@ internal sealed partial class JobWorker : BackgroundService
     private async Task FeedAsync(CancellationToken stoppingToken)
     {
         var buffer = new QueuedJob[Math.Min(_options.Slots * 4, 512)];
+        List<QueuedJob>? declined = null;
         while (!stoppingToken.IsCancellationRequested)
         {
             var want = 0;
@@ -197,15 +197,33 @@ internal sealed partial class JobWorker : BackgroundService
                 {
                     var item = buffer[i];
                     buffer[i] = null!;
-                    if (!_scheduler.Add(item))
+                    switch (_scheduler.Add(item))
                     {
-                        // A second delivery of a job this worker already holds (its visibility lapsed): drop it.
-                        await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
-                        _held.Release();
+                        case Scheduling.Admission.Held:
+                            break;
+                        case Scheduling.Admission.Duplicate:
+                            // A second delivery of a job this worker already holds (its visibility lapsed): drop it.
+                            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+                            _held.Release();
+                            break;
+                        case Scheduling.Admission.Declined:
+                            // Its affinity keeps it off this worker (for now): another worker may take it.
+                            (declined ??= []).Add(item);
+                            _held.Release();
+                            break;
+                        default:
+                            // Parked: held aside, outside the lookahead, until the heartbeat gives it back.
+                            _held.Release();
+                            break;
                     }
                 }
 
                 want -= got;
+                if (declined is { Count: > 0 })
+                {
+                    await _queue.ReturnAsync(declined, CancellationToken.None).ConfigureAwait(false);
+                    declined.Clear();
+                }
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
@@ -236,7 +254,6 @@ internal sealed partial class JobWorker : BackgroundService
                 continue;
             }
 
-            _scheduler.FreeSlots = _options.Slots - Interlocked.Increment(ref _running);
             _telemetry.Waited(item, Time.GetUtcNow());
             try
             {
@@ -249,7 +266,6 @@ internal sealed partial class JobWorker : BackgroundService
             finally
             {
                 // Whatever the outcome (success, failure, retry, cancellation, timeout), the limits and the slot are given back.
-                _scheduler.FreeSlots = _options.Slots - Interlocked.Decrement(ref _running);
                 _scheduler.Release(item);
                 _held.Release();
             }
@@ -563,19 +579,21 @@ internal sealed partial class JobWorker : BackgroundService
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
-                var leases = new List<JobLease>(_active.Count);
-                var items = _scheduler.Snapshot();
-                foreach (var attempt in _active.Values)
-                {
-                    if (attempt.Lease is { } lease)
-                    {
-                        leases.Add(lease);
-                        items.Add(attempt.Item);
-                    }
-                }
-
                 try
                 {
+                    // First, so that the jobs given back are not extended below.
+                    await GiveBackParkedAsync(cancellationToken).ConfigureAwait(false);
+                    var leases = new List<JobLease>(_active.Count);
+                    var items = _scheduler.Snapshot();
+                    foreach (var attempt in _active.Values)
+                    {
+                        if (attempt.Lease is { } lease)
+                        {
+                            leases.Add(lease);
+                            items.Add(attempt.Item);
+                        }
+                    }
+
                     var lost = leases.Count == 0 ? [] : await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
                     foreach (var id in lost)
                     {
@@ -602,6 +620,44 @@ internal sealed partial class JobWorker : BackgroundService
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
         }
+    }
+
+    /// <summary>
+    /// Gives the parked jobs (this worker may not run them) back to the queue, so that a capable worker can take them;
+    /// jobs that finished or were cancelled meanwhile are acknowledged instead, so they do not circle forever.
+    /// </summary>
+    private async Task GiveBackParkedAsync(CancellationToken cancellationToken)
+    {
+        var parked = _scheduler.TakeParked();
+        if (parked.Count == 0)
+        {
+            return;
+        }
+
+        List<QueuedJob>? gone = null;
+        try
+        {
+            for (var i = parked.Count - 1; i >= 0; i--)
+            {
+                if (await Store.GetAsync(parked[i].Id, cancellationToken).ConfigureAwait(false) is not { State: JobState.Queued })
+                {
+                    (gone ??= []).Add(parked[i]);
+                    parked.RemoveAt(i);
+                }
+            }
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
+            // The store is unreachable: give them all back; a worker that leases one finds out.
+            Log.HeartbeatFailed(_logger, e);
+        }
+
+        if (gone is not null)
+        {
+            await _queue.AcknowledgeAsync(gone, CancellationToken.None).ConfigureAwait(false);
+        }
+
+        await _queue.ReturnAsync(parked, CancellationToken.None).ConfigureAwait(false);
     }
 
     private async Task ReclaimAsync(PeriodicTimer timer, CancellationToken cancellationToken)

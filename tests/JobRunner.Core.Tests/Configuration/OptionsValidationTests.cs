@@ -25,6 +25,21 @@ public sealed class OptionsValidationTests
         Assert.Equal(TimeSpan.FromSeconds(10), options.CancellationGracePeriod);
         Assert.Equal(TimeSpan.FromSeconds(10), options.ShutdownGracePeriod);
         Assert.StartsWith(Environment.MachineName, options.WorkerId, StringComparison.Ordinal);
+        Assert.Empty(options.Labels);
+    }
+
+    [Fact]
+    public async Task Start_BadWorkerLabels_NameTheFix()
+    {
+        var e = await StartInvalidAsync(r => r.ConfigureWorker(w =>
+        {
+            w.Labels["g pu"] = "true";
+            w.Labels["zone"] = "e u";
+        }));
+
+        Assert.Equal(2, e.Failures.Count());
+        Assert.Contains("WorkerOptions.Labels has the key 'g pu', which is not valid: use an optional DNS prefix", e.Message, StringComparison.Ordinal);
+        Assert.Contains("WorkerOptions.Labels['zone'] is 'e u', which is not valid: use an empty value or a name", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -10,15 +10,18 @@ public sealed class FairSchedulerTests
     private readonly SchedulerOptions _options = new();
     private FairScheduler? _scheduler;
 
-    private FairScheduler Scheduler => _scheduler ??= new FairScheduler(Options.Create(_options), time: _time);
+    private readonly Dictionary<string, string> _labels = [];
 
-    private QueuedJob Job(string tenant = "t", int priority = 5, string workload = "w", string? key = null) => new()
+    private FairScheduler Scheduler => _scheduler ??= new FairScheduler(Options.Create(_options), time: _time, labels: _labels);
+
+    private QueuedJob Job(string tenant = "t", int priority = 5, string workload = "w", string? key = null, string? affinity = null) => new()
     {
         Id = JobId.New(_time),
         Priority = priority,
         Tenant = tenant,
         Workload = workload,
         ConcurrencyKey = key,
+        Affinity = affinity,
         EnqueuedAt = _time.GetUtcNow(),
     };
 
@@ -55,6 +58,7 @@ public sealed class FairSchedulerTests
         Assert.Equal(256, options.Lookahead);
         Assert.Empty(options.WorkloadLimits);
         Assert.Empty(options.TenantLimits);
+        Assert.Equal(TimeSpan.FromSeconds(1), options.PreferenceWait);
     }
 
     [Fact]
@@ -263,8 +267,8 @@ public sealed class FairSchedulerTests
     {
         var job = Job();
 
-        Assert.True(Scheduler.Add(job));
-        Assert.False(Scheduler.Add(job));
+        Assert.Equal(Admission.Held, Scheduler.Add(job));
+        Assert.Equal(Admission.Duplicate, Scheduler.Add(job));
         Assert.Equal(1, Scheduler.PendingCount);
         Assert.True(Scheduler.Remove(job.Id));
         Assert.False(Scheduler.TryTake(out _));
@@ -282,7 +286,7 @@ public sealed class FairSchedulerTests
         Take();
         Take();
         Assert.False(Scheduler.TryTake(out _));
-        Assert.Equal(_time.GetUtcNow().AddSeconds(0.5), Scheduler.NextRefill);
+        Assert.Equal(_time.GetUtcNow().AddSeconds(0.5), Scheduler.NextWake);
         var explanation = Scheduler.Explain(jobs[2].Id, 1)!;
         Assert.Equal((WaitReason.RateLimited, "rate:workload:api=2/s"), (explanation.Reason, explanation.Limit));
 
@@ -351,25 +355,45 @@ public sealed class FairSchedulerTests
         _options.WorkloadLimits["w0"] = 2;
         _options.TenantLimits["t0"] = 3;
         _options.ConcurrencyKeyLimits["k1"] = 2;
+        _labels["zone"] = "eu";
+        _labels["gpu"] = "true";
         var running = new List<QueuedJob>();
         var pending = new List<QueuedJob>();
+        var parked = new List<QueuedJob>();
 
         for (var step = 0; step < 4_000; step++)
         {
-            var action = random.Next(10);
+            var action = random.Next(11);
             if (action < 4)
             {
-                var job = Job($"t{random.Next(5)}", random.Next(1, 11), $"w{random.Next(3)}", random.Next(4) switch { 0 => "k0", 1 => "k1", _ => null });
-                Scheduler.Add(job);
-                pending.Add(job);
+                var affinity = s_affinities[random.Next(s_affinities.Length)];
+                var job = Job($"t{random.Next(5)}", random.Next(1, 11), $"w{random.Next(3)}", random.Next(4) switch { 0 => "k0", 1 => "k1", _ => null }, affinity);
+                var admission = Scheduler.Add(job);
+                if (admission == Admission.Declined)
+                {
+                    // Given back to the queue; with no other worker it comes straight back.
+                    Assert.True(affinity is not null && (!Capable(affinity) || !Preferred(affinity)), $"'{affinity}' declined");
+                    admission = Scheduler.Add(job);
+                }
+
+                // Required and avoided labels decide alone whether a job is ever held for running here.
+                Assert.Equal(Capable(affinity) ? Admission.Held : Admission.Parked, admission);
+                (admission == Admission.Held ? pending : parked).Add(job);
+            }
+            else if (action == 10)
+            {
+                _time.Advance(TimeSpan.FromMilliseconds(random.Next(500)));
             }
             else if (action < 8)
             {
                 var admissible = pending.Where(j => Admissible(j, running)).ToList();
                 if (Scheduler.TryTake(out var taken))
                 {
-                    // Never exceeds a limit; strict priority among admissible jobs.
-                    Assert.True(Admissible(taken, running), "a limit would be exceeded");
+                    // A required label is never violated, nor an avoided one; never exceeds a limit; strict priority
+                    // among admissible jobs.
+                    Assert.True(taken.Affinity is null || Capable(taken.Affinity), $"'{taken.Affinity}' ran on a worker without its required labels");
+                    Assert.DoesNotContain(taken, parked);
+                    Assert.True(Admissible(taken, running), "a limit would be exceeded or a preference wait cut short");
                     Assert.Equal(admissible.Max(j => j.Priority), taken.Priority);
                     pending.Remove(taken);
                     running.Add(taken);
@@ -389,10 +413,19 @@ public sealed class FairSchedulerTests
         }
 
         Assert.Equal(pending.Count, Scheduler.PendingCount);
+        Assert.Equal(parked.Count, Scheduler.ParkedCount);
     }
 
+    private static readonly string?[] s_affinities = [null, null, null, "gpu=true", "gpu", "zone=us", "!gpu", "ssd", "zone=eu?", "zone=us?", "gpu, ssd?", "!spot", "!zone=us"];
+
+    /// <summary>The model of required and avoided labels, against this worker's labels zone=eu, gpu=true.</summary>
+    private static bool Capable(string? affinity) => affinity is null or "gpu=true" or "gpu" or "zone=eu?" or "zone=us?" or "gpu, ssd?" or "!spot" or "!zone=us";
+
+    private static bool Preferred(string? affinity) => affinity is not ("zone=us?" or "gpu, ssd?");
+
     private bool Admissible(QueuedJob job, List<QueuedJob> running)
-        => running.Count(r => r.Workload == job.Workload) < Limit(_options.WorkloadLimits, job.Workload, int.MaxValue)
+        => (Preferred(job.Affinity) || _time.GetUtcNow() >= job.EnqueuedAt + _options.PreferenceWait)
+            && running.Count(r => r.Workload == job.Workload) < Limit(_options.WorkloadLimits, job.Workload, int.MaxValue)
             && running.Count(r => r.Tenant == job.Tenant) < Limit(_options.TenantLimits, job.Tenant, int.MaxValue)
             && (job.ConcurrencyKey is null || running.Count(r => r.ConcurrencyKey == job.ConcurrencyKey) < Limit(_options.ConcurrencyKeyLimits, job.ConcurrencyKey, _options.DefaultConcurrencyKeyLimit));
 

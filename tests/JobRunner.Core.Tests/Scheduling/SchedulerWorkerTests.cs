@@ -208,11 +208,13 @@ public sealed class SchedulerWorkerTests
             s.DefaultWeight = 0;
             s.TenantRates["acme"] = new RateLimit(PerSecond: 0);
             s.MaxWait = TimeSpan.Zero;
+            s.PreferenceWait = TimeSpan.FromSeconds(-1);
         }));
 
         var e = await Assert.ThrowsAsync<OptionsValidationException>(host.StartAsync);
 
-        Assert.Equal(7, e.Failures.Count());
+        Assert.Equal(8, e.Failures.Count());
+        Assert.Contains("SchedulerOptions.PreferenceWait is -00:00:01. Set it to zero", e.Message, StringComparison.Ordinal);
         Assert.Contains("unknown tier 'platinum'", e.Message, StringComparison.Ordinal);
         Assert.Contains("WorkloadLimits['prewarm'] is 0", e.Message, StringComparison.Ordinal);
     }
