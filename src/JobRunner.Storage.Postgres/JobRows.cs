@@ -11,9 +11,12 @@ internal static class JobRows
     /// <summary>The columns <see cref="Read"/> expects, in order.</summary>
     public const string Columns =
         "id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input, not_before, timeout_ms, retry, " +
-        "state, ready_at, created_at, updated_at, fence, attempts, checkpoint, progress_fraction, progress_message, cancel_requested, cancel_reason, last_error, seq";
+        "state, ready_at, created_at, updated_at, fence, attempts, checkpoint, progress_fraction, progress_message, cancel_requested, cancel_reason, last_error, seq, affinity";
 
-    public const string QueueColumns = "id, priority, tenant, workload, concurrency_key, enqueued_at";
+    /// <summary>The number of <see cref="Columns"/>; a statement may select more after them.</summary>
+    public const int ColumnCount = 27;
+
+    public const string QueueColumns = "id, priority, tenant, workload, concurrency_key, enqueued_at, affinity";
 
     public static JobRecord Read(NpgsqlDataReader row)
     {
@@ -30,6 +33,7 @@ internal static class JobRows
             NotBefore = row.IsDBNull(10) ? null : row.GetFieldValue<DateTimeOffset>(10),
             Timeout = row.IsDBNull(11) ? null : TimeSpan.FromMilliseconds(row.GetInt64(11)),
             Retry = row.IsDBNull(12) ? null : ReadRetry(row.GetString(12)),
+            Affinity = NullableString(row, 26),
         };
         if (labels is not null)
         {
@@ -72,6 +76,7 @@ internal static class JobRows
         Workload = row.GetString(3),
         ConcurrencyKey = NullableString(row, 4),
         EnqueuedAt = row.GetFieldValue<DateTimeOffset>(5),
+        Affinity = NullableString(row, 6),
     };
 
     /// <summary>Microseconds since the Unix epoch: how attempts store their times.</summary>

@@ -49,13 +49,13 @@ internal sealed partial class PostgresJobStore : IJobStore
         _insertSql = $"""
             WITH u AS (
                 INSERT INTO {s}.jobs (id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
-                                      not_before, timeout_ms, retry, state, ready_at, enqueued_at, created_at, updated_at)
+                                      not_before, timeout_ms, retry, state, ready_at, enqueued_at, created_at, updated_at, affinity)
                 SELECT id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels::jsonb, input,
-                       not_before, timeout_ms, retry::jsonb, state, ready_at, created_at, created_at, created_at
+                       not_before, timeout_ms, retry::jsonb, state, ready_at, created_at, created_at, created_at, affinity
                 FROM unnest(@ids, @tenants, @workloads, @priorities, @concurrency_keys, @dedupe_keys, @correlation_ids, @parent_ids,
-                            @labels, @inputs, @not_befores, @timeouts, @retries, @states, @ready_ats, @created_ats)
+                            @labels, @inputs, @not_befores, @timeouts, @retries, @states, @ready_ats, @created_ats, @affinities)
                      AS r(id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
-                          not_before, timeout_ms, retry, state, ready_at, created_at)
+                          not_before, timeout_ms, retry, state, ready_at, created_at, affinity)
                 ON CONFLICT DO NOTHING
                 RETURNING *){History("NULL::text")}
             SELECT id FROM u
@@ -230,6 +230,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         var states = new short[n];
         var readyAts = new DateTimeOffset[n];
         var createdAts = new DateTimeOffset[n];
+        var affinities = new string?[n];
         for (var i = 0; i < n; i++)
         {
             var job = batch[i].Request;
@@ -247,6 +248,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             notBefores[i] = request.NotBefore?.ToUniversalTime();
             timeouts[i] = request.Timeout is { } t ? (long)t.TotalMilliseconds : null;
             retries[i] = JobRows.WriteRetry(request.Retry);
+            affinities[i] = request.Affinity;
             states[i] = (short)job.State;
             createdAts[i] = job.CreatedAt.ToUniversalTime();
             readyAts[i] = (job.State == JobState.Scheduled ? job.DueAt ?? job.CreatedAt : job.CreatedAt).ToUniversalTime();
@@ -268,6 +270,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         p.Add(new("timeouts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = timeouts });
         p.Add(new("retries", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = retries });
         p.Add(new("states", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = states });
+        p.Add(new("affinities", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = affinities });
         p.Add(new("ready_ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = readyAts });
         p.Add(new("created_ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = createdAts });
         var inserted = new HashSet<Guid>(n);
@@ -669,7 +672,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.AddWithValue("instance", s.Store._db.InstanceId);
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
-            return await reader.ReadAsync(token).ConfigureAwait(false) ? (JobRows.Read(reader), reader.GetInt64(26) > 0) : (null, false);
+            return await reader.ReadAsync(token).ConfigureAwait(false) ? (JobRows.Read(reader), reader.GetInt64(JobRows.ColumnCount) > 0) : (null, false);
         }, cancellationToken).ConfigureAwait(false);
 
         if (changed is null)

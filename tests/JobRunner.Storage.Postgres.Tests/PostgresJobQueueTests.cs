@@ -35,6 +35,21 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Dequeue_carries_the_affinity_the_scheduler_matches()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job with { Request = job.Request with { Affinity = "gpu=true, zone=eu?" } }, default);
+        await Insert(store);
+
+        var buffer = new QueuedJob[2];
+        Assert.Equal(2, await queue.DequeueAsync(buffer, Visibility, default));
+
+        Assert.Equal("gpu=true, zone=eu?", buffer.Single(b => b.Id == job.Id).Affinity);
+        Assert.Null(buffer.Single(b => b.Id != job.Id).Affinity);
+    }
+
+    [Fact]
     public async Task Returned_and_lapsed_jobs_become_visible_again()
     {
         var (_, store, queue, _) = _database.OpenStore(_time);

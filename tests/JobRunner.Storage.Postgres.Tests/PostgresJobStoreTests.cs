@@ -16,7 +16,7 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     {
         var (_, store, _, _) = _database.OpenStore(_time);
         var job = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false)) with { };
-        job = job with { Request = job.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1) } };
+        job = job with { Request = job.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1), Affinity = "gpu=true, !spot" } };
 
         var result = await store.InsertAsync(job, default);
         var read = await store.GetAsync(job.Id, default);
@@ -33,6 +33,7 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal(job.Request.ParentId, read.Request.ParentId);
         Assert.Equal(job.Request.NotBefore, read.Request.NotBefore);
         Assert.Equal("corr", read.Request.CorrelationId);
+        Assert.Equal("gpu=true, !spot", read.Request.Affinity);
         Assert.Equal(job.CreatedAt, read.CreatedAt);
         Assert.Empty(read.Attempts);
         Assert.Null(read.Checkpoint);

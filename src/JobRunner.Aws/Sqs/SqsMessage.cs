@@ -7,7 +7,7 @@ namespace JobRunner.Aws.Sqs;
 
 /// <summary>
 /// The body of a dispatch message: a compact JSON object with the job's id and what the scheduler needs to order it
-/// (<c>{"v":1,"id":…,"p":…,"t":…,"w":…,"k":…,"e":…,"d":…}</c>, times in Unix milliseconds), or a pointer to a body
+/// (<c>{"v":1,"id":…,"p":…,"t":…,"w":…,"k":…,"a":…,"e":…,"d":…}</c>, times in Unix milliseconds), or a pointer to a body
 /// kept in S3 (<c>{"v":1,"s3":key}</c>). Job state stays in the job store.
 /// </summary>
 internal static class SqsMessage
@@ -26,6 +26,11 @@ internal static class SqsMessage
             if (job.ConcurrencyKey is { } key)
             {
                 writer.WriteString("k", key);
+            }
+
+            if (job.Affinity is { } affinity)
+            {
+                writer.WriteString("a", affinity);
             }
 
             writer.WriteNumber("e", job.EnqueuedAt.ToUnixTimeMilliseconds());
@@ -73,7 +78,7 @@ internal static class SqsMessage
 
             int? version = null, priority = null;
             Guid? id = null;
-            string? tenant = null, workload = null, key = null;
+            string? tenant = null, workload = null, key = null, affinity = null;
             long? enqueued = null, due = null;
             while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
@@ -106,6 +111,10 @@ internal static class SqsMessage
                 else if (name.SequenceEqual("k"u8) && reader.TokenType == JsonTokenType.String)
                 {
                     key = reader.GetString();
+                }
+                else if (name.SequenceEqual("a"u8) && reader.TokenType == JsonTokenType.String)
+                {
+                    affinity = reader.GetString();
                 }
                 else if (name.SequenceEqual("e"u8) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt64(out var e))
                 {
@@ -154,6 +163,7 @@ internal static class SqsMessage
                 Tenant = tenant,
                 Workload = workload,
                 ConcurrencyKey = key,
+                Affinity = affinity,
                 EnqueuedAt = DateTimeOffset.FromUnixTimeMilliseconds(enqueued.Value),
                 DueAt = due is { } dueMs ? DateTimeOffset.FromUnixTimeMilliseconds(dueMs) : null,
             };

@@ -19,6 +19,7 @@ public sealed class SqsUnitTests
             Tenant = "acme",
             Workload = "resize",
             ConcurrencyKey = "k",
+            Affinity = "gpu=true, zone=eu?, !spot",
             EnqueuedAt = DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_123),
             DueAt = DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_900_000),
         };

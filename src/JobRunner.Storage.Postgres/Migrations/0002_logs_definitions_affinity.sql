@@ -1,4 +1,7 @@
--- JobRunner schema, version 2: job logs and job definitions, shared by every host.
+-- JobRunner schema, version 2: job logs and job definitions, shared by every host; the jobs' affinity.
+
+-- A job's affinity expression (JobRequest.Affinity), which the worker's scheduler matches against its labels.
+ALTER TABLE {schema}.jobs ADD COLUMN affinity text;
 
 -- Log lines, by job and job-wide offset. Offsets come from job_log_heads (one row per job that logged), so they continue
 -- across attempts and hosts.
