@@ -38,6 +38,16 @@ if (args is ["latency", ..])
     return;
 }
 
+// Where the in-memory end-to-end path allocates (sampled AllocationTick events):
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- allocs [jobs] [slots]
+if (args is ["allocs", ..])
+{
+    await JobRunner.Benchmarks.AllocationProfile.RunAsync(
+        args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 500_000,
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 8);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();
