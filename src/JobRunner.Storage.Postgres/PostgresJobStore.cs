@@ -767,7 +767,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private void Publish(JobLease lease, (string Tenant, string Workload) owner, JobEventKind kind, DateTimeOffset now, JobProgress? progress, string? message)
     {
-        if (_events.HasSubscribers)
+        if (_events.IsWatched(kind))
         {
             _events.Publish(new JobEvent
             {
@@ -786,7 +786,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private void PublishState(JobRecord job, JobState? previous, string? message)
     {
-        if (_events.HasSubscribers)
+        if (_events.IsWatched(JobEventKind.StateChanged))
         {
             _events.Publish(JobEvent.StateChanged(job, previous, message));
         }

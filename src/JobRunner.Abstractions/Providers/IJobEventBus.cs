@@ -9,6 +9,14 @@ public interface IJobEventBus
     /// <summary>Gets whether anyone listens. Publishers skip building events when nobody does.</summary>
     bool HasSubscribers { get; }
 
+    /// <summary>
+    /// Gets whether anyone listens for events of <paramref name="kind"/>. Publishers skip building events that no
+    /// subscriber's filter would take (the worker's own cancellation listener does not make every state change watched).
+    /// </summary>
+    /// <param name="kind">The kind of event about to be built.</param>
+    /// <returns><see langword="true"/> when a subscriber may take it; the default is <see cref="HasSubscribers"/>.</returns>
+    bool IsWatched(JobEventKind kind) => HasSubscribers;
+
     /// <summary>Delivers <paramref name="jobEvent"/> to every matching subscriber. Never blocks.</summary>
     /// <param name="jobEvent">The event.</param>
     void Publish(JobEvent jobEvent);

@@ -16,8 +16,11 @@ internal sealed class JobEventBus : IJobEventBus
     private readonly Lock _lock = new();
     private volatile Subscription[] _subscribers = [];
     private volatile WaitingInterest? _waiting;
+    private volatile int _watchedKinds;
 
     public bool HasSubscribers => _subscribers.Length != 0;
+
+    public bool IsWatched(JobEventKind kind) => (_watchedKinds & (1 << (int)kind)) != 0;
 
     /// <summary>
     /// Gets who watches <see cref="JobEventKind.Waiting"/> events (a filter without kinds counts), so that the scheduler
@@ -53,7 +56,7 @@ internal sealed class JobEventBus : IJobEventBus
         lock (_lock)
         {
             _subscribers = [.. _subscribers, subscription];
-            _waiting = WaitingInterest.Of(_subscribers);
+            Refresh();
         }
 
         return subscription;
@@ -64,8 +67,29 @@ internal sealed class JobEventBus : IJobEventBus
         lock (_lock)
         {
             _subscribers = Array.FindAll(_subscribers, s => !ReferenceEquals(s, subscription));
-            _waiting = WaitingInterest.Of(_subscribers);
+            Refresh();
         }
+    }
+
+    private void Refresh()
+    {
+        var kinds = 0;
+        foreach (var subscriber in _subscribers)
+        {
+            if (subscriber.Filter.Kinds is not { } filter)
+            {
+                kinds = -1;
+                break;
+            }
+
+            foreach (var kind in filter)
+            {
+                kinds |= 1 << (int)kind;
+            }
+        }
+
+        _watchedKinds = kinds;
+        _waiting = WaitingInterest.Of(_subscribers);
     }
 
     /// <summary>The watchers of <see cref="JobEventKind.Waiting"/> events: every job, or only <see cref="Jobs"/>.</summary>

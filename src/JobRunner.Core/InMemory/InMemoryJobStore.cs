@@ -374,7 +374,7 @@ internal sealed class InMemoryJobStore : IJobStore
 
     private void PublishState(JobRecord job, JobState? previous, string? message)
     {
-        if (_events.HasSubscribers)
+        if (_events.IsWatched(JobEventKind.StateChanged))
         {
             _events.Publish(JobEvent.StateChanged(job, previous, message));
         }
@@ -382,7 +382,7 @@ internal sealed class InMemoryJobStore : IJobStore
 
     private void Publish(JobRecord job, JobEventKind kind, DateTimeOffset now, int attempt, JobProgress? progress, string? message)
     {
-        if (_events.HasSubscribers)
+        if (_events.IsWatched(kind))
         {
             _events.Publish(new JobEvent
             {

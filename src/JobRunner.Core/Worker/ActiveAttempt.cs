@@ -28,7 +28,8 @@ internal enum StopReason
 internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDisposable
 {
     private readonly CancellationTokenSource _cts = new();
-    private readonly TaskCompletionSource _abandoned = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Created on first use: an attempt whose workload returns at once never needs it.
+    private TaskCompletionSource? _abandoned;
     private ITimer? _timeoutTimer;
     private ITimer? _graceTimer;
     private int _reason;
@@ -41,7 +42,10 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
     public CancellationToken Token => _cts.Token;
 
     /// <summary>Completes when the worker gives up waiting for the workload (after the grace period).</summary>
-    public Task Abandoned => _abandoned.Task;
+    public Task Abandoned => AbandonedSource.Task;
+
+    private TaskCompletionSource AbandonedSource
+        => LazyInitializer.EnsureInitialized(ref _abandoned, static () => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
 
     public StopReason Reason => (StopReason)Volatile.Read(ref _reason);
 
@@ -72,11 +76,11 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
 
         if (grace <= TimeSpan.Zero)
         {
-            _abandoned.TrySetResult();
+            AbandonedSource.TrySetResult();
         }
         else
         {
-            var timer = time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), _abandoned, grace, System.Threading.Timeout.InfiniteTimeSpan);
+            var timer = time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), AbandonedSource, grace, System.Threading.Timeout.InfiniteTimeSpan);
             _graceTimer = timer;
             if (_disposed)
             {

@@ -38,7 +38,7 @@ internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkp
         }
 
         await checkpoints.SaveAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
-        if (events.HasSubscribers)
+        if (events.IsWatched(JobEventKind.Checkpointed))
         {
             events.Publish(new JobEvent
             {

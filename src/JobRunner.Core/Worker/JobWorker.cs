@@ -106,7 +106,7 @@ internal sealed partial class JobWorker : BackgroundService
 
     internal void PublishLogs(JobRecord job, IReadOnlyList<LogEntry> entries)
     {
-        if (!_events.HasSubscribers)
+        if (!_events.IsWatched(JobEventKind.Log))
         {
             return;
         }
@@ -363,7 +363,7 @@ internal sealed partial class JobWorker : BackgroundService
     }
 
     /// <summary>Runs the attempt and decides its outcome; <see langword="null"/> when the lease was lost.</summary>
-    private async Task<AttemptCompletion?> ExecuteAttemptAsync(ActiveAttempt attempt, LeasedJob leased)
+    private async ValueTask<AttemptCompletion?> ExecuteAttemptAsync(ActiveAttempt attempt, LeasedJob leased)
     {
         var job = leased.Job;
         var workload = _registry.Find(job.Request.Workload);

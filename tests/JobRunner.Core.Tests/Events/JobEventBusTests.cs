@@ -1,0 +1,55 @@
+using JobRunner.Events;
+using JobRunner.InMemory;
+using JobRunner.Testing;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Tests.Events;
+
+public sealed class JobEventBusTests
+{
+    [Fact]
+    public void IsWatched_FollowsTheSubscribersKinds()
+    {
+        var bus = new JobEventBus();
+        Assert.False(bus.IsWatched(JobEventKind.StateChanged));
+
+        using (bus.Subscribe(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }))
+        {
+            Assert.True(bus.HasSubscribers);
+            Assert.True(bus.IsWatched(JobEventKind.CancellationRequested));
+            Assert.False(bus.IsWatched(JobEventKind.StateChanged));
+            Assert.False(bus.IsWatched(JobEventKind.Log));
+
+            using (bus.Subscribe(new JobEventFilter { JobId = JobId.New(TimeProvider.System) }))
+            {
+                Assert.All(Enum.GetValues<JobEventKind>(), kind => Assert.True(bus.IsWatched(kind)));
+            }
+
+            Assert.False(bus.IsWatched(JobEventKind.StateChanged));
+        }
+
+        Assert.False(bus.IsWatched(JobEventKind.CancellationRequested));
+    }
+
+    [Fact]
+    public async Task Store_BuildsStateEventsOnlyForAWatcherOfThem()
+    {
+        var time = new FakeTimeProvider();
+        var bus = new JobEventBus();
+        var store = new InMemoryJobStore(time, bus, Options.Create(new InMemoryStoreOptions()));
+        using var cancellations = bus.Subscribe(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } });
+        using var states = bus.Subscribe(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } });
+        var job = new JobRecord { Id = JobId.New(time), Request = new JobRequest("work"), State = JobState.Queued, CreatedAt = time.GetUtcNow(), UpdatedAt = time.GetUtcNow() };
+
+        await store.InsertAsync(job, default);
+        states.Dispose();
+        await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default);
+        await store.RequestCancellationAsync(job.Id, "stop", default);
+
+        Assert.True(states.Reader.TryRead(out var inserted));
+        Assert.Equal(JobState.Queued, inserted.State);
+        Assert.False(states.Reader.TryRead(out _));
+        Assert.True(cancellations.Reader.TryRead(out var cancel));
+        Assert.Equal(JobEventKind.CancellationRequested, cancel.Kind);
+    }
+}
