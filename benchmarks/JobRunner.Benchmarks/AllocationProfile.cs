@@ -12,7 +12,24 @@ internal static class AllocationProfile
 {
     public static async Task RunAsync(int jobs, int slots)
     {
+        // Submission alone (no worker): the ceiling a single submitting thread puts on the end-to-end rate.
+        await using (var submitOnly = await Harness.StartAsync(runner => runner
+            .ConfigureWorker(w => w.Enabled = false)
+            .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop")))
+        {
+            var request = new JobRequest("noop");
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < jobs; i++)
+            {
+                await submitOnly.Client.SubmitAsync(request);
+            }
+
+            Console.WriteLine($"submit only, one thread, no worker: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
+        }
+
+        var keep = Environment.GetEnvironmentVariable("BENCH_KEEP") is { } k ? int.Parse(k, System.Globalization.CultureInfo.InvariantCulture) : 100_000;
         await using var harness = await Harness.StartAsync(runner => runner
+            .UseInMemory(o => o.MaxFinishedJobs = keep)
             .ConfigureWorker(w => w.Slots = slots)
             .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop"));
         await harness.RunAsync(new JobRequest("noop"), Math.Min(jobs, 50_000));
