@@ -33,7 +33,35 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     }
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
-        => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken));
+        => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken), RelayEventsAsync(stoppingToken));
+
+    private async Task RelayEventsAsync(CancellationToken stoppingToken)
+    {
+        if (_db.Options.EventRelayInterval is not { } interval)
+        {
+            return;
+        }
+
+        var relay = new PostgresEventRelay(_db, _store.Events);
+        using var timer = new PeriodicTimer(interval, _db.Time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    await relay.PollOnceAsync(stoppingToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (!stoppingToken.IsCancellationRequested)
+                {
+                    Log.RelayFailed(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
 
     private async Task ListenAsync(CancellationToken stoppingToken)
     {
@@ -219,5 +247,8 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
 
         [LoggerMessage(22, LogLevel.Warning, "PostgreSQL: housekeeping failed; it runs again at the next interval.")]
         public static partial void HousekeepingFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(23, LogLevel.Warning, "PostgreSQL: relaying other hosts' state changes to this host's watchers failed; it tries again at the next interval.")]
+        public static partial void RelayFailed(ILogger logger, Exception exception);
     }
 }

@@ -45,7 +45,8 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
         var s = db.Schema;
-        var history = $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}} FROM u)";
+        // Each row names the process that wrote it, so that the event relay of other hosts publishes it and this one does not.
+        var history = $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message, instance) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}}, '{db.InstanceId}' FROM u)";
         _insertSql = $"""
             WITH u AS (
                 INSERT INTO {s}.jobs (id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
@@ -693,6 +694,8 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         return changed;
     }
+
+    internal IJobEventBus Events => _events;
 
     internal void PublishCancellation(JobId id, string tenant, string workload, int attempt, string? reason, DateTimeOffset now)
     {

@@ -47,6 +47,14 @@ public sealed class PostgresOptions
     /// <summary>Gets or sets whether every state transition is written to the history table. Default <see langword="true"/>.</summary>
     public bool WriteHistory { get; set; } = true;
 
+    /// <summary>
+    /// Gets or sets how often a host that has watchers of state changes (<see cref="IJobClient.WatchAsync(JobId, CancellationToken)"/>
+    /// and filters that take <see cref="JobEventKind.StateChanged"/>) reads the transitions other hosts wrote to the
+    /// history and publishes them on its own bus; <see langword="null"/> keeps events on the host that made the change.
+    /// Needs <see cref="WriteHistory"/>. Default 250 milliseconds.
+    /// </summary>
+    public TimeSpan? EventRelayInterval { get; set; } = TimeSpan.FromMilliseconds(250);
+
     /// <summary>Gets or sets how long history rows are kept. Default 7 days.</summary>
     public TimeSpan HistoryRetention { get; set; } = TimeSpan.FromDays(7);
 

@@ -35,6 +35,15 @@ internal sealed partial class PostgresOptionsValidator : IValidateOptions<Postgr
         Positive(errors, options.PollInterval, nameof(options.PollInterval));
         Positive(errors, options.HistoryRetention, nameof(options.HistoryRetention));
         Positive(errors, options.HousekeepingInterval, nameof(options.HousekeepingInterval));
+        if (options.EventRelayInterval is { } relay)
+        {
+            Positive(errors, relay, nameof(options.EventRelayInterval));
+            if (!options.WriteHistory)
+            {
+                errors.Add("PostgresOptions.EventRelayInterval relays state changes from the history, but WriteHistory is false. Set WriteHistory = true, or EventRelayInterval = null to keep events on the host that made the change.");
+            }
+        }
+
         if (options.FinishedJobRetention is { } retention)
         {
             Positive(errors, retention, nameof(options.FinishedJobRetention));

@@ -34,7 +34,7 @@ public sealed class MigrationTests : IAsyncLifetime
         var (_, store, _, _) = _database.OpenStore(_time);
         var job = Jobs.New(_time);
         await store.InsertAsync(job, default);
-        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; DELETE FROM {s}.schema_migrations WHERE version > 1");
+        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; ALTER TABLE {s}.job_history DROP COLUMN instance; DELETE FROM {s}.schema_migrations WHERE version > 1");
 
         var upgraded = _database.Open(_time);
         await upgraded.EnsureMigratedAsync(default);

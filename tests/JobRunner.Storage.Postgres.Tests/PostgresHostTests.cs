@@ -77,6 +77,40 @@ public sealed class PostgresHostTests : IAsyncLifetime
         await reader.StopAsync();
     }
 
+    [Fact]
+    public async Task A_client_host_watches_a_job_that_a_worker_host_runs()
+    {
+        using var worker = Build(new Steps(new(), new(), new(), new()));
+        using var api = Build(new Steps(new(), new(), new(), new()), worker: false);
+        await api.StartAsync();
+        var client = api.Services.GetRequiredService<IJobClient>();
+
+        // Submitted and watched on the API host; run by the worker host, started only once the watch is open.
+        var submitted = await client.SubmitAsync(new JobRequest("steps") { Input = "\"ok\""u8.ToArray() });
+        using var timeout = new CancellationTokenSource(Limit);
+        var states = new List<JobState>();
+        await foreach (var e in client.WatchAsync(submitted.Job.Id, timeout.Token))
+        {
+            if (e.Kind == JobEventKind.StateChanged)
+            {
+                states.Add(e.State);
+                if (states.Count == 1)
+                {
+                    await worker.StartAsync();
+                }
+
+                if (e.State.IsTerminal())
+                {
+                    break;
+                }
+            }
+        }
+
+        Assert.Equal([JobState.Queued, JobState.Running, JobState.Succeeded], states);
+        await worker.StopAsync();
+        await api.StopAsync();
+    }
+
     private static async Task<JobState> WaitForTerminalAsync(IJobClient client, JobId id)
     {
         using var timeout = new CancellationTokenSource(Limit);

@@ -1,4 +1,7 @@
--- JobRunner schema, version 2: job logs and job definitions, shared by every host; the jobs' affinity.
+-- JobRunner schema, version 2: job logs and job definitions, shared by every host; the jobs' affinity; the process
+-- that wrote each history row (other hosts relay the rows they did not write to their watchers).
+
+ALTER TABLE {schema}.job_history ADD COLUMN instance text;
 
 -- A job's affinity expression (JobRequest.Affinity), which the worker's scheduler matches against its labels.
 ALTER TABLE {schema}.jobs ADD COLUMN affinity text;
