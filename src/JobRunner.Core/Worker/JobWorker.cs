@@ -639,7 +639,8 @@ internal sealed partial class JobWorker : BackgroundService
         {
             for (var i = parked.Count - 1; i >= 0; i--)
             {
-                if (await Store.GetAsync(parked[i].Id, cancellationToken).ConfigureAwait(false) is not { State: JobState.Queued })
+                // A due job that waited for a retry or its not-before time is still Scheduled in the store until leased.
+                if (await Store.GetAsync(parked[i].Id, cancellationToken).ConfigureAwait(false) is not { State: JobState.Queued or JobState.Scheduled })
                 {
                     (gone ??= []).Add(parked[i]);
                     parked.RemoveAt(i);

@@ -91,6 +91,27 @@ public sealed class AffinityWorkerTests
     }
 
     [Fact]
+    public async Task IncapableJob_DueAfterItsNotBeforeTime_IsGivenBackNotDropped()
+    {
+        await using var host = Host(1);
+        await host.StartAsync();
+
+        // Due later: the store keeps it Scheduled until a worker leases it, also while it is parked here.
+        var gpu = await host.SubmitAsync(new JobRequest("work") { Affinity = "gpu=true", NotBefore = host.Time.GetUtcNow().AddSeconds(5) });
+        var parked = WaitUntilAsync(host, s => s.ParkedCount == 1);
+        host.Time.Advance(TimeSpan.FromSeconds(6));
+        await parked;
+        Assert.Equal(JobState.Scheduled, (await host.Client.GetAsync(gpu))!.State);
+
+        // The heartbeat gives it back to the queue (not acknowledged away), and this worker parks it again.
+        var emptied = false;
+        var cycle = WaitUntilAsync(host, s => (emptied |= s.ParkedCount == 0) && s.ParkedCount == 1);
+        host.Time.Advance(TimeSpan.FromSeconds(10));
+        await cycle;
+        Assert.Empty(host.Behavior.Started);
+    }
+
+    [Fact]
     public async Task PreferredJob_WorkerWithoutTheLabel_RunsItAfterThePreferenceWait()
     {
         await using var host = new TestHost(r => r
