@@ -8,29 +8,7 @@ namespace JobRunner.Tests.Scheduling;
 /// <summary>Affinity and wait explanations through the worker host, the client and the event stream.</summary>
 public sealed class AffinityWorkerTests
 {
-    private static async Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition)
-    {
-        var scheduler = host.Services.GetRequiredService<JobScheduler>();
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void Check()
-        {
-            if (condition(scheduler))
-            {
-                done.TrySetResult();
-            }
-        }
-
-        scheduler.Changed += Check;
-        try
-        {
-            Check();
-            await done.Task.WaitAsync(TestHost.WaitLimit);
-        }
-        finally
-        {
-            scheduler.Changed -= Check;
-        }
-    }
+    private static Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition) => host.WaitForSchedulerAsync(condition);
 
     private static TestHost Host(int slots, params (string Key, string Value)[] labels) => new(r => r.ConfigureWorker(w =>
     {

@@ -8,30 +8,7 @@ namespace JobRunner.Tests.Scheduling;
 /// <summary>The scheduler inside the worker: limits hold across outcomes, explanations reach the client.</summary>
 public sealed class SchedulerWorkerTests
 {
-    /// <summary>Completes when <paramref name="condition"/> holds, checked after every change of the scheduler.</summary>
-    private static async Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition)
-    {
-        var scheduler = host.Services.GetRequiredService<JobScheduler>();
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void Check()
-        {
-            if (condition(scheduler))
-            {
-                done.TrySetResult();
-            }
-        }
-
-        scheduler.Changed += Check;
-        try
-        {
-            Check();
-            await done.Task.WaitAsync(TestHost.WaitLimit);
-        }
-        finally
-        {
-            scheduler.Changed -= Check;
-        }
-    }
+    private static Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition) => host.WaitForSchedulerAsync(condition);
 
     [Fact]
     public async Task ConcurrencyKey_Singleton_HeldAcrossCancelAndTimeout_SlotAlwaysGivenBack()

@@ -97,6 +97,31 @@ public sealed class TestHost : IAsyncDisposable
     public async Task<JobId> SubmitAsync(JobRequest request) => (await Client.SubmitAsync(request)).Id;
 
     /// <summary>Waits (event-driven, bounded by <see cref="WaitLimit"/>) until the job reaches <paramref name="state"/>.</summary>
+    /// <summary>Completes when <paramref name="condition"/> holds, checked after every change of the worker's scheduler.</summary>
+    internal async Task WaitForSchedulerAsync(Func<JobRunner.Scheduling.JobScheduler, bool> condition)
+    {
+        var scheduler = Services.GetRequiredService<JobRunner.Scheduling.JobScheduler>();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void Check()
+        {
+            if (condition(scheduler))
+            {
+                done.TrySetResult();
+            }
+        }
+
+        scheduler.Changed += Check;
+        try
+        {
+            Check();
+            await done.Task.WaitAsync(WaitLimit);
+        }
+        finally
+        {
+            scheduler.Changed -= Check;
+        }
+    }
+
     public async Task<JobRecord> WaitForStateAsync(JobId id, JobState state)
     {
         using var limit = new CancellationTokenSource(WaitLimit);
