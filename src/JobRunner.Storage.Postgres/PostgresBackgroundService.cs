@@ -35,14 +35,20 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
         => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken), RelayEventsAsync(stoppingToken));
 
-    private async Task RelayEventsAsync(CancellationToken stoppingToken)
+    private Task RelayEventsAsync(CancellationToken stoppingToken)
     {
         if (_db.Options.EventRelayInterval is not { } interval)
         {
-            return;
+            return Task.CompletedTask;
         }
 
         var relay = new PostgresEventRelay(_db, _store.Events);
+        return EveryAsync(interval, relay.PollOnceAsync, static (logger, e) => Log.RelayFailed(logger, e), stoppingToken);
+    }
+
+    /// <summary>Runs <paramref name="step"/> every <paramref name="interval"/> until stopped; a failed step is logged and the next tick tries again.</summary>
+    private async Task EveryAsync<T>(TimeSpan interval, Func<CancellationToken, Task<T>> step, Action<ILogger, Exception> failed, CancellationToken stoppingToken)
+    {
         using var timer = new PeriodicTimer(interval, _db.Time);
         try
         {
@@ -50,11 +56,11 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
             {
                 try
                 {
-                    await relay.PollOnceAsync(stoppingToken).ConfigureAwait(false);
+                    await step(stoppingToken).ConfigureAwait(false);
                 }
                 catch (Exception e) when (!stoppingToken.IsCancellationRequested)
                 {
-                    Log.RelayFailed(_logger, e);
+                    failed(_logger, e);
                 }
             }
         }
@@ -165,27 +171,8 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
         }
     }
 
-    private async Task HousekeepAsync(CancellationToken stoppingToken)
-    {
-        using var timer = new PeriodicTimer(_db.Options.HousekeepingInterval, _db.Time);
-        try
-        {
-            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
-            {
-                try
-                {
-                    await HousekeepOnceAsync(stoppingToken).ConfigureAwait(false);
-                }
-                catch (Exception e) when (!stoppingToken.IsCancellationRequested)
-                {
-                    Log.HousekeepingFailed(_logger, e);
-                }
-            }
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
-        }
-    }
+    private Task HousekeepAsync(CancellationToken stoppingToken)
+        => EveryAsync(_db.Options.HousekeepingInterval, HousekeepOnceAsync, static (logger, e) => Log.HousekeepingFailed(logger, e), stoppingToken);
 
     /// <summary>Deletes expired history and finished jobs, if no other host is doing it now.</summary>
     /// <returns>The rows deleted (history, jobs), or <see langword="null"/> when another host holds the lock.</returns>

@@ -386,7 +386,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         {
             var handle = message.GetProperty("ReceiptHandle").GetString()!;
             var body = message.TryGetProperty("Body", out var b) ? b.GetString() ?? "" : "";
-            if (SqsMessage.TryDecode(body, out var decoded, out var pointer, out _) && pointer is null && !(decoded.DueAt is { } due && due - receivedAt > TimeSpan.FromSeconds(1)))
+            var valid = SqsMessage.TryDecode(body, out var decoded, out var pointer, out var problem);
+            if (valid && pointer is null && !(decoded.DueAt is { } due && due - receivedAt > TimeSpan.FromSeconds(1)))
             {
                 // The common case, without a task: a dispatch body that is due.
                 ready.Add(decoded with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, PayloadKey: null) });
@@ -396,7 +397,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
             try
             {
-                if (await ReadAsync(band, handle, body, messageId, receivedAt, visibility).ConfigureAwait(false) is { } job)
+                if (await ReadAsync(band, handle, body, messageId, receivedAt, visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
                 {
                     ready.Add(job);
                 }
@@ -414,19 +415,23 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
     }
 
-    /// <summary>Turns a message into a ready job; poison goes to the dead-letter queue, a body in S3 is fetched, a job not due yet waits longer.</summary>
-    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility)
+    /// <summary>
+    /// Turns a message the receive already decoded into a ready job: poison (<c>poison</c> says why) goes to the
+    /// dead-letter queue, a body in S3 (<c>pointer</c>) is fetched, a job not due yet waits longer.
+    /// </summary>
+    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
     {
         var ct = _stopping;
-        if (!SqsMessage.TryDecode(body, out var job, out var pointer, out var problem))
+        if (poison is not null)
         {
-            await DeadLetterAsync(band, handle, body, messageId, problem!, ct).ConfigureAwait(false);
+            await DeadLetterAsync(band, handle, body, messageId, poison, ct).ConfigureAwait(false);
             return null;
         }
 
         if (pointer is not null)
         {
             var stored = _payloads is null ? null : await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
+            string? problem = null;
             if (stored is null || !SqsMessage.TryDecode(Encoding.UTF8.GetString(stored), out job, out _, out problem) || job is null)
             {
                 await DeadLetterAsync(band, handle, body, messageId, _payloads is null ? "the body is in S3 but SqsQueueOptions.LargePayloadBucket is not set" : problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);

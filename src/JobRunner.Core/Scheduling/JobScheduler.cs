@@ -233,7 +233,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
 
     private void OnChanged()
     {
-        var interest = _bus is not null ? _bus.Waiting : _events.HasSubscribers ? JobEventBus.WaitingInterest.Everyone : null;
+        var interest = _bus is not null ? _bus.Waiting : _events.IsWatched(JobEventKind.Waiting) ? JobEventBus.WaitingInterest.Everyone : null;
         if (interest is not null)
         {
             PublishWaiting(interest);

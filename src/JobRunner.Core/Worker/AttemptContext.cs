@@ -30,7 +30,7 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
     public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
-        await worker.Checkpoints.SaveAsync(leased.Job, _lease, checkpoint, worker.LeaseDuration, cancellationToken).ConfigureAwait(false);
+        await worker.Checkpoints.SaveAsync(leased.Job, _lease, checkpoint, cancellationToken).ConfigureAwait(false);
         _checkpoint = checkpoint;
     }
 

@@ -7,7 +7,7 @@ namespace JobRunner.Worker;
 /// <see cref="StaleFenceTokenException"/> before it writes. The checkpoint store itself never lets an older fence
 /// replace a newer one.
 /// </summary>
-internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkpoints, IJobEventBus events, TimeProvider time)
+internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkpoints, IJobEventBus events, TimeProvider time, TimeSpan leaseDuration)
 {
     /// <summary>Reads the checkpoint an attempt starts from: the checkpoint store's newest valid one, else the record's.</summary>
     public async ValueTask<ReadOnlyMemory<byte>?> LoadAsync(JobRecord job, CancellationToken cancellationToken)
@@ -23,7 +23,7 @@ internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkp
         return stored is null ? job.Checkpoint : stored.Data;
     }
 
-    public async ValueTask SaveAsync(JobRecord job, JobLease lease, ReadOnlyMemory<byte> checkpoint, TimeSpan leaseDuration, CancellationToken cancellationToken)
+    public async ValueTask SaveAsync(JobRecord job, JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
     {
         if (checkpoints is null)
         {

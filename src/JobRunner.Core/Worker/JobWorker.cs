@@ -64,7 +64,7 @@ internal sealed partial class JobWorker : BackgroundService
         Services = services;
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _scheduler = scheduler;
-        Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time);
+        Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
         var capacity = _options.Slots + schedulerOptions.Value.Lookahead;
         _held = new SemaphoreSlim(capacity, capacity);
     }
@@ -74,8 +74,6 @@ internal sealed partial class JobWorker : BackgroundService
     public ILogStore Logs { get; }
 
     public CheckpointRouter Checkpoints { get; }
-
-    public TimeSpan LeaseDuration => _options.LeaseDuration;
 
     public TimeProvider Time { get; }
 

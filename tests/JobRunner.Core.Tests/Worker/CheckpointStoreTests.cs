@@ -76,16 +76,16 @@ public sealed class CheckpointStoreTests
         var time = new FakeTimeProvider();
         var store = new InMemoryJobStore(time, new JobEventBus(), Options.Create(new InMemoryStoreOptions()));
         var checkpoints = new FencedCheckpoints();
-        var router = new CheckpointRouter(store, checkpoints, new JobEventBus(), time);
+        var router = new CheckpointRouter(store, checkpoints, new JobEventBus(), time, TimeSpan.FromSeconds(30));
         var job = new JobRecord { Id = JobId.New(time), Request = new JobRequest("work"), State = JobState.Queued, CreatedAt = time.GetUtcNow(), UpdatedAt = time.GetUtcNow() };
         await store.InsertAsync(job, default);
         var stale = (await store.TryAcquireLeaseAsync(job.Id, "dead", TimeSpan.FromSeconds(30), default))!;
         time.Advance(TimeSpan.FromSeconds(31));
         await store.ReclaimExpiredLeasesAsync(default);
         var current = (await store.TryAcquireLeaseAsync(job.Id, "alive", TimeSpan.FromSeconds(30), default))!;
-        await router.SaveAsync(current.Job, current.Lease, Encoding.UTF8.GetBytes("new"), TimeSpan.FromSeconds(30), default);
+        await router.SaveAsync(current.Job, current.Lease, Encoding.UTF8.GetBytes("new"), default);
 
-        await Assert.ThrowsAsync<StaleFenceTokenException>(() => router.SaveAsync(stale.Job, stale.Lease, Encoding.UTF8.GetBytes("old"), TimeSpan.FromSeconds(30), default).AsTask());
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => router.SaveAsync(stale.Job, stale.Lease, Encoding.UTF8.GetBytes("old"), default).AsTask());
 
         Assert.Equal(1, checkpoints.Saves);
         Assert.Equal("new", Encoding.UTF8.GetString((await router.LoadAsync(current.Job, default))!.Value.Span));
