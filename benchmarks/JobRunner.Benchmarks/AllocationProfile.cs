@@ -27,9 +27,7 @@ internal static class AllocationProfile
             Console.WriteLine($"submit only, one thread, no worker: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
         }
 
-        var keep = Environment.GetEnvironmentVariable("BENCH_KEEP") is { } k ? int.Parse(k, System.Globalization.CultureInfo.InvariantCulture) : 100_000;
         await using var harness = await Harness.StartAsync(runner => runner
-            .UseInMemory(o => o.MaxFinishedJobs = keep)
             .ConfigureWorker(w => w.Slots = slots)
             .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop"));
         await harness.RunAsync(new JobRequest("noop"), Math.Min(jobs, 50_000));

@@ -26,7 +26,16 @@ internal sealed class Harness : IAsyncDisposable
     public static async Task<Harness> StartAsync(Action<JobRunnerBuilder> configure)
     {
         var services = new ServiceCollection();
-        services.AddJobRunner(configure);
+        services.AddJobRunner(runner =>
+        {
+            // BENCH_KEEP=n: how many finished jobs the in-memory store keeps (default 100,000), to measure what retention costs.
+            if (Environment.GetEnvironmentVariable("BENCH_KEEP") is { } keep)
+            {
+                runner.UseInMemory(o => o.MaxFinishedJobs = int.Parse(keep, System.Globalization.CultureInfo.InvariantCulture));
+            }
+
+            configure(runner);
+        });
 
         // Count completions at the store, after the fenced write, without touching the library.
         var inner = services.Last(d => d.ServiceType == typeof(IJobStore));

@@ -73,6 +73,8 @@ internal static class Latency
         var ids = new JobId[jobs];
         var done = harness.Counter.Expect(jobs);
         var interval = Stopwatch.Frequency / rate;
+        var gcs = GC.CollectionCount(0);
+        var paused = GC.GetTotalPauseDuration();
         var start = Stopwatch.GetTimestamp();
         for (var i = 0; i < jobs; i++)
         {
@@ -84,6 +86,7 @@ internal static class Latency
 
         var elapsed = Stopwatch.GetElapsedTime(start);
         await done;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"JobRunner round: {GC.CollectionCount(0) - gcs} GCs, paused {(GC.GetTotalPauseDuration() - paused).TotalMilliseconds:N1} ms of {elapsed.TotalMilliseconds:N0} ms"));
         var started = stamps.ToDictionary();
         var fromSchedule = new double[jobs];
         var fromCall = new double[jobs];

@@ -1,3 +1,4 @@
+using System.Buffers;
 using JobRunner.Events;
 using Microsoft.Extensions.Options;
 
@@ -5,7 +6,8 @@ namespace JobRunner.Scheduling;
 
 /// <summary>
 /// The worker's scheduler, shared by its slots (take, release), its feeder (add) and the client (explain): a
-/// <see cref="FairScheduler"/> under one lock, with a signal that wakes slots when a job arrives or a limit frees up.
+/// <see cref="FairScheduler"/> under one lock, and the slots that wait for a takeable job (each with its own reusable
+/// signal, woken one per job that arrives or limit that frees up).
 /// While someone watches <see cref="JobEventKind.Waiting"/> events, it explains the watched held jobs after each change
 /// and publishes those whose reason (or limit) changed; with no such watcher that costs one volatile read per change.
 /// </summary>
@@ -14,7 +16,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     private readonly Lock _lock = new();
     private readonly FairScheduler _scheduler;
     private readonly SchedulerOptions _options;
-    private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
+    private readonly Stack<ReusableSignal> _waiters = new();
     private readonly TimeProvider _time;
     private readonly ITimer _timer;
     private readonly IJobEventBus _events;
@@ -25,6 +27,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     private readonly List<JobId> _stale = [];
     private DateTimeOffset _timerDue = DateTimeOffset.MaxValue;
     private long _generation;
+    private bool _closed;
 
     public JobScheduler(IOptions<SchedulerOptions> options, TenantWeights weights, TimeProvider time, IOptions<WorkerOptions> worker, IJobEventBus events)
     {
@@ -69,26 +72,60 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
     }
 
-    /// <summary>Holds a job delivered by the queue; a <see cref="Admission.Declined"/> one must be given back to it now.</summary>
-    public Admission Add(QueuedJob job)
+    /// <summary>
+    /// Holds the jobs the queue delivered, under one lock for the batch, and writes each one's admission: a
+    /// <see cref="Admission.Declined"/> one must be given back to the queue now. Wakes as many waiting slots as jobs
+    /// were held.
+    /// </summary>
+    public void Add(ReadOnlySpan<QueuedJob> jobs, Span<Admission> admissions)
     {
-        Admission admission;
+        var held = 0;
+        var changed = false;
+        ReusableSignal[]? woken = null;
+        var count = 0;
         lock (_lock)
         {
-            admission = _scheduler.Add(job);
+            for (var i = 0; i < jobs.Length; i++)
+            {
+                var admission = _scheduler.Add(jobs[i]);
+                admissions[i] = admission;
+                held += admission == Admission.Held ? 1 : 0;
+                changed |= admission is Admission.Held or Admission.Parked;
+            }
+
+            count = Math.Min(held, _waiters.Count);
+            if (count > 0)
+            {
+                woken = ArrayPool<ReusableSignal>.Shared.Rent(count);
+                for (var i = 0; i < count; i++)
+                {
+                    woken[i] = _waiters.Pop();
+                }
+            }
         }
 
-        if (admission == Admission.Held)
+        if (woken is not null)
         {
-            Wake();
+            for (var i = 0; i < count; i++)
+            {
+                woken[i].Set();
+            }
+
+            ArrayPool<ReusableSignal>.Shared.Return(woken, clearArray: true);
         }
 
-        if (admission is Admission.Held or Admission.Parked)
+        if (changed)
         {
             OnChanged();
         }
+    }
 
-        return admission;
+    /// <summary>Holds one job delivered by the queue (see the batch overload).</summary>
+    public Admission Add(QueuedJob job)
+    {
+        Span<Admission> admission = stackalloc Admission[1];
+        Add(new ReadOnlySpan<QueuedJob>(in job), admission);
+        return admission[0];
     }
 
     /// <summary>Removes the parked jobs (this worker may not run them), to give them back to the queue.</summary>
@@ -108,17 +145,64 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         return parked;
     }
 
+    /// <summary>
+    /// A slot's one call per job: gives back the limits of the job it just ran (if any) and takes the next one, in
+    /// one lock round. When none can be taken, the slot's <paramref name="signal"/> is registered and
+    /// <paramref name="wait"/> completes when a job may have become takeable (or the scheduler closed): the slot
+    /// then calls again. A slot that takes a job while more wait and other slots sleep wakes one of them, so a batch
+    /// of takeable jobs spreads over the free slots one wake-up at a time.
+    /// </summary>
+    public bool TakeOrWait(QueuedJob? released, ReusableSignal signal, out QueuedJob job, out ValueTask wait)
+    {
+        bool taken;
+        ReusableSignal? next = null;
+        wait = default;
+        job = null!;
+        lock (_lock)
+        {
+            if (released is not null)
+            {
+                _scheduler.Release(released);
+            }
+
+            taken = !_closed && _scheduler.TryTake(out job);
+            if (taken)
+            {
+                if (_scheduler.PendingCount > 0 && _waiters.Count > 0)
+                {
+                    next = _waiters.Pop();
+                }
+            }
+            else
+            {
+                if (!_closed)
+                {
+                    ArmTimer();
+                    wait = signal.Wait();
+                    _waiters.Push(signal);
+                }
+            }
+        }
+
+        next?.Set();
+        if (taken || released is not null)
+        {
+            OnChanged();
+        }
+
+        return taken;
+    }
+
+    /// <summary>Takes the next job if one can run now (without registering a wait).</summary>
     public bool TryTake(out QueuedJob job)
     {
         bool taken;
         lock (_lock)
         {
             taken = _scheduler.TryTake(out job);
-            if (!taken && _scheduler.NextWake is { } at && at < _timerDue)
+            if (!taken)
             {
-                _timerDue = at;
-                var wait = at - _time.GetUtcNow();
-                _timer.Change(wait > TimeSpan.Zero ? wait : TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+                ArmTimer();
             }
         }
 
@@ -130,14 +214,18 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         return taken;
     }
 
+    /// <summary>Gives back the limits of a job a slot ran, when the slot takes no other (it is stopping).</summary>
     public void Release(QueuedJob job)
     {
+        ReusableSignal? next;
         lock (_lock)
         {
             _scheduler.Release(job);
+            _waiters.TryPop(out next);
         }
 
-        Wake();
+        // A limit it held may keep a job waiting that another slot can now run.
+        next?.Set();
         OnChanged();
     }
 
@@ -177,19 +265,45 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
     }
 
-    /// <summary>Waits until a job may have become takeable.</summary>
-    public Task WaitAsync(CancellationToken cancellationToken) => _wake.WaitAsync(cancellationToken);
-
-    /// <summary>Wakes one waiting slot (a few spurious wake-ups are cheaper than a lost one).</summary>
-    public void Wake()
+    /// <summary>Stops handing out jobs: every waiting slot wakes, and none waits again (at shutdown).</summary>
+    public void Close()
     {
-        if (_wake.CurrentCount < 64)
+        ReusableSignal[] woken;
+        lock (_lock)
         {
-            _wake.Release();
+            _closed = true;
+            woken = [.. _waiters];
+            _waiters.Clear();
+        }
+
+        foreach (var signal in woken)
+        {
+            signal.Set();
         }
     }
 
-    public void WakeAll(int count) => _wake.Release(count);
+    /// <summary>Wakes one waiting slot: something outside a take or release may have made a job takeable.</summary>
+    private void WakeOne()
+    {
+        ReusableSignal? next;
+        lock (_lock)
+        {
+            _waiters.TryPop(out next);
+        }
+
+        next?.Set();
+    }
+
+    /// <summary>Arms the timer for the next time a held job becomes takeable (a rate limit refills, a wait ends).</summary>
+    private void ArmTimer()
+    {
+        if (_scheduler.NextWake is { } at && at < _timerDue)
+        {
+            _timerDue = at;
+            var delay = at - _time.GetUtcNow();
+            _timer.Change(delay > TimeSpan.Zero ? delay : TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+        }
+    }
 
     public void SetTenantWeight(string tenant, int weight)
     {
@@ -199,7 +313,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
             _scheduler.SetTenantWeight(tenant, weight);
         }
 
-        Wake();
+        WakeOne();
     }
 
     public void SetTenantTier(string tenant, string tier)
@@ -214,11 +328,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         SetTenantWeight(tenant, weight);
     }
 
-    public void Dispose()
-    {
-        _timer.Dispose();
-        _wake.Dispose();
-    }
+    public void Dispose() => _timer.Dispose();
 
     private void OnTimer()
     {
@@ -227,7 +337,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
             _timerDue = DateTimeOffset.MaxValue;
         }
 
-        Wake();
+        WakeOne();
         OnChanged();
     }
 

@@ -30,7 +30,11 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly CancellationTokenSource _checkpointRequested = new();
     private readonly CancellationTokenSource _background = new();
     private readonly JobRunner.Scheduling.JobScheduler _scheduler;
-    private readonly SemaphoreSlim _held;
+    private readonly Scheduling.ReusableSignal _feederSignal = new();
+    private readonly int _feedBatch;
+    private readonly int _refillAt;
+    private int _free;
+    private int _feederWaiting;
     private volatile bool _stopping;
     private int _disposed;
     private PeriodicTimer? _heartbeatTimer;
@@ -65,8 +69,10 @@ internal sealed partial class JobWorker : BackgroundService
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _scheduler = scheduler;
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
-        var capacity = _options.Slots + schedulerOptions.Value.Lookahead;
-        _held = new SemaphoreSlim(capacity, capacity);
+        var lookahead = schedulerOptions.Value.Lookahead;
+        _free = _options.Slots + lookahead;
+        _feedBatch = Math.Min(_options.Slots * 4, 512);
+        _refillAt = Math.Clamp(lookahead / 2, 1, _feedBatch);
     }
 
     public IJobStore Store { get; }
@@ -172,51 +178,61 @@ internal sealed partial class JobWorker : BackgroundService
 
     /// <summary>
     /// Takes ready jobs from the queue into the scheduler, as long as this worker holds fewer than its slots plus the
-    /// scheduler's lookahead: the scheduler then chooses among them by priority, tenant share and limits.
+    /// scheduler's lookahead: the scheduler then chooses among them by priority, tenant share and limits. When the
+    /// worker holds its fill, the feeder waits until a batch's worth of room is free (or half the lookahead), not
+    /// for each job that ends.
     /// </summary>
     private async Task FeedAsync(CancellationToken stoppingToken)
     {
-        var buffer = new QueuedJob[Math.Min(_options.Slots * 4, 512)];
+        var buffer = new QueuedJob[_feedBatch];
+        var admissions = new Scheduling.Admission[buffer.Length];
         List<QueuedJob>? declined = null;
+        List<QueuedJob>? duplicates = null;
+        using var stopping = stoppingToken.UnsafeRegister(static w => ((JobWorker)w!).WakeFeeder(), this);
         while (!stoppingToken.IsCancellationRequested)
         {
-            var want = 0;
             try
             {
-                await _held.WaitAsync(stoppingToken).ConfigureAwait(false);
-                want = 1;
-                while (want < buffer.Length && _held.Wait(0, CancellationToken.None))
+                var free = Volatile.Read(ref _free);
+                if (free < _refillAt)
                 {
-                    want++;
+                    await WaitForRoomAsync(stoppingToken).ConfigureAwait(false);
+                    continue;
                 }
 
-                var got = await _queue.DequeueAsync(buffer.AsMemory(0, want), _options.LeaseDuration, stoppingToken).ConfigureAwait(false);
+                var got = await _queue.DequeueAsync(buffer.AsMemory(0, Math.Min(free, buffer.Length)), _options.LeaseDuration, stoppingToken).ConfigureAwait(false);
+                _scheduler.Add(buffer.AsSpan(0, got), admissions);
+                var held = 0;
                 for (var i = 0; i < got; i++)
                 {
                     var item = buffer[i];
                     buffer[i] = null!;
-                    switch (_scheduler.Add(item))
+                    switch (admissions[i])
                     {
                         case Scheduling.Admission.Held:
+                            held++;
                             break;
                         case Scheduling.Admission.Duplicate:
                             // A second delivery of a job this worker already holds (its visibility lapsed): drop it.
-                            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
-                            _held.Release();
+                            (duplicates ??= []).Add(item);
                             break;
                         case Scheduling.Admission.Declined:
                             // Its affinity keeps it off this worker (for now): another worker may take it.
                             (declined ??= []).Add(item);
-                            _held.Release();
                             break;
                         default:
                             // Parked: held aside, outside the lookahead, until the heartbeat gives it back.
-                            _held.Release();
                             break;
                     }
                 }
 
-                want -= got;
+                Interlocked.Add(ref _free, -held);
+                if (duplicates is { Count: > 0 })
+                {
+                    await _queue.AcknowledgeAsync(duplicates, CancellationToken.None).ConfigureAwait(false);
+                    duplicates.Clear();
+                }
+
                 if (declined is { Count: > 0 })
                 {
                     await _queue.ReturnAsync(declined, CancellationToken.None).ConfigureAwait(false);
@@ -232,26 +248,77 @@ internal sealed partial class JobWorker : BackgroundService
                 Log.QueueFailed(_logger, e);
                 await DelayQuietlyAsync(TimeSpan.FromSeconds(1), stoppingToken).ConfigureAwait(false);
             }
-            finally
-            {
-                if (want > 0)
-                {
-                    _held.Release(want);
-                }
-            }
+        }
+    }
+
+    /// <summary>Waits until a slot's ending made room for a refill (or the worker stops).</summary>
+    private ValueTask WaitForRoomAsync(CancellationToken stoppingToken)
+    {
+        var wait = _feederSignal.Wait();
+
+        // Registered with a full fence before the re-check, and freed with a full fence before the releaser reads the
+        // flag: one of the two sees the other, so a wake-up is never lost.
+        Interlocked.Exchange(ref _feederWaiting, 1);
+        if ((Volatile.Read(ref _free) >= _refillAt || stoppingToken.IsCancellationRequested)
+            && Interlocked.Exchange(ref _feederWaiting, 0) == 1)
+        {
+            return ValueTask.CompletedTask;
+        }
+
+        // Whoever cleared the flag sets the signal (or is about to).
+        return wait;
+    }
+
+    private void WakeFeeder()
+    {
+        if (Interlocked.Exchange(ref _feederWaiting, 0) == 1)
+        {
+            _feederSignal.Set();
+        }
+    }
+
+    /// <summary>Gives back the room a held job took, once it left the scheduler.</summary>
+    private void FreeRoom()
+    {
+        if (Interlocked.Increment(ref _free) >= _refillAt && Volatile.Read(ref _feederWaiting) == 1)
+        {
+            WakeFeeder();
         }
     }
 
     private async Task RunSlotAsync()
     {
-        while (!_stopping)
+        var signal = new Scheduling.ReusableSignal();
+        QueuedJob? ran = null;
+        while (true)
         {
-            if (!_scheduler.TryTake(out var item))
+            if (_stopping)
             {
-                await _scheduler.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+                if (ran is not null)
+                {
+                    _scheduler.Release(ran);
+                    FreeRoom();
+                }
+
+                return;
+            }
+
+            // Whatever the outcome of the job it ran (success, failure, retry, cancellation, timeout), the slot gives
+            // back its limits here, in the same lock round as it takes the next one.
+            var taken = _scheduler.TakeOrWait(ran, signal, out var item, out var wait);
+            if (ran is not null)
+            {
+                FreeRoom();
+                ran = null;
+            }
+
+            if (!taken)
+            {
+                await wait.ConfigureAwait(false);
                 continue;
             }
 
+            ran = item;
             _telemetry.Waited(item, Time.GetUtcNow());
             try
             {
@@ -260,12 +327,6 @@ internal sealed partial class JobWorker : BackgroundService
             catch (Exception e)
             {
                 Log.SlotFailed(_logger, item.Id, e);
-            }
-            finally
-            {
-                // Whatever the outcome (success, failure, retry, cancellation, timeout), the limits and the slot are given back.
-                _scheduler.Release(item);
-                _held.Release();
             }
         }
     }
@@ -513,7 +574,7 @@ internal sealed partial class JobWorker : BackgroundService
     private async Task ShutDownAsync(Task[] slots)
     {
         _stopping = true;
-        _scheduler.WakeAll(_options.Slots);
+        _scheduler.Close();
         var held = _scheduler.RemoveAll();
         if (held.Count > 0)
         {

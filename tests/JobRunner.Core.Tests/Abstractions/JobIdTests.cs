@@ -26,4 +26,36 @@ public sealed class JobIdTests
         Assert.Equal(id, parsed);
         Assert.False(JobId.TryParse("nope", out _));
     }
+
+    [Fact]
+    public void New_IsAVersion7GuidStampedWithTheClocksMilliseconds()
+    {
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 22, 12, 0, 0, 123, TimeSpan.Zero));
+
+        var text = JobId.New(time).ToString();
+
+        // 48 bits of Unix milliseconds, then version 7, then the variant bits 10 (8, 9, a or b).
+        var milliseconds = time.GetUtcNow().ToUnixTimeMilliseconds();
+        Assert.Equal(milliseconds.ToString("x12", System.Globalization.CultureInfo.InvariantCulture), text[..8] + text[9..13]);
+        Assert.Equal('7', text[14]);
+        Assert.Contains(text[19], "89ab");
+    }
+
+    [Fact]
+    public void New_ManyInTheSameMillisecond_AreUniqueAcrossThreads()
+    {
+        var time = new FakeTimeProvider();
+        var ids = new System.Collections.Concurrent.ConcurrentBag<JobId>();
+
+        // More than one random buffer per thread (32 ids each), on several threads at once.
+        Parallel.For(0, 4, _ =>
+        {
+            for (var i = 0; i < 1000; i++)
+            {
+                ids.Add(JobId.New(time));
+            }
+        });
+
+        Assert.Equal(4000, ids.Distinct().Count());
+    }
 }
