@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
 
 namespace JobRunner.InMemory;
@@ -118,7 +120,8 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            if (!_jobs.TryGetValue(id, out var entry))
+            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+            if (Unsafe.IsNullRef(ref entry))
             {
                 return new((LeasedJob?)null);
             }
@@ -158,9 +161,10 @@ internal sealed class InMemoryJobStore : IJobStore
         {
             foreach (var lease in leases)
             {
-                if (TryGetFenced(lease, out var entry) is null)
+                ref var entry = ref FindEntry(lease);
+                if (WhyNotFenced(lease, ref entry) is null)
                 {
-                    entry!.LeaseExpiresAt = expiresAt;
+                    entry.LeaseExpiresAt = expiresAt;
                 }
                 else
                 {
@@ -178,7 +182,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            var entry = GetFenced(lease);
+            ref var entry = ref GetFenced(lease);
             entry.Record = entry.Record with { Checkpoint = copy, UpdatedAt = now };
             Publish(entry.Record, JobEventKind.Checkpointed, now, lease.Attempt, progress: null, message: null);
         }
@@ -191,7 +195,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            var entry = GetFenced(lease);
+            ref var entry = ref GetFenced(lease);
             entry.Record = entry.Record with { Progress = progress, UpdatedAt = now };
             Publish(entry.Record, JobEventKind.Progress, now, lease.Attempt, progress, progress.Message);
         }
@@ -210,7 +214,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            var entry = GetFenced(lease);
+            ref var entry = ref GetFenced(lease);
             var job = entry.Record;
             var next = completion.NextState;
             if (job.CancelRequested && !next.IsTerminal())
@@ -227,7 +231,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
                 LastError = completion.Error ?? job.LastError,
             };
-            Transition(entry, updated, job.State, completion.Error);
+            Transition(ref entry, updated, job.State, completion.Error);
             return new(updated);
         }
     }
@@ -237,7 +241,8 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            if (!_jobs.TryGetValue(id, out var entry))
+            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+            if (Unsafe.IsNullRef(ref entry))
             {
                 throw new JobNotFoundException(id);
             }
@@ -247,7 +252,7 @@ internal sealed class InMemoryJobStore : IJobStore
             {
                 case JobState.Queued or JobState.Scheduled:
                     var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
-                    Transition(entry, cancelled, job.State, reason);
+                    Transition(ref entry, cancelled, job.State, reason);
                     return new(cancelled);
                 case JobState.Running when !job.CancelRequested:
                     entry.Record = job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now };
@@ -276,7 +281,7 @@ internal sealed class InMemoryJobStore : IJobStore
 
             foreach (var id in expired ?? [])
             {
-                var entry = _jobs[id];
+                ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
                 var job = entry.Record;
                 const string Error = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
                 var next = job.CancelRequested ? JobState.Cancelled : JobState.Queued;
@@ -286,7 +291,7 @@ internal sealed class InMemoryJobStore : IJobStore
                     UpdatedAt = now,
                     State = next,
                 };
-                Transition(entry, updated, job.State, Error);
+                Transition(ref entry, updated, job.State, Error);
                 if (next == JobState.Queued)
                 {
                     (ready ??= []).Add(updated);
@@ -317,24 +322,29 @@ internal sealed class InMemoryJobStore : IJobStore
     }
 
     /// <summary>Returns the entry when <paramref name="lease"/> is current, or throws <see cref="StaleFenceTokenException"/>.</summary>
-    private Entry GetFenced(JobLease lease)
+    private ref Entry GetFenced(JobLease lease)
     {
-        var reason = TryGetFenced(lease, out var entry);
-        if (reason is not null)
+        ref var entry = ref FindEntry(lease);
+        if (WhyNotFenced(lease, ref entry) is { } reason)
         {
-            throw entry is null
+            throw Unsafe.IsNullRef(ref entry)
                 ? new JobNotFoundException(lease.JobId)
                 : new StaleFenceTokenException(lease.JobId, lease.FenceToken, entry.Record.FenceToken, reason);
         }
 
-        return entry!;
+        return ref entry;
+    }
+
+    private ref Entry FindEntry(JobLease lease)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        return ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, lease.JobId);
     }
 
     /// <summary>Returns <see langword="null"/> when the lease is current, else why it is not.</summary>
-    private string? TryGetFenced(JobLease lease, out Entry? entry)
+    private static string? WhyNotFenced(JobLease lease, ref Entry entry)
     {
-        ArgumentNullException.ThrowIfNull(lease);
-        if (!_jobs.TryGetValue(lease.JobId, out entry))
+        if (Unsafe.IsNullRef(ref entry))
         {
             return "the job no longer exists";
         }
@@ -347,7 +357,7 @@ internal sealed class InMemoryJobStore : IJobStore
         return entry.Record.State == JobState.Running ? null : $"the attempt already ended (the job is {entry.Record.State})";
     }
 
-    private void Transition(Entry entry, JobRecord updated, JobState previous, string? message)
+    private void Transition(ref Entry entry, JobRecord updated, JobState previous, string? message)
     {
         entry.Record = updated;
         if (previous == JobState.Running)
@@ -362,6 +372,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 _dedupe.Remove((updated.Request.Tenant, key));
             }
 
+            // Evicting other jobs moves no entry (a dictionary only moves them when it grows), so the ref stays valid.
             _finished.Enqueue(updated.Id);
             while (_finished.Count > _maxFinished)
             {
@@ -399,12 +410,13 @@ internal sealed class InMemoryJobStore : IJobStore
         }
     }
 
-    private sealed class Entry(JobRecord record, long sequence)
+    /// <summary>A job's slot, stored inline in the dictionary (no object per job); changed through refs under the lock.</summary>
+    private struct Entry(JobRecord record, long sequence)
     {
-        public JobRecord Record { get; set; } = record;
+        public JobRecord Record = record;
 
-        public long Sequence { get; } = sequence;
+        public readonly long Sequence = sequence;
 
-        public DateTimeOffset LeaseExpiresAt { get; set; }
+        public DateTimeOffset LeaseExpiresAt;
     }
 }

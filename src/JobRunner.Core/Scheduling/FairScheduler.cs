@@ -33,6 +33,7 @@ internal sealed class FairScheduler
     private readonly Dictionary<string, AffinityFit> _fits = new(StringComparer.Ordinal);
     private readonly Dictionary<JobId, (QueuedJob Job, AffinityFit Fit)> _parked = [];
     private readonly Dictionary<JobId, (DateTimeOffset At, AffinityFit Fit)> _declined = [];
+    private readonly Stack<LinkedListNode<Entry>> _freeNodes = new();
     private long _sequence;
 
     /// <param name="options">The scheduler's settings.</param>
@@ -240,6 +241,9 @@ internal sealed class FairScheduler
 
     private const int MaxCachedFits = 4096;
 
+    /// <summary>How many removed nodes are kept for reuse (a held job's node is otherwise an allocation per job).</summary>
+    private const int MaxFreeNodes = 1024;
+
     private void Insert(Entry entry)
     {
         var job = entry.Job;
@@ -247,7 +251,7 @@ internal sealed class FairScheduler
         var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
-            tenant = new Tenant(job.Tenant, _weights.WeightOf(job.Tenant));
+            tenant = new Tenant(job.Tenant, _weights.WeightOf(job.Tenant), _freeNodes);
             band.Tenants.Add(job.Tenant, tenant);
         }
 
@@ -605,7 +609,7 @@ internal sealed class FairScheduler
         }
     }
 
-    private sealed class Tenant(string name, int weight) : ITurnTaker
+    private sealed class Tenant(string name, int weight, Stack<LinkedListNode<Entry>> freeNodes) : ITurnTaker
     {
         public string Name { get; } = name;
 
@@ -633,9 +637,19 @@ internal sealed class FairScheduler
             }
 
             Count++;
+            if (freeNodes.TryPop(out var node))
+            {
+                node.Value = entry;
+            }
+            else
+            {
+                node = new LinkedListNode<Entry>(entry);
+            }
+
             if (flow.Last is null || flow.Last.Value.Sequence < entry.Sequence)
             {
-                return flow.AddLast(entry);
+                flow.AddLast(node);
+                return node;
             }
 
             // A promoted job keeps its place by arrival: older than the jobs already in the band.
@@ -645,14 +659,21 @@ internal sealed class FairScheduler
                 next = next.Next!;
             }
 
-            return flow.AddBefore(next, entry);
+            flow.AddBefore(next, node);
+            return node;
         }
 
+        /// <summary>Removes a job's node; the caller has read what it needs from it (the node is reused).</summary>
         public void Remove(LinkedListNode<Entry> node)
         {
             // An emptied flow is kept: the same workload and key usually come back, and re-creating it would allocate.
             node.List!.Remove(node);
             Count--;
+            if (freeNodes.Count < MaxFreeNodes)
+            {
+                node.Value = default;
+                freeNodes.Push(node);
+            }
         }
 
         public bool HasAdmissible(FairScheduler scheduler) => scheduler.FirstAdmissible(this) is not null;

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text.Json;
 using JobRunner.Configuration;
@@ -26,7 +25,9 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly WorkerOptions _options;
     private readonly JobRunnerTelemetry _telemetry;
     private readonly ILogger _logger;
-    private readonly ConcurrentDictionary<JobId, ActiveAttempt> _active = new();
+    // One cell per slot: the attempt it runs. Written only by its slot; read by the heartbeat, the cancellation
+    // listener and the shutdown. A job delivered twice may briefly sit in two cells: only one of them gets the lease.
+    private readonly ActiveAttempt?[] _active;
     private readonly CancellationTokenSource _checkpointRequested = new();
     private readonly CancellationTokenSource _background = new();
     private readonly JobRunner.Scheduling.JobScheduler _scheduler;
@@ -69,6 +70,7 @@ internal sealed partial class JobWorker : BackgroundService
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _scheduler = scheduler;
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
+        _active = new ActiveAttempt?[_options.Slots];
         var lookahead = schedulerOptions.Value.Lookahead;
         _free = _options.Slots + lookahead;
         _feedBatch = Math.Min(_options.Slots * 4, 512);
@@ -92,7 +94,19 @@ internal sealed partial class JobWorker : BackgroundService
     public string WorkerId => _options.WorkerId;
 
     /// <summary>Gets the number of attempts running now.</summary>
-    public int ActiveCount => _active.Count;
+    public int ActiveCount => Active().Count();
+
+    /// <summary>The attempts running now, read from the slots' cells.</summary>
+    private IEnumerable<ActiveAttempt> Active()
+    {
+        for (var i = 0; i < _active.Length; i++)
+        {
+            if (Volatile.Read(ref _active[i]) is { } attempt)
+            {
+                yield return attempt;
+            }
+        }
+    }
 
     public override void Dispose()
     {
@@ -166,7 +180,8 @@ internal sealed partial class JobWorker : BackgroundService
         var slots = new Task[_options.Slots];
         for (var i = 0; i < slots.Length; i++)
         {
-            slots[i] = Task.Run(RunSlotAsync, CancellationToken.None);
+            var slot = i;
+            slots[i] = Task.Run(() => RunSlotAsync(slot), CancellationToken.None);
         }
 
         await FeedAsync(stoppingToken).ConfigureAwait(false);
@@ -286,7 +301,7 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
-    private async Task RunSlotAsync()
+    private async Task RunSlotAsync(int slot)
     {
         var signal = new Scheduling.ReusableSignal();
         QueuedJob? ran = null;
@@ -322,7 +337,7 @@ internal sealed partial class JobWorker : BackgroundService
             _telemetry.Waited(item, Time.GetUtcNow());
             try
             {
-                await RunJobAsync(item).ConfigureAwait(false);
+                await RunJobAsync(item, slot).ConfigureAwait(false);
             }
             catch (Exception e)
             {
@@ -331,17 +346,12 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
-    private async Task RunJobAsync(QueuedJob item)
+    private async Task RunJobAsync(QueuedJob item, int slot)
     {
+        // A second delivery of a job this worker runs needs no check here: its lease is refused (the job is Running),
+        // and the delivery is acknowledged below.
         var attempt = new ActiveAttempt(item, Time);
-        if (!_active.TryAdd(item.Id, attempt))
-        {
-            // The same job delivered twice to this worker: the running attempt owns it.
-            attempt.Dispose();
-            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
-            return;
-        }
-
+        Volatile.Write(ref _active[slot], attempt);
         try
         {
             if (_stopping)
@@ -416,7 +426,7 @@ internal sealed partial class JobWorker : BackgroundService
         }
         finally
         {
-            _active.TryRemove(new KeyValuePair<JobId, ActiveAttempt>(item.Id, attempt));
+            Volatile.Write(ref _active[slot], null);
             attempt.Dispose();
         }
     }
@@ -581,7 +591,7 @@ internal sealed partial class JobWorker : BackgroundService
             await _queue.ReturnAsync(held, CancellationToken.None).ConfigureAwait(false);
         }
 
-        var running = _active.Count;
+        var running = ActiveCount;
         if (running > 0)
         {
             Log.ShuttingDown(_logger, WorkerId, running, _options.ShutdownGracePeriod);
@@ -595,7 +605,7 @@ internal sealed partial class JobWorker : BackgroundService
             await all.WaitAsync(grace.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         }
 
-        foreach (var attempt in _active.Values)
+        foreach (var attempt in Active())
         {
             attempt.TryStop(StopReason.Shutdown, null, TimeSpan.Zero);
         }
@@ -614,9 +624,12 @@ internal sealed partial class JobWorker : BackgroundService
                     var request = cancellations.Current;
                     try
                     {
-                        if (_active.TryGetValue(request.JobId, out var attempt) && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                        foreach (var attempt in Active())
                         {
-                            Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                            if (attempt.Item.Id == request.JobId && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                            {
+                                Log.CancellingAttempt(_logger, request.JobId, request.Message);
+                            }
                         }
                     }
                     catch (Exception e) when (e is not OperationCanceledException)
@@ -642,9 +655,9 @@ internal sealed partial class JobWorker : BackgroundService
                 {
                     // First, so that the jobs given back are not extended below.
                     await GiveBackParkedAsync(cancellationToken).ConfigureAwait(false);
-                    var leases = new List<JobLease>(_active.Count);
+                    var leases = new List<JobLease>();
                     var items = _scheduler.Snapshot();
-                    foreach (var attempt in _active.Values)
+                    foreach (var attempt in Active())
                     {
                         if (attempt.Lease is { } lease)
                         {
@@ -658,9 +671,12 @@ internal sealed partial class JobWorker : BackgroundService
                     {
                         // Only the attempt whose lease was sent: a retry of the same job may have started since.
                         var sent = leases.Find(l => l.JobId == id);
-                        if (_active.TryGetValue(id, out var attempt) && attempt.Lease == sent && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
+                        foreach (var attempt in Active())
                         {
-                            Log.LeaseLost(_logger, id, sent!.FenceToken);
+                            if (attempt.Item.Id == id && attempt.Lease == sent && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
+                            {
+                                Log.LeaseLost(_logger, id, sent!.FenceToken);
+                            }
                         }
                     }
 
