@@ -51,6 +51,10 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
         var s = db.Schema;
+        // "state + 0" in the lease and the completion: both find their rows by id, and the planner must not pick a partial
+        // index by its state predicate instead (it would read every ready or running job); see JobRows.IndexPathsOnly.
+        // Each CTE carries the batch's values on to the next, so that no step joins two CTEs (without a hash join, that
+        // would compare every pair of rows).
         // Each row names the process that wrote it, so that the event relay of other hosts publishes it and this one does not.
         var history = $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message, instance) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}}, '{db.InstanceId}' FROM u)";
         _insertSql = $"""
@@ -70,15 +74,15 @@ internal sealed partial class PostgresJobStore : IJobStore
         _leaseSql = $"""
             WITH r AS (SELECT * FROM unnest(@ids, @workers, @expires) AS r(id, worker, expires)),
             locked AS (
-                SELECT j.id FROM {s}.jobs j JOIN r USING (id)
-                WHERE j.state = 0 OR (j.state = 1 AND j.ready_at <= @now)
+                SELECT j.id, r.worker, r.expires FROM {s}.jobs j JOIN r USING (id)
+                WHERE j.state + 0 = 0 OR (j.state + 0 = 1 AND j.ready_at <= @now)
                 ORDER BY j.id FOR UPDATE OF j),
-            granted AS (SELECT id, nextval('{s}.fence_tokens') AS fence FROM locked),
+            granted AS (SELECT id, worker, expires, nextval('{s}.fence_tokens') AS fence FROM locked),
             u AS (
-                UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = r.worker, lease_expires_at = r.expires, updated_at = @now,
+                UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = g.worker, lease_expires_at = g.expires, updated_at = @now,
                     taken_until = NULL, attempt_count = j.attempt_count + 1,
-                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', r.worker, 'f', g.fence, 's', @now_us::bigint))
-                FROM granted g JOIN r USING (id)
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', g.worker, 'f', g.fence, 's', @now_us::bigint))
+                FROM granted g
                 WHERE j.id = g.id
                 RETURNING j.*){History("NULL::text")}
             SELECT {JobRows.Columns} FROM u
@@ -86,7 +90,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completeSql = $"""
             WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
                                  AS c(id, fence, outcome, next_state, due_at, error, error_type, exit_code)),
-            locked AS (SELECT j.id FROM {s}.jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j),
+            locked AS (SELECT c.* FROM {s}.jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j),
             u AS (
                 UPDATE {s}.jobs j SET
                     state = CASE WHEN j.cancel_requested AND c.next_state < 3 THEN 5 ELSE c.next_state END,
@@ -94,8 +98,8 @@ internal sealed partial class PostgresJobStore : IJobStore
                         (j.attempts -> -1) || jsonb_strip_nulls(jsonb_build_object('e', @now_us::bigint, 'o', c.outcome, 'err', c.error, 'et', c.error_type, 'x', c.exit_code))),
                     updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END,
                     taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
-                FROM c JOIN locked USING (id)
-                WHERE j.id = c.id AND j.fence = c.fence AND j.state = 2
+                FROM locked c
+                WHERE j.id = c.id AND j.fence = c.fence AND j.state + 0 = 2
                 RETURNING j.id, j.state, j.updated_at, j.ready_at, j.last_error, j.cancel_requested, j.cancel_reason, j.attempt_count,
                     j.fence, j.worker_id, j.checkpoint, j.progress_fraction, j.progress_message){History("u.last_error")}
             SELECT {CompletedColumns} FROM u
@@ -436,15 +440,18 @@ internal sealed partial class PostgresJobStore : IJobStore
                 expires[i] = s.Now + request.Duration;
             }
 
-            using var command = new NpgsqlCommand(s.Store._leaseSql, c);
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+            var command = new NpgsqlBatchCommand(s.Store._leaseSql);
+            batch.BatchCommands.Add(command);
             command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
             command.Parameters.Add(new("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
             command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
             command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
             var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, Exception? Error)>();
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
                 var id = reader.GetGuid(0);
@@ -628,7 +635,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                 }
             }
 
-            using var batch = new NpgsqlBatch(c);
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
             var command = new NpgsqlBatchCommand(s.Store._completeSql);
             batch.BatchCommands.Add(command);
             var p = command.Parameters;
@@ -653,6 +660,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             var done = new Dictionary<Guid, Completed>(n);
             var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
                 done[reader.GetGuid(0)] = Completed.Read(reader);
