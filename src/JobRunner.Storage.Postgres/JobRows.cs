@@ -66,6 +66,16 @@ internal static class JobRows
         };
     }
 
+    /// <summary>
+    /// The first command of a batch whose hot statement looks jobs up by id or walks <c>jobs_ready</c> in order (dequeue,
+    /// lease, completion). Without fresh statistics (a burst into a new or idle table: autovacuum analyzes a minute later
+    /// at best, and a queue's state mix changes faster than that) the planner estimates a handful of ready or running
+    /// rows and reads all of them with a bitmap scan, then sorts them or hash-joins them with the batch: every batch
+    /// then costs as much as the whole queue. Local to the batch's implicit transaction, these settings leave it the
+    /// index paths, whose cost follows the batch.
+    /// </summary>
+    public static NpgsqlBatchCommand IndexPathsOnly() => new("SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true), set_config('enable_seqscan', 'off', true)");
+
     public static long ReadSequence(NpgsqlDataReader row) => row.GetInt64(25);
 
     public static QueuedJob ReadQueued(NpgsqlDataReader row) => new()
@@ -181,7 +191,7 @@ internal static class JobRows
         return attempts;
     }
 
-    private static DateTimeOffset FromMicros(long micros) => DateTimeOffset.UnixEpoch.AddTicks(micros * 10);
+    public static DateTimeOffset FromMicros(long micros) => DateTimeOffset.UnixEpoch.AddTicks(micros * 10);
 
     private static string? NullableString(NpgsqlDataReader row, int ordinal) => row.IsDBNull(ordinal) ? null : row.GetString(ordinal);
 }

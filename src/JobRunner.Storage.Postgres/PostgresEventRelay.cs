@@ -8,16 +8,20 @@ namespace JobRunner.Storage.Postgres;
 /// reads the history rows other processes wrote (by <c>instance</c>) and publishes them on the local bus, so that
 /// <see cref="IJobClient.WatchAsync(JobId, CancellationToken)"/> on an API host sees a job that runs on a worker host.
 /// Reads a sliding window of <see cref="Window"/> by the rows' time and remembers the row ids it published, because
-/// history ids are not committed in order; costs nothing while nobody watches.
+/// history ids are not committed in order. Each poll reads only the ids of the window's rows, then the details (job,
+/// previous state) of those not yet published, so a row is read in full once, and a window holding more than
+/// <see cref="MaxRows"/> rows drains over the next polls; costs nothing while nobody watches.
 /// </summary>
 internal sealed class PostgresEventRelay
 {
     /// <summary>How far back each read looks: covers transactions that commit out of id order, and clock skew.</summary>
     public static readonly TimeSpan Window = TimeSpan.FromSeconds(5);
 
-    private const int MaxRows = 10_000;
+    /// <summary>The most rows one poll publishes; the rest follow at the next poll.</summary>
+    internal const int MaxRows = 10_000;
     private readonly PostgresDatabase _db;
     private readonly IJobEventBus _events;
+    private readonly string _idsSql;
     private readonly string _sql;
     private readonly Dictionary<long, DateTimeOffset> _published = [];
     private DateTimeOffset? _watchingSince;
@@ -28,13 +32,13 @@ internal sealed class PostgresEventRelay
         _db = db;
         _events = events;
         var s = db.Schema;
+        _idsSql = $"SELECT id FROM {s}.job_history WHERE at >= @since AND instance IS DISTINCT FROM @me";
         _sql = $"""
             SELECT h.id, h.job_id, h.at, h.state, h.attempt, h.message, j.tenant, j.workload,
                    (SELECT p.state FROM {s}.job_history p WHERE p.job_id = h.job_id AND p.id < h.id ORDER BY p.id DESC LIMIT 1)
             FROM {s}.job_history h JOIN {s}.jobs j ON j.id = h.job_id
-            WHERE h.at >= @since AND h.instance IS DISTINCT FROM @me
+            WHERE h.id = ANY(@ids)
             ORDER BY h.id
-            LIMIT {MaxRows}
             """;
     }
 
@@ -54,12 +58,38 @@ internal sealed class PostgresEventRelay
 
         _watchingSince ??= _lastUnwatched ?? now - Window;
         var since = now - Window;
-        var rows = await _db.RunAsync(_db.Client, (Sql: _sql, Since: since, Me: _db.InstanceId), static async (c, s, token) =>
+        // The window is read again at every poll: first only the ids, then the details of the rows not yet published
+        // (at most MaxRows, oldest first; the rest at the next poll).
+        var fresh = await _db.RunAsync(_db.Client, (Sql: _idsSql, Since: since, Me: _db.InstanceId, Published: _published), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.Add(new("since", NpgsqlDbType.TimestampTz) { Value = s.Since });
             command.Parameters.Add(new("me", NpgsqlDbType.Text) { Value = s.Me });
-            var result = new List<(long Id, JobEvent Event)>();
+            var ids = new List<long>();
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                var id = reader.GetInt64(0);
+                if (!s.Published.ContainsKey(id))
+                {
+                    ids.Add(id);
+                }
+            }
+
+            return ids;
+        }, cancellationToken).ConfigureAwait(false);
+        if (fresh.Count > MaxRows)
+        {
+            fresh.Sort();
+            fresh.RemoveRange(MaxRows, fresh.Count - MaxRows);
+        }
+
+        List<(long Id, JobEvent Event)> rows = fresh.Count == 0 ? [] : await _db.RunAsync(_db.Client, (Sql: _sql, Ids: fresh.ToArray()), static async (c, s, token) =>
+        {
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = s.Ids });
+            var result = new List<(long Id, JobEvent Event)>(s.Ids.Length);
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))

@@ -63,13 +63,16 @@ internal sealed class PostgresJobQueue : IJobQueue
             var now = _time.GetUtcNow();
             var jobs = await _db.RunAsync(_db.Worker, (Sql: _dequeueSql, Now: now, Until: now + visibility, Limit: buffer.Length), static async (c, s, token) =>
             {
-                using var command = new NpgsqlCommand(s.Sql, c);
+                using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+                var command = new NpgsqlBatchCommand(s.Sql);
+                batch.BatchCommands.Add(command);
                 command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
                 command.Parameters.Add(new("until", NpgsqlDbType.TimestampTz) { Value = s.Until });
                 command.Parameters.Add(new("limit", NpgsqlDbType.Integer) { Value = s.Limit });
                 var result = new List<QueuedJob>(s.Limit);
-                var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
-            await using var readerScope = reader.ConfigureAwait(false);
+                var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
+                await using var readerScope = reader.ConfigureAwait(false);
+                await reader.NextResultAsync(token).ConfigureAwait(false);
                 while (await reader.ReadAsync(token).ConfigureAwait(false))
                 {
                     result.Add(JobRows.ReadQueued(reader));

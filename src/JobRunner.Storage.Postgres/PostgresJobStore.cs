@@ -18,6 +18,10 @@ internal sealed partial class PostgresJobStore : IJobStore
         "Quarantined: the job's lease expired {0} times without a heartbeat (its worker died during each attempt). " +
         "Find why the job kills its worker, then submit it again; PostgresOptions.MaxLeaseExpirations sets the limit.";
 
+    /// <summary>What a completion reads back: the columns it may have changed (see <see cref="Completed"/>).</summary>
+    private const string CompletedColumns =
+        "id, state, updated_at, ready_at, last_error, cancel_requested, cancel_reason, attempt_count, checkpoint, progress_fraction, progress_message";
+
     private const string LeaseExpiredMessage = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
 
     private readonly PostgresDatabase _db;
@@ -27,9 +31,11 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly Batcher<JobRecord, SubmitResult> _inserts;
     private readonly Batcher<LeaseRequest, LeaseResult> _leases;
     private readonly Batcher<Completion, JobRecord> _completions;
+    private readonly LeasedRecords _leased = new();
     private readonly string _insertSql;
     private readonly string _leaseSql;
     private readonly string _completeSql;
+    private readonly string _completedRowsSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
 
@@ -45,6 +51,10 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
         var s = db.Schema;
+        // "state + 0" in the lease and the completion: both find their rows by id, and the planner must not pick a partial
+        // index by its state predicate instead (it would read every ready or running job); see JobRows.IndexPathsOnly.
+        // Each CTE carries the batch's values on to the next, so that no step joins two CTEs (without a hash join, that
+        // would compare every pair of rows).
         // Each row names the process that wrote it, so that the event relay of other hosts publishes it and this one does not.
         var history = $", h AS (INSERT INTO {s}.job_history (job_id, at, state, attempt, fence, worker_id, message, instance) SELECT id, updated_at, state, attempt_count, fence, worker_id, {{0}}, '{db.InstanceId}' FROM u)";
         _insertSql = $"""
@@ -64,15 +74,15 @@ internal sealed partial class PostgresJobStore : IJobStore
         _leaseSql = $"""
             WITH r AS (SELECT * FROM unnest(@ids, @workers, @expires) AS r(id, worker, expires)),
             locked AS (
-                SELECT j.id FROM {s}.jobs j JOIN r USING (id)
-                WHERE j.state = 0 OR (j.state = 1 AND j.ready_at <= @now)
+                SELECT j.id, r.worker, r.expires FROM {s}.jobs j JOIN r USING (id)
+                WHERE j.state + 0 = 0 OR (j.state + 0 = 1 AND j.ready_at <= @now)
                 ORDER BY j.id FOR UPDATE OF j),
-            granted AS (SELECT id, nextval('{s}.fence_tokens') AS fence FROM locked),
+            granted AS (SELECT id, worker, expires, nextval('{s}.fence_tokens') AS fence FROM locked),
             u AS (
-                UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = r.worker, lease_expires_at = r.expires, updated_at = @now,
+                UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = g.worker, lease_expires_at = g.expires, updated_at = @now,
                     taken_until = NULL, attempt_count = j.attempt_count + 1,
-                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', r.worker, 'f', g.fence, 's', @now_us::bigint))
-                FROM granted g JOIN r USING (id)
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', g.worker, 'f', g.fence, 's', @now_us::bigint))
+                FROM granted g
                 WHERE j.id = g.id
                 RETURNING j.*){History("NULL::text")}
             SELECT {JobRows.Columns} FROM u
@@ -80,7 +90,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _completeSql = $"""
             WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
                                  AS c(id, fence, outcome, next_state, due_at, error, error_type, exit_code)),
-            locked AS (SELECT j.id FROM {s}.jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j),
+            locked AS (SELECT c.* FROM {s}.jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j),
             u AS (
                 UPDATE {s}.jobs j SET
                     state = CASE WHEN j.cancel_requested AND c.next_state < 3 THEN 5 ELSE c.next_state END,
@@ -88,11 +98,14 @@ internal sealed partial class PostgresJobStore : IJobStore
                         (j.attempts -> -1) || jsonb_strip_nulls(jsonb_build_object('e', @now_us::bigint, 'o', c.outcome, 'err', c.error, 'et', c.error_type, 'x', c.exit_code))),
                     updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END,
                     taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
-                FROM c JOIN locked USING (id)
-                WHERE j.id = c.id AND j.fence = c.fence AND j.state = 2
-                RETURNING j.*){History("u.last_error")}
-            SELECT {JobRows.Columns} FROM u
+                FROM locked c
+                WHERE j.id = c.id AND j.fence = c.fence AND j.state + 0 = 2
+                RETURNING j.id, j.state, j.updated_at, j.ready_at, j.last_error, j.cancel_requested, j.cancel_reason, j.attempt_count,
+                    j.fence, j.worker_id, j.checkpoint, j.progress_fraction, j.progress_message){History("u.last_error")}
+            SELECT {CompletedColumns} FROM u
             """;
+        // Jobs whose lease record this store does not hold are read whole, in the same transaction (their rows are still locked).
+        _completedRowsSql = $"SELECT {JobRows.Columns} FROM {s}.jobs WHERE id = ANY(@ids)";
         _reclaimSql = $"""
             WITH expired AS (
                 SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= @now
@@ -427,15 +440,18 @@ internal sealed partial class PostgresJobStore : IJobStore
                 expires[i] = s.Now + request.Duration;
             }
 
-            using var command = new NpgsqlCommand(s.Store._leaseSql, c);
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+            var command = new NpgsqlBatchCommand(s.Store._leaseSql);
+            batch.BatchCommands.Add(command);
             command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
             command.Parameters.Add(new("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
             command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
             command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
             var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, Exception? Error)>();
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
                 var id = reader.GetGuid(0);
@@ -466,6 +482,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
             else
             {
+                _leased.Add(job);
                 item.TrySetResult(new LeaseResult(new LeasedJob(new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration), job), null));
             }
         }
@@ -530,6 +547,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         {
             if (!renewed.Contains(lease.JobId.Value))
             {
+                _leased.Forget(lease.JobId, lease.FenceToken);
                 (lost ??= []).Add(lease.JobId);
             }
         }
@@ -580,7 +598,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             throw new ArgumentException("An attempt cannot complete into Running. Use Queued to run the job again.", nameof(completion));
         }
 
-        var updated = await _completions.Enqueue(new Completion(lease, completion)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var updated = await _completions.Enqueue(new Completion(lease, completion, _leased.Take(lease))).WaitAsync(cancellationToken).ConfigureAwait(false);
         PublishState(updated, JobState.Running, completion.Error);
         return updated;
     }
@@ -599,9 +617,10 @@ internal sealed partial class PostgresJobStore : IJobStore
             var errors = new string?[n];
             var errorTypes = new string?[n];
             var exitCodes = new int?[n];
+            List<Guid>? unknown = null;
             for (var i = 0; i < n; i++)
             {
-                var (lease, completion) = s.Batch[i].Request;
+                var (lease, completion, leased) = s.Batch[i].Request;
                 ids[i] = lease.JobId.Value;
                 fences[i] = lease.FenceToken;
                 outcomes[i] = (int)completion.Outcome;
@@ -610,9 +629,15 @@ internal sealed partial class PostgresJobStore : IJobStore
                 errors[i] = completion.Error;
                 errorTypes[i] = completion.ErrorType;
                 exitCodes[i] = completion.ExitCode;
+                if (leased is null)
+                {
+                    (unknown ??= []).Add(lease.JobId.Value);
+                }
             }
 
-            using var command = new NpgsqlCommand(s.Store._completeSql, c);
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+            var command = new NpgsqlBatchCommand(s.Store._completeSql);
+            batch.BatchCommands.Add(command);
             var p = command.Parameters;
             p.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
             p.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
@@ -624,18 +649,39 @@ internal sealed partial class PostgresJobStore : IJobStore
             p.Add(new("exit_codes", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = exitCodes });
             p.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             p.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            var done = new Dictionary<Guid, object>(n);
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            if (unknown is not null)
+            {
+                // Same implicit transaction: the completed rows are still locked, so this reads them as the update left them.
+                var read = new NpgsqlBatchCommand(s.Store._completedRowsSql);
+                read.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = unknown.ToArray() });
+                batch.BatchCommands.Add(read);
+            }
+
+            var done = new Dictionary<Guid, Completed>(n);
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
-                try
+                done[reader.GetGuid(0)] = Completed.Read(reader);
+            }
+
+            if (unknown is not null && await reader.NextResultAsync(token).ConfigureAwait(false))
+            {
+                while (await reader.ReadAsync(token).ConfigureAwait(false))
                 {
-                    done[reader.GetGuid(0)] = JobRows.Read(reader);
-                }
-                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
-                {
-                    done[reader.GetGuid(0)] = e;
+                    var id = reader.GetGuid(0);
+                    if (done.TryGetValue(id, out var completed))
+                    {
+                        try
+                        {
+                            done[id] = completed with { Job = JobRows.Read(reader) };
+                        }
+                        catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
+                        {
+                            done[id] = completed with { Error = e };
+                        }
+                    }
                 }
             }
 
@@ -644,18 +690,27 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         foreach (var item in batch)
         {
-            var lease = item.Request.Lease;
+            var (lease, completion, leased) = item.Request;
             if (!rows.TryGetValue(lease.JobId.Value, out var row))
             {
                 item.TrySetException(await StaleAsync(lease).ConfigureAwait(false));
             }
-            else if (row is JobRecord job)
+            else if (leased is not null && row.AttemptCount == leased.Attempts.Count)
+            {
+                item.TrySetResult(row.Apply(leased, completion, now));
+            }
+            else if (row.Job is { } job)
             {
                 item.TrySetResult(job);
             }
+            else if (row.Error is null)
+            {
+                // The lease's record does not match the row (cannot happen while the fence matched): read the row.
+                item.TrySetResult(await GetAsync(lease.JobId, CancellationToken.None).ConfigureAwait(false) ?? throw new JobNotFoundException(lease.JobId));
+            }
             else
             {
-                item.TrySetException(new InvalidDataException($"Job {lease.JobId} was completed, but its row could not be read back.", (Exception)row));
+                item.TrySetException(new InvalidDataException($"Job {lease.JobId} was completed, but its row could not be read back.", row.Error));
             }
         }
     }
@@ -738,6 +793,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         var ready = new List<JobRecord>();
         foreach (var job in rows)
         {
+            _leased.Forget(job.Id, job.FenceToken);
             PublishState(job, JobState.Running, job.LastError);
             if (job.State == JobState.Queued)
             {
@@ -799,7 +855,68 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private readonly record struct LeaseResult(LeasedJob? Job, (long Fence, Exception Error)? Malformed);
 
-    private readonly record struct Completion(JobLease Lease, AttemptCompletion Value);
+    private readonly record struct Completion(JobLease Lease, AttemptCompletion Value, JobRecord? Leased);
+
+    /// <summary>A completed row as the statement returned it (<see cref="CompletedColumns"/>), and the whole job when it was read.</summary>
+    private readonly record struct Completed(
+        JobState State,
+        DateTimeOffset UpdatedAt,
+        DateTimeOffset ReadyAt,
+        string? LastError,
+        bool CancelRequested,
+        string? CancelReason,
+        int AttemptCount,
+        byte[]? Checkpoint,
+        double? ProgressFraction,
+        string? ProgressMessage)
+    {
+        public JobRecord? Job { get; init; }
+
+        public Exception? Error { get; init; }
+
+        public static Completed Read(NpgsqlDataReader row) => new(
+            (JobState)row.GetInt16(1),
+            row.GetFieldValue<DateTimeOffset>(2),
+            row.GetFieldValue<DateTimeOffset>(3),
+            row.IsDBNull(4) ? null : row.GetString(4),
+            row.GetBoolean(5),
+            row.IsDBNull(6) ? null : row.GetString(6),
+            row.GetInt32(7),
+            row.IsDBNull(8) ? null : row.GetFieldValue<byte[]>(8),
+            row.IsDBNull(9) ? null : row.GetDouble(9),
+            row.IsDBNull(10) ? null : row.GetString(10));
+
+        /// <summary>The job after the change: the lease's record with what the statement changed, the attempt ended as the SQL ended it.</summary>
+        public JobRecord Apply(JobRecord leased, AttemptCompletion completion, DateTimeOffset now)
+        {
+            var attempts = new JobAttempt[leased.Attempts.Count];
+            for (var i = 0; i < attempts.Length - 1; i++)
+            {
+                attempts[i] = leased.Attempts[i];
+            }
+
+            attempts[^1] = leased.Attempts[^1] with
+            {
+                EndedAt = JobRows.FromMicros(JobRows.ToMicros(now)),
+                Outcome = completion.Outcome,
+                Error = completion.Error,
+                ErrorType = completion.ErrorType,
+                ExitCode = completion.ExitCode,
+            };
+            return leased with
+            {
+                State = State,
+                UpdatedAt = UpdatedAt,
+                DueAt = State == JobState.Scheduled ? ReadyAt : null,
+                Attempts = attempts,
+                Checkpoint = Checkpoint,
+                Progress = ProgressFraction is null && ProgressMessage is null ? null : new JobProgress(ProgressFraction, ProgressMessage),
+                CancelRequested = CancelRequested,
+                CancelReason = CancelReason,
+                LastError = LastError,
+            };
+        }
+    }
 
     private static partial class Log
     {

@@ -34,13 +34,30 @@ public sealed class MigrationTests : IAsyncLifetime
         var (_, store, _, _) = _database.OpenStore(_time);
         var job = Jobs.New(_time);
         await store.InsertAsync(job, default);
-        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; ALTER TABLE {s}.job_history DROP COLUMN instance; DELETE FROM {s}.schema_migrations WHERE version > 1");
+        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; ALTER TABLE {s}.job_history DROP COLUMN instance; ALTER TABLE {s}.jobs RESET (fillfactor); DELETE FROM {s}.schema_migrations WHERE version > 1");
 
         var upgraded = _database.Open(_time);
         await upgraded.EnsureMigratedAsync(default);
 
         Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
         Assert.Equal(0L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_logs"));
+        Assert.NotNull(await new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>()).GetAsync(job.Id, default));
+    }
+
+    [Fact]
+    public async Task A_schema_at_version_2_gets_free_space_in_the_jobs_pages_and_keeps_its_jobs()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job, default);
+        await _database.ExecuteAsync("ALTER TABLE {s}.jobs RESET (fillfactor); DELETE FROM {s}.schema_migrations WHERE version > 2");
+        Assert.Empty(await _database.ScalarAsync<string[]>("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = '{s}.jobs'::regclass"));
+
+        var upgraded = _database.Open(_time);
+        await upgraded.EnsureMigratedAsync(default);
+
+        Assert.Equal(3, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(["fillfactor=70"], await _database.ScalarAsync<string[]>("SELECT reloptions FROM pg_class WHERE oid = '{s}.jobs'::regclass"));
         Assert.NotNull(await new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>()).GetAsync(job.Id, default));
     }
 

@@ -52,6 +52,28 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task More_rows_than_one_poll_publishes_follow_at_the_next_poll()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        using var stop = new CancellationTokenSource();
+        var events = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token).GetAsyncEnumerator();
+        var first = events.MoveNextAsync();
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+
+        await worker.InsertManyAsync([.. Enumerable.Range(0, PostgresEventRelay.MaxRows + 50).Select(_ => Jobs.New(_time))], default);
+
+        Assert.Equal(PostgresEventRelay.MaxRows, await relay.PollOnceAsync(default));
+        Assert.Equal(50, await relay.PollOnceAsync(default));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.True(await first);
+        await stop.CancelAsync();
+        await events.DisposeAsync();
+    }
+
+    [Fact]
     public void Relay_without_history_is_refused_at_start_naming_the_fix()
     {
         var errors = new PostgresOptionsValidator().Validate(null, _database.Options(o => o.WriteHistory = false)).Failures;

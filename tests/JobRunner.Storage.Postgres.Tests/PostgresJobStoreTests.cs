@@ -140,6 +140,56 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal("0,2,1,2,3", await _database.ScalarAsync<string>($"SELECT string_agg(state::text, ',' ORDER BY id) FROM {{s}}.job_history WHERE job_id = '{job.Id}'"));
     }
 
+    [Theory]
+    [InlineData(true, JobState.Succeeded, false)]
+    [InlineData(true, JobState.Scheduled, false)]
+    [InlineData(true, JobState.Queued, true)]
+    [InlineData(false, JobState.Succeeded, true)]
+    [InlineData(false, JobState.Scheduled, false)]
+    [InlineData(false, JobState.Queued, true)]
+    public async Task Completion_returns_the_job_as_stored_whether_or_not_the_store_granted_the_lease(bool sameStore, JobState next, bool cancel)
+    {
+        var (_, granting, _, _) = _database.OpenStore(_time);
+        var (_, other, _, _) = _database.OpenStore(_time);
+        var completing = sameStore ? granting : other;
+        var job = Jobs.New(_time, retry: RetryPolicy.Fixed(TimeSpan.FromSeconds(3), 5));
+        job = job with { Request = job.Request with { ConcurrencyKey = "k", Affinity = "gpu=true" } };
+        await granting.InsertAsync(job, default);
+        var first = (await granting.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        await granting.CompleteAttemptAsync(first, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Queued, Error = "first" }, default);
+        var lease = (await granting.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default))!.Lease;
+        // Written during the attempt by the worker, and by a client on another host.
+        await completing.SaveCheckpointAsync(lease, "cp"u8.ToArray(), default);
+        await completing.ReportProgressAsync(lease, new JobProgress(null, "almost"), default);
+        if (cancel)
+        {
+            await other.RequestCancellationAsync(job.Id, "later", default);
+        }
+
+        _time.Advance(TimeSpan.FromMilliseconds(1234.5678));
+
+        var completed = await completing.CompleteAttemptAsync(lease, new AttemptCompletion
+        {
+            Outcome = AttemptOutcome.Failed,
+            NextState = next,
+            DueAt = next == JobState.Scheduled ? _time.GetUtcNow().AddSeconds(3) : null,
+            Error = "second",
+            ErrorType = "E",
+            ExitCode = 7,
+        }, default);
+
+        var stored = (await other.GetAsync(job.Id, default))!;
+        Assert.Equal(cancel && next == JobState.Queued ? JobState.Cancelled : next, completed.State);
+        Assert.Equal(
+            (stored.Id, stored.State, stored.CreatedAt, stored.UpdatedAt, stored.DueAt, stored.FenceToken, stored.CancelRequested, stored.CancelReason, stored.LastError, stored.Progress),
+            (completed.Id, completed.State, completed.CreatedAt, completed.UpdatedAt, completed.DueAt, completed.FenceToken, completed.CancelRequested, completed.CancelReason, completed.LastError, completed.Progress));
+        Assert.Equal(stored.Checkpoint!.Value.ToArray(), completed.Checkpoint!.Value.ToArray());
+        Assert.Equal(stored.Attempts, completed.Attempts);
+        Assert.Equal(stored.Request with { Input = default, Labels = default! }, completed.Request with { Input = default, Labels = default! });
+        Assert.Equal(stored.Request.Input.ToArray(), completed.Request.Input.ToArray());
+        Assert.Equal(stored.Request.Labels, completed.Request.Labels);
+    }
+
     [Fact]
     public async Task Cancelling_a_queued_job_ends_it_and_a_running_one_tells_its_worker_on_another_host()
     {
