@@ -42,7 +42,8 @@ echo "== test"
 status=0
 for project in tests/*/*.csproj; do
   name="$(basename "$project" .csproj)"
-  if ! dotnet test "$project" --no-build -c "$configuration" --logger "trx;LogFileName=$name.trx" --results-directory "$results"; then
+  # A test that hangs fails after 15 minutes (with the name of the test in the blame output) instead of holding the run.
+  if ! dotnet test "$project" --no-build -c "$configuration" --blame-hang-timeout 15m --blame-hang-dump-type none --logger "trx;LogFileName=$name.trx" --results-directory "$results"; then
     status=1
   fi
 done
