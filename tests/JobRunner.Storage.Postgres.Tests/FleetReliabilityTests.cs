@@ -8,7 +8,10 @@ namespace JobRunner.Storage.Postgres.Tests;
 /// Four worker processes share one database; a driver SIGKILLs a random one every few seconds and restarts it, and
 /// restarts PostgreSQL itself once. At the end every job is terminal, none completed twice, every resumed attempt
 /// started from the last checkpoint saved before it, and no write with a stale fence token was accepted.
+/// It runs alone (its collection disables parallelization): the database restart would otherwise cut the connections,
+/// and the notifications, of tests that run beside it on the same server.
 /// </summary>
+[Collection(FleetCollection.Name)]
 public sealed class FleetReliabilityTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const int JobCount = 20_000;
@@ -163,4 +166,12 @@ public sealed class FleetReliabilityTests(ITestOutputHelper output) : IAsyncLife
         };
         return Process.Start(start)!;
     }
+}
+
+/// <summary>The fleet test's own collection, run after the parallel ones and with nothing beside it.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class FleetCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "Fleet: restarts the database";
 }

@@ -193,27 +193,6 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         return taken;
     }
 
-    /// <summary>Takes the next job if one can run now (without registering a wait).</summary>
-    public bool TryTake(out QueuedJob job)
-    {
-        bool taken;
-        lock (_lock)
-        {
-            taken = _scheduler.TryTake(out job);
-            if (!taken)
-            {
-                ArmTimer();
-            }
-        }
-
-        if (taken)
-        {
-            OnChanged();
-        }
-
-        return taken;
-    }
-
     /// <summary>Gives back the limits of a job a slot ran, when the slot takes no other (it is stopping).</summary>
     public void Release(QueuedJob job)
     {
