@@ -73,6 +73,44 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_bulk_insert_round_trips_every_field_and_a_retried_batch_duplicates_nothing()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var first = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false));
+        first = first with { Request = first.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1), Affinity = "gpu=true, !spot" } };
+        var batch = new List<JobRecord> { first };
+        batch.AddRange(Enumerable.Range(0, 39).Select(_ => Jobs.New(_time)));
+
+        var results = await store.InsertManyAsync(batch, default);
+
+        Assert.All(results, r => Assert.False(r.Attached));
+        var read = (await store.GetAsync(first.Id, default))!;
+        Assert.Equal("{\"n\":1}", System.Text.Encoding.UTF8.GetString(read.Request.Input.Span));
+        Assert.Equal("a", read.Request.Labels["team"]);
+        Assert.Equal(TimeSpan.FromSeconds(90), read.Request.Timeout);
+        Assert.Equal(first.Request.Retry, read.Request.Retry);
+        Assert.Equal("k", read.Request.ConcurrencyKey);
+        Assert.Equal(first.Request.ParentId, read.Request.ParentId);
+        Assert.Equal(first.Request.NotBefore, read.Request.NotBefore);
+        Assert.Equal("corr", read.Request.CorrelationId);
+        Assert.Equal("gpu=true, !spot", read.Request.Affinity);
+        Assert.Equal(first.Request.Priority, read.Request.Priority);
+        Assert.Equal(first.CreatedAt, read.CreatedAt);
+        Assert.Equal(JobState.Queued, read.State);
+        Assert.Equal(40L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history WHERE state = 0 AND attempt = 0 AND fence = 0"));
+
+        // The same batch again (a retry after a lost commit reply) plus new jobs: only the new ones are added.
+        var retry = new List<JobRecord>(batch);
+        retry.AddRange(Enumerable.Range(0, 10).Select(_ => Jobs.New(_time)));
+        var again = await store.InsertManyAsync(retry, default);
+
+        Assert.Equal(retry.Select(j => j.Id), again.Select(r => r.Job.Id));
+        Assert.All(again, r => Assert.False(r.Attached));
+        Assert.Equal(50L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.jobs"));
+        Assert.Equal(50L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history"));
+    }
+
+    [Fact]
     public async Task A_lease_grants_a_higher_fence_and_a_stale_one_changes_nothing()
     {
         var (_, store, _, _) = _database.OpenStore(_time);
