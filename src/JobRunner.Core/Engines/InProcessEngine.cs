@@ -9,8 +9,9 @@ internal sealed class InProcessEngine<TWorkload>(IServiceScopeFactory scopes) : 
 {
     public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
     {
+        // Disposed by hand rather than with "await using (scope.ConfigureAwait(false))", which boxes the struct scope.
         var scope = scopes.CreateAsyncScope();
-        await using (scope.ConfigureAwait(false))
+        try
         {
             if (context is AttemptContext attemptContext)
             {
@@ -19,6 +20,10 @@ internal sealed class InProcessEngine<TWorkload>(IServiceScopeFactory scopes) : 
 
             var workload = scope.ServiceProvider.GetRequiredService<TWorkload>();
             await workload.ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            await scope.DisposeAsync().ConfigureAwait(false);
         }
     }
 }
