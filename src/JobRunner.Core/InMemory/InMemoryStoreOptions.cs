@@ -7,7 +7,7 @@ public sealed class InMemoryStoreOptions
     /// <remarks>
     /// Every kept job outlives garbage collections, and at high rates that sets the length of the pauses, hence the
     /// latency tail: at ~120,000 jobs/s on two cores, 100,000 kept jobs meant ~3 ms pauses and a p99 enqueue → start of
-    /// 8–25 ms, 1,000 meant ~0.85 ms pauses and 1.4–1.7 ms (see benchmarks/RESULTS.md).
+    /// 8–25 ms, 1,000 meant ~0.9 ms pauses and 1.0–2.2 ms (see benchmarks/RESULTS.md).
     /// </remarks>
     /// <value>The default value is 100,000.</value>
     public int MaxFinishedJobs { get; set; } = 100_000;
