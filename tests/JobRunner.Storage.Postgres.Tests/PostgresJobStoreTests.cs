@@ -15,26 +15,14 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     public async Task Insert_then_get_round_trips_every_field()
     {
         var (_, store, _, _) = _database.OpenStore(_time);
-        var job = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false)) with { };
-        job = job with { Request = job.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1), Affinity = "gpu=true, !spot" } };
+        var job = JobWithEveryField();
 
         var result = await store.InsertAsync(job, default);
         var read = await store.GetAsync(job.Id, default);
 
         Assert.False(result.Attached);
         Assert.NotNull(read);
-        Assert.Equal(job.Id, read.Id);
-        Assert.Equal(JobState.Queued, read.State);
-        Assert.Equal("{\"n\":1}", System.Text.Encoding.UTF8.GetString(read.Request.Input.Span));
-        Assert.Equal("a", read.Request.Labels["team"]);
-        Assert.Equal(TimeSpan.FromSeconds(90), read.Request.Timeout);
-        Assert.Equal(job.Request.Retry, read.Request.Retry);
-        Assert.Equal("k", read.Request.ConcurrencyKey);
-        Assert.Equal(job.Request.ParentId, read.Request.ParentId);
-        Assert.Equal(job.Request.NotBefore, read.Request.NotBefore);
-        Assert.Equal("corr", read.Request.CorrelationId);
-        Assert.Equal("gpu=true, !spot", read.Request.Affinity);
-        Assert.Equal(job.CreatedAt, read.CreatedAt);
+        AssertStoredAsSubmitted(job, read);
         Assert.Empty(read.Attempts);
         Assert.Null(read.Checkpoint);
         Assert.Null(read.Progress);
@@ -76,27 +64,14 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     public async Task A_bulk_insert_round_trips_every_field_and_a_retried_batch_duplicates_nothing()
     {
         var (_, store, _, _) = _database.OpenStore(_time);
-        var first = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false));
-        first = first with { Request = first.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1), Affinity = "gpu=true, !spot" } };
+        var first = JobWithEveryField();
         var batch = new List<JobRecord> { first };
         batch.AddRange(Enumerable.Range(0, 39).Select(_ => Jobs.New(_time)));
 
         var results = await store.InsertManyAsync(batch, default);
 
         Assert.All(results, r => Assert.False(r.Attached));
-        var read = (await store.GetAsync(first.Id, default))!;
-        Assert.Equal("{\"n\":1}", System.Text.Encoding.UTF8.GetString(read.Request.Input.Span));
-        Assert.Equal("a", read.Request.Labels["team"]);
-        Assert.Equal(TimeSpan.FromSeconds(90), read.Request.Timeout);
-        Assert.Equal(first.Request.Retry, read.Request.Retry);
-        Assert.Equal("k", read.Request.ConcurrencyKey);
-        Assert.Equal(first.Request.ParentId, read.Request.ParentId);
-        Assert.Equal(first.Request.NotBefore, read.Request.NotBefore);
-        Assert.Equal("corr", read.Request.CorrelationId);
-        Assert.Equal("gpu=true, !spot", read.Request.Affinity);
-        Assert.Equal(first.Request.Priority, read.Request.Priority);
-        Assert.Equal(first.CreatedAt, read.CreatedAt);
-        Assert.Equal(JobState.Queued, read.State);
+        AssertStoredAsSubmitted(first, (await store.GetAsync(first.Id, default))!);
         Assert.Equal(40L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history WHERE state = 0 AND attempt = 0 AND fence = 0"));
 
         // The same batch again (a retry after a lost commit reply) plus new jobs: only the new ones are added.
@@ -319,5 +294,29 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal([ids[4]], page2.Items.Select(j => j.Id));
         Assert.Null(page2.ContinuationToken);
         Assert.Equal(5, labelled.Items.Count);
+    }
+
+    /// <summary>A queued job with every optional request field set.</summary>
+    private JobRecord JobWithEveryField()
+    {
+        var job = Jobs.New(_time, retry: RetryPolicy.Exponential(TimeSpan.FromSeconds(2), 4, TimeSpan.FromMinutes(1), useJitter: false));
+        return job with { Request = job.Request with { ConcurrencyKey = "k", ParentId = JobId.New(_time), NotBefore = _time.GetUtcNow().AddMinutes(1), Affinity = "gpu=true, !spot" } };
+    }
+
+    private static void AssertStoredAsSubmitted(JobRecord job, JobRecord read)
+    {
+        Assert.Equal(job.Id, read.Id);
+        Assert.Equal(JobState.Queued, read.State);
+        Assert.Equal("{\"n\":1}", System.Text.Encoding.UTF8.GetString(read.Request.Input.Span));
+        Assert.Equal("a", read.Request.Labels["team"]);
+        Assert.Equal(TimeSpan.FromSeconds(90), read.Request.Timeout);
+        Assert.Equal(job.Request.Retry, read.Request.Retry);
+        Assert.Equal("k", read.Request.ConcurrencyKey);
+        Assert.Equal(job.Request.ParentId, read.Request.ParentId);
+        Assert.Equal(job.Request.NotBefore, read.Request.NotBefore);
+        Assert.Equal("corr", read.Request.CorrelationId);
+        Assert.Equal("gpu=true, !spot", read.Request.Affinity);
+        Assert.Equal(job.Request.Priority, read.Request.Priority);
+        Assert.Equal(job.CreatedAt, read.CreatedAt);
     }
 }
