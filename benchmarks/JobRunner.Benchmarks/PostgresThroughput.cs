@@ -20,7 +20,7 @@ internal static class PostgresThroughput
         s_inFlight = inFlight;
         var connectionString = Environment.GetEnvironmentVariable("JOBRUNNER_TEST_POSTGRES")
             ?? throw new InvalidOperationException("Set JOBRUNNER_TEST_POSTGRES, or run benchmarks/postgres.sh.");
-        Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores, {inFlight} batches in flight per kind");
+        Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores, {inFlight} batches of leases and of completions in flight, {new JobRunner.Storage.Postgres.PostgresOptions().InsertBatchesInFlight} of inserts");
 
         var raw = await RawLoopAsync(connectionString, jobs);
         Console.WriteLine($"baseline: raw batched SKIP LOCKED loop (4 consumers, 100 per batch, one tx each): {raw:N0} jobs/s");

@@ -3,7 +3,8 @@ namespace JobRunner.Storage.Postgres;
 /// <summary>
 /// Group commit: concurrent callers' requests are collected while one statement is in flight, and the next flush writes
 /// all of them in one round trip. Idle, a request goes out at once; under load, batches grow to <c>maxBatch</c>.
-/// Up to <c>maxInFlight</c> batches are written at once (each on its own connection).
+/// Up to <c>maxInFlight</c> batches are written at once (each on its own connection), the second and later ones only
+/// when a full batch is waiting.
 /// </summary>
 internal sealed class Batcher<TRequest, TResult>
 {
@@ -28,7 +29,10 @@ internal sealed class Batcher<TRequest, TResult>
         lock (_lock)
         {
             _pending.Add(item);
-            start = _inFlight < _maxInFlight;
+
+            // Idle, a request goes out at once. A further concurrent batch starts only for a full batch: partial ones
+            // wait for the batch in flight, which keeps batches large (and commits few) under many small callers.
+            start = _inFlight == 0 || (_inFlight < _maxInFlight && _pending.Count >= _maxBatch);
             if (start)
             {
                 _inFlight++;

@@ -46,7 +46,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _time = db.Time;
         _logger = db.Logger;
         var max = db.Options.MaxBatchSize;
-        _inserts = new(InsertBatchAsync, max, db.Options.MaxBatchesInFlight);
+        _inserts = new(InsertBatchAsync, max, db.Options.InsertBatchesInFlight);
         _leases = new(LeaseBatchAsync, max, db.Options.MaxBatchesInFlight);
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 

@@ -35,8 +35,19 @@ public sealed class PostgresOptions
     /// <summary>Gets or sets the most rows one batched statement writes (inserts, leases, completions). Default 500.</summary>
     public int MaxBatchSize { get; set; } = 500;
 
-    /// <summary>Gets or sets how many batches of one kind (inserts, leases, completions) are written at once. Default 1.</summary>
+    /// <summary>
+    /// Gets or sets how many batches of one kind of worker write (leases, completions) are written at once; a second
+    /// and later batch starts only when a full batch (<see cref="MaxBatchSize"/>) waits. Default 1: on a small server
+    /// more concurrent batches of these contend for the same rows and lose.
+    /// </summary>
     public int MaxBatchesInFlight { get; set; } = 1;
+
+    /// <summary>
+    /// Gets or sets how many batches of inserts (submissions) are written at once; a second and later batch starts only
+    /// when a full batch (<see cref="MaxBatchSize"/>) waits, as in a bulk submit. Default 2: new rows contend for
+    /// nothing, so the second batch uses a second server core.
+    /// </summary>
+    public int InsertBatchesInFlight { get; set; } = 2;
 
     /// <summary>
     /// Gets or sets how many times a job's lease may expire (its worker died during the attempt) before the job is

@@ -59,6 +59,11 @@ internal sealed partial class PostgresOptionsValidator : IValidateOptions<Postgr
             errors.Add($"PostgresOptions.MaxBatchesInFlight is {options.MaxBatchesInFlight}. Use 1 to 64.");
         }
 
+        if (options.InsertBatchesInFlight is < 1 or > 64)
+        {
+            errors.Add($"PostgresOptions.InsertBatchesInFlight is {options.InsertBatchesInFlight}. Use 1 to 64.");
+        }
+
         if (options.MaxLeaseExpirations < 1)
         {
             errors.Add($"PostgresOptions.MaxLeaseExpirations is {options.MaxLeaseExpirations}. Use 1 or more.");

@@ -121,13 +121,14 @@ public sealed class MigrationTests : IAsyncLifetime
     [Fact]
     public void Bad_options_are_rejected_at_start_naming_each_fix()
     {
-        var result = new PostgresOptionsValidator().Validate(null, new PostgresOptions { ConnectionString = "", Schema = "Bad-Name", MaxBatchSize = 0, MaxLeaseExpirations = 0 });
+        var result = new PostgresOptionsValidator().Validate(null, new PostgresOptions { ConnectionString = "", Schema = "Bad-Name", MaxBatchSize = 0, MaxLeaseExpirations = 0, InsertBatchesInFlight = 0 });
 
         Assert.True(result.Failed);
         Assert.Contains(result.Failures!, f => f.Contains("ConnectionString is empty", StringComparison.Ordinal));
         Assert.Contains(result.Failures!, f => f.Contains("Schema 'Bad-Name'", StringComparison.Ordinal));
         Assert.Contains(result.Failures!, f => f.Contains("MaxBatchSize", StringComparison.Ordinal));
         Assert.Contains(result.Failures!, f => f.Contains("MaxLeaseExpirations", StringComparison.Ordinal));
+        Assert.Contains(result.Failures!, f => f.Contains("InsertBatchesInFlight is 0. Use 1 to 64.", StringComparison.Ordinal));
         Assert.True(new PostgresOptionsValidator().Validate(null, _database.Options()).Succeeded);
     }
 

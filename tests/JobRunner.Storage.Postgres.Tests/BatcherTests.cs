@@ -1,0 +1,58 @@
+namespace JobRunner.Storage.Postgres.Tests;
+
+/// <summary>Group commit without a database: when batches start and what they hold.</summary>
+public sealed class BatcherTests
+{
+    [Fact]
+    public async Task A_further_batch_starts_only_for_a_full_batch_while_one_is_in_flight()
+    {
+        var flushes = new List<(int Size, TaskCompletionSource Done)>();
+        var started = new SemaphoreSlim(0);
+        var batcher = new Batcher<int, int>(
+            batch =>
+            {
+                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                lock (flushes)
+                {
+                    flushes.Add((batch.Count, done));
+                }
+
+                started.Release();
+                return done.Task.ContinueWith(
+                    _ =>
+                    {
+                        foreach (var item in batch)
+                        {
+                            item.TrySetResult(item.Request);
+                        }
+                    },
+                    TaskScheduler.Default);
+            },
+            maxBatch: 3,
+            maxInFlight: 2);
+
+        // Idle: the first request goes out at once, alone.
+        var first = batcher.Enqueue(1);
+        await started.WaitAsync();
+
+        // Two more wait for the batch in flight: not a full batch, so no second batch starts.
+        var waiting = new[] { batcher.Enqueue(2), batcher.Enqueue(3) };
+        Assert.False(await started.WaitAsync(TimeSpan.Zero));
+
+        // The third waiting request makes a full batch: a second batch goes out beside the first.
+        var third = batcher.Enqueue(4);
+        await started.WaitAsync();
+        lock (flushes)
+        {
+            Assert.Equal([1, 3], flushes.Select(f => f.Size));
+        }
+
+        foreach (var flush in flushes.ToArray())
+        {
+            flush.Done.SetResult();
+        }
+
+        var results = await Task.WhenAll(first, waiting[0], waiting[1], third);
+        Assert.Equal(Enumerable.Range(1, 4), results);
+    }
+}
