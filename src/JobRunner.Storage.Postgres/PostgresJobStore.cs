@@ -754,17 +754,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     internal void PublishCancellation(JobId id, string tenant, string workload, int attempt, string? reason, DateTimeOffset now)
     {
-        _events.Publish(new JobEvent
-        {
-            Kind = JobEventKind.CancellationRequested,
-            JobId = id,
-            Tenant = tenant,
-            Workload = workload,
-            Timestamp = now,
-            State = JobState.Running,
-            Attempt = attempt,
-            Message = reason,
-        });
+        _events.Publish(JobEvent.ForAttempt(JobEventKind.CancellationRequested, id, tenant, workload, now, attempt, reason));
     }
 
     public async ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)
@@ -828,18 +818,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         if (_events.IsWatched(kind))
         {
-            _events.Publish(new JobEvent
-            {
-                Kind = kind,
-                JobId = lease.JobId,
-                Tenant = owner.Tenant,
-                Workload = owner.Workload,
-                Timestamp = now,
-                State = JobState.Running,
-                Attempt = lease.Attempt,
-                Progress = progress,
-                Message = message,
-            });
+            _events.Publish(JobEvent.ForAttempt(kind, lease.JobId, owner.Tenant, owner.Workload, now, lease.Attempt, message, progress));
         }
     }
 

@@ -88,6 +88,35 @@ public sealed record JobEvent
             Message = message,
         };
     }
+
+    /// <summary>
+    /// Creates the event of a running attempt: <see cref="JobEventKind.Progress"/>, <see cref="JobEventKind.Log"/>,
+    /// <see cref="JobEventKind.Checkpointed"/> or <see cref="JobEventKind.CancellationRequested"/>. Its state is
+    /// <see cref="JobState.Running"/>.
+    /// </summary>
+    /// <param name="kind">What happened.</param>
+    /// <param name="jobId">The job.</param>
+    /// <param name="tenant">The job's tenant.</param>
+    /// <param name="workload">The job's workload.</param>
+    /// <param name="timestamp">When it happened.</param>
+    /// <param name="attempt">The attempt's number.</param>
+    /// <param name="message">The detail, if any.</param>
+    /// <param name="progress">The progress of a <see cref="JobEventKind.Progress"/> event.</param>
+    /// <param name="log">The line of a <see cref="JobEventKind.Log"/> event.</param>
+    /// <returns>The event.</returns>
+    public static JobEvent ForAttempt(JobEventKind kind, JobId jobId, string tenant, string workload, DateTimeOffset timestamp, int attempt, string? message = null, JobProgress? progress = null, LogEntry? log = null) => new()
+    {
+        Kind = kind,
+        JobId = jobId,
+        Tenant = tenant,
+        Workload = workload,
+        Timestamp = timestamp,
+        State = JobState.Running,
+        Attempt = attempt,
+        Progress = progress,
+        Log = log,
+        Message = message,
+    };
 }
 
 /// <summary>Selects events for <see cref="IJobClient.WatchAsync(JobEventFilter, CancellationToken)"/>. Unset fields match all.</summary>

@@ -395,18 +395,7 @@ internal sealed class InMemoryJobStore : IJobStore
     {
         if (_events.IsWatched(kind))
         {
-            _events.Publish(new JobEvent
-            {
-                Kind = kind,
-                JobId = job.Id,
-                Tenant = job.Request.Tenant,
-                Workload = job.Request.Workload,
-                Timestamp = now,
-                State = job.State,
-                Attempt = attempt,
-                Progress = progress,
-                Message = message,
-            });
+            _events.Publish(JobEvent.ForAttempt(kind, job.Id, job.Request.Tenant, job.Request.Workload, now, attempt, message, progress));
         }
     }
 

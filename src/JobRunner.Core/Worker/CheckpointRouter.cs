@@ -40,16 +40,7 @@ internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkp
         await checkpoints.SaveAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
         if (events.IsWatched(JobEventKind.Checkpointed))
         {
-            events.Publish(new JobEvent
-            {
-                Kind = JobEventKind.Checkpointed,
-                JobId = job.Id,
-                Tenant = job.Request.Tenant,
-                Workload = job.Request.Workload,
-                Timestamp = time.GetUtcNow(),
-                State = JobState.Running,
-                Attempt = lease.Attempt,
-            });
+            events.Publish(JobEvent.ForAttempt(JobEventKind.Checkpointed, job.Id, job.Request.Tenant, job.Request.Workload, time.GetUtcNow(), lease.Attempt));
         }
     }
 }

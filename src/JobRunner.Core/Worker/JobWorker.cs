@@ -131,18 +131,7 @@ internal sealed partial class JobWorker : BackgroundService
 
         foreach (var entry in entries)
         {
-            _events.Publish(new JobEvent
-            {
-                Kind = JobEventKind.Log,
-                JobId = job.Id,
-                Tenant = job.Request.Tenant,
-                Workload = job.Request.Workload,
-                Timestamp = entry.Timestamp,
-                State = JobState.Running,
-                Attempt = entry.Attempt,
-                Log = entry,
-                Message = entry.Message,
-            });
+            _events.Publish(JobEvent.ForAttempt(JobEventKind.Log, job.Id, job.Request.Tenant, job.Request.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
         }
     }
 
