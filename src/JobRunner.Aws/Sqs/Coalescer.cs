@@ -1,93 +1,39 @@
 namespace JobRunner.Aws.Sqs;
 
 /// <summary>
-/// Coalesces single calls into batches of up to <see cref="MaxBatch"/> without waiting for a timer: the first call starts
-/// a send, and whatever arrives while it is in flight goes out together in the next one (natural batching). Up to
-/// <c>maxConcurrent</c> sends run at once when a full batch is waiting.
+/// SQS batch calls (up to <see cref="MaxBatch"/> entries) from single calls, on the shared group commit
+/// (<see cref="Batcher{TRequest, TResult}"/>): the first call starts a send, whatever arrives while it is in flight goes
+/// out together in the next one, and up to <c>maxConcurrent</c> sends run at once when a full batch waits. A send
+/// reports one error (or none) per entry, so a failed entry fails only its caller.
 /// </summary>
 internal sealed class Coalescer<T>
 {
     public const int MaxBatch = 10;
-    private readonly Lock _lock = new();
-    private readonly List<(T Item, TaskCompletionSource Done)> _pending = [];
-    private readonly Func<T[], Task<Exception?[]>> _send;
-    private readonly int _maxConcurrent;
-    private int _sending;
+    private readonly Batcher<T, bool> _batcher;
 
     public Coalescer(Func<T[], Task<Exception?[]>> send, int maxConcurrent)
-    {
-        _send = send;
-        _maxConcurrent = maxConcurrent;
-    }
+        => _batcher = new Batcher<T, bool>(batch => SendAsync(send, batch), MaxBatch, maxConcurrent);
 
-    public Task AddAsync(T item)
+    public Task AddAsync(T item) => _batcher.Enqueue(item);
+
+    private static async Task SendAsync(Func<T[], Task<Exception?[]>> send, IReadOnlyList<Batcher<T, bool>.Item> batch)
     {
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        bool start;
-        lock (_lock)
+        var items = new T[batch.Count];
+        for (var i = 0; i < items.Length; i++)
         {
-            _pending.Add((item, done));
-            start = _sending == 0 || (_pending.Count >= MaxBatch && _sending < _maxConcurrent);
-            if (start)
-            {
-                _sending++;
-            }
+            items[i] = batch[i].Request;
         }
 
-        if (start)
+        var results = await send(items).ConfigureAwait(false);
+        for (var i = 0; i < items.Length; i++)
         {
-            _ = Task.Run(SendLoopAsync);
-        }
-
-        return done.Task;
-    }
-
-    private async Task SendLoopAsync()
-    {
-        while (true)
-        {
-            (T Item, TaskCompletionSource Done)[] batch;
-            lock (_lock)
+            if (results[i] is { } error)
             {
-                if (_pending.Count == 0)
-                {
-                    _sending--;
-                    return;
-                }
-
-                var count = Math.Min(MaxBatch, _pending.Count);
-                batch = new (T, TaskCompletionSource)[count];
-                _pending.CopyTo(0, batch, 0, count);
-                _pending.RemoveRange(0, count);
+                batch[i].TrySetException(error);
             }
-
-            var items = new T[batch.Length];
-            for (var i = 0; i < batch.Length; i++)
+            else
             {
-                items[i] = batch[i].Item;
-            }
-
-            try
-            {
-                var results = await _send(items).ConfigureAwait(false);
-                for (var i = 0; i < batch.Length; i++)
-                {
-                    if (results[i] is { } error)
-                    {
-                        batch[i].Done.TrySetException(error);
-                    }
-                    else
-                    {
-                        batch[i].Done.TrySetResult();
-                    }
-                }
-            }
-            catch (Exception e)
-            {
-                foreach (var (_, done) in batch)
-                {
-                    done.TrySetException(e);
-                }
+                batch[i].TrySetResult(true);
             }
         }
     }

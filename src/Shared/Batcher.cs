@@ -1,9 +1,10 @@
-namespace JobRunner.Storage.Postgres;
+// Compiled into each package that batches writes (PostgreSQL statements, SQS batch calls): one source, no public type.
+namespace JobRunner;
 
 /// <summary>
-/// Group commit: concurrent callers' requests are collected while one statement is in flight, and the next flush writes
+/// Group commit: concurrent callers' requests are collected while one write is in flight, and the next flush writes
 /// all of them in one round trip. Idle, a request goes out at once; under load, batches grow to <c>maxBatch</c>.
-/// Up to <c>maxInFlight</c> batches are written at once (each on its own connection), the second and later ones only
+/// Up to <c>maxInFlight</c> batches are written at once (each its own round trip), the second and later ones only
 /// when a full batch is waiting.
 /// </summary>
 internal sealed class Batcher<TRequest, TResult>
