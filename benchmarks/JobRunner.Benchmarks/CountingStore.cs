@@ -26,14 +26,24 @@ internal sealed class CompletionCounter
     }
 }
 
-/// <summary>Forwards to the real store and counts completions; optionally records the tenant of each, in order.</summary>
+/// <summary>Forwards to the real store and counts completions; optionally records the tenant of each job started, in order.</summary>
 internal sealed class CountingStore(IJobStore inner, CompletionCounter counter, ConcurrentQueue<string>? order = null) : DelegatingJobStore(inner)
 {
-    public override async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    public override async ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
     {
-        var job = await Inner.CompleteAttemptAsync(lease, completion, cancellationToken).ConfigureAwait(false);
-        order?.Enqueue(job.Tenant);
+        var leased = await Inner.TryAcquireLeaseAsync(id, workerId, duration, cancellationToken).ConfigureAwait(false);
+        if (leased is not null)
+        {
+            order?.Enqueue(leased.Request.Tenant);
+        }
+
+        return leased;
+    }
+
+    public override async ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    {
+        var state = await Inner.CompleteAttemptAsync(lease, completion, cancellationToken).ConfigureAwait(false);
         counter.Completed();
-        return job;
+        return state;
     }
 }

@@ -19,8 +19,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         "Find why the job kills its worker, then submit it again; PostgresOptions.MaxLeaseExpirations sets the limit.";
 
     /// <summary>What a completion reads back: the columns it may have changed (see <see cref="Completed"/>).</summary>
-    private const string CompletedColumns =
-        "id, state, updated_at, ready_at, last_error, cancel_requested, cancel_reason, attempt_count, checkpoint, progress_fraction, progress_message";
+    private const string CompletedColumns = "id, state, updated_at, attempt_count, tenant, workload";
 
     private const string LeaseExpiredMessage = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
 
@@ -30,12 +29,10 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly ILogger _logger;
     private readonly Batcher<JobRecord, SubmitResult> _inserts;
     private readonly Batcher<LeaseRequest, LeaseResult> _leases;
-    private readonly Batcher<Completion, JobRecord> _completions;
-    private readonly LeasedRecords _leased = new();
+    private readonly Batcher<Completion, Completed> _completions;
     private readonly string _insertSql;
     private readonly string _leaseSql;
     private readonly string _completeSql;
-    private readonly string _completedRowsSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
 
@@ -100,12 +97,9 @@ internal sealed partial class PostgresJobStore : IJobStore
                     taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
                 FROM locked c
                 WHERE j.id = c.id AND j.fence = c.fence AND j.state + 0 = 2
-                RETURNING j.id, j.state, j.updated_at, j.ready_at, j.last_error, j.cancel_requested, j.cancel_reason, j.attempt_count,
-                    j.fence, j.worker_id, j.checkpoint, j.progress_fraction, j.progress_message){History("u.last_error")}
+                RETURNING j.id, j.state, j.updated_at, j.attempt_count, j.tenant, j.workload, j.fence, j.worker_id, j.last_error){History("u.last_error")}
             SELECT {CompletedColumns} FROM u
             """;
-        // Jobs whose lease record this store does not hold are read whole, in the same transaction (their rows are still locked).
-        _completedRowsSql = $"SELECT {JobRows.Columns} FROM {s}.jobs WHERE id = ANY(@ids)";
         _reclaimSql = $"""
             WITH expired AS (
                 SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= @now
@@ -406,7 +400,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         ArgumentException.ThrowIfNullOrEmpty(workerId);
         var request = new LeaseRequest(id, workerId, duration);
-        var (leased, malformed) = await _leases.Enqueue(request).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var (leased, job, malformed) = await _leases.Enqueue(request).WaitAsync(cancellationToken).ConfigureAwait(false);
         if (malformed is not null)
         {
             // A row this version cannot read fails alone; the rest of the batch runs.
@@ -415,9 +409,9 @@ internal sealed partial class PostgresJobStore : IJobStore
             return null;
         }
 
-        if (leased is not null)
+        if (job is not null)
         {
-            PublishState(leased.Job, JobState.Queued, message: null);
+            PublishState(job, JobState.Queued, message: null);
         }
 
         return leased;
@@ -478,12 +472,12 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
             else if (row.Job is not { } job)
             {
-                item.TrySetResult(new LeaseResult(null, (row.Fence, row.Error!)));
+                item.TrySetResult(new LeaseResult(null, null, (row.Fence, row.Error!)));
             }
             else
             {
-                _leased.Add(job);
-                item.TrySetResult(new LeaseResult(new LeasedJob(new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration), job), null));
+                var lease = new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration);
+                item.TrySetResult(new LeaseResult(LeasedJob.For(lease, job), job, null));
             }
         }
     }
@@ -547,7 +541,6 @@ internal sealed partial class PostgresJobStore : IJobStore
         {
             if (!renewed.Contains(lease.JobId.Value))
             {
-                _leased.Forget(lease.JobId, lease.FenceToken);
                 (lost ??= []).Add(lease.JobId);
             }
         }
@@ -589,7 +582,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         return row ?? throw await StaleAsync(lease).ConfigureAwait(false);
     }
 
-    public async ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    public async ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(lease);
         ArgumentNullException.ThrowIfNull(completion);
@@ -598,12 +591,16 @@ internal sealed partial class PostgresJobStore : IJobStore
             throw new ArgumentException("An attempt cannot complete into Running. Use Queued to run the job again.", nameof(completion));
         }
 
-        var updated = await _completions.Enqueue(new Completion(lease, completion, _leased.Take(lease))).WaitAsync(cancellationToken).ConfigureAwait(false);
-        PublishState(updated, JobState.Running, completion.Error);
-        return updated;
+        var done = await _completions.Enqueue(new Completion(lease, completion)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (_events.IsWatched(JobEventKind.StateChanged))
+        {
+            _events.Publish(JobEvent.StateChanged(lease.JobId, done.Tenant, done.Workload, done.UpdatedAt, done.State, done.AttemptCount, JobState.Running, completion.Error));
+        }
+
+        return done.State;
     }
 
-    private async Task CompleteBatchAsync(IReadOnlyList<Batcher<Completion, JobRecord>.Item> batch)
+    private async Task CompleteBatchAsync(IReadOnlyList<Batcher<Completion, Completed>.Item> batch)
     {
         var now = _time.GetUtcNow();
         var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
@@ -617,10 +614,9 @@ internal sealed partial class PostgresJobStore : IJobStore
             var errors = new string?[n];
             var errorTypes = new string?[n];
             var exitCodes = new int?[n];
-            List<Guid>? unknown = null;
             for (var i = 0; i < n; i++)
             {
-                var (lease, completion, leased) = s.Batch[i].Request;
+                var (lease, completion) = s.Batch[i].Request;
                 ids[i] = lease.JobId.Value;
                 fences[i] = lease.FenceToken;
                 outcomes[i] = (int)completion.Outcome;
@@ -629,10 +625,6 @@ internal sealed partial class PostgresJobStore : IJobStore
                 errors[i] = completion.Error;
                 errorTypes[i] = completion.ErrorType;
                 exitCodes[i] = completion.ExitCode;
-                if (leased is null)
-                {
-                    (unknown ??= []).Add(lease.JobId.Value);
-                }
             }
 
             using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
@@ -649,14 +641,6 @@ internal sealed partial class PostgresJobStore : IJobStore
             p.Add(new("exit_codes", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = exitCodes });
             p.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             p.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            if (unknown is not null)
-            {
-                // Same implicit transaction: the completed rows are still locked, so this reads them as the update left them.
-                var read = new NpgsqlBatchCommand(s.Store._completedRowsSql);
-                read.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = unknown.ToArray() });
-                batch.BatchCommands.Add(read);
-            }
-
             var done = new Dictionary<Guid, Completed>(n);
             var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
@@ -666,51 +650,19 @@ internal sealed partial class PostgresJobStore : IJobStore
                 done[reader.GetGuid(0)] = Completed.Read(reader);
             }
 
-            if (unknown is not null && await reader.NextResultAsync(token).ConfigureAwait(false))
-            {
-                while (await reader.ReadAsync(token).ConfigureAwait(false))
-                {
-                    var id = reader.GetGuid(0);
-                    if (done.TryGetValue(id, out var completed))
-                    {
-                        try
-                        {
-                            done[id] = completed with { Job = JobRows.Read(reader) };
-                        }
-                        catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
-                        {
-                            done[id] = completed with { Error = e };
-                        }
-                    }
-                }
-            }
-
             return done;
         }, CancellationToken.None).ConfigureAwait(false);
 
         foreach (var item in batch)
         {
-            var (lease, completion, leased) = item.Request;
-            if (!rows.TryGetValue(lease.JobId.Value, out var row))
+            var lease = item.Request.Lease;
+            if (rows.TryGetValue(lease.JobId.Value, out var row))
             {
-                item.TrySetException(await StaleAsync(lease).ConfigureAwait(false));
-            }
-            else if (leased is not null && row.AttemptCount == leased.Attempts.Count)
-            {
-                item.TrySetResult(row.Apply(leased, completion, now));
-            }
-            else if (row.Job is { } job)
-            {
-                item.TrySetResult(job);
-            }
-            else if (row.Error is null)
-            {
-                // The lease's record does not match the row (cannot happen while the fence matched): read the row.
-                item.TrySetResult(await GetAsync(lease.JobId, CancellationToken.None).ConfigureAwait(false) ?? throw new JobNotFoundException(lease.JobId));
+                item.TrySetResult(row);
             }
             else
             {
-                item.TrySetException(new InvalidDataException($"Job {lease.JobId} was completed, but its row could not be read back.", row.Error));
+                item.TrySetException(await StaleAsync(lease).ConfigureAwait(false));
             }
         }
     }
@@ -783,7 +735,6 @@ internal sealed partial class PostgresJobStore : IJobStore
         var ready = new List<JobRecord>();
         foreach (var job in rows)
         {
-            _leased.Forget(job.Id, job.FenceToken);
             PublishState(job, JobState.Running, job.LastError);
             if (job.State == JobState.Queued)
             {
@@ -832,69 +783,15 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private readonly record struct LeaseRequest(JobId Id, string WorkerId, TimeSpan Duration);
 
-    private readonly record struct LeaseResult(LeasedJob? Job, (long Fence, Exception Error)? Malformed);
+    private readonly record struct LeaseResult(LeasedJob? Leased, JobRecord? Job, (long Fence, Exception Error)? Malformed);
 
-    private readonly record struct Completion(JobLease Lease, AttemptCompletion Value, JobRecord? Leased);
+    private readonly record struct Completion(JobLease Lease, AttemptCompletion Value);
 
-    /// <summary>A completed row as the statement returned it (<see cref="CompletedColumns"/>), and the whole job when it was read.</summary>
-    private readonly record struct Completed(
-        JobState State,
-        DateTimeOffset UpdatedAt,
-        DateTimeOffset ReadyAt,
-        string? LastError,
-        bool CancelRequested,
-        string? CancelReason,
-        int AttemptCount,
-        byte[]? Checkpoint,
-        double? ProgressFraction,
-        string? ProgressMessage)
+    /// <summary>A completed row as the statement returned it (<see cref="CompletedColumns"/>): what its event needs.</summary>
+    private readonly record struct Completed(JobState State, DateTimeOffset UpdatedAt, int AttemptCount, string Tenant, string Workload)
     {
-        public JobRecord? Job { get; init; }
-
-        public Exception? Error { get; init; }
-
-        public static Completed Read(NpgsqlDataReader row) => new(
-            (JobState)row.GetInt16(1),
-            row.GetFieldValue<DateTimeOffset>(2),
-            row.GetFieldValue<DateTimeOffset>(3),
-            row.IsDBNull(4) ? null : row.GetString(4),
-            row.GetBoolean(5),
-            row.IsDBNull(6) ? null : row.GetString(6),
-            row.GetInt32(7),
-            row.IsDBNull(8) ? null : row.GetFieldValue<byte[]>(8),
-            row.IsDBNull(9) ? null : row.GetDouble(9),
-            row.IsDBNull(10) ? null : row.GetString(10));
-
-        /// <summary>The job after the change: the lease's record with what the statement changed, the attempt ended as the SQL ended it.</summary>
-        public JobRecord Apply(JobRecord leased, AttemptCompletion completion, DateTimeOffset now)
-        {
-            var attempts = new JobAttempt[leased.Attempts.Count];
-            for (var i = 0; i < attempts.Length - 1; i++)
-            {
-                attempts[i] = leased.Attempts[i];
-            }
-
-            attempts[^1] = leased.Attempts[^1] with
-            {
-                EndedAt = JobRows.FromMicros(JobRows.ToMicros(now)),
-                Outcome = completion.Outcome,
-                Error = completion.Error,
-                ErrorType = completion.ErrorType,
-                ExitCode = completion.ExitCode,
-            };
-            return leased with
-            {
-                State = State,
-                UpdatedAt = UpdatedAt,
-                DueAt = State == JobState.Scheduled ? ReadyAt : null,
-                Attempts = attempts,
-                Checkpoint = Checkpoint,
-                Progress = ProgressFraction is null && ProgressMessage is null ? null : new JobProgress(ProgressFraction, ProgressMessage),
-                CancelRequested = CancelRequested,
-                CancelReason = CancelReason,
-                LastError = LastError,
-            };
-        }
+        public static Completed Read(NpgsqlDataReader row)
+            => new((JobState)row.GetInt16(1), row.GetFieldValue<DateTimeOffset>(2), row.GetInt32(3), row.GetString(4), row.GetString(5));
     }
 
     private static partial class Log

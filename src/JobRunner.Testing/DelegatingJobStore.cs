@@ -43,7 +43,7 @@ public abstract class DelegatingJobStore : IJobStore
         => Inner.ReportProgressAsync(lease, progress, cancellationToken);
 
     /// <inheritdoc />
-    public virtual ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    public virtual ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
         => Inner.CompleteAttemptAsync(lease, completion, cancellationToken);
 
     /// <inheritdoc />

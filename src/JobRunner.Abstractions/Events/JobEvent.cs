@@ -75,16 +75,36 @@ public sealed record JobEvent
     public static JobEvent StateChanged(JobRecord job, JobState? previousState = null, string? message = null)
     {
         ArgumentNullException.ThrowIfNull(job);
+        return StateChanged(job.Id, job.Request.Tenant, job.Request.Workload, job.UpdatedAt, job.State, job.Attempts.Count, previousState, message);
+    }
+
+    /// <summary>
+    /// Creates the <see cref="JobEventKind.StateChanged"/> event of a transition, for stores that do not build a
+    /// <see cref="JobRecord"/> for it.
+    /// </summary>
+    /// <param name="jobId">The job.</param>
+    /// <param name="tenant">The job's tenant.</param>
+    /// <param name="workload">The job's workload.</param>
+    /// <param name="timestamp">When the job changed.</param>
+    /// <param name="state">The state after the change.</param>
+    /// <param name="attempt">The number of attempts so far, the latest included.</param>
+    /// <param name="previousState">The state before; <see langword="null"/> for a new job.</param>
+    /// <param name="message">The detail, if any.</param>
+    /// <returns>The event.</returns>
+    public static JobEvent StateChanged(JobId jobId, string tenant, string workload, DateTimeOffset timestamp, JobState state, int attempt, JobState? previousState = null, string? message = null)
+    {
+        ArgumentNullException.ThrowIfNull(tenant);
+        ArgumentNullException.ThrowIfNull(workload);
         return new JobEvent
         {
             Kind = JobEventKind.StateChanged,
-            JobId = job.Id,
-            Tenant = job.Request.Tenant,
-            Workload = job.Request.Workload,
-            Timestamp = job.UpdatedAt,
-            State = job.State,
+            JobId = jobId,
+            Tenant = tenant,
+            Workload = workload,
+            Timestamp = timestamp,
+            State = state,
             PreviousState = previousState,
-            Attempt = job.Attempts.Count,
+            Attempt = attempt,
             Message = message,
         };
     }

@@ -84,16 +84,28 @@ public sealed record QueuedJob
     public static QueuedJob For(JobRecord job, DateTimeOffset enqueuedAt)
     {
         ArgumentNullException.ThrowIfNull(job);
+        return For(job.Id, job.Request, enqueuedAt, job.State == JobState.Scheduled ? job.DueAt : null);
+    }
+
+    /// <summary>Creates the queue entry for the job <paramref name="id"/> submitted with <paramref name="request"/>.</summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="request">The job's request.</param>
+    /// <param name="enqueuedAt">The time now.</param>
+    /// <param name="dueAt">When the job becomes ready; <see langword="null"/> when it is ready now.</param>
+    /// <returns>The entry.</returns>
+    public static QueuedJob For(JobId id, JobRequest request, DateTimeOffset enqueuedAt, DateTimeOffset? dueAt)
+    {
+        ArgumentNullException.ThrowIfNull(request);
         return new QueuedJob
         {
-            Id = job.Id,
-            Priority = job.Request.Priority,
-            Tenant = job.Request.Tenant,
-            Workload = job.Request.Workload,
-            ConcurrencyKey = job.Request.ConcurrencyKey,
-            Affinity = job.Request.Affinity,
+            Id = id,
+            Priority = request.Priority,
+            Tenant = request.Tenant,
+            Workload = request.Workload,
+            ConcurrencyKey = request.ConcurrencyKey,
+            Affinity = request.Affinity,
             EnqueuedAt = enqueuedAt,
-            DueAt = job.State == JobState.Scheduled ? job.DueAt : null,
+            DueAt = dueAt,
         };
     }
 }

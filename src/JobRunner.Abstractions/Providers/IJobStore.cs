@@ -49,7 +49,10 @@ public interface IJobStore
     /// <param name="workerId">The worker asking.</param>
     /// <param name="duration">How long the lease lasts unless renewed.</param>
     /// <param name="cancellationToken">Cancels the request.</param>
-    /// <returns>The lease and the job, or <see langword="null"/> when the job is gone, finished, cancelled or leased by another worker.</returns>
+    /// <returns>
+    /// The lease and what the attempt needs to run, or <see langword="null"/> when the job is gone, finished, cancelled or
+    /// leased by another worker. <see cref="GetAsync"/> has the whole record.
+    /// </returns>
     ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken);
 
     /// <summary>Renews many leases at once (one heartbeat per worker, not per job).</summary>
@@ -79,9 +82,13 @@ public interface IJobStore
     /// <param name="lease">The writer's lease.</param>
     /// <param name="completion">How the attempt ended and what comes next.</param>
     /// <param name="cancellationToken">Cancels the write.</param>
-    /// <returns>The job after the change.</returns>
+    /// <returns>
+    /// The job's state after the change: <see cref="AttemptCompletion.NextState"/>, or <see cref="JobState.Cancelled"/>
+    /// when a cancellation was requested during the attempt and the next state was not terminal.
+    /// <see cref="GetAsync"/> has the whole record.
+    /// </returns>
     /// <exception cref="StaleFenceTokenException">The lease is stale; nothing changed.</exception>
-    ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken);
+    ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken);
 
     /// <summary>
     /// Cancels a job. A queued or scheduled job becomes <see cref="JobState.Cancelled"/> at once; a running one is marked
@@ -103,10 +110,55 @@ public interface IJobStore
     ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken);
 }
 
-/// <summary>A job together with the lease just granted on it.</summary>
+/// <summary>
+/// A lease just granted, with what its attempt needs to run. Not a whole <see cref="JobRecord"/>: a store need not build
+/// a snapshot of the job for every attempt it starts.
+/// </summary>
 /// <param name="Lease">The lease.</param>
-/// <param name="Job">The job after the grant (state <see cref="JobState.Running"/>, the new attempt last).</param>
-public sealed record LeasedJob(JobLease Lease, JobRecord Job);
+/// <param name="Request">The request the job was submitted with.</param>
+public sealed record LeasedJob(JobLease Lease, JobRequest Request)
+{
+    /// <summary>Gets the last checkpoint an earlier attempt saved in the job store.</summary>
+    public ReadOnlyMemory<byte>? Checkpoint { get; init; }
+
+    /// <summary>Gets whether a cancellation was requested before the attempt started.</summary>
+    public bool CancelRequested { get; init; }
+
+    /// <summary>Gets the reason given when cancellation was requested.</summary>
+    public string? CancelReason { get; init; }
+
+    /// <summary>
+    /// Gets how many earlier attempts failed: ended as <see cref="AttemptOutcome.Failed"/>,
+    /// <see cref="AttemptOutcome.TimedOut"/> or <see cref="AttemptOutcome.LeaseExpired"/>. Retry strategies count from it.
+    /// </summary>
+    public int FailedAttempts { get; init; }
+
+    /// <summary>Describes the lease just granted on <paramref name="job"/>, for stores that keep whole records.</summary>
+    /// <param name="lease">The lease.</param>
+    /// <param name="job">The job after the grant: state <see cref="JobState.Running"/>, the new attempt last.</param>
+    /// <returns>The leased job.</returns>
+    public static LeasedJob For(JobLease lease, JobRecord job)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentNullException.ThrowIfNull(job);
+        var failed = 0;
+        foreach (var attempt in job.Attempts)
+        {
+            if (attempt.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+            {
+                failed++;
+            }
+        }
+
+        return new LeasedJob(lease, job.Request)
+        {
+            Checkpoint = job.Checkpoint,
+            CancelRequested = job.CancelRequested,
+            CancelReason = job.CancelReason,
+            FailedAttempts = failed,
+        };
+    }
+}
 
 /// <summary>How an attempt ended and the job's next state.</summary>
 public sealed record AttemptCompletion

@@ -7,10 +7,16 @@ using Microsoft.Extensions.Options;
 namespace JobRunner.InMemory;
 
 /// <summary>
-/// The embedded store: one lock over a dictionary of immutable <see cref="JobRecord"/> snapshots. Fence tokens come from
-/// one counter, so every grant is higher than any before it. State changes are published to the event bus under the
-/// lock, so the events of a job are in order.
+/// The embedded store: one lock over a dictionary of job entries. Fence tokens come from one counter, so every grant is
+/// higher than any before it. State changes are published to the event bus under the lock, so the events of a job are in
+/// order.
 /// </summary>
+/// <remarks>
+/// An entry keeps the job's last <see cref="JobRecord"/> snapshot and, inline, what the hot path changed since: state,
+/// fence, times, and the newest attempt. Leasing and completing change those fields only; a snapshot is built when
+/// someone reads the job (<see cref="GetAsync"/>, a list, a watched event, a rare write), so a job that nobody reads
+/// costs no snapshot per transition, and a finished job kept for lookups holds no attempt objects.
+/// </remarks>
 [DebuggerDisplay("Jobs = {_jobs.Count}, Running = {_running.Count}")]
 internal sealed class InMemoryJobStore : IJobStore
 {
@@ -57,7 +63,7 @@ internal sealed class InMemoryJobStore : IJobStore
             {
                 if (_dedupe.TryGetValue((job.Request.Tenant, key), out var existing))
                 {
-                    return new(new SubmitResult(_jobs[existing].Record, Attached: true));
+                    return new(new SubmitResult(CollectionsMarshal.GetValueRefOrNullRef(_jobs, existing).Snapshot(), Attached: true));
                 }
 
                 _dedupe.Add((job.Request.Tenant, key), job.Id);
@@ -68,7 +74,11 @@ internal sealed class InMemoryJobStore : IJobStore
                 throw new ArgumentException($"Job {job.Id} already exists.", nameof(job));
             }
 
-            PublishState(job, previous: null, message: null);
+            if (_events.IsWatched(JobEventKind.StateChanged))
+            {
+                _events.Publish(JobEvent.StateChanged(job, previousState: null, message: null));
+            }
+
             return new(new SubmitResult(job, Attached: false));
         }
     }
@@ -77,7 +87,8 @@ internal sealed class InMemoryJobStore : IJobStore
     {
         lock (_lock)
         {
-            return new(_jobs.TryGetValue(id, out var entry) ? entry.Record : null);
+            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+            return new(Unsafe.IsNullRef(ref entry) ? null : entry.Snapshot());
         }
     }
 
@@ -91,14 +102,15 @@ internal sealed class InMemoryJobStore : IJobStore
             throw new ArgumentException($"The continuation token '{token}' was not issued by this store. Pass the JobPage.ContinuationToken of the previous page.", nameof(query));
         }
 
-        var matches = new List<Entry>();
+        var matches = new List<(long Sequence, JobRecord Job)>();
         lock (_lock)
         {
-            foreach (var entry in _jobs.Values)
+            foreach (var id in _jobs.Keys)
             {
-                if (entry.Sequence > after && query.Matches(entry.Record))
+                ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+                if (entry.Sequence > after && entry.Snapshot() is var job && query.Matches(job))
                 {
-                    matches.Add(entry);
+                    matches.Add((entry.Sequence, job));
                 }
             }
         }
@@ -108,7 +120,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var items = new JobRecord[take];
         for (var i = 0; i < take; i++)
         {
-            items[i] = matches[i].Record;
+            items[i] = matches[i].Job;
         }
 
         var next = matches.Count > take ? matches[take - 1].Sequence.ToString(CultureInfo.InvariantCulture) : null;
@@ -126,29 +138,26 @@ internal sealed class InMemoryJobStore : IJobStore
                 return new((LeasedJob?)null);
             }
 
-            var job = entry.Record;
-            var ready = job.State == JobState.Queued || (job.State == JobState.Scheduled && job.DueAt <= now);
+            var ready = entry.State == JobState.Queued || (entry.State == JobState.Scheduled && entry.DueAt <= now);
             if (!ready)
             {
                 return new((LeasedJob?)null);
             }
 
+            var previous = entry.State;
             var fence = ++_fence;
-            var number = job.Attempts.Count + 1;
-            var attempt = new JobAttempt { Number = number, WorkerId = workerId, FenceToken = fence, StartedAt = now };
-            var running = job with
-            {
-                State = JobState.Running,
-                UpdatedAt = now,
-                DueAt = null,
-                FenceToken = fence,
-                Attempts = Append(job.Attempts, attempt),
-            };
-            entry.Record = running;
+            entry.Start(workerId, fence, now);
             entry.LeaseExpiresAt = now + duration;
             _running.Add(id);
-            PublishState(running, job.State, message: null);
-            return new(new LeasedJob(new JobLease(id, workerId, fence, number, entry.LeaseExpiresAt), running));
+            PublishState(ref entry, previous, message: null);
+            var job = entry.Record;
+            return new(new LeasedJob(new JobLease(id, workerId, fence, entry.AttemptCount, entry.LeaseExpiresAt), job.Request)
+            {
+                Checkpoint = job.Checkpoint,
+                CancelRequested = job.CancelRequested,
+                CancelReason = job.CancelReason,
+                FailedAttempts = entry.FailedAttempts,
+            });
         }
     }
 
@@ -183,7 +192,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref GetFenced(lease);
-            entry.Record = entry.Record with { Checkpoint = copy, UpdatedAt = now };
+            entry.Replace(entry.Snapshot() with { Checkpoint = copy, UpdatedAt = now });
             Publish(entry.Record, JobEventKind.Checkpointed, now, lease.Attempt, progress: null, message: null);
         }
 
@@ -196,14 +205,14 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref GetFenced(lease);
-            entry.Record = entry.Record with { Progress = progress, UpdatedAt = now };
+            entry.Replace(entry.Snapshot() with { Progress = progress, UpdatedAt = now });
             Publish(entry.Record, JobEventKind.Progress, now, lease.Attempt, progress, progress.Message);
         }
 
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask<JobRecord> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+    public ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(completion);
         if (completion.NextState == JobState.Running)
@@ -215,24 +224,19 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref GetFenced(lease);
-            var job = entry.Record;
             var next = completion.NextState;
-            if (job.CancelRequested && !next.IsTerminal())
+            if (entry.Record.CancelRequested && !next.IsTerminal())
             {
                 // A cancellation requested during the attempt wins over a retry or a release.
                 next = JobState.Cancelled;
             }
 
-            var updated = job with
-            {
-                Attempts = EndAttempt(job.Attempts, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode),
-                UpdatedAt = now,
-                State = next,
-                DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
-                LastError = completion.Error ?? job.LastError,
-            };
-            Transition(ref entry, updated, job.State, completion.Error);
-            return new(updated);
+            entry.End(now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode);
+            entry.State = next;
+            entry.DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null;
+            entry.LastError = completion.Error ?? entry.LastError;
+            Transition(ref entry, lease.JobId, JobState.Running, completion.Error);
+            return new(next);
         }
     }
 
@@ -247,15 +251,15 @@ internal sealed class InMemoryJobStore : IJobStore
                 throw new JobNotFoundException(id);
             }
 
-            var job = entry.Record;
+            var job = entry.Snapshot();
             switch (job.State)
             {
                 case JobState.Queued or JobState.Scheduled:
-                    var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
-                    Transition(ref entry, cancelled, job.State, reason);
-                    return new(cancelled);
+                    entry.Replace(job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason });
+                    Transition(ref entry, id, job.State, reason);
+                    return new(entry.Record);
                 case JobState.Running when !job.CancelRequested:
-                    entry.Record = job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now };
+                    entry.Replace(job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now });
                     Publish(entry.Record, JobEventKind.CancellationRequested, now, job.Attempts.Count, progress: null, reason);
                     return new(entry.Record);
                 default:
@@ -282,43 +286,19 @@ internal sealed class InMemoryJobStore : IJobStore
             foreach (var id in expired ?? [])
             {
                 ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
-                var job = entry.Record;
                 const string Error = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
-                var next = job.CancelRequested ? JobState.Cancelled : JobState.Queued;
-                var updated = job with
-                {
-                    Attempts = EndAttempt(job.Attempts, now, AttemptOutcome.LeaseExpired, Error, errorType: null, exitCode: null),
-                    UpdatedAt = now,
-                    State = next,
-                };
-                Transition(ref entry, updated, job.State, Error);
+                var next = entry.Record.CancelRequested ? JobState.Cancelled : JobState.Queued;
+                entry.End(now, AttemptOutcome.LeaseExpired, Error, errorType: null, exitCode: null);
+                entry.State = next;
+                Transition(ref entry, id, JobState.Running, Error);
                 if (next == JobState.Queued)
                 {
-                    (ready ??= []).Add(updated);
+                    (ready ??= []).Add(entry.Snapshot());
                 }
             }
         }
 
         return new(ready is null ? [] : ready);
-    }
-
-    private static JobAttempt[] Append(IReadOnlyList<JobAttempt> attempts, JobAttempt attempt)
-    {
-        var result = new JobAttempt[attempts.Count + 1];
-        for (var i = 0; i < attempts.Count; i++)
-        {
-            result[i] = attempts[i];
-        }
-
-        result[^1] = attempt;
-        return result;
-    }
-
-    private static JobAttempt[] EndAttempt(IReadOnlyList<JobAttempt> attempts, DateTimeOffset now, AttemptOutcome outcome, string? error, string? errorType, int? exitCode)
-    {
-        var ended = attempts.ToArray();
-        ended[^1] = ended[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
-        return ended;
     }
 
     /// <summary>Returns the entry when <paramref name="lease"/> is current, or throws <see cref="StaleFenceTokenException"/>.</summary>
@@ -329,7 +309,7 @@ internal sealed class InMemoryJobStore : IJobStore
         {
             throw Unsafe.IsNullRef(ref entry)
                 ? new JobNotFoundException(lease.JobId)
-                : new StaleFenceTokenException(lease.JobId, lease.FenceToken, entry.Record.FenceToken, reason);
+                : new StaleFenceTokenException(lease.JobId, lease.FenceToken, entry.Fence, reason);
         }
 
         return ref entry;
@@ -349,38 +329,48 @@ internal sealed class InMemoryJobStore : IJobStore
             return "the job no longer exists";
         }
 
-        if (entry.Record.FenceToken != lease.FenceToken)
+        if (entry.Fence != lease.FenceToken)
         {
             return "a newer lease was granted";
         }
 
-        return entry.Record.State == JobState.Running ? null : $"the attempt already ended (the job is {entry.Record.State})";
+        return entry.State == JobState.Running ? null : $"the attempt already ended (the job is {entry.State})";
     }
 
-    private void Transition(ref Entry entry, JobRecord updated, JobState previous, string? message)
+    /// <summary>Finishes a change of <paramref name="entry"/>'s state: running and finished sets, dedupe key, event.</summary>
+    private void Transition(ref Entry entry, JobId id, JobState previous, string? message)
     {
-        entry.Record = updated;
         if (previous == JobState.Running)
         {
-            _running.Remove(updated.Id);
+            _running.Remove(id);
         }
 
-        if (updated.State.IsTerminal())
+        PublishState(ref entry, previous, message);
+        if (entry.State.IsTerminal())
         {
-            if (updated.Request.DedupeKey is { } key)
+            var request = entry.Record.Request;
+            if (request.DedupeKey is { } key)
             {
-                _dedupe.Remove((updated.Request.Tenant, key));
+                _dedupe.Remove((request.Tenant, key));
             }
 
-            // Evicting other jobs moves no entry (a dictionary only moves them when it grows), so the ref stays valid.
-            _finished.Enqueue(updated.Id);
+            // Last, because evicting may reach this very entry, and then the ref is no longer valid.
+            _finished.Enqueue(id);
             while (_finished.Count > _maxFinished)
             {
                 _jobs.Remove(_finished.Dequeue());
             }
         }
+    }
 
-        PublishState(updated, previous, message);
+    private void PublishState(ref Entry entry, JobState? previous, string? message)
+    {
+        if (_events.IsWatched(JobEventKind.StateChanged))
+        {
+            // From the entry's current fields: an event needs no snapshot.
+            var job = entry.Record;
+            _events.Publish(JobEvent.StateChanged(job.Id, job.Request.Tenant, job.Request.Workload, entry.UpdatedAt, entry.State, entry.AttemptCount, previous, message));
+        }
     }
 
     private void PublishState(JobRecord job, JobState? previous, string? message)
@@ -399,13 +389,207 @@ internal sealed class InMemoryJobStore : IJobStore
         }
     }
 
-    /// <summary>A job's slot, stored inline in the dictionary (no object per job); changed through refs under the lock.</summary>
-    private struct Entry(JobRecord record, long sequence)
+    /// <summary>
+    /// A job's slot, stored inline in the dictionary (no object per job) and changed through refs under the lock.
+    /// <see cref="Record"/> is the last snapshot; <see cref="State"/>, <see cref="Fence"/>, <see cref="UpdatedAt"/>,
+    /// <see cref="DueAt"/>, <see cref="LastError"/> and the newest attempt (while not yet in the snapshot's list) are
+    /// always current, and <see cref="Snapshot"/> folds them in when someone reads the job. Times are kept as UTC ticks
+    /// and absent values as sentinels, so that a slot stays small: a backlog of a million jobs is a million slots.
+    /// </summary>
+    private struct Entry
     {
-        public JobRecord Record = record;
+        private const long None = long.MinValue;
 
-        public readonly long Sequence = sequence;
+        public readonly long Sequence;
 
-        public DateTimeOffset LeaseExpiresAt;
+        public JobRecord Record;
+
+        public long Fence;
+
+        public string? LastError;
+
+        /// <summary>The number of attempts so far, the newest included.</summary>
+        public int AttemptCount;
+
+        /// <summary>The attempts so far that failed, timed out or lost their lease.</summary>
+        public int FailedAttempts;
+
+        private long _updatedAt;
+        private long _dueAt;
+        private long _leaseExpiresAt;
+
+        // The newest attempt while it is not in Record's list (its worker is set then); its number is AttemptCount and
+        // its fence is Fence.
+        private string? _worker;
+        private string? _error;
+        private string? _errorType;
+        private long _startedAt;
+        private long _endedAt;
+        private int _exitCode;
+        private bool _hasExitCode;
+        private sbyte _outcome;
+        private JobState _state;
+
+        /// <summary>Whether a field above is newer than <see cref="Record"/>.</summary>
+        private bool _changed;
+
+        public Entry(JobRecord record, long sequence)
+        {
+            Sequence = sequence;
+            Record = record;
+            _state = record.State;
+            Fence = record.FenceToken;
+            UpdatedAt = record.UpdatedAt;
+            _dueAt = record.DueAt?.UtcTicks ?? None;
+            LastError = record.LastError;
+            AttemptCount = record.Attempts.Count;
+            FailedAttempts = CountFailed(record.Attempts);
+        }
+
+        public JobState State
+        {
+            readonly get => _state;
+            set
+            {
+                _state = value;
+                _changed = true;
+            }
+        }
+
+        public DateTimeOffset UpdatedAt
+        {
+            readonly get => new(_updatedAt, TimeSpan.Zero);
+            private set => _updatedAt = value.UtcTicks;
+        }
+
+        public DateTimeOffset? DueAt
+        {
+            readonly get => _dueAt == None ? null : new DateTimeOffset(_dueAt, TimeSpan.Zero);
+            set
+            {
+                _dueAt = value?.UtcTicks ?? None;
+                _changed = true;
+            }
+        }
+
+        public DateTimeOffset LeaseExpiresAt
+        {
+            readonly get => new(_leaseExpiresAt, TimeSpan.Zero);
+            set => _leaseExpiresAt = value.UtcTicks;
+        }
+
+        /// <summary>Gets the job as it is now, building the snapshot only when something changed since the last.</summary>
+        public JobRecord Snapshot()
+        {
+            if (!_changed)
+            {
+                return Record;
+            }
+
+            var attempts = Record.Attempts;
+            if (_worker is not null)
+            {
+                var all = new JobAttempt[attempts.Count + 1];
+                for (var i = 0; i < attempts.Count; i++)
+                {
+                    all[i] = attempts[i];
+                }
+
+                all[^1] = new JobAttempt
+                {
+                    Number = AttemptCount,
+                    WorkerId = _worker,
+                    FenceToken = Fence,
+                    StartedAt = new DateTimeOffset(_startedAt, TimeSpan.Zero),
+                    EndedAt = _endedAt == None ? null : new DateTimeOffset(_endedAt, TimeSpan.Zero),
+                    Outcome = _outcome < 0 ? null : (AttemptOutcome)_outcome,
+                    Error = _error,
+                    ErrorType = _errorType,
+                    ExitCode = _hasExitCode ? _exitCode : null,
+                };
+                attempts = all;
+                _worker = _error = _errorType = null;
+            }
+
+            Record = Record with { State = State, FenceToken = Fence, UpdatedAt = UpdatedAt, DueAt = DueAt, LastError = LastError, Attempts = attempts };
+            _changed = false;
+            return Record;
+        }
+
+        /// <summary>Replaces the job with <paramref name="job"/>, a change of the current <see cref="Snapshot"/>.</summary>
+        public void Replace(JobRecord job)
+        {
+            Debug.Assert(!_changed && _worker is null, "Replace takes a change of the current snapshot.");
+            Record = job;
+            _state = job.State;
+            Fence = job.FenceToken;
+            UpdatedAt = job.UpdatedAt;
+            _dueAt = job.DueAt?.UtcTicks ?? None;
+            LastError = job.LastError;
+        }
+
+        /// <summary>Starts a new attempt under the lease with <paramref name="fence"/>: the job is Running.</summary>
+        public void Start(string workerId, long fence, DateTimeOffset now)
+        {
+            if (_worker is not null)
+            {
+                // The previous attempt ended but is not in the list yet (a retry): put it there first.
+                Snapshot();
+            }
+
+            AttemptCount++;
+            _worker = workerId;
+            _startedAt = now.UtcTicks;
+            _endedAt = None;
+            _outcome = -1;
+            _hasExitCode = false;
+            State = JobState.Running;
+            Fence = fence;
+            UpdatedAt = now;
+            DueAt = null;
+        }
+
+        /// <summary>Ends the newest attempt; the caller sets the job's next state.</summary>
+        public void End(DateTimeOffset now, AttemptOutcome outcome, string? error, string? errorType, int? exitCode)
+        {
+            if (_worker is not null)
+            {
+                _endedAt = now.UtcTicks;
+                _outcome = (sbyte)outcome;
+                _error = error;
+                _errorType = errorType;
+                _exitCode = exitCode.GetValueOrDefault();
+                _hasExitCode = exitCode.HasValue;
+            }
+            else
+            {
+                // Someone read the job while the attempt ran, so the attempt is in the list already: end it there.
+                var ended = Record.Attempts.ToArray();
+                ended[^1] = ended[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
+                Record = Record with { Attempts = ended };
+            }
+
+            if (outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+            {
+                FailedAttempts++;
+            }
+
+            UpdatedAt = now;
+            _changed = true;
+        }
+
+        private static int CountFailed(IReadOnlyList<JobAttempt> attempts)
+        {
+            var failed = 0;
+            foreach (var attempt in attempts)
+            {
+                if (attempt.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+                {
+                    failed++;
+                }
+            }
+
+            return failed;
+        }
     }
 }

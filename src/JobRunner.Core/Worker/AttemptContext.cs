@@ -14,7 +14,7 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
 
     public override long FenceToken => _lease.FenceToken;
 
-    public override JobRequest Request => leased.Job.Request;
+    public override JobRequest Request => leased.Request;
 
     public override ReadOnlyMemory<byte>? Checkpoint => _checkpoint;
 
@@ -30,7 +30,7 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
     public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
-        await worker.Checkpoints.SaveAsync(leased.Job, _lease, checkpoint, cancellationToken).ConfigureAwait(false);
+        await worker.Checkpoints.SaveAsync(leased, checkpoint, cancellationToken).ConfigureAwait(false);
         _checkpoint = checkpoint;
     }
 
@@ -60,7 +60,7 @@ internal sealed class AttemptContext(JobWorker worker, LeasedJob leased, ActiveA
         }
 
         var entries = await worker.Logs.AppendAsync(_lease, lines, cancellationToken).ConfigureAwait(false);
-        worker.PublishLogs(leased.Job, entries);
+        worker.PublishLogs(leased, entries);
     }
 
     public override void ReportExitCode(int exitCode) => ExitCode = exitCode;

@@ -10,21 +10,22 @@ namespace JobRunner.Worker;
 internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkpoints, IJobEventBus events, TimeProvider time, TimeSpan leaseDuration)
 {
     /// <summary>Reads the checkpoint an attempt starts from: the checkpoint store's newest valid one, else the record's.</summary>
-    public async ValueTask<ReadOnlyMemory<byte>?> LoadAsync(JobRecord job, CancellationToken cancellationToken)
+    public async ValueTask<ReadOnlyMemory<byte>?> LoadAsync(LeasedJob job, CancellationToken cancellationToken)
     {
         if (checkpoints is null)
         {
             return job.Checkpoint;
         }
 
-        var stored = await checkpoints.LoadAsync(job.Id, cancellationToken).ConfigureAwait(false);
+        var stored = await checkpoints.LoadAsync(job.Lease.JobId, cancellationToken).ConfigureAwait(false);
 
         // A record checkpoint written before the host registered the checkpoint store still counts.
         return stored is null ? job.Checkpoint : stored.Data;
     }
 
-    public async ValueTask SaveAsync(JobRecord job, JobLease lease, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
+    public async ValueTask SaveAsync(LeasedJob job, ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken)
     {
+        var lease = job.Lease;
         if (checkpoints is null)
         {
             await store.SaveCheckpointAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
@@ -40,7 +41,7 @@ internal sealed class CheckpointRouter(IJobStore store, ICheckpointStore? checkp
         await checkpoints.SaveAsync(lease, checkpoint, cancellationToken).ConfigureAwait(false);
         if (events.IsWatched(JobEventKind.Checkpointed))
         {
-            events.Publish(JobEvent.ForAttempt(JobEventKind.Checkpointed, job.Id, job.Request.Tenant, job.Request.Workload, time.GetUtcNow(), lease.Attempt));
+            events.Publish(JobEvent.ForAttempt(JobEventKind.Checkpointed, lease.JobId, job.Request.Tenant, job.Request.Workload, time.GetUtcNow(), lease.Attempt));
         }
     }
 }

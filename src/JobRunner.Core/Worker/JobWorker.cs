@@ -122,7 +122,7 @@ internal sealed partial class JobWorker : BackgroundService
         _background.Cancel();
     }
 
-    internal void PublishLogs(JobRecord job, IReadOnlyList<LogEntry> entries)
+    internal void PublishLogs(LeasedJob job, IReadOnlyList<LogEntry> entries)
     {
         if (!_events.IsWatched(JobEventKind.Log))
         {
@@ -131,7 +131,7 @@ internal sealed partial class JobWorker : BackgroundService
 
         foreach (var entry in entries)
         {
-            _events.Publish(JobEvent.ForAttempt(JobEventKind.Log, job.Id, job.Request.Tenant, job.Request.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
+            _events.Publish(JobEvent.ForAttempt(JobEventKind.Log, job.Lease.JobId, job.Request.Tenant, job.Request.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
         }
     }
 
@@ -365,12 +365,11 @@ internal sealed partial class JobWorker : BackgroundService
             }
 
             attempt.Lease = leased.Lease;
-            if (leased.Job.CancelRequested)
+            if (leased.CancelRequested)
             {
-                attempt.TryStop(StopReason.Cancelled, leased.Job.CancelReason, _options.CancellationGracePeriod);
+                attempt.TryStop(StopReason.Cancelled, leased.CancelReason, _options.CancellationGracePeriod);
             }
 
-            var job = leased.Job;
             AttemptCompletion? completion;
             try
             {
@@ -380,7 +379,7 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 // A fault of JobRunner itself or of a user classifier or retry strategy: fail the job rather than leave
                 // it Running until its lease expires (and loop).
-                Log.SlotFailed(_logger, job.Id, e);
+                Log.SlotFailed(_logger, item.Id, e);
                 completion = new AttemptCompletion
                 {
                     Outcome = AttemptOutcome.Failed,
@@ -393,24 +392,26 @@ internal sealed partial class JobWorker : BackgroundService
             await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
             if (completion is null)
             {
-                Log.LeaseLost(_logger, job.Id, leased.Lease.FenceToken);
+                Log.LeaseLost(_logger, item.Id, leased.Lease.FenceToken);
                 return;
             }
 
-            JobRecord updated;
+            JobState next;
             try
             {
-                updated = await Store.CompleteAttemptAsync(leased.Lease, completion, CancellationToken.None).ConfigureAwait(false);
+                next = await Store.CompleteAttemptAsync(leased.Lease, completion, CancellationToken.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is StaleFenceTokenException or JobNotFoundException)
             {
-                Log.CompletionRejected(_logger, job.Id, e);
+                Log.CompletionRejected(_logger, item.Id, e);
                 return;
             }
 
-            if (updated.State is JobState.Queued or JobState.Scheduled)
+            if (next is JobState.Queued or JobState.Scheduled)
             {
-                await _queue.EnqueueAsync(QueuedJob.For(updated, Time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+                // A Scheduled job is due at the completion's time (the store's rule: none means now).
+                var dueAt = next == JobState.Scheduled ? completion.DueAt : null;
+                await _queue.EnqueueAsync(QueuedJob.For(item.Id, leased.Request, Time.GetUtcNow(), dueAt), CancellationToken.None).ConfigureAwait(false);
             }
         }
         finally
@@ -423,8 +424,7 @@ internal sealed partial class JobWorker : BackgroundService
     /// <summary>Runs the attempt and decides its outcome; <see langword="null"/> when the lease was lost.</summary>
     private async ValueTask<AttemptCompletion?> ExecuteAttemptAsync(ActiveAttempt attempt, LeasedJob leased)
     {
-        var job = leased.Job;
-        var workload = _registry.Find(job.Request.Workload);
+        var workload = _registry.Find(leased.Request.Workload);
         if (workload is null)
         {
             attempt.Finish();
@@ -432,24 +432,24 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 Outcome = AttemptOutcome.Failed,
                 NextState = JobState.Failed,
-                Error = $"Workload '{job.Request.Workload}' is not registered on worker '{WorkerId}'. Register it with AddWorkload on every worker host.",
+                Error = $"Workload '{leased.Request.Workload}' is not registered on worker '{WorkerId}'. Register it with AddWorkload on every worker host.",
             };
         }
 
-        if ((job.Request.Timeout ?? workload.Timeout) is { } timeout)
+        if ((leased.Request.Timeout ?? workload.Timeout) is { } timeout)
         {
             attempt.ArmTimeout(timeout, _options.CancellationGracePeriod);
         }
 
-        var tenant = job.Request.Tenant;
+        var tenant = leased.Request.Tenant;
         using var activity = _telemetry.ActivitySource.StartActivity("jobrunner.attempt", ActivityKind.Internal);
         if (activity is not null)
         {
-            activity.SetTag("jobrunner.job.id", job.Id.ToString());
+            activity.SetTag("jobrunner.job.id", leased.Lease.JobId.ToString());
             activity.SetTag("jobrunner.workload", workload.Name);
             activity.SetTag("jobrunner.tenant", tenant);
             activity.SetTag("jobrunner.attempt", leased.Lease.Attempt);
-            activity.SetTag("jobrunner.correlation_id", job.Request.CorrelationId);
+            activity.SetTag("jobrunner.correlation_id", leased.Request.CorrelationId);
         }
 
         _telemetry.Started(tenant, workload.Name);
@@ -458,7 +458,7 @@ internal sealed partial class JobWorker : BackgroundService
         Exception? error = null;
         try
         {
-            var checkpoint = await Checkpoints.LoadAsync(job, attempt.Token).ConfigureAwait(false);
+            var checkpoint = await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false);
             context = new AttemptContext(this, leased, attempt, checkpoint);
             var execution = workload.Engine.ExecuteAsync(context, attempt.Token);
             if (execution.IsCompletedSuccessfully)
@@ -492,7 +492,7 @@ internal sealed partial class JobWorker : BackgroundService
             reason = StopReason.Shutdown;
         }
 
-        var completion = Decide(job, workload, attempt, reason, error);
+        var completion = Decide(leased, workload, attempt, reason, error);
         if (completion is not null && (context?.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
         {
             completion = completion with { ExitCode = exitCode };
@@ -507,7 +507,7 @@ internal sealed partial class JobWorker : BackgroundService
         return completion;
     }
 
-    private AttemptCompletion? Decide(JobRecord job, RegisteredWorkload workload, ActiveAttempt attempt, StopReason reason, Exception? error)
+    private AttemptCompletion? Decide(LeasedJob job, RegisteredWorkload workload, ActiveAttempt attempt, StopReason reason, Exception? error)
     {
         switch (reason)
         {
@@ -528,7 +528,7 @@ internal sealed partial class JobWorker : BackgroundService
                     Error = $"Worker '{WorkerId}' shut down; the job resumes from its last checkpoint.",
                 };
             case StopReason.TimedOut:
-                return Fail(job, workload, new JobTimeoutException(job.Id, attempt.Timeout!.Value), AttemptOutcome.TimedOut);
+                return Fail(job, workload, new JobTimeoutException(job.Lease.JobId, attempt.Timeout!.Value), AttemptOutcome.TimedOut);
             case StopReason.None when error is null:
                 return s_succeeded;
             default:
@@ -536,22 +536,13 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
-    private AttemptCompletion Fail(JobRecord job, RegisteredWorkload workload, Exception error, AttemptOutcome outcome)
+    private AttemptCompletion Fail(LeasedJob job, RegisteredWorkload workload, Exception error, AttemptOutcome outcome)
     {
         var kind = workload.Classifier.Classify(error);
         TimeSpan? delay = null;
         if (kind == FailureKind.Transient)
         {
-            var failed = 1;
-            foreach (var previous in job.Attempts)
-            {
-                if (previous.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
-                {
-                    failed++;
-                }
-            }
-
-            delay = (job.Request.Retry ?? workload.Retry).GetRetryDelay(failed, error);
+            delay = (job.Request.Retry ?? workload.Retry).GetRetryDelay(job.FailedAttempts + 1, error);
         }
 
         var now = Time.GetUtcNow();

@@ -68,7 +68,7 @@ public sealed class InMemoryJobStoreTests
         var again = await _store.InsertAsync(NewJob(new JobRequest("work") { DedupeKey = "k" }), default);
 
         Assert.False(again.Attached);
-        Assert.NotEqual(leased.Job.Id, again.Id);
+        Assert.NotEqual(leased.Lease.JobId, again.Id);
     }
 
     [Fact]
@@ -87,14 +87,15 @@ public sealed class InMemoryJobStoreTests
         var a = await InsertAndLeaseAsync();
         var b = await InsertAndLeaseAsync();
         await _store.CompleteAttemptAsync(a.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Queued }, default);
-        var again = (await _store.TryAcquireLeaseAsync(a.Job.Id, "w2", Lease, default))!;
+        var again = (await _store.TryAcquireLeaseAsync(a.Lease.JobId, "w2", Lease, default))!;
 
         Assert.True(b.Lease.FenceToken > a.Lease.FenceToken);
         Assert.True(again.Lease.FenceToken > b.Lease.FenceToken);
         Assert.Equal(2, again.Lease.Attempt);
-        Assert.Equal(JobState.Running, again.Job.State);
-        Assert.Equal(again.Lease.FenceToken, again.Job.FenceToken);
-        Assert.Equal(["w1", "w2"], again.Job.Attempts.Select(x => x.WorkerId));
+        var job = (await _store.GetAsync(a.Lease.JobId, default))!;
+        Assert.Equal(JobState.Running, job.State);
+        Assert.Equal(again.Lease.FenceToken, job.FenceToken);
+        Assert.Equal(["w1", "w2"], job.Attempts.Select(x => x.WorkerId));
     }
 
     [Fact]
@@ -102,7 +103,7 @@ public sealed class InMemoryJobStoreTests
     {
         var leased = await InsertAndLeaseAsync();
 
-        Assert.Null(await _store.TryAcquireLeaseAsync(leased.Job.Id, "w2", Lease, default));
+        Assert.Null(await _store.TryAcquireLeaseAsync(leased.Lease.JobId, "w2", Lease, default));
     }
 
     [Fact]
@@ -122,8 +123,8 @@ public sealed class InMemoryJobStoreTests
         var first = await InsertAndLeaseAsync();
         await _store.SaveCheckpointAsync(first.Lease, "1"u8.ToArray(), default);
         await _store.CompleteAttemptAsync(first.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Queued }, default);
-        var second = (await _store.TryAcquireLeaseAsync(first.Job.Id, "w2", Lease, default))!;
-        var before = await _store.GetAsync(first.Job.Id, default);
+        var second = (await _store.TryAcquireLeaseAsync(first.Lease.JobId, "w2", Lease, default))!;
+        var before = await _store.GetAsync(first.Lease.JobId, default);
 
         var checkpoint = await Assert.ThrowsAsync<StaleFenceTokenException>(() => _store.SaveCheckpointAsync(first.Lease, "stale"u8.ToArray(), default).AsTask());
         await Assert.ThrowsAsync<StaleFenceTokenException>(() => _store.ReportProgressAsync(first.Lease, new JobProgress(0.5, "stale"), default).AsTask());
@@ -131,8 +132,8 @@ public sealed class InMemoryJobStoreTests
 
         Assert.Equal(first.Lease.FenceToken, checkpoint.PresentedToken);
         Assert.Equal(second.Lease.FenceToken, checkpoint.CurrentToken);
-        Assert.Equal(before, await _store.GetAsync(first.Job.Id, default));
-        Assert.Equal("1"u8.ToArray(), (await _store.GetAsync(first.Job.Id, default))!.Checkpoint!.Value.ToArray());
+        Assert.Equal(before, await _store.GetAsync(first.Lease.JobId, default));
+        Assert.Equal("1"u8.ToArray(), (await _store.GetAsync(first.Lease.JobId, default))!.Checkpoint!.Value.ToArray());
     }
 
     [Fact]
@@ -155,7 +156,7 @@ public sealed class InMemoryJobStoreTests
 
         var lost = await _store.RenewLeasesAsync([live.Lease, stale.Lease], Lease, default);
 
-        Assert.Equal([stale.Job.Id], lost);
+        Assert.Equal([stale.Lease.JobId], lost);
     }
 
     [Fact]
@@ -167,7 +168,7 @@ public sealed class InMemoryJobStoreTests
         _time.Advance(TimeSpan.FromSeconds(20));
 
         Assert.Empty(await _store.ReclaimExpiredLeasesAsync(default));
-        Assert.Equal(JobState.Running, (await _store.GetAsync(leased.Job.Id, default))!.State);
+        Assert.Equal(JobState.Running, (await _store.GetAsync(leased.Lease.JobId, default))!.State);
     }
 
     [Fact]
@@ -203,9 +204,9 @@ public sealed class InMemoryJobStoreTests
     public async Task RequestCancellationAsync_RunningJob_MarksAndPublishesRequest()
     {
         var leased = await InsertAndLeaseAsync();
-        using var subscription = _events.Subscribe(new JobEventFilter { JobId = leased.Job.Id });
+        using var subscription = _events.Subscribe(new JobEventFilter { JobId = leased.Lease.JobId });
 
-        var marked = await _store.RequestCancellationAsync(leased.Job.Id, "stop", default);
+        var marked = await _store.RequestCancellationAsync(leased.Lease.JobId, "stop", default);
 
         Assert.Equal(JobState.Running, marked.State);
         Assert.True(marked.CancelRequested);
@@ -218,11 +219,12 @@ public sealed class InMemoryJobStoreTests
     public async Task CompleteAttemptAsync_RetryAfterCancelRequest_BecomesCancelled()
     {
         var leased = await InsertAndLeaseAsync();
-        await _store.RequestCancellationAsync(leased.Job.Id, "stop", default);
+        await _store.RequestCancellationAsync(leased.Lease.JobId, "stop", default);
 
-        var job = await _store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = _time.GetUtcNow().AddMinutes(1) }, default);
+        var state = await _store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = _time.GetUtcNow().AddMinutes(1) }, default);
 
-        Assert.Equal(JobState.Cancelled, job.State);
+        Assert.Equal(JobState.Cancelled, state);
+        Assert.Equal(JobState.Cancelled, (await _store.GetAsync(leased.Lease.JobId, default))!.State);
     }
 
     [Fact]
@@ -241,8 +243,10 @@ public sealed class InMemoryJobStoreTests
         var leased = await InsertAndLeaseAsync();
         var due = _time.GetUtcNow().AddSeconds(5);
 
-        var job = await _store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = due, Error = "boom", ErrorType = "System.IO.IOException" }, default);
+        var state = await _store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = due, Error = "boom", ErrorType = "System.IO.IOException" }, default);
 
+        Assert.Equal(JobState.Scheduled, state);
+        var job = (await _store.GetAsync(leased.Lease.JobId, default))!;
         Assert.Equal(JobState.Scheduled, job.State);
         Assert.Equal(due, job.DueAt);
         Assert.Equal("boom", job.LastError);
@@ -289,14 +293,14 @@ public sealed class InMemoryJobStoreTests
         {
             var leased = await InsertAndLeaseAsync();
             await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default);
-            finished.Add(leased.Job.Id);
+            finished.Add(leased.Lease.JobId);
         }
 
         var running = await InsertAndLeaseAsync();
 
         Assert.Null(await _store.GetAsync(finished[0], default));
         Assert.NotNull(await _store.GetAsync(finished[1], default));
-        Assert.NotNull(await _store.GetAsync(running.Job.Id, default));
+        Assert.NotNull(await _store.GetAsync(running.Lease.JobId, default));
     }
 
     [Fact]
@@ -320,5 +324,73 @@ public sealed class InMemoryJobStoreTests
             events.Select(e => (e.Kind, e.State)));
         Assert.Equal(JobState.Running, events[^1].PreviousState);
         Assert.Equal(0.5, events[2].Progress!.Value.Fraction);
+        Assert.Equal([0, 1, 1, 1], events.Select(e => e.Attempt));
+    }
+
+    [Fact]
+    public async Task Attempts_NobodyReadBetween_AreAllKeptInOrder()
+    {
+        var first = await InsertAndLeaseAsync(worker: "w1");
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await _store.CompleteAttemptAsync(first.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Queued, Error = "one", ExitCode = 1 }, default);
+        var second = (await _store.TryAcquireLeaseAsync(first.Lease.JobId, "w2", Lease, default))!;
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await _store.CompleteAttemptAsync(second.Lease, new AttemptCompletion { Outcome = AttemptOutcome.TimedOut, NextState = JobState.Queued, Error = "two", ErrorType = "T" }, default);
+        var third = (await _store.TryAcquireLeaseAsync(first.Lease.JobId, "w3", Lease, default))!;
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await _store.CompleteAttemptAsync(third.Lease, Succeeded, default);
+
+        var job = (await _store.GetAsync(first.Lease.JobId, default))!;
+
+        Assert.Equal((0, 1, 2), (first.FailedAttempts, second.FailedAttempts, third.FailedAttempts));
+        Assert.Equal((1, 2, 3), (first.Lease.Attempt, second.Lease.Attempt, third.Lease.Attempt));
+        Assert.Equal(JobState.Succeeded, job.State);
+        Assert.Equal(third.Lease.FenceToken, job.FenceToken);
+        Assert.Equal(_time.GetUtcNow(), job.UpdatedAt);
+        Assert.Equal("two", job.LastError);
+        Assert.Null(job.DueAt);
+        Assert.Equal(
+            [(1, "w1", first.Lease.FenceToken, AttemptOutcome.Failed, "one", null, 1), (2, "w2", second.Lease.FenceToken, AttemptOutcome.TimedOut, "two", "T", null), (3, "w3", third.Lease.FenceToken, AttemptOutcome.Succeeded, null, null, null)],
+            job.Attempts.Select(a => (a.Number, a.WorkerId, a.FenceToken, a.Outcome!.Value, a.Error, a.ErrorType, a.ExitCode)));
+        Assert.Equal(job.CreatedAt.AddSeconds(3), job.Attempts[^1].EndedAt);
+        Assert.Equal(job.CreatedAt.AddSeconds(2), job.Attempts[^1].StartedAt);
+    }
+
+    [Fact]
+    public async Task Snapshot_ReadWhileRunning_StaysAsItWasAndTheAttemptEndsInPlace()
+    {
+        var leased = await InsertAndLeaseAsync();
+        var running = (await _store.GetAsync(leased.Lease.JobId, default))!;
+        var again = (await _store.GetAsync(leased.Lease.JobId, default))!;
+        _time.Advance(TimeSpan.FromSeconds(2));
+        var due = _time.GetUtcNow().AddSeconds(5);
+
+        await _store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = due, Error = "boom" }, default);
+        var scheduled = (await _store.GetAsync(leased.Lease.JobId, default))!;
+
+        Assert.Same(running, again);
+        Assert.Equal(JobState.Running, running.State);
+        Assert.Null(Assert.Single(running.Attempts).Outcome);
+        Assert.Equal(JobState.Scheduled, scheduled.State);
+        Assert.Equal(due, scheduled.DueAt);
+        var attempt = Assert.Single(scheduled.Attempts);
+        Assert.Equal((AttemptOutcome.Failed, "boom", _time.GetUtcNow()), (attempt.Outcome!.Value, attempt.Error, attempt.EndedAt!.Value));
+        Assert.Null(await _store.TryAcquireLeaseAsync(leased.Lease.JobId, "w1", Lease, default));
+    }
+
+    [Fact]
+    public async Task TryAcquireLeaseAsync_AfterReclaim_HandsOverCheckpointAndFailureCount()
+    {
+        var leased = await InsertAndLeaseAsync();
+        await _store.SaveCheckpointAsync(leased.Lease, "7"u8.ToArray(), default);
+        _time.Advance(Lease);
+        await _store.ReclaimExpiredLeasesAsync(default);
+
+        var again = (await _store.TryAcquireLeaseAsync(leased.Lease.JobId, "w2", Lease, default))!;
+
+        Assert.Equal("7"u8.ToArray(), again.Checkpoint!.Value.ToArray());
+        Assert.Equal(1, again.FailedAttempts);
+        Assert.Equal(leased.Request, again.Request);
+        Assert.False(again.CancelRequested);
     }
 }

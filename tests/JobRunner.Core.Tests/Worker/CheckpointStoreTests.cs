@@ -83,12 +83,12 @@ public sealed class CheckpointStoreTests
         time.Advance(TimeSpan.FromSeconds(31));
         await store.ReclaimExpiredLeasesAsync(default);
         var current = (await store.TryAcquireLeaseAsync(job.Id, "alive", TimeSpan.FromSeconds(30), default))!;
-        await router.SaveAsync(current.Job, current.Lease, Encoding.UTF8.GetBytes("new"), default);
+        await router.SaveAsync(current, Encoding.UTF8.GetBytes("new"), default);
 
-        await Assert.ThrowsAsync<StaleFenceTokenException>(() => router.SaveAsync(stale.Job, stale.Lease, Encoding.UTF8.GetBytes("old"), default).AsTask());
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => router.SaveAsync(stale, Encoding.UTF8.GetBytes("old"), default).AsTask());
 
         Assert.Equal(1, checkpoints.Saves);
-        Assert.Equal("new", Encoding.UTF8.GetString((await router.LoadAsync(current.Job, default))!.Value.Span));
+        Assert.Equal("new", Encoding.UTF8.GetString((await router.LoadAsync(current, default))!.Value.Span));
     }
 
     [Fact]
