@@ -22,6 +22,17 @@ internal static class PostgresThroughput
             ?? throw new InvalidOperationException("Set JOBRUNNER_TEST_POSTGRES, or run benchmarks/postgres.sh.");
         Console.WriteLine($"PostgreSQL end to end, {jobs:N0} jobs, {Environment.ProcessorCount} cores, {inFlight} batches of leases and of completions in flight, {new JobRunner.Storage.Postgres.PostgresOptions().InsertBatchesInFlight} of inserts");
 
+        // Warm up every path first (JIT tiering, connection pools, the server's caches): a 30,000-job drain lasts a few
+        // seconds, and a cold process spends a large part of them compiling.
+        var warmUp = jobs;
+        await RawLoopAsync(connectionString, warmUp);
+        await DrainAsync(connectionString, warmUp, durable: true, quiet: true);
+        if (only != "drain")
+        {
+            await EnqueueAsync(connectionString, warmUp, bulk: true);
+            await EnqueueAsync(connectionString, warmUp, bulk: false);
+        }
+
         var raw = await RawLoopAsync(connectionString, jobs);
         Console.WriteLine($"baseline: raw batched SKIP LOCKED loop (4 consumers, 100 per batch, one tx each): {raw:N0} jobs/s");
         if (only == "drain")
@@ -76,6 +87,7 @@ internal static class PostgresThroughput
     private static async Task<double> EnqueueAsync(string connectionString, int jobs, bool bulk)
     {
         await using var bench = await BenchHost.StartAsync(connectionString, worker: false, durable: true);
+        var cpu = CpuSeconds();
         var stopwatch = Stopwatch.StartNew();
         if (bulk)
         {
@@ -98,10 +110,13 @@ internal static class PostgresThroughput
             })));
         }
 
-        return jobs / stopwatch.Elapsed.TotalSeconds;
+        var rate = jobs / stopwatch.Elapsed.TotalSeconds;
+        var used = CpuSeconds();
+        Console.WriteLine($"  CPU during the enqueue ({stopwatch.Elapsed.TotalSeconds:F2} s): this process {used.Self - cpu.Self:F2} s, PostgreSQL {used.Postgres - cpu.Postgres:F2} s");
+        return rate;
     }
 
-    private static async Task<double> DrainAsync(string connectionString, int jobs, bool durable)
+    private static async Task<double> DrainAsync(string connectionString, int jobs, bool durable, bool quiet = false)
     {
         // Enqueue first (not timed), then start the worker and time until the last completion is committed.
         await using var bench = await BenchHost.StartAsync(connectionString, worker: false, durable: durable);
@@ -127,7 +142,10 @@ internal static class PostgresThroughput
         await all.Task.WaitAsync(TimeSpan.FromMinutes(10));
         var rate = jobs / stopwatch.Elapsed.TotalSeconds;
         var used = CpuSeconds();
-        Console.WriteLine($"  CPU during the drain ({stopwatch.Elapsed.TotalSeconds:F2} s): this process {used.Self - cpu.Self:F2} s, PostgreSQL {used.Postgres - cpu.Postgres:F2} s");
+        if (!quiet)
+        {
+            Console.WriteLine($"  CPU during the drain ({stopwatch.Elapsed.TotalSeconds:F2} s): this process {used.Self - cpu.Self:F2} s, PostgreSQL {used.Postgres - cpu.Postgres:F2} s");
+        }
         await stop.CancelAsync();
         await watcher.ContinueWith(static _ => { });
         return rate;
@@ -239,6 +257,11 @@ internal static class PostgresThroughput
         public static async Task<BenchHost> StartAsync(string connectionString, bool worker, bool durable, string? schema = null, bool startNow = true)
         {
             schema ??= "bench_" + Guid.NewGuid().ToString("N")[..8];
+            if (Environment.GetEnvironmentVariable("BENCH_PREPARE") is { } prepare)
+            {
+                connectionString += ";Max Auto Prepare=" + prepare;
+            }
+
             var builder = Microsoft.Extensions.Hosting.Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
             builder.Services.AddSingleton<StartSignal>();
             builder.Services.AddJobRunner(r => r
@@ -249,6 +272,16 @@ internal static class PostgresThroughput
                     o.MaxBatchSize = 1000;
                     o.MaxBatchesInFlight = s_inFlight;
                     o.WriteHistory = Environment.GetEnvironmentVariable("BENCH_HISTORY") != "0";
+                    if (!o.WriteHistory)
+                    {
+                        // The relay reads the history; the drain counts the worker host's own events.
+                        o.EventRelayInterval = null;
+                    }
+
+                    if (Environment.GetEnvironmentVariable("BENCH_INSERTS") is { } inserts)
+                    {
+                        o.InsertBatchesInFlight = int.Parse(inserts, System.Globalization.CultureInfo.InvariantCulture);
+                    }
                 })
                 .ConfigureWorker(w =>
                 {
