@@ -13,10 +13,11 @@ public sealed class PostgresOptions
     public bool ApplyMigrations { get; set; } = true;
 
     /// <summary>
-    /// Gets or sets whether the worker's writes (lease, heartbeat, checkpoint, completion) wait for the WAL flush.
+    /// Gets or sets whether the worker's writes (heartbeat, checkpoint, completion) wait for the WAL flush.
     /// Default <see langword="true"/>. Submissions and cancellations always do. With <see langword="false"/>, a crash
     /// of the database server (not of a worker) may forget the last few hundred milliseconds of worker writes: such
-    /// jobs run again from their previous checkpoint (at-least-once is kept; no job is lost).
+    /// jobs run again from their previous checkpoint (at-least-once is kept; no job is lost). Leases always commit
+    /// synchronously, so that no fence token is granted twice across such a crash.
     /// </summary>
     public bool SynchronousCommitForWorkers { get; set; } = true;
 
