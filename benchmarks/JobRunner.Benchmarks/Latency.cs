@@ -87,6 +87,14 @@ internal static class Latency
         var elapsed = Stopwatch.GetElapsedTime(start);
         await done;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"JobRunner round: {GC.CollectionCount(0) - gcs} GCs, paused {(GC.GetTotalPauseDuration() - paused).TotalMilliseconds:N1} ms of {elapsed.TotalMilliseconds:N0} ms"));
+        foreach (var kind in new[] { GCKind.Ephemeral, GCKind.FullBlocking, GCKind.Background })
+        {
+            var info = GC.GetGCMemoryInfo(kind);
+            if (info.Index > 0)
+            {
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  last {kind} GC: gen {info.Generation}, paused {info.PauseDurations[0].TotalMilliseconds:N2} ms, promoted {info.PromotedBytes / 1024:N0} KB, heap {info.HeapSizeBytes / 1048576:N0} MB, gen0 before {info.GenerationInfo[0].SizeBeforeBytes / 1024:N0} KB"));
+            }
+        }
         var started = stamps.ToDictionary();
         var fromSchedule = new double[jobs];
         var fromCall = new double[jobs];

@@ -1,0 +1,286 @@
+using JobRunner.Events;
+using JobRunner.InMemory;
+using JobRunner.Testing;
+using Microsoft.Extensions.Options;
+
+namespace JobRunner.Tests.InMemory;
+
+/// <summary>
+/// Random operation sequences against the in-memory store and against a plain model that keeps one immutable
+/// <see cref="JobRecord"/> per job and changes it by copy at every step. The store keeps the hot fields inline and
+/// builds snapshots only when read, so reads are made at random moments: some jobs are read after every change, others
+/// only at the end. Every answer and every read must be the model's.
+/// </summary>
+public sealed class InMemoryJobStoreModelTests
+{
+    private static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    [InlineData(6)]
+    [InlineData(7)]
+    [InlineData(8)]
+    public async Task Random_operations_answer_and_read_as_the_model(int seed)
+    {
+        var random = new Random(seed);
+        var time = new FakeTimeProvider();
+        var store = new InMemoryJobStore(time, new JobEventBus(), Options.Create(new InMemoryStoreOptions { MaxFinishedJobs = 10_000 }));
+        var model = new Model(time);
+        var ids = new List<JobId>();
+        var leases = new List<JobLease>();
+
+        for (var step = 0; step < 3_000; step++)
+        {
+            var roll = random.Next(100);
+            if (ids.Count < 3 || roll < 8)
+            {
+                var job = NewJob(time, random);
+                await store.InsertAsync(job, default);
+                model.Insert(job);
+                ids.Add(job.Id);
+                continue;
+            }
+
+            var id = ids[random.Next(ids.Count)];
+            var lease = leases.Count > 0 && random.Next(3) == 0 ? leases[random.Next(leases.Count)] : null;
+            var current = leases.LastOrDefault(l => l.JobId == id);
+            var chosen = lease ?? current ?? new JobLease(id, "nobody", 999_999, 1, time.GetUtcNow());
+            switch (roll)
+            {
+                case < 30:
+                    var worker = "w" + random.Next(3);
+                    var leased = await store.TryAcquireLeaseAsync(id, worker, Lease, default);
+                    var expected = model.Lease(id, worker, Lease);
+                    Assert.Equal(expected is null, leased is null);
+                    if (leased is not null)
+                    {
+                        Assert.Equal(expected!.Lease, leased.Lease);
+                        Assert.Equal((expected.FailedAttempts, expected.CancelRequested, expected.CancelReason), (leased.FailedAttempts, leased.CancelRequested, leased.CancelReason));
+                        Assert.Equal(expected.Checkpoint?.ToArray(), leased.Checkpoint?.ToArray());
+                        Assert.Same(expected.Request, leased.Request);
+                        leases.Add(leased.Lease);
+                    }
+
+                    break;
+                case < 55:
+                    var completion = RandomCompletion(time, random);
+                    await SameOutcomeAsync(() => store.CompleteAttemptAsync(chosen, completion, default).AsTask(), () => model.Complete(chosen, completion));
+                    break;
+                case < 62:
+                    var checkpoint = new[] { (byte)random.Next(256) };
+                    await SameOutcomeAsync(async () => { await store.SaveCheckpointAsync(chosen, checkpoint, default); return 0; }, () => { model.Checkpoint(chosen, checkpoint); return 0; });
+                    break;
+                case < 69:
+                    var progress = new JobProgress(random.Next(11) / 10.0, "p" + step);
+                    await SameOutcomeAsync(async () => { await store.ReportProgressAsync(chosen, progress, default); return 0; }, () => { model.Progress(chosen, progress); return 0; });
+                    break;
+                case < 74:
+                    AssertSame(model.Cancel(id, "r" + step), await store.RequestCancellationAsync(id, "r" + step, default));
+                    break;
+                case < 82:
+                    time.Advance(TimeSpan.FromSeconds(random.Next(1, 25)));
+                    var reclaimed = await store.ReclaimExpiredLeasesAsync(default);
+                    var expectedReclaimed = model.Reclaim();
+                    Assert.Equal(expectedReclaimed.Select(j => j.Id).Order(), reclaimed.Select(j => j.Id).Order());
+                    foreach (var job in reclaimed)
+                    {
+                        AssertSame(expectedReclaimed.Single(j => j.Id == job.Id), job);
+                    }
+
+                    break;
+                default:
+                    // Reads land on a few jobs often (their snapshots are built while attempts run) and on others never.
+                    var read = ids[random.Next(Math.Min(ids.Count, 4))];
+                    AssertSame(model.Get(read), (await store.GetAsync(read, default))!);
+                    break;
+            }
+        }
+
+        foreach (var id in ids)
+        {
+            AssertSame(model.Get(id), (await store.GetAsync(id, default))!);
+        }
+
+        var listed = await store.ListAsync(new JobQuery { PageSize = 10_000 }, default);
+        Assert.Equal(ids, listed.Items.Select(j => j.Id));
+        Assert.Contains(ids, id => model.Get(id).Attempts.Count > 2);
+    }
+
+    private static JobRecord NewJob(TimeProvider time, Random random)
+    {
+        var now = time.GetUtcNow();
+        var scheduled = random.Next(4) == 0;
+        return new JobRecord
+        {
+            Id = JobId.New(time),
+            Request = new JobRequest("work") { Tenant = "t" + random.Next(2) },
+            State = scheduled ? JobState.Scheduled : JobState.Queued,
+            DueAt = scheduled ? now.AddSeconds(random.Next(1, 20)) : null,
+            CreatedAt = now,
+            UpdatedAt = now,
+        };
+    }
+
+    private static AttemptCompletion RandomCompletion(TimeProvider time, Random random)
+    {
+        var outcome = (AttemptOutcome)random.Next(6);
+        var next = random.Next(5) switch
+        {
+            0 => JobState.Succeeded,
+            1 => JobState.Failed,
+            2 => JobState.Cancelled,
+            3 => JobState.Scheduled,
+            _ => JobState.Queued,
+        };
+        return new AttemptCompletion
+        {
+            Outcome = outcome,
+            NextState = next,
+            DueAt = next == JobState.Scheduled && random.Next(3) > 0 ? time.GetUtcNow().AddSeconds(random.Next(1, 10)) : null,
+            Error = random.Next(2) == 0 ? null : "e" + random.Next(100),
+            ErrorType = random.Next(2) == 0 ? null : "T",
+            ExitCode = random.Next(3) == 0 ? random.Next(5) : null,
+        };
+    }
+
+    private static async Task SameOutcomeAsync<T>(Func<Task<T>> store, Func<T> model)
+    {
+        Exception? expected = null;
+        var expectedValue = default(T);
+        try
+        {
+            expectedValue = model();
+        }
+        catch (JobRunnerException e)
+        {
+            expected = e;
+        }
+
+        if (expected is null)
+        {
+            Assert.Equal(expectedValue, await store());
+        }
+        else
+        {
+            var actual = await Assert.ThrowsAnyAsync<JobRunnerException>(store);
+            Assert.Equal(expected.GetType(), actual.GetType());
+        }
+    }
+
+    private static void AssertSame(JobRecord expected, JobRecord actual)
+    {
+        Assert.Equal(
+            (expected.Id, expected.State, expected.CreatedAt, expected.UpdatedAt, expected.DueAt, expected.FenceToken, expected.CancelRequested, expected.CancelReason, expected.LastError, expected.Progress),
+            (actual.Id, actual.State, actual.CreatedAt, actual.UpdatedAt, actual.DueAt, actual.FenceToken, actual.CancelRequested, actual.CancelReason, actual.LastError, actual.Progress));
+        Assert.Same(expected.Request, actual.Request);
+        Assert.Equal(expected.Checkpoint?.ToArray(), actual.Checkpoint?.ToArray());
+        Assert.Equal(expected.Attempts, actual.Attempts);
+    }
+
+    /// <summary>The store's rules on immutable records, one copy per change (how the store worked before it kept fields inline).</summary>
+    private sealed class Model(TimeProvider time)
+    {
+        private readonly Dictionary<JobId, JobRecord> _jobs = [];
+        private readonly Dictionary<JobId, DateTimeOffset> _leaseExpiry = [];
+        private long _fence;
+
+        public void Insert(JobRecord job) => _jobs.Add(job.Id, job);
+
+        public JobRecord Get(JobId id) => _jobs[id];
+
+        public LeasedJob? Lease(JobId id, string worker, TimeSpan duration)
+        {
+            var now = time.GetUtcNow();
+            var job = _jobs[id];
+            if (!(job.State == JobState.Queued || (job.State == JobState.Scheduled && job.DueAt <= now)))
+            {
+                return null;
+            }
+
+            var fence = ++_fence;
+            var attempt = new JobAttempt { Number = job.Attempts.Count + 1, WorkerId = worker, FenceToken = fence, StartedAt = now };
+            var running = job with { State = JobState.Running, UpdatedAt = now, DueAt = null, FenceToken = fence, Attempts = [.. job.Attempts, attempt] };
+            _jobs[id] = running;
+            _leaseExpiry[id] = now + duration;
+            return LeasedJob.For(new JobLease(id, worker, fence, attempt.Number, now + duration), running);
+        }
+
+        public JobState Complete(JobLease lease, AttemptCompletion completion)
+        {
+            var now = time.GetUtcNow();
+            var job = Fenced(lease);
+            var next = job.CancelRequested && !completion.NextState.IsTerminal() ? JobState.Cancelled : completion.NextState;
+            _jobs[lease.JobId] = job with
+            {
+                Attempts = End(job.Attempts, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode),
+                UpdatedAt = now,
+                State = next,
+                DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
+                LastError = completion.Error ?? job.LastError,
+            };
+            return next;
+        }
+
+        public void Checkpoint(JobLease lease, byte[] checkpoint) => _jobs[lease.JobId] = Fenced(lease) with { Checkpoint = checkpoint, UpdatedAt = time.GetUtcNow() };
+
+        public void Progress(JobLease lease, JobProgress progress) => _jobs[lease.JobId] = Fenced(lease) with { Progress = progress, UpdatedAt = time.GetUtcNow() };
+
+        public JobRecord Cancel(JobId id, string reason)
+        {
+            var now = time.GetUtcNow();
+            var job = _jobs[id];
+            return _jobs[id] = job.State switch
+            {
+                JobState.Queued or JobState.Scheduled => job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason },
+                JobState.Running when !job.CancelRequested => job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now },
+                _ => job,
+            };
+        }
+
+        public List<JobRecord> Reclaim()
+        {
+            var now = time.GetUtcNow();
+            var ready = new List<JobRecord>();
+            foreach (var (id, job) in _jobs.ToList())
+            {
+                if (job.State != JobState.Running || _leaseExpiry[id] > now)
+                {
+                    continue;
+                }
+
+                const string Error = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
+                var next = job.CancelRequested ? JobState.Cancelled : JobState.Queued;
+                var updated = job with { Attempts = End(job.Attempts, now, AttemptOutcome.LeaseExpired, Error, null, null), UpdatedAt = now, State = next };
+                _jobs[id] = updated;
+                if (next == JobState.Queued)
+                {
+                    ready.Add(updated);
+                }
+            }
+
+            return ready;
+        }
+
+        private static JobAttempt[] End(IReadOnlyList<JobAttempt> attempts, DateTimeOffset now, AttemptOutcome outcome, string? error, string? errorType, int? exitCode)
+        {
+            var ended = attempts.ToArray();
+            ended[^1] = ended[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
+            return ended;
+        }
+
+        private JobRecord Fenced(JobLease lease)
+        {
+            var job = _jobs[lease.JobId];
+            if (job.FenceToken != lease.FenceToken || job.State != JobState.Running)
+            {
+                throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, job.FenceToken, "stale");
+            }
+
+            return job;
+        }
+    }
+}
