@@ -7,38 +7,75 @@ namespace JobRunner.Storage.Postgres;
 /// Carries state changes across hosts: while someone on this host watches <see cref="JobEventKind.StateChanged"/>,
 /// reads the history rows other processes wrote (by <c>instance</c>) and publishes them on the local bus, so that
 /// <see cref="IJobClient.WatchAsync(JobId, CancellationToken)"/> on an API host sees a job that runs on a worker host.
-/// Reads a sliding window of <see cref="Window"/> by the rows' time and remembers the row ids it published, because
-/// history ids are not committed in order. Each poll reads only the ids of the window's rows, then the details (job,
-/// previous state) of those not yet published, so a row is read in full once, and a window holding more than
-/// <see cref="MaxRows"/> rows drains over the next polls; costs nothing while nobody watches.
+/// Reads each row once, by a cursor over (<c>xact_id</c>, <c>id</c>): the id of the transaction that wrote the row
+/// (migration 0004), then the row's id. History ids are not committed in order, transaction ids neither, but a row whose
+/// transaction id is below the oldest transaction still running (<c>pg_snapshot_xmin</c>) belongs to a finished
+/// transaction, all of whose rows are visible; a row of a transaction still running has an id at or above it and is
+/// read by a later poll, after the cursor. One poll reads at most <see cref="MaxRows"/> rows; the rest follow at the
+/// next poll. One job's events keep their order (see <see cref="Publishable"/>). Costs nothing while nobody watches;
+/// when someone starts, publishes the rows written from the last poll that found nobody watching (their own snapshot
+/// covers older state).
 /// </summary>
+/// <remarks>
+/// A transaction that keeps an id for long, on any database of the server (a long write, one left idle in
+/// transaction, a prepared transaction), holds <c>pg_snapshot_xmin</c> back: events are delayed until it ends, not lost.
+/// </remarks>
 internal sealed class PostgresEventRelay
 {
-    /// <summary>How far back each read looks: covers transactions that commit out of id order, and clock skew.</summary>
-    public static readonly TimeSpan Window = TimeSpan.FromSeconds(5);
+    /// <summary>How far back the first poll looks when someone watched before this relay's first poll.</summary>
+    public static readonly TimeSpan StartLookback = TimeSpan.FromSeconds(5);
 
-    /// <summary>The most rows one poll publishes; the rest follow at the next poll.</summary>
+    /// <summary>The most rows one poll reads; the rest follow at the next poll.</summary>
     internal const int MaxRows = 10_000;
+
+    private static readonly Comparer<Row> s_byId = Comparer<Row>.Create(static (a, b) => a.Id.CompareTo(b.Id));
     private readonly PostgresDatabase _db;
     private readonly IJobEventBus _events;
-    private readonly string _idsSql;
+    private readonly string _startSql;
     private readonly string _sql;
-    private readonly Dictionary<long, DateTimeOffset> _published = [];
-    private DateTimeOffset? _watchingSince;
     private DateTimeOffset? _lastUnwatched;
+    private bool _watching;
+
+    // The last row read: the next poll reads after it.
+    private Position _position;
+
+    // Rows of transactions that had finished when watching started (below that snapshot's xmax, not running then) may be
+    // older than the watcher's own snapshot: they are published only when written at or after _watchingSince. Rows of
+    // transactions that were running then, or began later, are published whatever their time.
+    private ulong _startXmax;
+    private ulong[] _startRunning = [];
+    private DateTimeOffset _watchingSince;
 
     public PostgresEventRelay(PostgresDatabase db, IJobEventBus events)
     {
         _db = db;
         _events = events;
         var s = db.Schema;
-        _idsSql = $"SELECT id FROM {s}.job_history WHERE at >= @since AND instance IS DISTINCT FROM @me";
+        // Where to start: below every row written since @since, and below every transaction still running. The rows since
+        // then are found by time (OFFSET 0 keeps min() from walking the xact_id index from its oldest row instead).
+        _startSql = $"""
+            SELECT pg_snapshot_xmin(c), pg_snapshot_xmax(c), ARRAY(SELECT pg_snapshot_xip(c)),
+                   (SELECT min(xact_id) FROM (SELECT xact_id FROM {s}.job_history WHERE at >= @since OFFSET 0) r)
+            FROM pg_current_snapshot() c
+            """;
+        // The statement's own snapshot gives xmin, for the rows' bound and for the caller: it is the same snapshot.
+        // Rows are limited before the joins (a job deleted by retention leaves its rows with a NULL tenant).
         _sql = $"""
-            SELECT h.id, h.job_id, h.at, h.state, h.attempt, h.message, j.tenant, j.workload,
-                   (SELECT p.state FROM {s}.job_history p WHERE p.job_id = h.job_id AND p.id < h.id ORDER BY p.id DESC LIMIT 1)
-            FROM {s}.job_history h JOIN {s}.jobs j ON j.id = h.job_id
-            WHERE h.id = ANY(@ids)
-            ORDER BY h.id
+            SELECT x.xmin, h.xact_id, h.id, h.job_id, h.at, h.state, h.attempt, h.message, j.tenant, j.workload,
+                   p.state, p.xact_id, p.id, p.instance IS DISTINCT FROM @me
+            FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) x
+            LEFT JOIN LATERAL (
+                SELECT * FROM {s}.job_history h
+                WHERE h.xact_id < x.xmin AND (h.xact_id, h.id) > (@xact_id, @id) AND h.instance IS DISTINCT FROM @me
+                ORDER BY h.xact_id, h.id
+                LIMIT @max) h ON true
+            LEFT JOIN {s}.jobs j ON j.id = h.job_id
+            LEFT JOIN LATERAL (
+                SELECT p.state, p.xact_id, p.id, p.instance FROM {s}.job_history p
+                WHERE p.job_id = h.job_id AND p.id < h.id
+                ORDER BY p.id DESC
+                LIMIT 1) p ON true
+            ORDER BY h.xact_id, h.id
             """;
     }
 
@@ -50,73 +87,62 @@ internal sealed class PostgresEventRelay
         {
             // Nobody watches: forget, and start afresh when someone does, from the last moment nobody watched (not from
             // old history, which their snapshot covers).
-            _watchingSince = null;
+            _watching = false;
             _lastUnwatched = now;
-            _published.Clear();
             return 0;
         }
 
-        _watchingSince ??= _lastUnwatched ?? now - Window;
-        var since = now - Window;
-        // The window is read again at every poll: first only the ids, then the details of the rows not yet published
-        // (at most MaxRows, oldest first; the rest at the next poll).
-        var fresh = await _db.RunAsync(_db.Client, (Sql: _idsSql, Since: since, Me: _db.InstanceId, Published: _published), static async (c, s, token) =>
+        if (!_watching)
         {
-            using var command = new NpgsqlCommand(s.Sql, c);
-            command.Parameters.Add(new("since", NpgsqlDbType.TimestampTz) { Value = s.Since });
-            command.Parameters.Add(new("me", NpgsqlDbType.Text) { Value = s.Me });
-            var ids = new List<long>();
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await StartAsync(_lastUnwatched ?? now - StartLookback, cancellationToken).ConfigureAwait(false);
+            _watching = true;
+        }
+
+        var (xmin, rows) = await _db.RunAsync(_db.Client, (Sql: _sql, Position: _position, Me: _db.InstanceId), static async (c, s, token) =>
+        {
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(), new(s.Sql) } };
+            var p = batch.BatchCommands[1].Parameters;
+            p.Add(new("xact_id", NpgsqlDbType.Xid8) { Value = s.Position.XactId });
+            p.Add(new("id", NpgsqlDbType.Bigint) { Value = s.Position.Id });
+            p.Add(new("me", NpgsqlDbType.Text) { Value = s.Me });
+            p.Add(new("max", NpgsqlDbType.Integer) { Value = MaxRows });
+            var read = new List<Row>();
+            var xmin = 0UL;
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
-                var id = reader.GetInt64(0);
-                if (!s.Published.ContainsKey(id))
+                xmin = reader.GetFieldValue<ulong>(0);
+                if (!reader.IsDBNull(1))
                 {
-                    ids.Add(id);
+                    read.Add(Row.Read(reader));
                 }
             }
 
-            return ids;
+            return (xmin, read);
         }, cancellationToken).ConfigureAwait(false);
-        if (fresh.Count > MaxRows)
+
+        var count = Publishable(rows, full: rows.Count == MaxRows);
+        // After a read that was not full, every row below xmin has been read: the next starts there (rows of this process
+        // included, which would otherwise be read again).
+        var next = count < rows.Count ? (count == 0 ? _position : rows[count - 1].Position)
+            : rows.Count == MaxRows ? rows[^1].Position
+            : new Position(xmin, 0);
+        if (next.CompareTo(_position) > 0)
         {
-            fresh.Sort();
-            fresh.RemoveRange(MaxRows, fresh.Count - MaxRows);
+            _position = next;
         }
 
-        List<(long Id, JobEvent Event)> rows = fresh.Count == 0 ? [] : await _db.RunAsync(_db.Client, (Sql: _sql, Ids: fresh.ToArray()), static async (c, s, token) =>
-        {
-            using var command = new NpgsqlCommand(s.Sql, c);
-            command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = s.Ids });
-            var result = new List<(long Id, JobEvent Event)>(s.Ids.Length);
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
-            await using var readerScope = reader.ConfigureAwait(false);
-            while (await reader.ReadAsync(token).ConfigureAwait(false))
-            {
-                result.Add((reader.GetInt64(0), new JobEvent
-                {
-                    Kind = JobEventKind.StateChanged,
-                    JobId = new JobId(reader.GetGuid(1)),
-                    Timestamp = reader.GetFieldValue<DateTimeOffset>(2),
-                    State = (JobState)reader.GetInt16(3),
-                    Attempt = reader.GetInt32(4),
-                    Message = reader.IsDBNull(5) ? null : reader.GetString(5),
-                    Tenant = reader.GetString(6),
-                    Workload = reader.GetString(7),
-                    PreviousState = reader.IsDBNull(8) ? null : (JobState)reader.GetInt16(8),
-                }));
-            }
-
-            return result;
-        }, cancellationToken).ConfigureAwait(false);
-
+        // In the order of the rows' ids, which is the order of one job's transitions.
+        rows.Sort(0, count, s_byId);
         var published = 0;
-        foreach (var (id, jobEvent) in rows)
+        for (var i = 0; i < count; i++)
         {
-            if (!_published.TryAdd(id, jobEvent.Timestamp) || jobEvent.Timestamp < _watchingSince)
+            var row = rows[i];
+            if (row.Event is not { } jobEvent || (jobEvent.Timestamp < _watchingSince && FinishedAtStart(row.Position.XactId)))
             {
-                // Already published, or older than the moment someone started watching (their snapshot covers it).
+                // The job is gone, or the row is older than the moment someone started watching (their snapshot covers it).
                 continue;
             }
 
@@ -124,21 +150,91 @@ internal sealed class PostgresEventRelay
             published++;
         }
 
-        // Rows that left the window are never read again.
-        List<long>? expired = null;
-        foreach (var (id, at) in _published)
+        return published;
+    }
+
+    /// <summary>
+    /// How many of <paramref name="rows"/> (in cursor order) can be published now: the longest prefix that holds, for each
+    /// row whose job's previous transition sorts after it, that transition too. A transaction takes its id at its first
+    /// write or row lock, so a batch can take its id, wait for a job's row lock held by a later transaction (a
+    /// cancellation), then write that job's next transition with the lower transaction id; published in cursor order, the
+    /// job would go back to its earlier state. Such a row waits for its predecessor, and both go out by id. A full read
+    /// whose first row waits would wait forever (the predecessor lies beyond the limit): it is published whole.
+    /// </summary>
+    /// <param name="rows">The rows read, in cursor order.</param>
+    /// <param name="full">Whether the read stopped at its limit.</param>
+    internal static int Publishable(List<Row> rows, bool full)
+    {
+        Position? needed = null;
+        var count = 0;
+        for (var i = 0; i < rows.Count; i++)
         {
-            if (at < since)
+            var row = rows[i];
+            if (row.Previous is { } previous && previous.CompareTo(row.Position) > 0 && (needed is not { } n || previous.CompareTo(n) > 0))
             {
-                (expired ??= []).Add(id);
+                needed = previous;
+            }
+
+            if (needed is not { } required || required.CompareTo(row.Position) <= 0)
+            {
+                count = i + 1;
             }
         }
 
-        foreach (var id in expired ?? [])
-        {
-            _published.Remove(id);
-        }
+        return count == 0 && full ? rows.Count : count;
+    }
 
-        return published;
+    private async Task StartAsync(DateTimeOffset since, CancellationToken cancellationToken)
+    {
+        var (xmin, xmax, running, oldest) = await _db.RunAsync(_db.Client, (Sql: _startSql, Since: since), static async (c, s, token) =>
+        {
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(), new(s.Sql) } };
+            batch.BatchCommands[1].Parameters.Add(new("since", NpgsqlDbType.TimestampTz) { Value = s.Since });
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
+            await reader.ReadAsync(token).ConfigureAwait(false);
+            return (reader.GetFieldValue<ulong>(0), reader.GetFieldValue<ulong>(1), reader.GetFieldValue<ulong[]>(2), reader.IsDBNull(3) ? (ulong?)null : reader.GetFieldValue<ulong>(3));
+        }, cancellationToken).ConfigureAwait(false);
+
+        // Transaction ids start at 3, so (x, 0) is just before every row of transaction x.
+        _position = new Position(oldest is { } o && o < xmin ? o : xmin, 0);
+        _startXmax = xmax;
+        Array.Sort(running);
+        _startRunning = running;
+        _watchingSince = since;
+    }
+
+    private bool FinishedAtStart(ulong xactId) => xactId < _startXmax && Array.BinarySearch(_startRunning, xactId) < 0;
+
+    /// <summary>A place in the cursor's order.</summary>
+    internal readonly record struct Position(ulong XactId, long Id) : IComparable<Position>
+    {
+        public int CompareTo(Position other) => XactId != other.XactId ? XactId.CompareTo(other.XactId) : Id.CompareTo(other.Id);
+    }
+
+    /// <summary>A history row read; <see cref="Event"/> is <see langword="null"/> when its job is gone.</summary>
+    /// <param name="Position">The row's place in the cursor's order.</param>
+    /// <param name="Event">The event to publish.</param>
+    /// <param name="Previous">The place of the job's previous transition, when another process wrote it since migration 0004.</param>
+    internal readonly record struct Row(Position Position, JobEvent? Event, Position? Previous)
+    {
+        public long Id => Position.Id;
+
+        public static Row Read(NpgsqlDataReader reader) => new(
+            new Position(reader.GetFieldValue<ulong>(1), reader.GetInt64(2)),
+            reader.IsDBNull(8) ? null : new JobEvent
+            {
+                Kind = JobEventKind.StateChanged,
+                JobId = new JobId(reader.GetGuid(3)),
+                Timestamp = reader.GetFieldValue<DateTimeOffset>(4),
+                State = (JobState)reader.GetInt16(5),
+                Attempt = reader.GetInt32(6),
+                Message = reader.IsDBNull(7) ? null : reader.GetString(7),
+                Tenant = reader.GetString(8),
+                Workload = reader.GetString(9),
+                PreviousState = reader.IsDBNull(10) ? null : (JobState)reader.GetInt16(10),
+            },
+            reader.IsDBNull(11) || !reader.GetBoolean(13) ? null : new Position(reader.GetFieldValue<ulong>(11), reader.GetInt64(12)));
     }
 }

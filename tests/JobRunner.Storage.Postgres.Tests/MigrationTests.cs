@@ -34,7 +34,7 @@ public sealed class MigrationTests : IAsyncLifetime
         var (_, store, _, _) = _database.OpenStore(_time);
         var job = Jobs.New(_time);
         await store.InsertAsync(job, default);
-        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; ALTER TABLE {s}.job_history DROP COLUMN instance; ALTER TABLE {s}.jobs RESET (fillfactor); DELETE FROM {s}.schema_migrations WHERE version > 1");
+        await _database.ExecuteAsync("DROP TABLE {s}.job_logs, {s}.job_log_heads, {s}.definition_aliases, {s}.definition_heads, {s}.definitions; ALTER TABLE {s}.jobs DROP COLUMN affinity; ALTER TABLE {s}.job_history DROP COLUMN instance, DROP COLUMN xact_id; ALTER TABLE {s}.jobs RESET (fillfactor); DELETE FROM {s}.schema_migrations WHERE version > 1");
 
         var upgraded = _database.Open(_time);
         await upgraded.EnsureMigratedAsync(default);
@@ -50,15 +50,72 @@ public sealed class MigrationTests : IAsyncLifetime
         var (_, store, _, _) = _database.OpenStore(_time);
         var job = Jobs.New(_time);
         await store.InsertAsync(job, default);
-        await _database.ExecuteAsync("ALTER TABLE {s}.jobs RESET (fillfactor); DELETE FROM {s}.schema_migrations WHERE version > 2");
+        await _database.ExecuteAsync("ALTER TABLE {s}.jobs RESET (fillfactor); ALTER TABLE {s}.job_history DROP COLUMN xact_id; DELETE FROM {s}.schema_migrations WHERE version > 2");
         Assert.Empty(await _database.ScalarAsync<string[]>("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = '{s}.jobs'::regclass"));
 
         var upgraded = _database.Open(_time);
         await upgraded.EnsureMigratedAsync(default);
 
-        Assert.Equal(3, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
         Assert.Equal(["fillfactor=70"], await _database.ScalarAsync<string[]>("SELECT reloptions FROM pg_class WHERE oid = '{s}.jobs'::regclass"));
         Assert.NotNull(await new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>()).GetAsync(job.Id, default));
+    }
+
+    [Fact]
+    public async Task A_schema_at_version_3_gets_history_transaction_ids_for_new_rows_only_without_rewriting_the_table()
+    {
+        // A schema as version 3 left it, with history: job_history has no xact_id.
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job, default);
+        await _database.ExecuteAsync("ALTER TABLE {s}.job_history DROP COLUMN xact_id; DELETE FROM {s}.schema_migrations WHERE version > 3");
+        var file = await _database.ScalarAsync<long>("SELECT pg_relation_filenode('{s}.job_history')::bigint");
+
+        var upgraded = _database.Open(_time);
+        await upgraded.EnsureMigratedAsync(default);
+        var upgradedStore = new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>());
+        await upgradedStore.InsertAsync(Jobs.New(_time), default);
+
+        Assert.Equal(4, Migrator.LatestVersion);
+        Assert.Equal(4, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        // The old row keeps NULL (not the migration's transaction id), the new one has its writer's; the table was not rewritten.
+        Assert.Equal(1L, await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE xact_id IS NULL AND job_id = '{job.Id}'"));
+        Assert.Equal(1L, await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE xact_id IS NOT NULL AND job_id <> '{job.Id}'"));
+        Assert.Equal(file, await _database.ScalarAsync<long>("SELECT pg_relation_filenode('{s}.job_history')::bigint"));
+        Assert.Equal(
+            "CREATE INDEX job_history_xact ON {s}.job_history USING btree (xact_id, id) WHERE (xact_id IS NOT NULL)",
+            (await _database.ScalarAsync<string>("SELECT pg_get_indexdef('{s}.job_history_xact'::regclass)")).Replace($"\"{_database.Schema}\"", "{s}", StringComparison.Ordinal).Replace(_database.Schema, "{s}", StringComparison.Ordinal));
+        Assert.NotNull(await upgradedStore.GetAsync(job.Id, default));
+    }
+
+    [Fact]
+    public async Task A_schema_at_version_3_with_the_column_and_index_built_beforehand_as_the_script_says_is_upgraded()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        await store.InsertAsync(Jobs.New(_time), default);
+        await _database.ExecuteAsync("ALTER TABLE {s}.job_history DROP COLUMN xact_id; DELETE FROM {s}.schema_migrations WHERE version > 3");
+        await _database.ExecuteAsync("ALTER TABLE {s}.job_history ADD COLUMN IF NOT EXISTS xact_id xid8");
+        await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS job_history_xact ON {s}.job_history (xact_id, id) WHERE xact_id IS NOT NULL");
+
+        var upgraded = _database.Open(_time);
+        await upgraded.EnsureMigratedAsync(default);
+        await new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>()).InsertAsync(Jobs.New(_time), default);
+
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history WHERE xact_id IS NOT NULL"));
+        Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM pg_indexes WHERE schemaname = '" + _database.Schema + "' AND tablename = 'job_history' AND indexdef LIKE '%(xact_id, id)%'"));
+    }
+
+    [Fact]
+    public async Task A_schema_one_version_newer_than_this_package_is_refused()
+    {
+        await _database.Open(_time).EnsureMigratedAsync(default);
+        await _database.ExecuteAsync($"INSERT INTO {{s}}.schema_migrations (version, name) VALUES ({Migrator.LatestVersion + 1}, 'next.sql')");
+
+        var error = await Assert.ThrowsAsync<PostgresStorageException>(() => _database.Open(_time).EnsureMigratedAsync(default));
+
+        Assert.Contains($"version {Migrator.LatestVersion + 1} by a newer JobRunner", error.Message, StringComparison.Ordinal);
+        Assert.Contains($"knows versions up to {Migrator.LatestVersion}", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]

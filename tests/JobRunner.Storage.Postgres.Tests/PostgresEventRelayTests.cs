@@ -1,10 +1,19 @@
 using JobRunner.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+using NpgsqlTypes;
 
 namespace JobRunner.Storage.Postgres.Tests;
 
+/// <summary>
+/// The relay reads a row once its transaction is below pg_snapshot_xmin, which any transaction on the server holds back
+/// while it runs: these tests run alone (not beside other test classes), and where a row must appear they poll until it
+/// does (<see cref="PollUntilAsync"/>); a transaction elsewhere can delay a row, never publish one early or twice.
+/// </summary>
+[Collection(RelayCollection.Name)]
 public sealed class PostgresEventRelayTests : IAsyncLifetime
 {
+    private const string OtherHost = "another-host";
     private readonly PostgresTestDatabase _database = new();
     private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 22, 10, 0, 0, TimeSpan.Zero));
 
@@ -36,41 +45,254 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
         _time.Advance(TimeSpan.FromMilliseconds(10));
         await worker.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default);
 
-        Assert.Equal(2, await relay.PollOnceAsync(default));
-        Assert.Equal(0, await relay.PollOnceAsync(default));
+        await PollUntilAsync(relay, 2);
 
         Assert.True(await events.MoveNextAsync());
         Assert.Equal((job.Id, JobState.Running, (JobState?)JobState.Queued, 1), (events.Current.JobId, events.Current.State, events.Current.PreviousState, events.Current.Attempt));
         Assert.True(await events.MoveNextAsync());
         Assert.Equal((job.Id, JobState.Succeeded, (JobState?)JobState.Running, "default", "work"), (events.Current.JobId, events.Current.State, events.Current.PreviousState, events.Current.Tenant, events.Current.Workload));
 
-        // Rows leave the window: they are forgotten and never published again.
-        _time.Advance(PostgresEventRelay.Window + TimeSpan.FromSeconds(1));
+        // Read once: later polls, however late, publish nothing again.
+        _time.Advance(TimeSpan.FromMinutes(1));
         Assert.Equal(0, await relay.PollOnceAsync(default));
         await events.DisposeAsync();
         Assert.NotEqual(before.Job.Id, job.Id);
     }
 
     [Fact]
-    public async Task More_rows_than_one_poll_publishes_follow_at_the_next_poll()
+    public async Task Each_row_is_published_once_across_many_polls()
     {
         var (_, worker, _, _) = _database.OpenStore(_time);
         var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
         var relay = new PostgresEventRelay(apiDb, apiEvents);
-        using var stop = new CancellationTokenSource();
-        var events = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token).GetAsyncEnumerator();
-        var first = events.MoveNextAsync();
+        await using var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+
+        // Five rounds: ten new jobs each, and the previous round's ten leased; every round's rows, then a few empty polls.
+        var expected = new List<(JobId, JobState)>();
+        JobRecord[] previous = [];
+        for (var round = 0; round < 5; round++)
+        {
+            _time.Advance(TimeSpan.FromMilliseconds(10));
+            var jobs = Enumerable.Range(0, 10).Select(_ => Jobs.New(_time)).ToArray();
+            await worker.InsertManyAsync(jobs, default);
+            expected.AddRange(jobs.Select(j => (j.Id, JobState.Queued)));
+            foreach (var job in previous)
+            {
+                Assert.NotNull(await worker.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default));
+                expected.Add((job.Id, JobState.Running));
+            }
+
+            await PollUntilAsync(relay, jobs.Length + previous.Length);
+            for (var poll = 0; poll < 3; poll++)
+            {
+                Assert.Equal(0, await relay.PollOnceAsync(default));
+            }
+
+            previous = jobs;
+        }
+
+        var published = await events.TakeAsync(expected.Count);
+        Assert.Equal(expected.Order(), published.Select(e => (e.JobId, e.State)).Order());
+    }
+
+    [Fact]
+    public async Task A_row_of_a_transaction_that_commits_after_a_later_one_is_published_once()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (a, b, c) = (Jobs.New(_time), Jobs.New(_time), Jobs.New(_time));
+        await worker.InsertManyAsync([a, b, c], default);
+        await StartWatchingAsync(relay);
+        await using var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        await using var early = await ConnectAsync();
+        await using var late = await ConnectAsync();
+        await WriteAsync(late, c.Id, JobState.Running);
+        await using var open = await early.BeginTransactionAsync();
+        await WriteAsync(early, a.Id, JobState.Running);
+        await WriteAsync(late, b.Id, JobState.Running);
+
+        // b committed, but after a's transaction took its id: it waits for that transaction, and c (before it) does not.
+        await PollUntilAsync(relay, 1);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        await open.CommitAsync();
+        await PollUntilAsync(relay, 2);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+
+        Assert.Equal(new[] { c.Id, a.Id, b.Id }, (await events.TakeAsync(3)).Select(e => e.JobId));
+    }
+
+    [Fact]
+    public async Task A_jobs_transitions_keep_their_order_when_the_later_one_has_the_lower_transaction_id()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+        await StartWatchingAsync(relay);
+        await using var events = new Watcher(apiEvents);
         Assert.Equal(0, await relay.PollOnceAsync(default));
         _time.Advance(TimeSpan.FromMilliseconds(10));
 
-        await worker.InsertManyAsync([.. Enumerable.Range(0, PostgresEventRelay.MaxRows + 50).Select(_ => Jobs.New(_time))], default);
+        // A completion batch takes its transaction id (at its first row lock), another transaction starts, a cancellation
+        // writes the job's Running row and commits, then the batch writes the job's Succeeded row with the lowest id.
+        await using var batch = await ConnectAsync();
+        await using var other = await ConnectAsync();
+        await using var cancellation = await ConnectAsync();
+        await using var batchTransaction = await batch.BeginTransactionAsync();
+        var batchId = await TakeTransactionIdAsync(batch);
+        await using var otherTransaction = await other.BeginTransactionAsync();
+        await TakeTransactionIdAsync(other);
+        var cancellationId = await WriteAsync(cancellation, job.Id, JobState.Running);
+        await WriteAsync(batch, job.Id, JobState.Succeeded);
+        await batchTransaction.CommitAsync();
+        Assert.True(batchId < cancellationId);
 
-        Assert.Equal(PostgresEventRelay.MaxRows, await relay.PollOnceAsync(default));
+        // The Succeeded row is readable, the Running row not yet (the other transaction holds xmin below it): it waits.
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        await otherTransaction.CommitAsync();
+        await PollUntilAsync(relay, 2);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+
+        var published = await events.TakeAsync(2);
+        Assert.Equal(new[] { (JobState.Running, (JobState?)JobState.Queued), (JobState.Succeeded, JobState.Running) }, published.Select(e => (e.State, e.PreviousState)));
+    }
+
+    [Fact]
+    public async Task More_rows_than_one_poll_reads_follow_at_the_next_polls_none_lost_or_repeated()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        await using var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+
+        var jobs = Enumerable.Range(0, PostgresEventRelay.MaxRows + 50).Select(_ => Jobs.New(_time)).ToArray();
+        await worker.InsertManyAsync(jobs, default);
+
+        var polls = await PollUntilAsync(relay, jobs.Length);
+        Assert.All(polls, n => Assert.InRange(n, 0, PostgresEventRelay.MaxRows));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.Equal(jobs.Select(j => j.Id).Order(), (await events.TakeAsync(jobs.Length)).Select(e => e.JobId).Order());
+    }
+
+    [Fact]
+    public async Task One_transaction_with_more_rows_than_one_poll_reads_drains_in_id_order()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+        await StartWatchingAsync(relay);
+        await using var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+
+        // One transaction: all its rows become readable at once, and the cursor goes on by id inside it.
+        const int Rows = PostgresEventRelay.MaxRows + 50;
+        await using (var connection = await ConnectAsync())
+        await using (var command = new NpgsqlCommand($"INSERT INTO \"{_database.Schema}\".job_history (job_id, at, state, attempt, fence, instance) SELECT @job, @at, 2, g, 1, @instance FROM generate_series(1, {Rows}) g", connection))
+        {
+            command.Parameters.AddWithValue("job", job.Id.Value);
+            command.Parameters.AddWithValue("at", _time.GetUtcNow());
+            command.Parameters.AddWithValue("instance", OtherHost);
+            await command.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal(new[] { PostgresEventRelay.MaxRows }, (await PollUntilAsync(relay, PostgresEventRelay.MaxRows)).Where(n => n > 0));
         Assert.Equal(50, await relay.PollOnceAsync(default));
         Assert.Equal(0, await relay.PollOnceAsync(default));
-        Assert.True(await first);
-        await stop.CancelAsync();
+        Assert.Equal(Enumerable.Range(1, Rows), (await events.TakeAsync(Rows)).Select(e => e.Attempt));
+    }
+
+    [Fact]
+    public async Task Rows_written_before_watching_started_are_not_published_but_rows_committed_after_are()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (old, pending, fresh) = (Jobs.New(_time), Jobs.New(_time), Jobs.New(_time));
+        await worker.InsertAsync(pending, default);
+
+        // Written before anyone watched: a transition in a transaction that commits only after watching started (the
+        // watcher's own snapshot cannot hold it), then a job committed by a later transaction (above the cursor's start).
+        await using var connection = await ConnectAsync();
+        await using var transaction = await connection.BeginTransactionAsync();
+        await WriteAsync(connection, pending.Id, JobState.Running);
+        await worker.InsertAsync(old, default);
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+
+        await using var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        await transaction.CommitAsync();
+        await worker.InsertAsync(fresh, default);
+
+        await PollUntilAsync(relay, 2);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.Equal(new[] { (pending.Id, JobState.Running), (fresh.Id, JobState.Queued) }, (await events.TakeAsync(2)).Select(e => (e.JobId, e.State)));
+    }
+
+    [Fact]
+    public async Task Nobody_watching_again_forgets_the_cursor_and_the_next_watcher_starts_from_then()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var events = new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        await worker.InsertAsync(Jobs.New(_time), default);
+        await PollUntilAsync(relay, 1);
         await events.DisposeAsync();
+
+        // Unwatched: rows written now are never published, not even when someone watches again.
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        await worker.InsertAsync(Jobs.New(_time), default);
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        await using var again = new Watcher(apiEvents);
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+
+        await PollUntilAsync(relay, 1);
+        Assert.Equal(job.Id, (await again.TakeAsync(1))[0].JobId);
+    }
+
+    [Fact]
+    public void Publishable_without_predecessors_after_the_rows_is_every_row()
+    {
+        List<PostgresEventRelay.Row> rows = [Row(10, 1), Row(10, 2, previous: (12, 3)), Row(12, 3, previous: (10, 1))];
+
+        // The second row's predecessor is the third: both go out (by id).
+        Assert.Equal(3, PostgresEventRelay.Publishable(rows, full: false));
+    }
+
+    [Fact]
+    public void Publishable_stops_before_a_row_whose_predecessor_was_not_read()
+    {
+        List<PostgresEventRelay.Row> rows = [Row(10, 1), Row(10, 2, previous: (14, 3)), Row(12, 4)];
+
+        Assert.Equal(1, PostgresEventRelay.Publishable(rows, full: false));
+        Assert.Equal(1, PostgresEventRelay.Publishable(rows, full: true));
+        Assert.Equal(0, PostgresEventRelay.Publishable([Row(10, 2, previous: (14, 3))], full: false));
+    }
+
+    [Fact]
+    public void Publishable_of_a_full_read_that_would_wait_for_a_row_beyond_it_is_every_row()
+    {
+        List<PostgresEventRelay.Row> rows = [Row(10, 2, previous: (14, 3)), Row(12, 4)];
+
+        Assert.Equal(2, PostgresEventRelay.Publishable(rows, full: true));
     }
 
     [Fact]
@@ -81,4 +303,109 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
         Assert.Contains(errors!, e => e.Contains("EventRelayInterval = null", StringComparison.Ordinal));
         Assert.True(new PostgresOptionsValidator().Validate(null, _database.Options(o => { o.WriteHistory = false; o.EventRelayInterval = null; })).Succeeded);
     }
+
+    /// <summary>A moment later a poll while nobody watches, and a moment later again: a watcher that subscribes now starts from that poll.</summary>
+    private async Task StartWatchingAsync(PostgresEventRelay relay)
+    {
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+    }
+
+    private static PostgresEventRelay.Row Row(ulong xactId, long id, (ulong XactId, long Id)? previous = null)
+        => new(new(xactId, id), null, previous is { } p ? new(p.XactId, p.Id) : null);
+
+    /// <summary>
+    /// Polls until the relay has published <paramref name="expected"/> events in all, and fails if it publishes more or
+    /// has not within 1,000 polls. Another transaction on the server (autovacuum's ANALYZE, a test elsewhere) can hold the
+    /// rows back for a moment; polling again is what the relay does too.
+    /// </summary>
+    private static async Task<List<int>> PollUntilAsync(PostgresEventRelay relay, int expected)
+    {
+        var polls = new List<int>();
+        for (var total = 0; total < expected && polls.Count < 1_000; total += polls[^1])
+        {
+            polls.Add(await relay.PollOnceAsync(default));
+        }
+
+        Assert.Equal(expected, polls.Sum());
+        return polls;
+    }
+
+    private async Task<NpgsqlConnection> ConnectAsync()
+    {
+        var connection = new NpgsqlConnection(_database.ConnectionString);
+        await connection.OpenAsync();
+        return connection;
+    }
+
+    /// <summary>Writes a transition as another host does, on the connection's transaction if it has one; returns that transaction's id.</summary>
+    private async Task<ulong> WriteAsync(NpgsqlConnection connection, JobId job, JobState state)
+    {
+        await using var command = new NpgsqlCommand(
+            $"INSERT INTO \"{_database.Schema}\".job_history (job_id, at, state, attempt, fence, instance) VALUES (@job, @at, @state, 1, 1, @instance) RETURNING xact_id",
+            connection);
+        command.Parameters.AddWithValue("job", job.Value);
+        command.Parameters.AddWithValue("at", _time.GetUtcNow());
+        command.Parameters.AddWithValue("state", (short)state);
+        command.Parameters.AddWithValue("instance", OtherHost);
+        return (ulong)(await command.ExecuteScalarAsync())!;
+    }
+
+    private static async Task<ulong> TakeTransactionIdAsync(NpgsqlConnection connection)
+    {
+        await using var command = new NpgsqlCommand("SELECT pg_current_xact_id()", connection);
+        return (ulong)(await command.ExecuteScalarAsync())!;
+    }
+
+    /// <summary>Watches StateChanged from construction on (the bus subscribes at the first MoveNextAsync, started here).</summary>
+    private sealed class Watcher : IAsyncDisposable
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private readonly IAsyncEnumerator<JobEvent> _events;
+        private Task<bool> _next;
+
+        public Watcher(IJobEventBus bus)
+        {
+            _events = bus.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, _stop.Token).GetAsyncEnumerator();
+            _next = _events.MoveNextAsync().AsTask();
+        }
+
+        /// <summary>Takes the next <paramref name="count"/> events (published already: the polls counted them).</summary>
+        public async Task<List<JobEvent>> TakeAsync(int count)
+        {
+            var taken = new List<JobEvent>(count);
+            while (taken.Count < count)
+            {
+                Assert.True(await _next.WaitAsync(TimeSpan.FromSeconds(30)));
+                taken.Add(_events.Current);
+                _next = _events.MoveNextAsync().AsTask();
+            }
+
+            return taken;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            try
+            {
+                await _next;
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            await _events.DisposeAsync();
+            _stop.Dispose();
+        }
+    }
+}
+
+/// <summary>The relay's tests run alone: transactions of tests beside them would hold back the rows they poll for.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class RelayCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "Event relay: reads by pg_snapshot_xmin";
 }
