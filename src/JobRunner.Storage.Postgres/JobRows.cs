@@ -75,14 +75,16 @@ internal static class JobRows
     /// index paths, whose cost follows the batch.
     /// </summary>
     /// <param name="durableCommit">
-    /// Also commit the batch synchronously, whatever the connection's <c>synchronous_commit</c>: for the leases. A fence
-    /// token comes from a sequence, and a sequence's advance is only as durable as the WAL after it; a lease batch
-    /// committed asynchronously and lost in a server crash could let the sequence hand out the same token again after
-    /// the restart, to another lease of the same job, while the first worker still runs with it. A synchronous lease
-    /// commit flushes the sequence's advance too, so no granted token is ever granted twice.
+    /// Also commit the batch durably when the connection's <c>synchronous_commit</c> is <c>off</c> (it is raised to
+    /// <c>on</c>; any stricter setting is kept): for the leases. A fence token comes from a sequence, and a sequence's
+    /// advance is only as durable as the WAL after it; a lease batch committed asynchronously and lost in a server crash
+    /// could let the sequence hand out the same token again after the restart, to another lease of the same job, while
+    /// the first worker still runs with it. A flushed lease commit flushes the sequence's advance too, so no granted
+    /// token is ever granted twice.
     /// </param>
     public static NpgsqlBatchCommand IndexPathsOnly(bool durableCommit = false) => new(durableCommit
-        ? "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true), set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'on', true)"
+        ? "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true), set_config('enable_seqscan', 'off', true), "
+            + "set_config('synchronous_commit', CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true)"
         : "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_hashjoin', 'off', true), set_config('enable_seqscan', 'off', true)");
 
     public static long ReadSequence(NpgsqlDataReader row) => row.GetInt64(25);

@@ -11,6 +11,9 @@ internal static class Migrator
 {
     private static readonly (int Version, string Name)[] s_scripts = Discover();
 
+    /// <summary>The oldest server the migrations and statements run on (migration 0004 needs <c>xid8</c>).</summary>
+    public static readonly Version MinimumServerVersion = new(13, 0);
+
     /// <summary>Gets the schema version this package writes.</summary>
     public static int LatestVersion => s_scripts[^1].Version;
 
@@ -35,6 +38,13 @@ internal static class Migrator
         var connection = await db.Client.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
+            if (connection.PostgreSqlVersion < MinimumServerVersion)
+            {
+                throw new PostgresStorageException(
+                    $"The PostgreSQL server is version {connection.PostgreSqlVersion}; JobRunner.Storage.Postgres needs {MinimumServerVersion.Major} or later " +
+                    "(the event relay reads 64-bit transaction ids: xid8, pg_current_xact_id). Upgrade the server, or point PostgresOptions.ConnectionString at a newer one.");
+            }
+
             var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
             await using (transaction.ConfigureAwait(false))
             {

@@ -71,18 +71,18 @@ internal sealed partial class PostgresJobStore : IJobStore
         _leaseSql = $"""
             WITH r AS (SELECT * FROM unnest(@ids, @workers, @expires) AS r(id, worker, expires)),
             locked AS (
-                SELECT j.id, r.worker, r.expires FROM {s}.jobs j JOIN r USING (id)
+                SELECT j.id, j.state AS previous, r.worker, r.expires FROM {s}.jobs j JOIN r USING (id)
                 WHERE j.state + 0 = 0 OR (j.state + 0 = 1 AND j.ready_at <= @now)
                 ORDER BY j.id FOR UPDATE OF j),
-            granted AS (SELECT id, worker, expires, nextval('{s}.fence_tokens') AS fence FROM locked),
+            granted AS (SELECT id, previous, worker, expires, nextval('{s}.fence_tokens') AS fence FROM locked),
             u AS (
                 UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = g.worker, lease_expires_at = g.expires, updated_at = @now,
                     taken_until = NULL, attempt_count = j.attempt_count + 1,
                     attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', g.worker, 'f', g.fence, 's', @now_us::bigint))
                 FROM granted g
                 WHERE j.id = g.id
-                RETURNING j.*){History("NULL::text")}
-            SELECT {JobRows.Columns} FROM u
+                RETURNING j.*, g.previous){History("NULL::text")}
+            SELECT {JobRows.Columns}, previous FROM u
             """;
         _completeSql = $"""
             WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
@@ -400,7 +400,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         ArgumentException.ThrowIfNullOrEmpty(workerId);
         var request = new LeaseRequest(id, workerId, duration);
-        var (leased, job, malformed) = await _leases.Enqueue(request).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var (leased, job, previous, malformed) = await _leases.Enqueue(request).WaitAsync(cancellationToken).ConfigureAwait(false);
         if (malformed is not null)
         {
             // A row this version cannot read fails alone; the rest of the batch runs.
@@ -411,7 +411,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         if (job is not null)
         {
-            PublishState(job, JobState.Queued, message: null);
+            PublishState(job, previous, message: null);
         }
 
         return leased;
@@ -442,7 +442,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
             command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            var granted = new Dictionary<Guid, (JobRecord? Job, long Fence, Exception? Error)>();
+            var granted = new Dictionary<Guid, (JobRecord? Job, JobState Previous, long Fence, Exception? Error)>();
             var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             await reader.NextResultAsync(token).ConfigureAwait(false);
@@ -452,11 +452,11 @@ internal sealed partial class PostgresJobStore : IJobStore
                 try
                 {
                     var job = JobRows.Read(reader);
-                    granted[id] = (job, job.FenceToken, null);
+                    granted[id] = (job, (JobState)reader.GetInt16(JobRows.ColumnCount), job.FenceToken, null);
                 }
                 catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
                 {
-                    granted[id] = (null, reader.GetInt64(17), e);
+                    granted[id] = (null, JobState.Queued, reader.GetInt64(17), e);
                 }
             }
 
@@ -472,12 +472,12 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
             else if (row.Job is not { } job)
             {
-                item.TrySetResult(new LeaseResult(null, null, (row.Fence, row.Error!)));
+                item.TrySetResult(new LeaseResult(null, null, JobState.Queued, (row.Fence, row.Error!)));
             }
             else
             {
                 var lease = new JobLease(job.Id, request.WorkerId, job.FenceToken, job.Attempts.Count, now + request.Duration);
-                item.TrySetResult(new LeaseResult(LeasedJob.For(lease, job), job, null));
+                item.TrySetResult(new LeaseResult(LeasedJob.For(lease, job), job, row.Previous, null));
             }
         }
     }
@@ -783,7 +783,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private readonly record struct LeaseRequest(JobId Id, string WorkerId, TimeSpan Duration);
 
-    private readonly record struct LeaseResult(LeasedJob? Leased, JobRecord? Job, (long Fence, Exception Error)? Malformed);
+    private readonly record struct LeaseResult(LeasedJob? Leased, JobRecord? Job, JobState Previous, (long Fence, Exception Error)? Malformed);
 
     private readonly record struct Completion(JobLease Lease, AttemptCompletion Value);
 

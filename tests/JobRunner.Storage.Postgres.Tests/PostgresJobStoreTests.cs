@@ -123,7 +123,7 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     [Fact]
     public async Task Completion_records_the_attempt_and_the_next_state()
     {
-        var (_, store, _, _) = _database.OpenStore(_time);
+        var (_, store, _, events) = _database.OpenStore(_time);
         var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
         var lease = (await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
         await store.ReportProgressAsync(lease, new JobProgress(0.5, "half"), default);
@@ -141,14 +141,27 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal((AttemptOutcome.Failed, "boom", "X", 3, "w1"), (attempt.Outcome!.Value, attempt.Error!, attempt.ErrorType!, attempt.ExitCode!.Value, attempt.WorkerId));
         Assert.Equal(_time.GetUtcNow(), attempt.EndedAt);
 
-        // Not due yet: no lease. Due: leased again.
+        // Not due yet: no lease. Due: leased again, and the events say so.
         Assert.Null(await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default));
         _time.Advance(TimeSpan.FromSeconds(10));
+        using var stop = new CancellationTokenSource();
+        var heard = events.SubscribeAsync(new JobEventFilter { JobId = job.Id, Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
         var again = await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default);
         Assert.NotNull(again);
         Assert.Equal(1, again.FailedAttempts);
+        _time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(JobState.Succeeded, await store.CompleteAttemptAsync(again.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default));
-        Assert.Equal(2, (await store.GetAsync(job.Id, default))!.Attempts.Count);
+        var done = (await store.GetAsync(job.Id, default))!;
+        Assert.Equal(2, done.Attempts.Count);
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        var leasedEvent = heard.Current;
+        Assert.True(await heard.MoveNextAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        var completedEvent = heard.Current;
+        await stop.CancelAsync();
+        await heard.DisposeAsync();
+        Assert.Equal((JobState.Scheduled, JobState.Running, 2), (leasedEvent.PreviousState!.Value, leasedEvent.State, leasedEvent.Attempt));
+        Assert.Equal((JobState.Running, JobState.Succeeded, 2, done.UpdatedAt, job.Request.Tenant, job.Request.Workload), (completedEvent.PreviousState!.Value, completedEvent.State, completedEvent.Attempt, completedEvent.Timestamp, completedEvent.Tenant, completedEvent.Workload));
 
         // History holds every transition: Queued, Running, Scheduled, Running, Succeeded.
         Assert.Equal("0,2,1,2,3", await _database.ScalarAsync<string>($"SELECT string_agg(state::text, ',' ORDER BY id) FROM {{s}}.job_history WHERE job_id = '{job.Id}'"));

@@ -28,17 +28,27 @@ public sealed record JobQuery
     public bool Matches(JobRecord job)
     {
         ArgumentNullException.ThrowIfNull(job);
-        if (State is { } state && job.State != state)
+        return Matches(job.State, job.Request);
+    }
+
+    /// <summary>Whether a job in <paramref name="state"/> submitted with <paramref name="request"/> matches the filter.</summary>
+    /// <param name="state">The job's state.</param>
+    /// <param name="request">The job's request.</param>
+    /// <returns><see langword="true"/> when every set filter matches.</returns>
+    public bool Matches(JobState state, JobRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (State is { } wanted && state != wanted)
         {
             return false;
         }
 
-        if (Tenant is not null && !string.Equals(job.Request.Tenant, Tenant, StringComparison.Ordinal))
+        if (Tenant is not null && !string.Equals(request.Tenant, Tenant, StringComparison.Ordinal))
         {
             return false;
         }
 
-        if (Workload is not null && !string.Equals(job.Request.Workload, Workload, StringComparison.Ordinal))
+        if (Workload is not null && !string.Equals(request.Workload, Workload, StringComparison.Ordinal))
         {
             return false;
         }
@@ -47,7 +57,7 @@ public sealed record JobQuery
         {
             foreach (var (key, value) in Labels)
             {
-                if (!job.Request.Labels.TryGetValue(key, out var actual) || !string.Equals(actual, value, StringComparison.Ordinal))
+                if (!request.Labels.TryGetValue(key, out var actual) || !string.Equals(actual, value, StringComparison.Ordinal))
                 {
                     return false;
                 }

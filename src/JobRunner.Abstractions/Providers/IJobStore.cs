@@ -118,20 +118,21 @@ public interface IJobStore
 /// <param name="Request">The request the job was submitted with.</param>
 public sealed record LeasedJob(JobLease Lease, JobRequest Request)
 {
-    /// <summary>Gets the last checkpoint an earlier attempt saved in the job store.</summary>
-    public ReadOnlyMemory<byte>? Checkpoint { get; init; }
+    /// <summary>Gets the last checkpoint an earlier attempt saved in the job store; the attempt resumes from it.</summary>
+    public required ReadOnlyMemory<byte>? Checkpoint { get; init; }
 
-    /// <summary>Gets whether a cancellation was requested before the attempt started.</summary>
-    public bool CancelRequested { get; init; }
+    /// <summary>Gets whether a cancellation was requested before the attempt started: the worker stops it at once.</summary>
+    public required bool CancelRequested { get; init; }
 
     /// <summary>Gets the reason given when cancellation was requested.</summary>
     public string? CancelReason { get; init; }
 
     /// <summary>
     /// Gets how many earlier attempts failed: ended as <see cref="AttemptOutcome.Failed"/>,
-    /// <see cref="AttemptOutcome.TimedOut"/> or <see cref="AttemptOutcome.LeaseExpired"/>. Retry strategies count from it.
+    /// <see cref="AttemptOutcome.TimedOut"/> or <see cref="AttemptOutcome.LeaseExpired"/>. Retry strategies count from it,
+    /// so a store that left it at 0 would retry a failing job forever.
     /// </summary>
-    public int FailedAttempts { get; init; }
+    public required int FailedAttempts { get; init; }
 
     /// <summary>Describes the lease just granted on <paramref name="job"/>, for stores that keep whole records.</summary>
     /// <param name="lease">The lease.</param>

@@ -13,9 +13,10 @@ namespace JobRunner.InMemory;
 /// </summary>
 /// <remarks>
 /// An entry keeps the job's last <see cref="JobRecord"/> snapshot and, inline, what the hot path changed since: state,
-/// fence, times, and the newest attempt. Leasing and completing change those fields only; a snapshot is built when
-/// someone reads the job (<see cref="GetAsync"/>, a list, a watched event, a rare write), so a job that nobody reads
-/// costs no snapshot per transition, and a finished job kept for lookups holds no attempt objects.
+/// fence, times, and the newest attempt. Leasing and completing change those fields only, and state-change events are
+/// built from them; a snapshot is built when someone reads the job (<see cref="GetAsync"/>, a list page, a rare write
+/// such as a checkpoint), so a job that nobody reads costs no snapshot per transition, and a finished job that nobody
+/// read holds no attempt objects.
 /// </remarks>
 [DebuggerDisplay("Jobs = {_jobs.Count}, Running = {_running.Count}")]
 internal sealed class InMemoryJobStore : IJobStore
@@ -59,19 +60,20 @@ internal sealed class InMemoryJobStore : IJobStore
 
         lock (_lock)
         {
-            if (job.Request.DedupeKey is { } key)
+            var key = job.Request.DedupeKey;
+            if (key is not null && _dedupe.TryGetValue((job.Request.Tenant, key), out var existing))
             {
-                if (_dedupe.TryGetValue((job.Request.Tenant, key), out var existing))
-                {
-                    return new(new SubmitResult(CollectionsMarshal.GetValueRefOrNullRef(_jobs, existing).Snapshot(), Attached: true));
-                }
-
-                _dedupe.Add((job.Request.Tenant, key), job.Id);
+                return new(new SubmitResult(CollectionsMarshal.GetValueRefOrNullRef(_jobs, existing).Snapshot(), Attached: true));
             }
 
             if (!_jobs.TryAdd(job.Id, new Entry(job, ++_sequence)))
             {
                 throw new ArgumentException($"Job {job.Id} already exists.", nameof(job));
+            }
+
+            if (key is not null)
+            {
+                _dedupe.Add((job.Request.Tenant, key), job.Id);
             }
 
             if (_events.IsWatched(JobEventKind.StateChanged))
@@ -102,33 +104,33 @@ internal sealed class InMemoryJobStore : IJobStore
             throw new ArgumentException($"The continuation token '{token}' was not issued by this store. Pass the JobPage.ContinuationToken of the previous page.", nameof(query));
         }
 
-        var matches = new List<(long Sequence, JobRecord Job)>();
+        // Filtered on the entries' current state and request, so that only the page's jobs get snapshots.
+        var matches = new List<(long Sequence, JobId Id)>();
+        var items = new List<JobRecord>();
         lock (_lock)
         {
-            foreach (var id in _jobs.Keys)
+            foreach (var (id, entry) in _jobs)
             {
-                ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
-                if (entry.Sequence > after && entry.Snapshot() is var job && query.Matches(job))
+                if (entry.Sequence > after && query.Matches(entry.State, entry.Record.Request))
                 {
-                    matches.Add((entry.Sequence, job));
+                    matches.Add((entry.Sequence, id));
                 }
+            }
+
+            matches.Sort(static (a, b) => a.Sequence.CompareTo(b.Sequence));
+            for (var i = 0; i < Math.Min(query.PageSize, matches.Count); i++)
+            {
+                items.Add(CollectionsMarshal.GetValueRefOrNullRef(_jobs, matches[i].Id).Snapshot());
             }
         }
 
-        matches.Sort(static (a, b) => a.Sequence.CompareTo(b.Sequence));
-        var take = Math.Min(query.PageSize, matches.Count);
-        var items = new JobRecord[take];
-        for (var i = 0; i < take; i++)
-        {
-            items[i] = matches[i].Job;
-        }
-
-        var next = matches.Count > take ? matches[take - 1].Sequence.ToString(CultureInfo.InvariantCulture) : null;
+        var next = matches.Count > items.Count ? matches[items.Count - 1].Sequence.ToString(CultureInfo.InvariantCulture) : null;
         return new(new JobPage(items, next));
     }
 
     public ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
     {
+        ArgumentException.ThrowIfNullOrEmpty(workerId);
         var now = _time.GetUtcNow();
         lock (_lock)
         {
@@ -255,9 +257,10 @@ internal sealed class InMemoryJobStore : IJobStore
             switch (job.State)
             {
                 case JobState.Queued or JobState.Scheduled:
-                    entry.Replace(job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason });
+                    var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
+                    entry.Replace(cancelled);
                     Transition(ref entry, id, job.State, reason);
-                    return new(entry.Record);
+                    return new(cancelled);
                 case JobState.Running when !job.CancelRequested:
                     entry.Replace(job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now });
                     Publish(entry.Record, JobEventKind.CancellationRequested, now, job.Attempts.Count, progress: null, reason);
@@ -283,6 +286,8 @@ internal sealed class InMemoryJobStore : IJobStore
                 }
             }
 
+            // Oldest job first, so that a sweep's events and evictions do not depend on the set's order.
+            expired?.Sort((a, b) => _jobs[a].Sequence.CompareTo(_jobs[b].Sequence));
             foreach (var id in expired ?? [])
             {
                 ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
@@ -349,7 +354,7 @@ internal sealed class InMemoryJobStore : IJobStore
         if (entry.State.IsTerminal())
         {
             var request = entry.Record.Request;
-            if (request.DedupeKey is { } key)
+            if (request.DedupeKey is { } key && _dedupe.TryGetValue((request.Tenant, key), out var holder) && holder == id)
             {
                 _dedupe.Remove((request.Tenant, key));
             }
@@ -394,7 +399,8 @@ internal sealed class InMemoryJobStore : IJobStore
     /// <see cref="Record"/> is the last snapshot; <see cref="State"/>, <see cref="Fence"/>, <see cref="UpdatedAt"/>,
     /// <see cref="DueAt"/>, <see cref="LastError"/> and the newest attempt (while not yet in the snapshot's list) are
     /// always current, and <see cref="Snapshot"/> folds them in when someone reads the job. Times are kept as UTC ticks
-    /// and absent values as sentinels, so that a slot stays small: a backlog of a million jobs is a million slots.
+    /// and absent values as sentinels to keep the slot at about 120 bytes (a backlog of a million jobs is a million
+    /// slots): more than a reference to a record, and no object per attempt.
     /// </summary>
     private struct Entry
     {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using JobRunner.Events;
 using JobRunner.InMemory;
 using JobRunner.Testing;
@@ -9,27 +10,30 @@ namespace JobRunner.Tests.InMemory;
 /// Random operation sequences against the in-memory store and against a plain model that keeps one immutable
 /// <see cref="JobRecord"/> per job and changes it by copy at every step. The store keeps the hot fields inline and
 /// builds snapshots only when read, so reads are made at random moments: some jobs are read after every change, others
-/// only at the end. Every answer and every read must be the model's.
+/// only at the end. Every answer, every read and every state-change event must be the model's; with a small retention,
+/// finished jobs are evicted in the same order.
 /// </summary>
 public sealed class InMemoryJobStoreModelTests
 {
     private static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    [InlineData(4)]
-    [InlineData(5)]
-    [InlineData(6)]
-    [InlineData(7)]
-    [InlineData(8)]
-    public async Task Random_operations_answer_and_read_as_the_model(int seed)
+    [InlineData(1, 10_000)]
+    [InlineData(2, 10_000)]
+    [InlineData(3, 10_000)]
+    [InlineData(4, 10_000)]
+    [InlineData(5, 5)]
+    [InlineData(6, 5)]
+    [InlineData(7, 1)]
+    [InlineData(8, 20)]
+    public async Task Random_operations_answer_read_and_publish_as_the_model(int seed, int retention)
     {
         var random = new Random(seed);
         var time = new FakeTimeProvider();
-        var store = new InMemoryJobStore(time, new JobEventBus(), Options.Create(new InMemoryStoreOptions { MaxFinishedJobs = 10_000 }));
-        var model = new Model(time);
+        var events = new JobEventBus();
+        using var subscription = events.Subscribe(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } });
+        var store = new InMemoryJobStore(time, events, Options.Create(new InMemoryStoreOptions { MaxFinishedJobs = retention }));
+        var model = new Model(time, retention);
         var ids = new List<JobId>();
         var leases = new List<JobLease>();
 
@@ -79,35 +83,42 @@ public sealed class InMemoryJobStoreModelTests
                     await SameOutcomeAsync(async () => { await store.ReportProgressAsync(chosen, progress, default); return 0; }, () => { model.Progress(chosen, progress); return 0; });
                     break;
                 case < 74:
-                    AssertSame(model.Cancel(id, "r" + step), await store.RequestCancellationAsync(id, "r" + step, default));
+                    var reason = "r" + step;
+                    await SameOutcomeAsync(async () => Snapshot(await store.RequestCancellationAsync(id, reason, default)), () => Snapshot(model.Cancel(id, reason)));
                     break;
                 case < 82:
                     time.Advance(TimeSpan.FromSeconds(random.Next(1, 25)));
                     var reclaimed = await store.ReclaimExpiredLeasesAsync(default);
                     var expectedReclaimed = model.Reclaim();
-                    Assert.Equal(expectedReclaimed.Select(j => j.Id).Order(), reclaimed.Select(j => j.Id).Order());
-                    foreach (var job in reclaimed)
-                    {
-                        AssertSame(expectedReclaimed.Single(j => j.Id == job.Id), job);
-                    }
+                    Assert.Equal(expectedReclaimed.Select(Snapshot), reclaimed.Select(Snapshot));
 
                     break;
                 default:
                     // Reads land on a few jobs often (their snapshots are built while attempts run) and on others never.
                     var read = ids[random.Next(Math.Min(ids.Count, 4))];
-                    AssertSame(model.Get(read), (await store.GetAsync(read, default))!);
+                    Assert.Equal(Snapshot(model.Get(read)), Snapshot(await store.GetAsync(read, default)));
                     break;
             }
+
+            var published = new List<JobEvent>();
+            while (subscription.Reader.TryRead(out var e))
+            {
+                published.Add(e);
+            }
+
+            Assert.Equal(model.TakeEvents(), published);
         }
 
+        // The list first, so that it meets entries nobody read; then every job.
+        var listed = await store.ListAsync(new JobQuery { PageSize = 1_000 }, default);
+        var kept = ids.Where(id => model.Get(id) is not null).ToList();
+        Assert.Equal(kept.Select(id => Snapshot(model.Get(id))), listed.Items.Select(Snapshot));
         foreach (var id in ids)
         {
-            AssertSame(model.Get(id), (await store.GetAsync(id, default))!);
+            Assert.Equal(Snapshot(model.Get(id)), Snapshot(await store.GetAsync(id, default)));
         }
 
-        var listed = await store.ListAsync(new JobQuery { PageSize = 10_000 }, default);
-        Assert.Equal(ids, listed.Items.Select(j => j.Id));
-        Assert.Contains(ids, id => model.Get(id).Attempts.Count > 2);
+        Assert.Contains(kept, id => model.Get(id)!.Attempts.Count > 2);
     }
 
     private static JobRecord NewJob(TimeProvider time, Random random)
@@ -171,32 +182,53 @@ public sealed class InMemoryJobStoreModelTests
         }
     }
 
-    private static void AssertSame(JobRecord expected, JobRecord actual)
-    {
-        Assert.Equal(
-            (expected.Id, expected.State, expected.CreatedAt, expected.UpdatedAt, expected.DueAt, expected.FenceToken, expected.CancelRequested, expected.CancelReason, expected.LastError, expected.Progress),
-            (actual.Id, actual.State, actual.CreatedAt, actual.UpdatedAt, actual.DueAt, actual.FenceToken, actual.CancelRequested, actual.CancelReason, actual.LastError, actual.Progress));
-        Assert.Same(expected.Request, actual.Request);
-        Assert.Equal(expected.Checkpoint?.ToArray(), actual.Checkpoint?.ToArray());
-        Assert.Equal(expected.Attempts, actual.Attempts);
-    }
+    /// <summary>A job's fields as comparable values (records compare their lists and memory by reference).</summary>
+    private static string? Snapshot(JobRecord? job) => job is null ? null : string.Join(
+        " | ",
+        job.Id,
+        job.State,
+        job.CreatedAt.UtcTicks,
+        job.UpdatedAt.UtcTicks,
+        job.DueAt?.UtcTicks,
+        job.FenceToken,
+        job.CancelRequested,
+        job.CancelReason,
+        job.LastError,
+        job.Progress,
+        RuntimeHelpers.GetHashCode(job.Request),
+        job.Checkpoint is { } c ? Convert.ToHexString(c.Span) : "-",
+        string.Join(", ", job.Attempts.Select(a => (a.Number, a.WorkerId, a.FenceToken, a.StartedAt.UtcTicks, a.EndedAt?.UtcTicks, a.Outcome, a.Error, a.ErrorType, a.ExitCode))));
 
     /// <summary>The store's rules on immutable records, one copy per change (how the store worked before it kept fields inline).</summary>
-    private sealed class Model(TimeProvider time)
+    private sealed class Model(TimeProvider time, int retention)
     {
         private readonly Dictionary<JobId, JobRecord> _jobs = [];
         private readonly Dictionary<JobId, DateTimeOffset> _leaseExpiry = [];
+        private readonly Queue<JobId> _finished = new();
+        private readonly List<JobId> _order = [];
+        private readonly List<JobEvent> _events = [];
         private long _fence;
 
-        public void Insert(JobRecord job) => _jobs.Add(job.Id, job);
+        public void Insert(JobRecord job)
+        {
+            _jobs.Add(job.Id, job);
+            _order.Add(job.Id);
+            _events.Add(JobEvent.StateChanged(job));
+        }
 
-        public JobRecord Get(JobId id) => _jobs[id];
+        public JobRecord? Get(JobId id) => _jobs.GetValueOrDefault(id);
+
+        public List<JobEvent> TakeEvents()
+        {
+            var taken = _events.ToList();
+            _events.Clear();
+            return taken;
+        }
 
         public LeasedJob? Lease(JobId id, string worker, TimeSpan duration)
         {
             var now = time.GetUtcNow();
-            var job = _jobs[id];
-            if (!(job.State == JobState.Queued || (job.State == JobState.Scheduled && job.DueAt <= now)))
+            if (!_jobs.TryGetValue(id, out var job) || !(job.State == JobState.Queued || (job.State == JobState.Scheduled && job.DueAt <= now)))
             {
                 return null;
             }
@@ -204,7 +236,7 @@ public sealed class InMemoryJobStoreModelTests
             var fence = ++_fence;
             var attempt = new JobAttempt { Number = job.Attempts.Count + 1, WorkerId = worker, FenceToken = fence, StartedAt = now };
             var running = job with { State = JobState.Running, UpdatedAt = now, DueAt = null, FenceToken = fence, Attempts = [.. job.Attempts, attempt] };
-            _jobs[id] = running;
+            Change(running, job.State, null);
             _leaseExpiry[id] = now + duration;
             return LeasedJob.For(new JobLease(id, worker, fence, attempt.Number, now + duration), running);
         }
@@ -214,14 +246,17 @@ public sealed class InMemoryJobStoreModelTests
             var now = time.GetUtcNow();
             var job = Fenced(lease);
             var next = job.CancelRequested && !completion.NextState.IsTerminal() ? JobState.Cancelled : completion.NextState;
-            _jobs[lease.JobId] = job with
-            {
-                Attempts = End(job.Attempts, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode),
-                UpdatedAt = now,
-                State = next,
-                DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
-                LastError = completion.Error ?? job.LastError,
-            };
+            Change(
+                job with
+                {
+                    Attempts = End(job.Attempts, now, completion.Outcome, completion.Error, completion.ErrorType, completion.ExitCode),
+                    UpdatedAt = now,
+                    State = next,
+                    DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null,
+                    LastError = completion.Error ?? job.LastError,
+                },
+                JobState.Running,
+                completion.Error);
             return next;
         }
 
@@ -232,22 +267,27 @@ public sealed class InMemoryJobStoreModelTests
         public JobRecord Cancel(JobId id, string reason)
         {
             var now = time.GetUtcNow();
-            var job = _jobs[id];
-            return _jobs[id] = job.State switch
+            var job = _jobs.TryGetValue(id, out var found) ? found : throw new JobNotFoundException(id);
+            switch (job.State)
             {
-                JobState.Queued or JobState.Scheduled => job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason },
-                JobState.Running when !job.CancelRequested => job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now },
-                _ => job,
-            };
+                case JobState.Queued or JobState.Scheduled:
+                    var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
+                    Change(cancelled, job.State, reason);
+                    return cancelled;
+                case JobState.Running when !job.CancelRequested:
+                    return _jobs[id] = job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now };
+                default:
+                    return job;
+            }
         }
 
         public List<JobRecord> Reclaim()
         {
             var now = time.GetUtcNow();
             var ready = new List<JobRecord>();
-            foreach (var (id, job) in _jobs.ToList())
+            foreach (var id in _order)
             {
-                if (job.State != JobState.Running || _leaseExpiry[id] > now)
+                if (!_jobs.TryGetValue(id, out var job) || job.State != JobState.Running || _leaseExpiry[id] > now)
                 {
                     continue;
                 }
@@ -255,7 +295,7 @@ public sealed class InMemoryJobStoreModelTests
                 const string Error = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
                 var next = job.CancelRequested ? JobState.Cancelled : JobState.Queued;
                 var updated = job with { Attempts = End(job.Attempts, now, AttemptOutcome.LeaseExpired, Error, null, null), UpdatedAt = now, State = next };
-                _jobs[id] = updated;
+                Change(updated, JobState.Running, Error);
                 if (next == JobState.Queued)
                 {
                     ready.Add(updated);
@@ -272,9 +312,24 @@ public sealed class InMemoryJobStoreModelTests
             return ended;
         }
 
+        /// <summary>Stores a transition, publishes its event, and evicts the oldest finished jobs past the retention.</summary>
+        private void Change(JobRecord job, JobState previous, string? message)
+        {
+            _jobs[job.Id] = job;
+            _events.Add(JobEvent.StateChanged(job, previous, message));
+            if (job.State.IsTerminal())
+            {
+                _finished.Enqueue(job.Id);
+                while (_finished.Count > retention)
+                {
+                    _jobs.Remove(_finished.Dequeue());
+                }
+            }
+        }
+
         private JobRecord Fenced(JobLease lease)
         {
-            var job = _jobs[lease.JobId];
+            var job = _jobs.TryGetValue(lease.JobId, out var found) ? found : throw new JobNotFoundException(lease.JobId);
             if (job.FenceToken != lease.FenceToken || job.State != JobState.Running)
             {
                 throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, job.FenceToken, "stale");

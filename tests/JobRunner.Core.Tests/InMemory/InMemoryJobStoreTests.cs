@@ -72,6 +72,30 @@ public sealed class InMemoryJobStoreTests
     }
 
     [Fact]
+    public async Task InsertAsync_ExistingIdWithNewDedupeKey_ThrowsAndLeavesTheKeyFree()
+    {
+        var job = NewJob();
+        await _store.InsertAsync(job, default);
+
+        await Assert.ThrowsAsync<ArgumentException>(() => _store.InsertAsync(job with { Request = new JobRequest("work") { DedupeKey = "k" } }, default).AsTask());
+        var other = await _store.InsertAsync(NewJob(new JobRequest("work") { DedupeKey = "k" }), default);
+
+        Assert.False(other.Attached);
+    }
+
+    [Fact]
+    public async Task TryAcquireLeaseAsync_NoWorkerId_ThrowsAndChangesNothing()
+    {
+        var job = NewJob();
+        await _store.InsertAsync(job, default);
+
+        await Assert.ThrowsAsync<ArgumentNullException>(() => _store.TryAcquireLeaseAsync(job.Id, null!, Lease, default).AsTask());
+        await Assert.ThrowsAsync<ArgumentException>(() => _store.TryAcquireLeaseAsync(job.Id, "", Lease, default).AsTask());
+
+        Assert.Equal(job, await _store.GetAsync(job.Id, default));
+    }
+
+    [Fact]
     public async Task InsertAsync_SameKeyOtherTenant_DoesNotAttach()
     {
         await _store.InsertAsync(NewJob(new JobRequest("work") { DedupeKey = "k", Tenant = "a" }), default);
