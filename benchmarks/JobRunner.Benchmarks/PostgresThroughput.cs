@@ -53,7 +53,7 @@ internal static class PostgresThroughput
             Console.WriteLine($"drain no-op jobs (synchronous commit for workers {(durable ? "on" : "off")}): {drain:N0} jobs/s ({drain / raw:F2}x baseline)");
         }
 
-        var (p50, p99, max) = await LatencyAsync(connectionString, 300);
+        var (p50, p99, max) = await LatencyAsync(connectionString, 1000);
         Console.WriteLine($"idle enqueue -> start, submitter and worker in separate hosts: p50 {p50:F2} ms, p99 {p99:F2} ms, max {max:F2} ms");
     }
 

@@ -63,7 +63,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             var now = _time.GetUtcNow();
             var jobs = await _db.RunAsync(_db.Worker, (Sql: _dequeueSql, Now: now, Until: now + visibility, Limit: buffer.Length), static async (c, s, token) =>
             {
-                using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+                using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Relaxed) } };
                 var command = new NpgsqlBatchCommand(s.Sql);
                 batch.BatchCommands.Add(command);
                 command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });

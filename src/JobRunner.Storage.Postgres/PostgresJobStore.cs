@@ -434,7 +434,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                 expires[i] = s.Now + request.Duration;
             }
 
-            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(durableCommit: true) } };
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Durable) } };
             var command = new NpgsqlBatchCommand(s.Store._leaseSql);
             batch.BatchCommands.Add(command);
             command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
