@@ -13,9 +13,9 @@ internal sealed class InProcessEngine<TWorkload>(IServiceScopeFactory scopes) : 
         var scope = scopes.CreateAsyncScope();
         try
         {
-            if (context is AttemptContext attemptContext)
+            if (context is ActiveAttempt attempt)
             {
-                attemptContext.ScopedServices = scope.ServiceProvider;
+                attempt.ScopedServices = scope.ServiceProvider;
             }
 
             var workload = scope.ServiceProvider.GetRequiredService<TWorkload>();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json;
 
 namespace JobRunner.Worker;
 
@@ -21,11 +22,13 @@ internal enum StopReason
 }
 
 /// <summary>
-/// One attempt as its worker tracks it. The first of "the workload finished" and "the worker stopped it" wins, atomically:
-/// a late cancellation cannot turn a finished attempt into a cancelled one, and the reason stays stable once set.
+/// One attempt as its worker tracks it, and, once leased (<see cref="Begin"/>), the context its workload runs with:
+/// one object per attempt, every write carrying the attempt's lease. The first of "the workload finished" and "the
+/// worker stopped it" wins, atomically: a late cancellation cannot turn a finished attempt into a cancelled one, and the
+/// reason stays stable once set.
 /// </summary>
 [DebuggerDisplay("{Item.Id} {Reason}")]
-internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDisposable
+internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : WorkloadContext, IDisposable
 {
     private readonly CancellationTokenSource _cts = new();
     // Created on first use: an attempt whose workload returns at once never needs it.
@@ -35,9 +38,85 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
     private int _reason;
     private volatile bool _disposed;
 
+    private JobWorker? _worker;
+    private LeasedJob? _leased;
+    private ReadOnlyMemory<byte>? _checkpoint;
+
     public QueuedJob Item { get; } = item;
 
-    public JobLease? Lease { get; set; }
+    /// <summary>Gets the lease, once granted.</summary>
+    public JobLease? Lease => _leased?.Lease;
+
+    /// <summary>Gets or sets the attempt's DI scope; set by the in-process engine.</summary>
+    public IServiceProvider? ScopedServices { get; set; }
+
+    /// <summary>Gets the exit code the engine reported, if any.</summary>
+    public int? ExitCode { get; private set; }
+
+    public override JobId JobId => Current.Lease.JobId;
+
+    public override int Attempt => Current.Lease.Attempt;
+
+    public override long FenceToken => Current.Lease.FenceToken;
+
+    public override JobRequest Request => Current.Request;
+
+    public override ReadOnlyMemory<byte>? Checkpoint => _checkpoint;
+
+    public override CancellationToken CheckpointRequested => Worker.CheckpointRequested;
+
+    public override IServiceProvider Services => ScopedServices ?? Worker.Services;
+
+    public override JsonSerializerOptions SerializerOptions => Worker.SerializerOptions;
+
+    public override TimeProvider TimeProvider => time;
+
+    private LeasedJob Current => _leased ?? throw new InvalidOperationException("The attempt has no lease yet.");
+
+    private JobWorker Worker => _worker ?? throw new InvalidOperationException("The attempt has not begun.");
+
+    /// <summary>Records the lease just granted: heartbeats renew it from now on.</summary>
+    public void Grant(LeasedJob leased) => _leased = leased;
+
+    /// <summary>Makes the attempt its workload's context: from <paramref name="checkpoint"/>, writing through <paramref name="worker"/>.</summary>
+    public void Begin(JobWorker worker, ReadOnlyMemory<byte>? checkpoint)
+    {
+        _worker = worker;
+        _checkpoint = checkpoint;
+    }
+
+    public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
+    {
+        ThrowIfLeaseLost();
+        await Worker.Checkpoints.SaveAsync(Current, checkpoint, cancellationToken).ConfigureAwait(false);
+        _checkpoint = checkpoint;
+    }
+
+    public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default)
+    {
+        if (fraction is { } f && (double.IsNaN(f) || f < 0 || f > 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "Progress is a fraction from 0 to 1.");
+        }
+
+        ThrowIfLeaseLost();
+        return Worker.Store.ReportProgressAsync(Current.Lease, new JobProgress(fraction, message), cancellationToken);
+    }
+
+    public override async ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(lines);
+        ThrowIfLeaseLost();
+        if (lines.Count == 0)
+        {
+            return;
+        }
+
+        var entries = await Worker.Logs.AppendAsync(Current.Lease, lines, cancellationToken).ConfigureAwait(false);
+        Worker.PublishLogs(Current, entries);
+    }
+
+    public override void ReportExitCode(int exitCode) => ExitCode = exitCode;
 
     public CancellationToken Token => _cts.Token;
 
@@ -125,6 +204,20 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : IDispos
             (this, grace),
             timeout,
             System.Threading.Timeout.InfiniteTimeSpan);
+    }
+
+    private void ThrowIfLeaseLost()
+    {
+        var lease = Current.Lease;
+        if (Reason == StopReason.LeaseLost)
+        {
+            throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, currentToken: null, "the lease could not be renewed");
+        }
+
+        if (IsClosed)
+        {
+            throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, currentToken: null, "the attempt already ended");
+        }
     }
 
     public void Dispose()

@@ -364,7 +364,7 @@ internal sealed partial class JobWorker : BackgroundService
                 return;
             }
 
-            attempt.Lease = leased.Lease;
+            attempt.Grant(leased);
             if (leased.CancelRequested)
             {
                 attempt.TryStop(StopReason.Cancelled, leased.CancelReason, _options.CancellationGracePeriod);
@@ -454,13 +454,11 @@ internal sealed partial class JobWorker : BackgroundService
 
         _telemetry.Started(tenant, workload.Name);
         var started = Time.GetTimestamp();
-        AttemptContext? context = null;
         Exception? error = null;
         try
         {
-            var checkpoint = await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false);
-            context = new AttemptContext(this, leased, attempt, checkpoint);
-            var execution = workload.Engine.ExecuteAsync(context, attempt.Token);
+            attempt.Begin(this, await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false));
+            var execution = workload.Engine.ExecuteAsync(attempt, attempt.Token);
             if (execution.IsCompletedSuccessfully)
             {
                 attempt.Finish();
@@ -493,7 +491,7 @@ internal sealed partial class JobWorker : BackgroundService
         }
 
         var completion = Decide(leased, workload, attempt, reason, error);
-        if (completion is not null && (context?.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
+        if (completion is not null && (attempt.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
         {
             completion = completion with { ExitCode = exitCode };
         }
