@@ -24,7 +24,7 @@ public interface IJobQueue
     ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken);
 
     /// <summary>Removes taken jobs for good: their attempt ended (the store decides what happens next).</summary>
-    /// <param name="jobs">The jobs.</param>
+    /// <param name="jobs">The jobs. The caller may reuse the list once the returned task completes: keep a copy of what is needed later.</param>
     /// <param name="cancellationToken">Cancels the write.</param>
     /// <returns>A task that completes when the jobs are removed.</returns>
     ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken);

@@ -28,6 +28,9 @@ internal sealed partial class JobWorker : BackgroundService
     // One cell per slot: the attempt it runs. Written only by its slot; read by the heartbeat, the cancellation
     // listener and the shutdown. A job delivered twice may briefly sit in two cells: only one of them gets the lease.
     private readonly ActiveAttempt?[] _active;
+
+    // One reusable one-job list per slot for the acknowledgement of the job it ran (queues may not keep the list).
+    private readonly QueuedJob[][] _acknowledgements;
     private readonly CancellationTokenSource _checkpointRequested = new();
     private readonly CancellationTokenSource _background = new();
     private readonly JobRunner.Scheduling.JobScheduler _scheduler;
@@ -71,6 +74,11 @@ internal sealed partial class JobWorker : BackgroundService
         _scheduler = scheduler;
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
         _active = new ActiveAttempt?[_options.Slots];
+        _acknowledgements = new QueuedJob[_options.Slots][];
+        for (var i = 0; i < _acknowledgements.Length; i++)
+        {
+            _acknowledgements[i] = new QueuedJob[1];
+        }
         var lookahead = schedulerOptions.Value.Lookahead;
         _free = _options.Slots + lookahead;
         _feedBatch = Math.Min(_options.Slots * 4, 512);
@@ -355,7 +363,7 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 // Cancelled, finished or taken by another worker while it waited in the queue, or not due yet (the
                 // queue's and the store's clocks disagree): in that last case it goes back to the queue.
-                await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+                await AcknowledgeAsync(item, slot).ConfigureAwait(false);
                 if (await Store.GetAsync(item.Id, CancellationToken.None).ConfigureAwait(false) is { State: JobState.Scheduled } waiting)
                 {
                     await _queue.EnqueueAsync(QueuedJob.For(waiting, Time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
@@ -389,7 +397,7 @@ internal sealed partial class JobWorker : BackgroundService
                 };
             }
 
-            await _queue.AcknowledgeAsync([item], CancellationToken.None).ConfigureAwait(false);
+            await AcknowledgeAsync(item, slot).ConfigureAwait(false);
             if (completion is null)
             {
                 Log.LeaseLost(_logger, item.Id, leased.Lease.FenceToken);
@@ -418,6 +426,20 @@ internal sealed partial class JobWorker : BackgroundService
         {
             Volatile.Write(ref _active[slot], null);
             attempt.Dispose();
+        }
+    }
+
+    private async ValueTask AcknowledgeAsync(QueuedJob item, int slot)
+    {
+        var one = _acknowledgements[slot];
+        one[0] = item;
+        try
+        {
+            await _queue.AcknowledgeAsync(one, CancellationToken.None).ConfigureAwait(false);
+        }
+        finally
+        {
+            one[0] = null!;
         }
     }
 
