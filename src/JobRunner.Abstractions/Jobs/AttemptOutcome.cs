@@ -21,3 +21,15 @@ public enum AttemptOutcome
     /// <summary>The lease expired without a heartbeat (the worker or its host crashed); the job was taken back.</summary>
     LeaseExpired = 5,
 }
+
+/// <summary>Helpers for <see cref="AttemptOutcome"/>.</summary>
+public static class AttemptOutcomeExtensions
+{
+    /// <summary>Whether an attempt that ended with <paramref name="outcome"/> counts as a failure toward the job's retry limit.</summary>
+    /// <param name="outcome">How the attempt ended.</param>
+    /// <returns>
+    /// <see langword="true"/> for <see cref="AttemptOutcome.Failed"/>, <see cref="AttemptOutcome.TimedOut"/> and
+    /// <see cref="AttemptOutcome.LeaseExpired"/>; a cancellation or a graceful interruption is not a failure.
+    /// </returns>
+    public static bool IsFailure(this AttemptOutcome outcome) => outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired;
+}

@@ -145,7 +145,7 @@ public sealed record LeasedJob(JobLease Lease, JobRequest Request)
         var failed = 0;
         foreach (var attempt in job.Attempts)
         {
-            if (attempt.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+            if (attempt.Outcome?.IsFailure() == true)
             {
                 failed++;
             }

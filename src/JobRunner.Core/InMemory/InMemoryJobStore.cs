@@ -575,7 +575,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 Record = Record with { Attempts = ended };
             }
 
-            if (outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+            if (outcome.IsFailure())
             {
                 FailedAttempts++;
             }
@@ -589,7 +589,7 @@ internal sealed class InMemoryJobStore : IJobStore
             var failed = 0;
             foreach (var attempt in attempts)
             {
-                if (attempt.Outcome is AttemptOutcome.Failed or AttemptOutcome.TimedOut or AttemptOutcome.LeaseExpired)
+                if (attempt.Outcome?.IsFailure() == true)
                 {
                     failed++;
                 }
