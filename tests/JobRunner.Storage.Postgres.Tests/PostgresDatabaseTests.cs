@@ -22,3 +22,27 @@ public sealed class PostgresDatabaseTests
         }
     }
 }
+
+/// <summary>How durably a batch commits (<see cref="JobRows.IndexPathsOnly"/>), read back inside the batch's transaction.</summary>
+public sealed class CommitModeTests
+{
+    [Theory]
+    [InlineData("off", "Durable", "on")]
+    [InlineData("local", "Durable", "local")]
+    [InlineData("remote_apply", "Durable", "remote_apply")]
+    [InlineData("on", "Durable", "on")]
+    [InlineData("on", "Relaxed", "off")]
+    [InlineData("remote_apply", "Connection", "remote_apply")]
+    public async Task A_lease_batch_commits_at_least_durably_and_a_dequeue_batch_without_waiting(string connection, string mode, string expected)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(PostgresTestDatabase.RequireConnectionString()) { Options = "-c synchronous_commit=" + connection };
+        await using var source = NpgsqlDataSource.Create(builder.ConnectionString);
+        await using var c = await source.OpenConnectionAsync();
+        await using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(Enum.Parse<CommitMode>(mode)), new("SELECT current_setting('synchronous_commit')") } };
+        await using var reader = await batch.ExecuteReaderAsync();
+        await reader.NextResultAsync();
+        Assert.True(await reader.ReadAsync());
+
+        Assert.Equal(expected, reader.GetString(0));
+    }
+}
