@@ -81,7 +81,7 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
                 {
                     connection.Notification += OnNotification;
                     await connection.OpenAsync(stoppingToken).ConfigureAwait(false);
-                    using (var listen = new NpgsqlCommand($"LISTEN \"{_db.ReadyChannel}\"; LISTEN \"{_db.CancelChannel}\"", connection))
+                    using (var listen = new NpgsqlCommand($"LISTEN \"{_db.ReadyChannel}\"; LISTEN \"{_db.CancelChannel}\"; LISTEN \"{_db.AttemptEventsChannel}\"", connection))
                     {
                         await listen.ExecuteNonQueryAsync(stoppingToken).ConfigureAwait(false);
                     }
@@ -133,6 +133,29 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
             if (root.GetProperty("i").GetString() == _db.InstanceId)
             {
                 return; // this process already told its workers
+            }
+
+            if (e.Channel == _db.AttemptEventsChannel)
+            {
+                // A running attempt's progress or checkpoint, written on another host.
+                var eventKind = (JobEventKind)root.GetProperty("k").GetInt32();
+                if (eventKind is not (JobEventKind.Progress or JobEventKind.Checkpointed))
+                {
+                    return; // a kind this version does not relay
+                }
+
+                var message = root.TryGetProperty("r", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString() : null;
+                double? fraction = root.TryGetProperty("f", out var f) && f.ValueKind == JsonValueKind.Number ? f.GetDouble() : null;
+                _store.PublishRemote(
+                    eventKind,
+                    new JobId(root.GetProperty("j").GetGuid()),
+                    root.GetProperty("t").GetString() ?? "",
+                    root.GetProperty("w").GetString() ?? "",
+                    root.GetProperty("a").GetInt32(),
+                    JobRows.FromMicros(root.GetProperty("s").GetInt64()),
+                    eventKind == JobEventKind.Progress ? new JobProgress(fraction, message) : null,
+                    message);
+                return;
             }
 
             _store.PublishCancellation(

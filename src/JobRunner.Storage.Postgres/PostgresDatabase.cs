@@ -29,6 +29,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         Schema = "\"" + Options.Schema + "\"";
         ReadyChannel = Options.Schema + "_ready";
         CancelChannel = Options.Schema + "_cancel";
+        AttemptEventsChannel = Options.Schema + "_attempts";
         Client = Build(synchronousCommit: true, applicationName: "jobrunner");
         Worker = Options.SynchronousCommitForWorkers ? Client : Build(synchronousCommit: false, applicationName: "jobrunner-worker");
         Pipeline = Options.MaxRetries == 0 ? ResiliencePipeline.Empty : BuildRetryPipeline(time);
@@ -47,6 +48,9 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     public string ReadyChannel { get; }
 
     public string CancelChannel { get; }
+
+    /// <summary>Gets the channel of running attempts' progress and checkpoints, for watchers on other hosts.</summary>
+    public string AttemptEventsChannel { get; }
 
     /// <summary>Gets an id of this process's store, so that it can ignore its own cancellation notifications.</summary>
     public string InstanceId { get; } = Guid.NewGuid().ToString("N");

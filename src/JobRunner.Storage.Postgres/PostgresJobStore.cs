@@ -552,7 +552,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         ArgumentNullException.ThrowIfNull(lease);
         var now = _time.GetUtcNow();
-        var owner = await FencedUpdateAsync(lease, "checkpoint = @value", checkpoint.ToArray(), null, now, cancellationToken).ConfigureAwait(false);
+        var owner = await FencedUpdateAsync(lease, "checkpoint = @value", checkpoint.ToArray(), null, now, JobEventKind.Checkpointed, null, cancellationToken).ConfigureAwait(false);
         Publish(lease, owner, JobEventKind.Checkpointed, now, progress: null, message: null);
     }
 
@@ -560,14 +560,24 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         ArgumentNullException.ThrowIfNull(lease);
         var now = _time.GetUtcNow();
-        var owner = await FencedUpdateAsync(lease, "progress_fraction = @value, progress_message = @message", progress.Fraction is { } f ? f : DBNull.Value, progress.Message, now, cancellationToken).ConfigureAwait(false);
+        var owner = await FencedUpdateAsync(lease, "progress_fraction = @value, progress_message = @message", progress.Fraction is { } f ? f : DBNull.Value, progress.Message, now, JobEventKind.Progress, progress.Fraction, cancellationToken).ConfigureAwait(false);
         Publish(lease, owner, JobEventKind.Progress, now, progress, progress.Message);
     }
 
-    private async Task<(string Tenant, string Workload)> FencedUpdateAsync(JobLease lease, string set, object value, string? message, DateTimeOffset now, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes a fenced change of a running job and, in the same statement, tells the other hosts with a NOTIFY on the
+    /// attempt-events channel (its own channel: hosts of an older version do not listen to it), so that their watchers
+    /// see the attempt's progress and checkpoints too; each listener skips its own process's notifications.
+    /// </summary>
+    private async Task<(string Tenant, string Workload)> FencedUpdateAsync(JobLease lease, string set, object value, string? message, DateTimeOffset now, JobEventKind kind, double? fraction, CancellationToken cancellationToken)
     {
-        var sql = $"UPDATE {_db.Schema}.jobs SET {set}, updated_at = @now WHERE id = @id AND fence = @fence AND state = 2 RETURNING tenant, workload";
-        var row = await _db.RunAsync(_db.Worker, (Sql: sql, Lease: lease, Value: value, Message: message, Now: now), static async (c, s, token) =>
+        var sql = $"""
+            WITH u AS (UPDATE {_db.Schema}.jobs SET {set}, updated_at = @now WHERE id = @id AND fence = @fence AND state = 2 RETURNING id, tenant, workload),
+            n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', id, 'a', @attempt::int, 't', tenant, 'w', workload,
+                    's', @now_us::bigint, 'f', @fraction::float8, 'r', left(@message::text, 2000))::text) FROM u)
+            SELECT tenant, workload, (SELECT count(*) FROM n) FROM u
+            """;
+        var row = await _db.RunAsync(_db.Worker, (Sql: sql, Lease: lease, Value: value, Message: message, Now: now, Kind: kind, Fraction: fraction, Db: _db), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.AddWithValue("id", s.Lease.JobId.Value);
@@ -575,6 +585,12 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.AddWithValue("now", s.Now);
             command.Parameters.AddWithValue("value", s.Value);
             command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = (object?)s.Message ?? DBNull.Value });
+            command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
+            command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
+            command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)s.Kind });
+            command.Parameters.Add(new("attempt", NpgsqlDbType.Integer) { Value = s.Lease.Attempt });
+            command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
+            command.Parameters.Add(new("fraction", NpgsqlDbType.Double) { Value = (object?)s.Fraction ?? DBNull.Value });
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             return await reader.ReadAsync(token).ConfigureAwait(false) ? (reader.GetString(0), reader.GetString(1)) : default((string, string)?);
@@ -707,6 +723,15 @@ internal sealed partial class PostgresJobStore : IJobStore
     internal void PublishCancellation(JobId id, string tenant, string workload, int attempt, string? reason, DateTimeOffset now)
     {
         _events.Publish(JobEvent.ForAttempt(JobEventKind.CancellationRequested, id, tenant, workload, now, attempt, reason));
+    }
+
+    /// <summary>Publishes an attempt's progress or checkpoint that another host wrote (from its NOTIFY).</summary>
+    internal void PublishRemote(JobEventKind kind, JobId id, string tenant, string workload, int attempt, DateTimeOffset at, JobProgress? progress, string? message)
+    {
+        if (_events.IsWatched(kind))
+        {
+            _events.Publish(JobEvent.ForAttempt(kind, id, tenant, workload, at, attempt, message, progress));
+        }
     }
 
     public async ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)

@@ -218,6 +218,37 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_running_attempts_progress_and_checkpoints_reach_watchers_on_another_host()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, apiStore, _, apiEvents) = _database.OpenStore(_time);
+        var listener = new PostgresBackgroundService(apiDb, apiStore);
+        using var stop = new CancellationTokenSource();
+        await listener.StartAsync(default);
+        await listener.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
+        var heard = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.Progress, JobEventKind.Checkpointed } }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
+
+        var job = (await worker.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await worker.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        await worker.ReportProgressAsync(lease, new JobProgress(0.5, "half"), default);
+        await worker.SaveCheckpointAsync(lease, "cp"u8.ToArray(), default);
+
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        var progress = heard.Current;
+        Assert.True(await heard.MoveNextAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        var checkpoint = heard.Current;
+        Assert.Equal(
+            (JobEventKind.Progress, job.Id, 1, job.Request.Tenant, job.Request.Workload, (JobProgress?)new JobProgress(0.5, "half"), "half", JobState.Running),
+            (progress.Kind, progress.JobId, progress.Attempt, progress.Tenant, progress.Workload, progress.Progress, progress.Message, progress.State));
+        Assert.Equal((JobEventKind.Checkpointed, job.Id, 1, (JobProgress?)null), (checkpoint.Kind, checkpoint.JobId, checkpoint.Attempt, checkpoint.Progress));
+        Assert.Equal(_time.GetUtcNow().ToUnixTimeMilliseconds(), progress.Timestamp.ToUnixTimeMilliseconds());
+        await stop.CancelAsync();
+        await listener.StopAsync(default);
+        await heard.DisposeAsync();
+    }
+
+    [Fact]
     public async Task Cancelling_a_queued_job_ends_it_and_a_running_one_tells_its_worker_on_another_host()
     {
         var (_, storeA, _, _) = _database.OpenStore(_time);
