@@ -269,7 +269,7 @@ internal static class PostgresThroughput
                 {
                     o.Schema = schema;
                     o.SynchronousCommitForWorkers = durable;
-                    o.MaxBatchSize = 1000;
+                    o.MaxBatchSize = Environment.GetEnvironmentVariable("BENCH_BATCH") is { } size ? int.Parse(size, System.Globalization.CultureInfo.InvariantCulture) : 1000;
                     o.MaxBatchesInFlight = s_inFlight;
                     o.WriteHistory = Environment.GetEnvironmentVariable("BENCH_HISTORY") != "0";
                     if (!o.WriteHistory)
