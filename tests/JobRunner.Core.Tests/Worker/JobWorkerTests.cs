@@ -63,10 +63,10 @@ public sealed class JobWorkerTests
     {
         await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        JobId flaky = default;
+        // Told apart by their request: a job may start before SubmitAsync has returned its id.
         host.Behavior.Run = async (context, ct) =>
         {
-            if (context.JobId == flaky)
+            if (context.Request.CorrelationId == "flaky")
             {
                 if (context.Attempt == 1)
                 {
@@ -81,7 +81,7 @@ public sealed class JobWorkerTests
         await host.StartAsync();
 
         var failedAt = host.Time.GetUtcNow();
-        flaky = await host.SubmitAsync(new JobRequest("work"));
+        var flaky = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "flaky" });
         var scheduled = await host.WaitForStateAsync(flaky, JobState.Scheduled);
 
         Assert.Equal(failedAt + TimeSpan.FromSeconds(5), scheduled.DueAt);
@@ -246,11 +246,11 @@ public sealed class JobWorkerTests
     {
         await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
         var never = new TaskCompletionSource();
-        JobId stubborn = default;
-        host.Behavior.Run = (context, _) => context.JobId == stubborn ? new ValueTask(never.Task) : ValueTask.CompletedTask;
+        // Told apart by its request: the job may start before SubmitAsync has returned its id.
+        host.Behavior.Run = (context, _) => context.Request.CorrelationId == "stubborn" ? new ValueTask(never.Task) : ValueTask.CompletedTask;
         await host.StartAsync();
 
-        stubborn = await host.SubmitAsync(new JobRequest("work"));
+        var stubborn = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "stubborn" });
         await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
         await host.Client.CancelAsync(stubborn, "stop now");
         await host.WaitForStateAsync(stubborn, JobState.Cancelled);
