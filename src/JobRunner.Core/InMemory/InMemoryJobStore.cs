@@ -237,7 +237,7 @@ internal sealed class InMemoryJobStore : IJobStore
             entry.State = next;
             entry.DueAt = next == JobState.Scheduled ? completion.DueAt ?? now : null;
             entry.LastError = completion.Error ?? entry.LastError;
-            Transition(ref entry, lease.JobId, JobState.Running, completion.Error);
+            Transition(ref entry, JobState.Running, completion.Error);
             return new(next);
         }
     }
@@ -259,7 +259,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 case JobState.Queued or JobState.Scheduled:
                     var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
                     entry.Replace(cancelled);
-                    Transition(ref entry, id, job.State, reason);
+                    Transition(ref entry, job.State, reason);
                     return new(cancelled);
                 case JobState.Running when !job.CancelRequested:
                     entry.Replace(job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now });
@@ -295,7 +295,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 var next = entry.Record.CancelRequested ? JobState.Cancelled : JobState.Queued;
                 entry.End(now, AttemptOutcome.LeaseExpired, Error, errorType: null, exitCode: null);
                 entry.State = next;
-                Transition(ref entry, id, JobState.Running, Error);
+                Transition(ref entry, JobState.Running, Error);
                 if (next == JobState.Queued)
                 {
                     (ready ??= []).Add(entry.Snapshot());
@@ -343,8 +343,9 @@ internal sealed class InMemoryJobStore : IJobStore
     }
 
     /// <summary>Finishes a change of <paramref name="entry"/>'s state: running and finished sets, dedupe key, event.</summary>
-    private void Transition(ref Entry entry, JobId id, JobState previous, string? message)
+    private void Transition(ref Entry entry, JobState previous, string? message)
     {
+        var id = entry.Record.Id;
         if (previous == JobState.Running)
         {
             _running.Remove(id);
@@ -443,11 +444,7 @@ internal sealed class InMemoryJobStore : IJobStore
         {
             Sequence = sequence;
             Record = record;
-            _state = record.State;
-            Fence = record.FenceToken;
-            UpdatedAt = record.UpdatedAt;
-            _dueAt = record.DueAt?.UtcTicks ?? None;
-            LastError = record.LastError;
+            Replace(record);
             AttemptCount = record.Attempts.Count;
             FailedAttempts = CountFailed(record.Attempts);
         }
