@@ -62,9 +62,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task Each_row_is_published_once_across_many_polls()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         await using var events = new Watcher(apiEvents);
         Assert.Equal(0, await relay.PollOnceAsync(default));
 
@@ -99,9 +97,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task A_row_of_a_transaction_that_commits_after_a_later_one_is_published_once()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         var (a, b, c) = (Jobs.New(_time), Jobs.New(_time), Jobs.New(_time));
         await worker.InsertManyAsync([a, b, c], default);
         await StartWatchingAsync(relay);
@@ -129,9 +125,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task A_jobs_transitions_keep_their_order_when_the_later_one_has_the_lower_transaction_id()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         var job = Jobs.New(_time);
         await worker.InsertAsync(job, default);
         await StartWatchingAsync(relay);
@@ -166,9 +160,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task More_rows_than_one_poll_reads_follow_at_the_next_polls_none_lost_or_repeated()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         await using var events = new Watcher(apiEvents);
         Assert.Equal(0, await relay.PollOnceAsync(default));
         _time.Advance(TimeSpan.FromMilliseconds(10));
@@ -185,9 +177,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task One_transaction_with_more_rows_than_one_poll_reads_drains_in_id_order()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         var job = Jobs.New(_time);
         await worker.InsertAsync(job, default);
         await StartWatchingAsync(relay);
@@ -215,9 +205,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task Rows_written_before_watching_started_are_not_published_but_rows_committed_after_are()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         var (old, pending, fresh) = (Jobs.New(_time), Jobs.New(_time), Jobs.New(_time));
         await worker.InsertAsync(pending, default);
 
@@ -244,9 +232,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     [Fact]
     public async Task Nobody_watching_again_forgets_the_cursor_and_the_next_watcher_starts_from_then()
     {
-        var (_, worker, _, _) = _database.OpenStore(_time);
-        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
-        var relay = new PostgresEventRelay(apiDb, apiEvents);
+        var (worker, relay, apiEvents) = TwoHosts();
         var events = new Watcher(apiEvents);
         Assert.Equal(0, await relay.PollOnceAsync(default));
         _time.Advance(TimeSpan.FromMilliseconds(10));
@@ -305,6 +291,14 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     }
 
     /// <summary>A moment later a poll while nobody watches, and a moment later again: a watcher that subscribes now starts from that poll.</summary>
+    /// <summary>A worker host's store, and an API host's relay and event bus, on the same schema.</summary>
+    private (PostgresJobStore Worker, PostgresEventRelay Relay, IJobEventBus ApiEvents) TwoHosts()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, _, _, apiEvents) = _database.OpenStore(_time);
+        return (worker, new PostgresEventRelay(apiDb, apiEvents), apiEvents);
+    }
+
     private async Task StartWatchingAsync(PostgresEventRelay relay)
     {
         _time.Advance(TimeSpan.FromMilliseconds(10));
