@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Tracing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Benchmarks;
 
@@ -10,7 +11,7 @@ namespace JobRunner.Benchmarks;
 /// </summary>
 internal static class AllocationProfile
 {
-    public static async Task RunAsync(int jobs, int slots)
+    public static async Task RunAsync(int jobs, int slots, bool singleton)
     {
         // Submission alone (no worker): the ceiling a single submitting thread puts on the end-to-end rate.
         await using (var submitOnly = await Harness.StartAsync(runner => runner
@@ -27,9 +28,15 @@ internal static class AllocationProfile
             Console.WriteLine($"submit only, one thread, no worker: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
         }
 
-        await using var harness = await Harness.StartAsync(runner => runner
-            .ConfigureWorker(w => w.Slots = slots)
-            .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop"));
+        await using var harness = await Harness.StartAsync(runner =>
+        {
+            if (singleton)
+            {
+                runner.Services.AddSingleton<EndToEndBenchmarks.NoOpWorkload>();
+            }
+
+            runner.ConfigureWorker(w => w.Slots = slots).AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop");
+        });
         await harness.RunAsync(new JobRequest("noop"), Math.Min(jobs, 50_000));
 
         using var listener = new AllocationListener();
@@ -40,7 +47,7 @@ internal static class AllocationProfile
         var allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
         listener.Stop();
 
-        Console.WriteLine($"{jobs:N0} no-op jobs, {slots} slots: {jobs / elapsed.TotalSeconds:N0} jobs/s, {elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job, {allocated / (double)jobs:N0} B/job, gen0 {GC.CollectionCount(0)}, gen1 {GC.CollectionCount(1)}, gen2 {GC.CollectionCount(2)}");
+        Console.WriteLine($"{jobs:N0} no-op jobs ({(singleton ? "singleton" : "transient")} workload), {slots} slots: {jobs / elapsed.TotalSeconds:N0} jobs/s, {elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job, {allocated / (double)jobs:N0} B/job, gen0 {GC.CollectionCount(0)}, gen1 {GC.CollectionCount(1)}, gen2 {GC.CollectionCount(2)}");
         var total = listener.Samples.Values.Sum();
         foreach (var (type, bytes) in listener.Samples.OrderByDescending(static p => p.Value).Take(30))
         {

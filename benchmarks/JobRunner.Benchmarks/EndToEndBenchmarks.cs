@@ -2,13 +2,15 @@ using System.Threading.Channels;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Engines;
 using JobRunner;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Benchmarks;
 
 /// <summary>
 /// N no-op jobs submitted and completed end to end through the in-memory path (validate, store record, queue, lease
 /// with a fence token, in-process engine with a DI scope, fenced completion), against a raw bounded Channel pipeline
-/// with the same number of consumers, in the same run. Results are per job ([OperationsPerInvoke]).
+/// with the same number of consumers, in the same run; and the same with the workload registered as a singleton (no DI
+/// scope per attempt). Results are per job ([OperationsPerInvoke]).
 /// </summary>
 [MemoryDiagnoser]
 [SimpleJob(RunStrategy.Monitoring, launchCount: 1, warmupCount: 3, iterationCount: 10)]
@@ -23,9 +25,13 @@ public class EndToEndBenchmarks
 
     [GlobalSetup]
     public async Task SetupAsync()
-        => _harness = await Harness.StartAsync(runner => runner
-            .ConfigureWorker(w => w.Slots = Slots)
-            .AddWorkload<NoOpWorkload>("noop"));
+        => _harness = await Harness.StartAsync(runner =>
+        {
+            runner.Services.AddSingleton<SingletonNoOpWorkload>();
+            runner.ConfigureWorker(w => w.Slots = Slots)
+                .AddWorkload<NoOpWorkload>("noop")
+                .AddWorkload<SingletonNoOpWorkload>("noop-singleton");
+        });
 
     [GlobalCleanup]
     public async Task CleanupAsync() => await _harness.DisposeAsync();
@@ -63,6 +69,17 @@ public class EndToEndBenchmarks
     public async Task JobRunnerInMemory()
     {
         await _harness.RunAsync(new JobRequest("noop"), Jobs);
+    }
+
+    [Benchmark(OperationsPerInvoke = Jobs, Description = "JobRunner in-memory, singleton workload")]
+    public async Task JobRunnerInMemorySingleton()
+    {
+        await _harness.RunAsync(new JobRequest("noop-singleton"), Jobs);
+    }
+
+    public sealed class SingletonNoOpWorkload : IWorkload
+    {
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
     }
 
     public sealed class NoOpWorkload : IWorkload

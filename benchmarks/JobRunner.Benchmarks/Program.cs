@@ -39,12 +39,14 @@ if (args is ["latency", ..])
 }
 
 // Where the in-memory end-to-end path allocates (sampled AllocationTick events):
-//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- allocs [jobs] [slots]
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- allocs [jobs] [slots] [singleton]
+// ("singleton": the workload is registered as a singleton, so attempts create no DI scope)
 if (args is ["allocs", ..])
 {
     await JobRunner.Benchmarks.AllocationProfile.RunAsync(
         args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 500_000,
-        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 8);
+        args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 8,
+        singleton: args is [_, _, _, "singleton", ..]);
     return;
 }
 

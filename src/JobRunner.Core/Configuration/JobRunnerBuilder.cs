@@ -23,7 +23,13 @@ public sealed class JobRunnerBuilder
     /// <summary>Gets the service collection, for provider packages that extend the builder.</summary>
     public IServiceCollection Services { get; }
 
-    /// <summary>Registers a code workload, run in-process with a new DI scope and instance per attempt.</summary>
+    /// <summary>
+    /// Registers a code workload, run in-process. Each attempt has its own DI scope and, unless
+    /// <typeparamref name="TWorkload"/> is registered as a singleton, its own instance of the workload (registered as
+    /// transient when not registered yet). A singleton workload runs every attempt as its one instance, and an attempt
+    /// creates its scope only when the workload reads <see cref="WorkloadContext.Services"/>: the cheapest way to run a
+    /// stateless workload.
+    /// </summary>
     /// <typeparam name="TWorkload">The workload class.</typeparam>
     /// <param name="name">The name jobs use to ask for it: 1–63 letters, digits, '-', '_' or '.'.</param>
     /// <param name="configure">Adjusts its retry, timeout and failure classification.</param>
@@ -34,7 +40,8 @@ public sealed class JobRunnerBuilder
     {
         ArgumentNullException.ThrowIfNull(name);
         Services.TryAddTransient<TWorkload>();
-        return Add(name, typeof(TWorkload), static sp => new InProcessEngine<TWorkload>(sp.GetRequiredService<IServiceScopeFactory>()), configure);
+        var services = Services;
+        return Add(name, typeof(TWorkload), sp => new InProcessEngine<TWorkload>(sp, IsSingleton(services, typeof(TWorkload))), configure);
     }
 
     /// <summary>Registers a workload run by an engine of its own (a process, a container, a remote service).</summary>
@@ -216,6 +223,21 @@ public sealed class JobRunnerBuilder
         => services.GetService<IContainerEngineProvider>() is { } provider
             ? provider.CreateEngine(resolve)
             : new LocalProcessEngine(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
+
+    /// <summary>Whether the registration the container resolves <paramref name="type"/> from (the last one) is a singleton.</summary>
+    private static bool IsSingleton(IServiceCollection services, Type type)
+    {
+        for (var i = services.Count - 1; i >= 0; i--)
+        {
+            var descriptor = services[i];
+            if (descriptor.ServiceType == type && !descriptor.IsKeyedService)
+            {
+                return descriptor.Lifetime == ServiceLifetime.Singleton;
+            }
+        }
+
+        return false;
+    }
 
     private JobRunnerBuilder Add(string name, Type? workloadType, Func<IServiceProvider, IExecutionEngine> engineFactory, Action<WorkloadOptions>? configure)
     {

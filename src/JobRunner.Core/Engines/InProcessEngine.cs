@@ -3,27 +3,46 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Engines;
 
-/// <summary>Runs a code workload in this process: one DI scope and one workload instance per attempt.</summary>
-internal sealed class InProcessEngine<TWorkload>(IServiceScopeFactory scopes) : IExecutionEngine
+/// <summary>
+/// Runs a code workload in this process. Each attempt has its own DI scope (<see cref="WorkloadContext.Services"/>).
+/// A workload registered as a singleton runs as its one instance, and the attempt creates its scope only if the
+/// workload reads <see cref="WorkloadContext.Services"/>; any other workload is resolved from a new scope per attempt.
+/// </summary>
+internal sealed class InProcessEngine<TWorkload>(IServiceProvider services, bool singleton) : IExecutionEngine
     where TWorkload : class, IWorkload
 {
+    private readonly IServiceScopeFactory _scopes = services.GetRequiredService<IServiceScopeFactory>();
+
+    /// <summary>Gets whether the workload is a singleton: attempts create their scope only when the workload reads it.</summary>
+    public bool Singleton => singleton;
+
     public async ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
     {
-        // Disposed by hand rather than with "await using (scope.ConfigureAwait(false))", which boxes the struct scope.
-        var scope = scopes.CreateAsyncScope();
-        try
+        if (context is not ActiveAttempt attempt)
         {
-            if (context is ActiveAttempt attempt)
+            // A context from elsewhere (a test, a host's own runner) brings its own services.
+            var scope = _scopes.CreateAsyncScope();
+            try
             {
-                attempt.ScopedServices = scope.ServiceProvider;
+                await scope.ServiceProvider.GetRequiredService<TWorkload>().ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                await scope.DisposeAsync().ConfigureAwait(false);
             }
 
-            var workload = scope.ServiceProvider.GetRequiredService<TWorkload>();
+            return;
+        }
+
+        try
+        {
+            var scoped = attempt.OpenScope(_scopes, lazy: singleton);
+            var workload = (scoped ?? services).GetRequiredService<TWorkload>();
             await workload.ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            await scope.DisposeAsync().ConfigureAwait(false);
+            await attempt.CloseScopeAsync().ConfigureAwait(false);
         }
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Worker;
 
@@ -47,8 +48,9 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
     /// <summary>Gets the lease, once granted.</summary>
     public JobLease? Lease => _leased?.Lease;
 
-    /// <summary>Gets or sets the attempt's DI scope; set by the in-process engine.</summary>
-    public IServiceProvider? ScopedServices { get; set; }
+    // The attempt's DI scope, when its engine gave it one (see OpenScope): created at once, or on the first read of Services.
+    private IServiceScopeFactory? _scopes;
+    private IServiceScope? _scope;
 
     /// <summary>Gets the exit code the engine reported, if any.</summary>
     public int? ExitCode { get; private set; }
@@ -65,7 +67,7 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
 
     public override CancellationToken CheckpointRequested => Worker.CheckpointRequested;
 
-    public override IServiceProvider Services => ScopedServices ?? Worker.Services;
+    public override IServiceProvider Services => _scopes is null ? Worker.Services : (_scope ?? CreateScope()).ServiceProvider;
 
     public override JsonSerializerOptions SerializerOptions => Worker.SerializerOptions;
 
@@ -74,6 +76,39 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
     private LeasedJob Current => _leased ?? throw new InvalidOperationException("The attempt has no lease yet.");
 
     private JobWorker Worker => _worker ?? throw new InvalidOperationException("The attempt has not begun.");
+
+    /// <summary>
+    /// Gives the attempt a DI scope from <paramref name="scopes"/>, which <see cref="Services"/> returns and
+    /// <see cref="CloseScopeAsync"/> disposes: created now, or when <paramref name="lazy"/>, on the first read of
+    /// <see cref="Services"/> (an attempt whose workload never reads it creates none).
+    /// </summary>
+    /// <returns>The scope's services, when created now.</returns>
+    public IServiceProvider? OpenScope(IServiceScopeFactory scopes, bool lazy)
+    {
+        _scopes = scopes;
+        return lazy ? null : CreateScope().ServiceProvider;
+    }
+
+    /// <summary>Disposes the attempt's scope, if it has one; from then on <see cref="Services"/> throws <see cref="ObjectDisposedException"/>.</summary>
+    public ValueTask CloseScopeAsync()
+    {
+        var scope = Interlocked.Exchange(ref _scope, ClosedScope.Instance);
+        return scope is null or ClosedScope ? default : new AsyncServiceScope(scope).DisposeAsync();
+    }
+
+    private IServiceScope CreateScope()
+    {
+        var scope = _scopes!.CreateScope();
+        var existing = Interlocked.CompareExchange(ref _scope, scope, null);
+        if (existing is null)
+        {
+            return scope;
+        }
+
+        // Another thread of the workload created it first, or the attempt already ended.
+        scope.Dispose();
+        return existing;
+    }
 
     /// <summary>Records the lease just granted: heartbeats renew it from now on.</summary>
     public void Grant(LeasedJob leased) => _leased = leased;
@@ -227,5 +262,20 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
         _timeoutTimer?.Dispose();
         _graceTimer?.Dispose();
         _cts.Dispose();
+    }
+}
+
+/// <summary>Stands for the scope of an attempt that ended: its services are disposed.</summary>
+file sealed class ClosedScope : IServiceScope, IServiceProvider
+{
+    public static readonly ClosedScope Instance = new();
+
+    public IServiceProvider ServiceProvider => this;
+
+    public object? GetService(Type serviceType)
+        => throw new ObjectDisposedException(nameof(IServiceProvider), "The attempt ended: its DI scope is disposed.");
+
+    public void Dispose()
+    {
     }
 }

@@ -424,6 +424,45 @@ public sealed class JobWorkerTests
         Assert.All(probes, p => Assert.True(p.Disposed));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Run_SingletonWorkload_OneInstanceForAllAttempts_StillOneScopePerAttempt(bool singleton)
+    {
+        await using var host = new TestHost(
+            configure: r => r.AddWorkload<InstanceWorkload>("instances"),
+            services: s =>
+            {
+                s.AddScoped<ScopedProbe>();
+                s.AddSingleton<InstanceRuns>();
+                if (singleton)
+                {
+                    s.AddSingleton<InstanceWorkload>();
+                }
+            });
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("instances") { Retry = Immediately3 });
+        await host.WaitForStateAsync(id, JobState.Succeeded);
+
+        var runs = host.Services.GetRequiredService<InstanceRuns>().Runs;
+        Assert.Equal(2, runs.Count);
+        if (singleton)
+        {
+            Assert.Same(runs[0].Workload, runs[1].Workload);
+        }
+        else
+        {
+            Assert.NotSame(runs[0].Workload, runs[1].Workload);
+        }
+
+        // Within an attempt one scope (created on the first read when lazy), across attempts a new one, disposed at the end.
+        Assert.All(runs, r => Assert.Same(r.First, r.Second));
+        Assert.NotSame(runs[0].First, runs[1].First);
+        Assert.All(runs, r => Assert.True(r.First.Disposed));
+        Assert.Throws<ObjectDisposedException>(() => runs[1].Context.Services.GetService(typeof(ScopedProbe)));
+    }
+
     [Fact]
     public async Task Watch_StreamsStateProgressAndLogs_EndsAtTerminalState()
     {
@@ -536,6 +575,29 @@ public sealed class JobWorkerTests
     }
 
     public sealed record Progress(int Done);
+
+    public sealed record InstanceRun(InstanceWorkload Workload, WorkloadContext Context, ScopedProbe First, ScopedProbe Second);
+
+    public sealed class InstanceRuns
+    {
+        public List<InstanceRun> Runs { get; } = [];
+    }
+
+    /// <summary>Records its own instance and the attempt's scoped services; the first attempt fails.</summary>
+    public sealed class InstanceWorkload(InstanceRuns runs) : IWorkload
+    {
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken)
+        {
+            var first = context.Services.GetRequiredService<ScopedProbe>();
+            var second = context.Services.GetRequiredService<ScopedProbe>();
+            lock (runs)
+            {
+                runs.Runs.Add(new InstanceRun(this, context, first, second));
+            }
+
+            return context.Attempt == 1 ? throw new IOException("again") : ValueTask.CompletedTask;
+        }
+    }
 
     public sealed class ScopedProbe : IDisposable
     {
