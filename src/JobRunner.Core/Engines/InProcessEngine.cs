@@ -36,7 +36,7 @@ internal sealed class InProcessEngine<TWorkload>(IServiceProvider services, bool
 
         try
         {
-            var scoped = attempt.OpenScope(_scopes, lazy: singleton);
+            var scoped = attempt.OpenScope(lazy: singleton);
             var workload = (scoped ?? services).GetRequiredService<TWorkload>();
             await workload.ExecuteAsync(context, cancellationToken).ConfigureAwait(false);
         }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -26,34 +27,35 @@ internal enum StopReason
 /// One attempt as its worker tracks it, and, once leased (<see cref="Begin"/>), the context its workload runs with:
 /// one object per attempt, every write carrying the attempt's lease. The first of "the workload finished" and "the
 /// worker stopped it" wins, atomically: a late cancellation cannot turn a finished attempt into a cancelled one, and the
-/// reason stays stable once set.
+/// reason stays stable once set. Allocated per job, so it keeps only what every attempt needs; the rest (see
+/// <see cref="Extras"/>) is created by the few attempts that use it.
 /// </summary>
 [DebuggerDisplay("{Item.Id} {Reason}")]
-internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : WorkloadContext, IDisposable
+internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker) : WorkloadContext, IDisposable
 {
     private readonly CancellationTokenSource _cts = new();
     // Created on first use: an attempt whose workload returns at once never needs it.
     private TaskCompletionSource? _abandoned;
     private ITimer? _timeoutTimer;
-    private ITimer? _graceTimer;
+    private Extras? _extras;
     private int _reason;
     private volatile bool _disposed;
 
-    private JobWorker? _worker;
     private LeasedJob? _leased;
-    private ReadOnlyMemory<byte>? _checkpoint;
+    // Set only when the attempt's checkpoint is not the lease's: loaded from a checkpoint store, or saved by the workload.
+    private StrongBox<ReadOnlyMemory<byte>?>? _checkpoint;
+
+    // The attempt's DI scope (see OpenScope): null without one, LazyScope until a lazy scope is created, then the scope,
+    // and ClosedScope once the attempt ended. (Not typed by interface: the root scope is also the scope factory.)
+    private object? _scope;
 
     public QueuedJob Item { get; } = item;
 
     /// <summary>Gets the lease, once granted.</summary>
     public JobLease? Lease => _leased?.Lease;
 
-    // The attempt's DI scope, when its engine gave it one (see OpenScope): created at once, or on the first read of Services.
-    private IServiceScopeFactory? _scopes;
-    private IServiceScope? _scope;
-
     /// <summary>Gets the exit code the engine reported, if any.</summary>
-    public int? ExitCode { get; private set; }
+    public int? ExitCode => _extras?.ExitCode;
 
     public override JobId JobId => Current.Lease.JobId;
 
@@ -63,29 +65,41 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
 
     public override JobRequest Request => Current.Request;
 
-    public override ReadOnlyMemory<byte>? Checkpoint => _checkpoint;
+    public override ReadOnlyMemory<byte>? Checkpoint => _checkpoint is { } own ? own.Value : _leased?.Checkpoint;
 
-    public override CancellationToken CheckpointRequested => Worker.CheckpointRequested;
+    public override CancellationToken CheckpointRequested => worker.CheckpointRequested;
 
-    public override IServiceProvider Services => _scopes is null ? Worker.Services : (_scope ?? CreateScope()).ServiceProvider;
+    public override IServiceProvider Services => _scope switch
+    {
+        null => worker.Services,
+        LazyScope => CreateScope().ServiceProvider,
+        var scope => ((IServiceScope)scope).ServiceProvider,
+    };
 
-    public override JsonSerializerOptions SerializerOptions => Worker.SerializerOptions;
+    public override JsonSerializerOptions SerializerOptions => worker.SerializerOptions;
 
-    public override TimeProvider TimeProvider => time;
+    public override TimeProvider TimeProvider => worker.Time;
 
     private LeasedJob Current => _leased ?? throw new InvalidOperationException("The attempt has no lease yet.");
 
-    private JobWorker Worker => _worker ?? throw new InvalidOperationException("The attempt has not begun.");
+    private Extras Extra
+    {
+        get
+        {
+            var extras = Volatile.Read(ref _extras);
+            return extras ?? Interlocked.CompareExchange(ref _extras, extras = new Extras(), null) ?? extras;
+        }
+    }
 
     /// <summary>
-    /// Gives the attempt a DI scope from <paramref name="scopes"/>, which <see cref="Services"/> returns and
-    /// <see cref="CloseScopeAsync"/> disposes: created now, or when <paramref name="lazy"/>, on the first read of
-    /// <see cref="Services"/> (an attempt whose workload never reads it creates none).
+    /// Gives the attempt a DI scope, which <see cref="Services"/> returns and <see cref="CloseScopeAsync"/> disposes:
+    /// created now, or when <paramref name="lazy"/>, on the first read of <see cref="Services"/> (an attempt whose
+    /// workload never reads it creates none).
     /// </summary>
     /// <returns>The scope's services, when created now.</returns>
-    public IServiceProvider? OpenScope(IServiceScopeFactory scopes, bool lazy)
+    public IServiceProvider? OpenScope(bool lazy)
     {
-        _scopes = scopes;
+        _scope = LazyScope.Instance;
         return lazy ? null : CreateScope().ServiceProvider;
     }
 
@@ -93,38 +107,40 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
     public ValueTask CloseScopeAsync()
     {
         var scope = Interlocked.Exchange(ref _scope, ClosedScope.Instance);
-        return scope is null or ClosedScope ? default : new AsyncServiceScope(scope).DisposeAsync();
+        return scope is null or LazyScope or ClosedScope ? default : new AsyncServiceScope((IServiceScope)scope).DisposeAsync();
     }
 
     private IServiceScope CreateScope()
     {
-        var scope = _scopes!.CreateScope();
-        var existing = Interlocked.CompareExchange(ref _scope, scope, null);
-        if (existing is null)
+        var scope = worker.Scopes.CreateScope();
+        var seen = Interlocked.CompareExchange(ref _scope, scope, LazyScope.Instance);
+        if (seen == LazyScope.Instance)
         {
             return scope;
         }
 
         // Another thread of the workload created it first, or the attempt already ended.
         scope.Dispose();
-        return existing;
+        return (IServiceScope)seen!;
     }
 
     /// <summary>Records the lease just granted: heartbeats renew it from now on.</summary>
     public void Grant(LeasedJob leased) => _leased = leased;
 
-    /// <summary>Makes the attempt its workload's context: from <paramref name="checkpoint"/>, writing through <paramref name="worker"/>.</summary>
-    public void Begin(JobWorker worker, ReadOnlyMemory<byte>? checkpoint)
+    /// <summary>Makes the attempt its workload's context, starting from <paramref name="checkpoint"/>.</summary>
+    public void Begin(ReadOnlyMemory<byte>? checkpoint)
     {
-        _worker = worker;
-        _checkpoint = checkpoint;
+        if (!Nullable.Equals(checkpoint, Current.Checkpoint))
+        {
+            _checkpoint = new(checkpoint);
+        }
     }
 
     public override async ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
-        await Worker.Checkpoints.SaveAsync(Current, checkpoint, cancellationToken).ConfigureAwait(false);
-        _checkpoint = checkpoint;
+        await worker.Checkpoints.SaveAsync(Current, checkpoint, cancellationToken).ConfigureAwait(false);
+        _checkpoint = new(checkpoint);
     }
 
     public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default)
@@ -135,7 +151,7 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
         }
 
         ThrowIfLeaseLost();
-        return Worker.Store.ReportProgressAsync(Current.Lease, new JobProgress(fraction, message), cancellationToken);
+        return worker.Store.ReportProgressAsync(Current.Lease, new JobProgress(fraction, message), cancellationToken);
     }
 
     public override async ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
@@ -147,11 +163,11 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
             return;
         }
 
-        var entries = await Worker.Logs.AppendAsync(Current.Lease, lines, cancellationToken).ConfigureAwait(false);
-        Worker.PublishLogs(Current, entries);
+        var entries = await worker.Logs.AppendAsync(Current.Lease, lines, cancellationToken).ConfigureAwait(false);
+        worker.PublishLogs(Current, entries);
     }
 
-    public override void ReportExitCode(int exitCode) => ExitCode = exitCode;
+    public override void ReportExitCode(int exitCode) => Extra.ExitCode = exitCode;
 
     public CancellationToken Token => _cts.Token;
 
@@ -163,9 +179,8 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
 
     public StopReason Reason => (StopReason)Volatile.Read(ref _reason);
 
-    public string? Message { get; private set; }
-
-    public TimeSpan? Timeout { get; private set; }
+    /// <summary>Gets the message the attempt was stopped with, if any.</summary>
+    public string? Message => _extras?.Message;
 
     /// <summary>Stops the attempt for <paramref name="reason"/> unless it already finished or was stopped.</summary>
     /// <returns><see langword="true"/> when this call stopped it.</returns>
@@ -176,7 +191,11 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
             return false;
         }
 
-        Message = message;
+        if (message is not null)
+        {
+            Extra.Message = message;
+        }
+
         try
         {
             // Callbacks the workload registered run on the thread pool, never on the caller's (heartbeat, timer) thread.
@@ -194,8 +213,8 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
         }
         else
         {
-            var timer = time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), AbandonedSource, grace, System.Threading.Timeout.InfiniteTimeSpan);
-            _graceTimer = timer;
+            var timer = worker.Time.CreateTimer(static s => ((TaskCompletionSource)s!).TrySetResult(), AbandonedSource, grace, System.Threading.Timeout.InfiniteTimeSpan);
+            Extra.GraceTimer = timer;
             if (_disposed)
             {
                 timer.Dispose();
@@ -223,14 +242,13 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
 
     public void ArmTimeout(TimeSpan timeout, TimeSpan grace)
     {
-        Timeout = timeout;
         if (timeout > TimerLimits.Max)
         {
             // Beyond what a timer can hold (about 49 days): in practice no timeout.
             return;
         }
 
-        _timeoutTimer = time.CreateTimer(
+        _timeoutTimer = worker.Time.CreateTimer(
             static s =>
             {
                 var (attempt, grace) = ((ActiveAttempt, TimeSpan))s!;
@@ -260,9 +278,25 @@ internal sealed class ActiveAttempt(QueuedJob item, TimeProvider time) : Workloa
         Finish();
         _disposed = true;
         _timeoutTimer?.Dispose();
-        _graceTimer?.Dispose();
+        _extras?.GraceTimer?.Dispose();
         _cts.Dispose();
     }
+
+    /// <summary>What only some attempts set: a stop message, a grace timer, an exit code.</summary>
+    private sealed class Extras
+    {
+        public string? Message { get; set; }
+
+        public ITimer? GraceTimer { get; set; }
+
+        public int? ExitCode { get; set; }
+    }
+}
+
+/// <summary>Stands for the scope of an attempt whose workload has not read its services yet.</summary>
+file sealed class LazyScope
+{
+    public static readonly LazyScope Instance = new();
 }
 
 /// <summary>Stands for the scope of an attempt that ended: its services are disposed.</summary>

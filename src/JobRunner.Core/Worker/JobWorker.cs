@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using JobRunner.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using JobRunner.Telemetry;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -70,6 +71,7 @@ internal sealed partial class JobWorker : BackgroundService
         _telemetry = telemetry;
         Time = time;
         Services = services;
+        Scopes = services.GetRequiredService<IServiceScopeFactory>();
         _logger = (ILogger?)services.GetService(typeof(ILogger<JobWorker>)) ?? NullLogger<JobWorker>.Instance;
         _scheduler = scheduler;
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
@@ -94,6 +96,9 @@ internal sealed partial class JobWorker : BackgroundService
     public TimeProvider Time { get; }
 
     public IServiceProvider Services { get; }
+
+    /// <summary>Gets the scope factory of <see cref="Services"/>, for attempts' DI scopes.</summary>
+    public IServiceScopeFactory Scopes { get; }
 
     public JsonSerializerOptions SerializerOptions { get; }
 
@@ -347,7 +352,7 @@ internal sealed partial class JobWorker : BackgroundService
     {
         // A second delivery of a job this worker runs needs no check here: its lease is refused (the job is Running),
         // and the delivery is acknowledged below.
-        var attempt = new ActiveAttempt(item, Time);
+        var attempt = new ActiveAttempt(item, this);
         Volatile.Write(ref _active[slot], attempt);
         try
         {
@@ -479,7 +484,7 @@ internal sealed partial class JobWorker : BackgroundService
         Exception? error = null;
         try
         {
-            attempt.Begin(this, await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false));
+            attempt.Begin(await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false));
             var execution = workload.Engine.ExecuteAsync(attempt, attempt.Token);
             if (execution.IsCompletedSuccessfully)
             {
@@ -548,7 +553,7 @@ internal sealed partial class JobWorker : BackgroundService
                     Error = $"Worker '{WorkerId}' shut down; the job resumes from its last checkpoint.",
                 };
             case StopReason.TimedOut:
-                return Fail(job, workload, new JobTimeoutException(job.Lease.JobId, attempt.Timeout!.Value), AttemptOutcome.TimedOut);
+                return Fail(job, workload, new JobTimeoutException(job.Lease.JobId, (job.Request.Timeout ?? workload.Timeout)!.Value), AttemptOutcome.TimedOut);
             case StopReason.None when error is null:
                 return s_succeeded;
             default:

@@ -6,14 +6,18 @@ using NSubstitute;
 
 namespace JobRunner.Core.Tests.Engines;
 
-public sealed class InProcessEngineTests
+public sealed class InProcessEngineTests : IDisposable
 {
+    private readonly ServiceProvider _host = new ServiceCollection().AddJobRunner(_ => { }).BuildServiceProvider();
+
+    public void Dispose() => _host.Dispose();
+
     [Fact]
     public async Task Singleton_WorkloadThatNeverReadsServices_CreatesNoScope()
     {
         var (services, scopes, _) = Substitutes(new ReadingWorkload(reads: 0));
         var engine = new InProcessEngine<ReadingWorkload>(services, singleton: true);
-        using var attempt = NewAttempt();
+        using var attempt = NewAttempt(services);
 
         await engine.ExecuteAsync(attempt, CancellationToken.None);
 
@@ -25,7 +29,7 @@ public sealed class InProcessEngineTests
     {
         var (services, scopes, scope) = Substitutes(new ReadingWorkload(reads: 2));
         var engine = new InProcessEngine<ReadingWorkload>(services, singleton: true);
-        using var attempt = NewAttempt();
+        using var attempt = NewAttempt(services);
 
         await engine.ExecuteAsync(attempt, CancellationToken.None);
 
@@ -40,7 +44,7 @@ public sealed class InProcessEngineTests
         var workload = new ReadingWorkload(reads: 0);
         var (services, scopes, scope) = Substitutes(workload);
         var engine = new InProcessEngine<ReadingWorkload>(services, singleton: false);
-        using var attempt = NewAttempt();
+        using var attempt = NewAttempt(services);
 
         await engine.ExecuteAsync(attempt, CancellationToken.None);
 
@@ -67,8 +71,11 @@ public sealed class InProcessEngineTests
         Assert.Equal(singleton, Assert.IsType<InProcessEngine<ReadingWorkload>>(engine).Singleton);
     }
 
-    private static ActiveAttempt NewAttempt()
-        => new(QueuedJob.For(JobId.New(TimeProvider.System), new JobRequest("reader"), DateTimeOffset.UnixEpoch, dueAt: null), TimeProvider.System);
+    /// <summary>An attempt of a worker whose root services are <paramref name="services"/> (its scopes come from there).</summary>
+    private ActiveAttempt NewAttempt(IServiceProvider services)
+        => new(
+            QueuedJob.For(JobId.New(TimeProvider.System), new JobRequest("reader"), DateTimeOffset.UnixEpoch, dueAt: null),
+            ActivatorUtilities.CreateInstance<JobWorker>(_host, services));
 
     private static (IServiceProvider Services, IServiceScopeFactory Scopes, IServiceScope Scope) Substitutes(ReadingWorkload workload)
     {

@@ -1,13 +1,24 @@
 using JobRunner.Testing;
 using JobRunner.Worker;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Tests.Worker;
 
-public sealed class ActiveAttemptTests
+public sealed class ActiveAttemptTests : IDisposable
 {
     private readonly FakeTimeProvider _time = new();
+    private readonly ServiceProvider _host;
+    private readonly JobWorker _worker;
 
-    private ActiveAttempt NewAttempt() => new(new QueuedJob { Id = JobId.New(_time), Priority = 5, Tenant = "t", Workload = "w", EnqueuedAt = _time.GetUtcNow() }, _time);
+    public ActiveAttemptTests()
+    {
+        _host = new ServiceCollection().AddSingleton<TimeProvider>(_time).AddJobRunner(_ => { }).BuildServiceProvider();
+        _worker = _host.GetRequiredService<JobWorker>();
+    }
+
+    public void Dispose() => _host.Dispose();
+
+    private ActiveAttempt NewAttempt() => new(new QueuedJob { Id = JobId.New(_time), Priority = 5, Tenant = "t", Workload = "w", EnqueuedAt = _time.GetUtcNow() }, _worker);
 
     [Fact]
     public void TryStop_WithGrace_CancelsTokenAndAbandonsOnlyAfterGrace()
