@@ -68,11 +68,23 @@ public sealed record QueuedJob
     /// <value>The default value is <see langword="null"/>: any worker may run the job.</value>
     public string? Affinity { get; init; }
 
-    /// <summary>Gets when the job was enqueued.</summary>
-    public required DateTimeOffset EnqueuedAt { get; init; }
+    // Times are kept as UTC ticks (DueAt: -1 for none): a queue entry is allocated per job, and DateTimeOffset? takes 24 bytes.
+    private readonly long _enqueuedAt;
+    private readonly long _dueAt = -1;
 
-    /// <summary>Gets when the job becomes ready; <see langword="null"/> when it is ready now.</summary>
-    public DateTimeOffset? DueAt { get; init; }
+    /// <summary>Gets when the job was enqueued, in UTC.</summary>
+    public required DateTimeOffset EnqueuedAt
+    {
+        get => new(_enqueuedAt, TimeSpan.Zero);
+        init => _enqueuedAt = value.UtcTicks;
+    }
+
+    /// <summary>Gets when the job becomes ready, in UTC; <see langword="null"/> when it is ready now.</summary>
+    public DateTimeOffset? DueAt
+    {
+        get => _dueAt < 0 ? null : new DateTimeOffset(_dueAt, TimeSpan.Zero);
+        init => _dueAt = value is { } due ? due.UtcTicks : -1;
+    }
 
     /// <summary>Gets a backend's handle for acknowledging this delivery (for example an SQS receipt handle).</summary>
     public object? Receipt { get; init; }
