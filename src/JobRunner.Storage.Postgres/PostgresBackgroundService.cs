@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Npgsql;
@@ -15,12 +16,19 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     private readonly PostgresDatabase _db;
     private readonly PostgresJobStore _store;
     private readonly ILogger _logger;
+    private readonly PostgresLogStore _logs;
+
+    // Log lines other hosts appended, to read back and publish. Bounded: a host that cannot keep up drops the oldest
+    // notices, and its watchers miss those lines as events (ReadLogsAsync still has them).
+    private readonly Channel<LogNotice> _logNotices = Channel.CreateBounded<LogNotice>(
+        new BoundedChannelOptions(1024) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true });
 
     public PostgresBackgroundService(PostgresDatabase db, PostgresJobStore store)
     {
         _db = db;
         _store = store;
         _logger = db.Logger;
+        _logs = new PostgresLogStore(db);
     }
 
     /// <summary>Gets a task that completes each time the listener (re)connects; for tests.</summary>
@@ -33,7 +41,54 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     }
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
-        => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken), RelayEventsAsync(stoppingToken));
+        => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken), RelayEventsAsync(stoppingToken), RelayLogsAsync(stoppingToken));
+
+    /// <summary>Publishes the log lines other hosts appended (see <see cref="PostgresLogStore"/>), while someone watches log events.</summary>
+    private async Task RelayLogsAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await foreach (var notice in _logNotices.Reader.ReadAllAsync(stoppingToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    await PublishLinesAsync(notice, stoppingToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
+                {
+                    Log.RelayFailed(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task PublishLinesAsync(LogNotice notice, CancellationToken cancellationToken)
+    {
+        var events = _store.Events;
+        var offset = notice.Offset;
+        var end = notice.Offset + notice.Count;
+        while (offset < end && events.IsWatched(JobEventKind.Log))
+        {
+            var page = await _logs.ReadAsync(notice.Job, new LogQuery { Offset = offset, Limit = (int)Math.Min(end - offset, 10_000) }, cancellationToken).ConfigureAwait(false);
+            if (page.Entries.Count == 0)
+            {
+                return; // deleted in between
+            }
+
+            foreach (var entry in page.Entries)
+            {
+                if (entry.Offset < end)
+                {
+                    events.Publish(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
+                }
+            }
+
+            offset = page.Entries[^1].Offset + 1;
+        }
+    }
 
     private Task RelayEventsAsync(CancellationToken stoppingToken)
     {
@@ -139,6 +194,22 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
             {
                 // A running attempt's progress or checkpoint, written on another host.
                 var eventKind = (JobEventKind)root.GetProperty("k").GetInt32();
+                if (eventKind == JobEventKind.Log)
+                {
+                    // Lines appended on another host: read back (not on this callback's thread) only if someone watches.
+                    if (_store.Events.IsWatched(JobEventKind.Log))
+                    {
+                        _logNotices.Writer.TryWrite(new LogNotice(
+                            new JobId(root.GetProperty("j").GetGuid()),
+                            root.GetProperty("t").GetString() ?? "",
+                            root.GetProperty("w").GetString() ?? "",
+                            root.GetProperty("o").GetInt64(),
+                            root.GetProperty("c").GetInt64()));
+                    }
+
+                    return;
+                }
+
                 if (eventKind is not (JobEventKind.Progress or JobEventKind.Checkpointed))
                 {
                     return; // a kind this version does not relay
@@ -262,3 +333,6 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
         public static partial void RelayFailed(ILogger logger, Exception exception);
     }
 }
+
+/// <summary>Log lines another host appended: <paramref name="Count"/> lines of job <paramref name="Job"/> from <paramref name="Offset"/>.</summary>
+internal readonly record struct LogNotice(JobId Job, string Tenant, string Workload, long Offset, long Count);

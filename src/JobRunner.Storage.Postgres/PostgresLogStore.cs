@@ -7,7 +7,9 @@ namespace JobRunner.Storage.Postgres;
 /// Job logs in PostgreSQL, readable from every host: one row per line, keyed by job and job-wide offset. An append takes
 /// its offsets from the job's row in <c>job_log_heads</c> in the same statement, so concurrent writers (a stale attempt
 /// and its successor) never collide and offsets continue across attempts. Lines are kept until housekeeping deletes
-/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>).
+/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). Each append also sends a NOTIFY on the
+/// attempt-events channel (job, attempt, first offset, line count, not the lines), so that watchers on other hosts get
+/// the lines as log events: their listener reads them back only while someone watches log events.
 /// </summary>
 internal sealed class PostgresLogStore : ILogStore
 {
@@ -28,8 +30,10 @@ internal sealed class PostgresLogStore : ILogStore
             lines AS (
                 INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message)
                 SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message
-                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n))
-            SELECT first FROM head
+                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)),
+            n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', j.id, 'a', @attempt, 't', j.tenant, 'w', j.workload,
+                    'o', head.first, 'c', @count)::text) FROM head JOIN {s}.jobs j ON j.id = @job)
+            SELECT first, (SELECT count(*) FROM n) FROM head
             """;
         _readSql = $"""
             SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
@@ -60,7 +64,7 @@ internal sealed class PostgresLogStore : ILogStore
             messages[i] = lines[i].Message.Contains('\0', StringComparison.Ordinal) ? lines[i].Message.Replace('\0', '\uFFFD') : lines[i].Message;
         }
 
-        var first = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages), static async (c, s, token) =>
+        var first = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Db: _db), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Lease.JobId.Value });
@@ -69,6 +73,9 @@ internal sealed class PostgresLogStore : ILogStore
             command.Parameters.Add(new("ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = s.Ats });
             command.Parameters.Add(new("streams", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = s.Streams });
             command.Parameters.Add(new("messages", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Messages });
+            command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
+            command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
+            command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)JobEventKind.Log });
             return (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
         }, cancellationToken).ConfigureAwait(false);
 

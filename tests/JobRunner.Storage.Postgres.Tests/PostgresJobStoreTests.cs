@@ -249,6 +249,44 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Log_lines_appended_on_one_host_reach_log_watchers_on_another_host()
+    {
+        var (workerDb, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, apiStore, _, apiEvents) = _database.OpenStore(_time);
+        var listener = new PostgresBackgroundService(apiDb, apiStore);
+        using var stop = new CancellationTokenSource();
+        await listener.StartAsync(default);
+        await listener.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
+        var heard = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.Log } }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
+
+        var job = (await worker.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await worker.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        var logs = new PostgresLogStore(workerDb);
+        await logs.AppendAsync(lease, [new LogLine(_time.GetUtcNow(), LogStream.Output, "one"), new LogLine(_time.GetUtcNow(), LogStream.Error, "two")], default);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await logs.AppendAsync(lease, [new LogLine(_time.GetUtcNow(), LogStream.Output, "three")], default);
+
+        var lines = new List<JobEvent>();
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        lines.Add(heard.Current);
+        while (lines.Count < 3)
+        {
+            Assert.True(await heard.MoveNextAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+            lines.Add(heard.Current);
+        }
+
+        Assert.All(lines, e => Assert.Equal((JobEventKind.Log, job.Id, 1, job.Request.Tenant, job.Request.Workload), (e.Kind, e.JobId, e.Attempt, e.Tenant, e.Workload)));
+        Assert.Equal(["one", "two", "three"], lines.Select(e => e.Message));
+        Assert.Equal([0L, 1L, 2L], lines.Select(e => e.Log!.Offset));
+        Assert.Equal(LogStream.Error, lines[1].Log!.Stream);
+        Assert.Equal(_time.GetUtcNow().ToUnixTimeMilliseconds(), lines[2].Timestamp.ToUnixTimeMilliseconds());
+        await stop.CancelAsync();
+        await listener.StopAsync(default);
+        await heard.DisposeAsync();
+    }
+
+    [Fact]
     public async Task Cancelling_a_queued_job_ends_it_and_a_running_one_tells_its_worker_on_another_host()
     {
         var (_, storeA, _, _) = _database.OpenStore(_time);
