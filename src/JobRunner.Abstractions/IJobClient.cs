@@ -44,6 +44,22 @@ public interface IJobClient
     /// <exception cref="JobNotFoundException">There is no such job.</exception>
     ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Runs a <see cref="JobState.Failed"/> or <see cref="JobState.Cancelled"/> job again: it is queued now and its next
+    /// attempt resumes from its last checkpoint. Its attempts stay in its record, and the retry policy goes on counting
+    /// them: a job that used up its retries gets this one attempt, and is retried automatically only if the policy still
+    /// allows it.
+    /// </summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The job after the change (<see cref="JobState.Queued"/>).</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    /// <exception cref="JobStateException">
+    /// The job is queued, scheduled, running or succeeded, or its dedupe key is now held by another live job (submit a
+    /// new job instead); nothing changed.
+    /// </exception>
+    ValueTask<JobRecord> RetryAsync(JobId id, CancellationToken cancellationToken = default);
+
     /// <summary>Explains why a job is not running: its not-before time, a higher priority, its tenant's share, a concurrency limit (which one), or no free slot.</summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Cancels the read.</param>

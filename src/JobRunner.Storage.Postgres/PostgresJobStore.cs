@@ -35,6 +35,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly string _completeSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
+    private readonly string _requeueSql;
 
     public PostgresJobStore(PostgresDatabase db, IJobEventBus events)
     {
@@ -129,6 +130,17 @@ internal sealed partial class PostgresJobStore : IJobStore
                 SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'j', id, 'a', attempt_count, 't', tenant, 'w', workload, 'r', left(@reason, 2000))::text)
                 FROM u WHERE state = 2){History("@reason")}
             SELECT {JobRows.Columns}, (SELECT count(*) FROM n) FROM u
+            """;
+
+        _requeueSql = $"""
+            WITH old AS (SELECT id, state AS previous FROM {s}.jobs WHERE id = @id AND state IN (4, 5) FOR UPDATE),
+            u AS (
+                UPDATE {s}.jobs j SET state = 0, cancel_requested = false, cancel_reason = NULL, updated_at = @now, enqueued_at = @now,
+                    ready_at = @now, taken_until = NULL, lease_expires_at = NULL
+                FROM old
+                WHERE j.id = old.id
+                RETURNING j.*, old.previous){History("@message")}
+            SELECT {JobRows.Columns}, previous FROM u
             """;
 
         string History(string message) => db.Options.WriteHistory ? string.Format(CultureInfo.InvariantCulture, history, message) : "";
@@ -716,6 +728,44 @@ internal sealed partial class PostgresJobStore : IJobStore
         }
 
         return changed;
+    }
+
+    public async ValueTask<JobRecord> RequeueAsync(JobId id, CancellationToken cancellationToken)
+    {
+        const string Message = "Retried by request.";
+        var now = _time.GetUtcNow();
+        (JobRecord Job, JobState Previous)? changed;
+        try
+        {
+            changed = await _db.RunAsync(_db.Client, (Sql: _requeueSql, Id: id, Now: now), static async (c, s, token) =>
+            {
+                using var command = new NpgsqlCommand(s.Sql, c);
+                command.Parameters.AddWithValue("id", s.Id.Value);
+                command.Parameters.AddWithValue("now", s.Now);
+                command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = Message });
+                var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+                await using var readerScope = reader.ConfigureAwait(false);
+                return await reader.ReadAsync(token).ConfigureAwait(false)
+                    ? (JobRows.Read(reader), (JobState)reader.GetInt16(JobRows.ColumnCount))
+                    : default((JobRecord, JobState)?);
+            }, cancellationToken).ConfigureAwait(false);
+        }
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "jobs_dedupe")
+        {
+            // Another live job took the dedupe key while this one was finished.
+            var job = await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            var holder = await FindLiveByDedupeKeyAsync(job.Request.Tenant, job.Request.DedupeKey!).ConfigureAwait(false);
+            throw new JobStateException(id, job.State, $"its dedupe key '{job.Request.DedupeKey}' is held by live job {holder?.Id.ToString() ?? "(finished since: try again)"}; wait for that job, or submit a new job.");
+        }
+
+        if (changed is not { } done)
+        {
+            var job = await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            throw new JobStateException(id, job.State, "only a Failed or Cancelled job can be retried; cancel it first, or submit a new job.");
+        }
+
+        PublishState(done.Job, done.Previous, Message);
+        return done.Job;
     }
 
     internal IJobEventBus Events => _events;

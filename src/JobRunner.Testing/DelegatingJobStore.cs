@@ -51,6 +51,10 @@ public abstract class DelegatingJobStore : IJobStore
         => Inner.RequestCancellationAsync(id, reason, cancellationToken);
 
     /// <inheritdoc />
+    public virtual ValueTask<JobRecord> RequeueAsync(JobId id, CancellationToken cancellationToken)
+        => Inner.RequeueAsync(id, cancellationToken);
+
+    /// <inheritdoc />
     public virtual ValueTask<IReadOnlyList<JobRecord>> ReclaimExpiredLeasesAsync(CancellationToken cancellationToken)
         => Inner.ReclaimExpiredLeasesAsync(cancellationToken);
 }

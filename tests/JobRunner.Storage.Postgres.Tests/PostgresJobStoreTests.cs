@@ -249,6 +249,40 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_failed_or_cancelled_job_is_queued_again_by_request_with_its_attempts_and_dedupe_key()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time, dedupe: "k"), default)).Job;
+        var lease = (await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        await store.CompleteAttemptAsync(lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "boom" }, default);
+
+        // Not while another live job holds the key: nothing changes.
+        var holder = (await store.InsertAsync(Jobs.New(_time, dedupe: "k"), default)).Job;
+        var taken = await Assert.ThrowsAsync<JobStateException>(async () => await store.RequeueAsync(job.Id, default));
+        Assert.Contains(holder.Id.ToString(), taken.Message, StringComparison.Ordinal);
+        Assert.Equal(JobState.Failed, (await store.GetAsync(job.Id, default))!.State);
+        await store.RequestCancellationAsync(holder.Id, null, default);
+
+        _time.Advance(TimeSpan.FromSeconds(5));
+        var requeued = await store.RequeueAsync(job.Id, default);
+
+        Assert.Equal((JobState.Queued, 1, "boom"), (requeued.State, requeued.Attempts.Count, requeued.LastError));
+        Assert.Equal(_time.GetUtcNow().ToUnixTimeMilliseconds(), requeued.UpdatedAt.ToUnixTimeMilliseconds());
+        Assert.Equal("0,2,4,0", await _database.ScalarAsync<string>($"SELECT string_agg(state::text, ',' ORDER BY id) FROM {{s}}.job_history WHERE job_id = '{job.Id}'"));
+        Assert.True((await store.InsertAsync(Jobs.New(_time, dedupe: "k"), default)).Attached);
+        var again = (await store.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default))!;
+        Assert.Equal((2, 1), (again.Lease.Attempt, again.FailedAttempts));
+
+        var running = await Assert.ThrowsAsync<JobStateException>(async () => await store.RequeueAsync(job.Id, default));
+        Assert.Equal(JobState.Running, running.State);
+        await Assert.ThrowsAsync<JobNotFoundException>(async () => await store.RequeueAsync(JobId.New(_time), default));
+        await store.RequestCancellationAsync(job.Id, "stop", default);
+        await store.CompleteAttemptAsync(again.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Cancelled, NextState = JobState.Cancelled }, default);
+        var cleared = await store.RequeueAsync(job.Id, default);
+        Assert.Equal((JobState.Queued, false, (string?)null), (cleared.State, cleared.CancelRequested, cleared.CancelReason));
+    }
+
+    [Fact]
     public async Task Log_lines_appended_on_one_host_reach_log_watchers_on_another_host()
     {
         var (workerDb, worker, _, _) = _database.OpenStore(_time);

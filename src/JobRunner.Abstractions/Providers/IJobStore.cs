@@ -102,6 +102,22 @@ public interface IJobStore
     ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken);
 
     /// <summary>
+    /// Makes a <see cref="JobState.Failed"/> or <see cref="JobState.Cancelled"/> job <see cref="JobState.Queued"/> again,
+    /// ready now: its attempts, checkpoint and failed-attempt count are kept (so the retry policy goes on counting), a
+    /// cancellation request is cleared, and a dedupe key is held again. The caller enqueues the job.
+    /// </summary>
+    /// <param name="id">The job's id.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The job after the change.</returns>
+    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    /// <exception cref="JobStateException">
+    /// The job is not Failed or Cancelled, or its dedupe key is now held by another live job; nothing changed.
+    /// </exception>
+    /// <exception cref="NotSupportedException">The store cannot run a finished job again (the default).</exception>
+    ValueTask<JobRecord> RequeueAsync(JobId id, CancellationToken cancellationToken)
+        => throw new NotSupportedException($"{GetType().Name} cannot run a finished job again: implement IJobStore.RequeueAsync.");
+
+    /// <summary>
     /// Takes back every job whose lease expired without a heartbeat: its attempt ends as
     /// <see cref="AttemptOutcome.LeaseExpired"/> and the job is queued again (or cancelled, if that was requested).
     /// </summary>

@@ -106,6 +106,15 @@ internal sealed class JobClient(
     public ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default)
         => store.RequestCancellationAsync(id, reason, cancellationToken);
 
+    public async ValueTask<JobRecord> RetryAsync(JobId id, CancellationToken cancellationToken = default)
+    {
+        var job = await store.RequeueAsync(id, cancellationToken).ConfigureAwait(false);
+
+        // The job is Queued in the store: enqueue it whatever the caller's token says, or it would wait in no queue.
+        await queue.EnqueueAsync(QueuedJob.For(job, time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+        return job;
+    }
+
     public async IAsyncEnumerable<JobEvent> WatchAsync(JobId id, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         // Subscribe before reading the snapshot, so no change falls between the two.

@@ -21,6 +21,7 @@ namespace JobRunner.InMemory;
 [DebuggerDisplay("Jobs = {_jobs.Count}, Running = {_running.Count}")]
 internal sealed class InMemoryJobStore : IJobStore
 {
+    private const string RetriedMessage = "Retried by request.";
     private readonly Lock _lock = new();
     private readonly Dictionary<JobId, Entry> _jobs = [];
     private readonly Dictionary<(string Tenant, string Key), JobId> _dedupe = [];
@@ -267,6 +268,53 @@ internal sealed class InMemoryJobStore : IJobStore
                     return new(entry.Record);
                 default:
                     return new(job);
+            }
+        }
+    }
+
+    public ValueTask<JobRecord> RequeueAsync(JobId id, CancellationToken cancellationToken)
+    {
+        var now = _time.GetUtcNow();
+        lock (_lock)
+        {
+            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+            if (Unsafe.IsNullRef(ref entry))
+            {
+                throw new JobNotFoundException(id);
+            }
+
+            var job = entry.Snapshot();
+            if (job.State is not (JobState.Failed or JobState.Cancelled))
+            {
+                throw new JobStateException(id, job.State, "only a Failed or Cancelled job can be retried; cancel it first, or submit a new job.");
+            }
+
+            if (job.Request.DedupeKey is { } key)
+            {
+                var dedupe = (job.Request.Tenant, key);
+                if (!_dedupe.TryAdd(dedupe, id) && _dedupe[dedupe] != id)
+                {
+                    throw new JobStateException(id, job.State, $"its dedupe key '{key}' is held by live job {_dedupe[dedupe]}; wait for that job, or submit a new job.");
+                }
+            }
+
+            var queued = job with { State = JobState.Queued, UpdatedAt = now, DueAt = null, CancelRequested = false, CancelReason = null };
+            entry.Replace(queued);
+            Unfinish(id);
+            Transition(ref entry, job.State, RetriedMessage);
+            return new(queued);
+        }
+    }
+
+    /// <summary>Takes <paramref name="id"/> out of the finished jobs' eviction order; O(n), but only a retry by request does it.</summary>
+    private void Unfinish(JobId id)
+    {
+        for (var i = _finished.Count; i > 0; i--)
+        {
+            var next = _finished.Dequeue();
+            if (next != id)
+            {
+                _finished.Enqueue(next);
             }
         }
     }

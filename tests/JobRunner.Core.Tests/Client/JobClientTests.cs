@@ -171,4 +171,31 @@ public sealed class JobClientTests : IAsyncDisposable
         Assert.Equal(JobState.Cancelled, only.State);
         Assert.Equal("changed my mind", only.Message);
     }
+
+    [Fact]
+    public async Task RetryAsync_FailedJob_RunsAgainFromItsCheckpoint_AndSucceeds()
+    {
+        // The first attempt checkpoints and fails for good (no retries left); the retried one resumes and succeeds.
+        _host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.Attempt == 1)
+            {
+                await context.SaveCheckpointAsync("half"u8.ToArray(), ct);
+                throw new PermanentJobException("the upstream file was missing");
+            }
+        };
+        await _host.StartAsync();
+        var id = await _host.SubmitAsync(new JobRequest("work"));
+        await _host.WaitForStateAsync(id, JobState.Failed);
+
+        var retried = await _host.Client.RetryAsync(id);
+
+        Assert.Equal(JobState.Queued, retried.State);
+        var job = await _host.WaitForStateAsync(id, JobState.Succeeded);
+        Assert.Equal([AttemptOutcome.Failed, AttemptOutcome.Succeeded], job.Attempts.Select(a => a.Outcome!.Value));
+        Assert.Equal((2, "half"), (_host.Behavior.Started[1].Attempt, _host.Behavior.Started[1].Checkpoint));
+        var again = await Assert.ThrowsAsync<JobStateException>(() => _host.Client.RetryAsync(id).AsTask());
+        Assert.Contains("only a Failed or Cancelled job can be retried", again.Message, StringComparison.Ordinal);
+    }
 }
+

@@ -417,4 +417,79 @@ public sealed class InMemoryJobStoreTests
         Assert.Equal(leased.Request, again.Request);
         Assert.False(again.CancelRequested);
     }
+
+    private static AttemptCompletion FailedForGood => new() { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "boom" };
+
+    [Fact]
+    public async Task RequeueAsync_FailedJob_QueuedAgainWithItsAttempts_NextLeaseIsAttempt2()
+    {
+        var leased = await InsertAndLeaseAsync(new JobRequest("work") { DedupeKey = "k" });
+        await _store.CompleteAttemptAsync(leased.Lease, FailedForGood, default);
+        using var stop = new CancellationTokenSource();
+        await using var heard = _events.SubscribeAsync(new JobEventFilter { JobId = leased.Lease.JobId }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
+        _time.Advance(TimeSpan.FromSeconds(5));
+
+        var requeued = await _store.RequeueAsync(leased.Lease.JobId, default);
+
+        Assert.Equal((JobState.Queued, _time.GetUtcNow(), 1, "boom"), (requeued.State, requeued.UpdatedAt, requeued.Attempts.Count, requeued.LastError));
+        Assert.Equal(requeued, await _store.GetAsync(requeued.Id, default));
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal((JobState.Queued, (JobState?)JobState.Failed, "Retried by request."), (heard.Current.State, heard.Current.PreviousState, heard.Current.Message));
+
+        // The dedupe key is held again: a new job with it attaches.
+        Assert.True((await _store.InsertAsync(NewJob(new JobRequest("work") { DedupeKey = "k" }), default)).Attached);
+        var again = (await _store.TryAcquireLeaseAsync(requeued.Id, "w2", Lease, default))!;
+        Assert.Equal((2, 1), (again.Lease.Attempt, again.FailedAttempts));
+    }
+
+    [Fact]
+    public async Task RequeueAsync_CancelledJob_ClearsTheCancellation()
+    {
+        var job = NewJob();
+        await _store.InsertAsync(job, default);
+        await _store.RequestCancellationAsync(job.Id, "stop", default);
+
+        var requeued = await _store.RequeueAsync(job.Id, default);
+
+        Assert.Equal((JobState.Queued, false, (string?)null), (requeued.State, requeued.CancelRequested, requeued.CancelReason));
+        var leased = (await _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default))!;
+        Assert.False(leased.CancelRequested);
+        Assert.Equal(JobState.Succeeded, await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default));
+    }
+
+    [Fact]
+    public async Task RequeueAsync_NotFailedOrCancelled_OrKeyTaken_Throws_NothingChanges()
+    {
+        var running = await InsertAndLeaseAsync();
+        var error = await Assert.ThrowsAsync<JobStateException>(async () => await _store.RequeueAsync(running.Lease.JobId, default));
+        Assert.Equal(JobState.Running, error.State);
+        await Assert.ThrowsAsync<JobNotFoundException>(async () => await _store.RequeueAsync(JobId.New(_time), default));
+
+        var failed = await InsertAndLeaseAsync(new JobRequest("work") { DedupeKey = "k" });
+        await _store.CompleteAttemptAsync(failed.Lease, FailedForGood, default);
+        var holder = NewJob(new JobRequest("work") { DedupeKey = "k" });
+        await _store.InsertAsync(holder, default);
+        var taken = await Assert.ThrowsAsync<JobStateException>(async () => await _store.RequeueAsync(failed.Lease.JobId, default));
+        Assert.Contains(holder.Id.ToString(), taken.Message, StringComparison.Ordinal);
+        Assert.Equal(JobState.Failed, (await _store.GetAsync(failed.Lease.JobId, default))!.State);
+    }
+
+    [Fact]
+    public async Task RequeueAsync_ARetriedJob_IsNotEvictedAsFinished()
+    {
+        // MaxFinishedJobs is 3: the retried job was the oldest finished one, and must not be evicted while it waits.
+        var retried = await InsertAndLeaseAsync();
+        await _store.CompleteAttemptAsync(retried.Lease, FailedForGood, default);
+        await _store.RequeueAsync(retried.Lease.JobId, default);
+        for (var i = 0; i < 4; i++)
+        {
+            var other = await InsertAndLeaseAsync();
+            await _store.CompleteAttemptAsync(other.Lease, Succeeded, default);
+        }
+
+        Assert.Equal(JobState.Queued, (await _store.GetAsync(retried.Lease.JobId, default))?.State);
+        Assert.Equal(4, _store.Count);
+    }
 }
+
