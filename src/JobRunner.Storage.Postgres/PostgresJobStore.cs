@@ -120,16 +120,18 @@ internal sealed partial class PostgresJobStore : IJobStore
             SELECT {JobRows.Columns} FROM u
             """;
         _cancelSql = $"""
-            WITH u AS (
-                UPDATE {s}.jobs SET cancel_requested = true, cancel_reason = @reason, updated_at = @now,
-                    state = CASE WHEN state IN (0, 1) THEN 5 ELSE state END,
-                    last_error = CASE WHEN state IN (0, 1) THEN coalesce(@reason, last_error) ELSE last_error END
-                WHERE id = @id AND state < 3 AND NOT (state = 2 AND cancel_requested)
-                RETURNING *),
+            WITH old AS (SELECT id, state AS previous FROM {s}.jobs WHERE id = @id AND state < 3 AND NOT (state = 2 AND cancel_requested) FOR UPDATE),
+            u AS (
+                UPDATE {s}.jobs j SET cancel_requested = true, cancel_reason = @reason, updated_at = @now,
+                    state = CASE WHEN j.state IN (0, 1) THEN 5 ELSE j.state END,
+                    last_error = CASE WHEN j.state IN (0, 1) THEN coalesce(@reason, j.last_error) ELSE j.last_error END
+                FROM old
+                WHERE j.id = old.id
+                RETURNING j.*, old.previous),
             n AS (
                 SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'j', id, 'a', attempt_count, 't', tenant, 'w', workload, 'r', left(@reason, 2000))::text)
                 FROM u WHERE state = 2){History("@reason")}
-            SELECT {JobRows.Columns}, (SELECT count(*) FROM n) FROM u
+            SELECT {JobRows.Columns}, (SELECT count(*) FROM n), previous FROM u
             """;
 
         _requeueSql = $"""
@@ -698,7 +700,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     public async ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken)
     {
         var now = _time.GetUtcNow();
-        var (changed, notified) = await _db.RunAsync(_db.Client, (Store: this, Id: id, Reason: reason, Now: now), static async (c, s, token) =>
+        var (changed, notified, previous) = await _db.RunAsync(_db.Client, (Store: this, Id: id, Reason: reason, Now: now), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Store._cancelSql, c);
             command.Parameters.AddWithValue("id", s.Id.Value);
@@ -708,7 +710,9 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.AddWithValue("instance", s.Store._db.InstanceId);
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
-            return await reader.ReadAsync(token).ConfigureAwait(false) ? (JobRows.Read(reader), reader.GetInt64(JobRows.ColumnCount) > 0) : (null, false);
+            return await reader.ReadAsync(token).ConfigureAwait(false)
+                ? (JobRows.Read(reader), reader.GetInt64(JobRows.ColumnCount) > 0, (JobState)reader.GetInt16(JobRows.ColumnCount + 1))
+                : (null, false, default);
         }, cancellationToken).ConfigureAwait(false);
 
         if (changed is null)
@@ -724,7 +728,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         }
         else
         {
-            PublishState(changed, previous: null, reason);
+            PublishState(changed, previous, reason);
         }
 
         return changed;

@@ -323,7 +323,7 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     [Fact]
     public async Task Cancelling_a_queued_job_ends_it_and_a_running_one_tells_its_worker_on_another_host()
     {
-        var (_, storeA, _, _) = _database.OpenStore(_time);
+        var (_, storeA, _, eventsA) = _database.OpenStore(_time);
         var (dbB, storeB, _, eventsB) = _database.OpenStore(_time);
         var listenerB = new PostgresBackgroundService(dbB, storeB);
         using var stop = new CancellationTokenSource();
@@ -332,9 +332,15 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         var heard = eventsB.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }, stop.Token).GetAsyncEnumerator();
         var next = heard.MoveNextAsync().AsTask();
 
+        var changes = eventsA.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token).GetAsyncEnumerator();
+        var inserted = changes.MoveNextAsync().AsTask();
         var queued = (await storeA.InsertAsync(Jobs.New(_time), default)).Job;
         var cancelled = await storeA.RequestCancellationAsync(queued.Id, "no longer needed", default);
         Assert.Equal(JobState.Cancelled, cancelled.State);
+        Assert.True(await inserted.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.True(await changes.MoveNextAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal((JobState.Cancelled, (JobState?)JobState.Queued, "no longer needed"), (changes.Current.State, changes.Current.PreviousState, changes.Current.Message));
+        await changes.DisposeAsync();
         Assert.Null(await storeA.TryAcquireLeaseAsync(queued.Id, "w", TimeSpan.FromSeconds(30), default));
 
         var running = (await storeA.InsertAsync(Jobs.New(_time), default)).Job;
