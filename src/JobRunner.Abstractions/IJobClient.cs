@@ -45,20 +45,23 @@ public interface IJobClient
     ValueTask<JobRecord> CancelAsync(JobId id, string? reason = null, CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// Runs a <see cref="JobState.Failed"/> or <see cref="JobState.Cancelled"/> job again: it is queued now and its next
-    /// attempt resumes from its last checkpoint. Its attempts stay in its record, and the retry policy goes on counting
-    /// them: a job that used up its retries gets this one attempt, and is retried automatically only if the policy still
-    /// allows it.
+    /// Runs a <see cref="JobState.Failed"/> or <see cref="JobState.Cancelled"/> job again: it is queued now (or scheduled
+    /// for its <see cref="JobRequest.NotBefore"/> if that is still ahead) and its next attempt resumes from its last
+    /// checkpoint. Its attempts stay in its record, and the retry policy goes on counting them: a job that used up its
+    /// retries gets this one attempt, and is retried automatically only if the policy still allows it. (Likewise on
+    /// PostgreSQL, a job quarantined for killing its worker is quarantined again at its next lost lease.)
     /// </summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Cancels the request.</param>
-    /// <returns>The job after the change (<see cref="JobState.Queued"/>).</returns>
+    /// <returns>The job after the change (<see cref="JobState.Queued"/> or <see cref="JobState.Scheduled"/>).</returns>
     /// <exception cref="JobNotFoundException">There is no such job.</exception>
     /// <exception cref="JobStateException">
     /// The job is queued, scheduled, running or succeeded, or its dedupe key is now held by another live job (submit a
     /// new job instead); nothing changed.
     /// </exception>
-    ValueTask<JobRecord> RetryAsync(JobId id, CancellationToken cancellationToken = default);
+    /// <exception cref="NotSupportedException">The client or its store cannot run a finished job again.</exception>
+    ValueTask<JobRecord> RetryAsync(JobId id, CancellationToken cancellationToken = default)
+        => throw new NotSupportedException($"{GetType().Name} cannot run a finished job again: implement IJobClient.RetryAsync.");
 
     /// <summary>Explains why a job is not running: its not-before time, a higher priority, its tenant's share, a concurrency limit (which one), or no free slot.</summary>
     /// <param name="id">The job's id.</param>

@@ -137,8 +137,8 @@ internal sealed partial class PostgresJobStore : IJobStore
         _requeueSql = $"""
             WITH old AS (SELECT id, state AS previous FROM {s}.jobs WHERE id = @id AND state IN (4, 5) FOR UPDATE),
             u AS (
-                UPDATE {s}.jobs j SET state = 0, cancel_requested = false, cancel_reason = NULL, updated_at = @now, enqueued_at = @now,
-                    ready_at = @now, taken_until = NULL, lease_expires_at = NULL
+                UPDATE {s}.jobs j SET state = CASE WHEN j.not_before > @now THEN 1 ELSE 0 END, cancel_requested = false, cancel_reason = NULL,
+                    updated_at = @now, enqueued_at = @now, ready_at = greatest(j.not_before, @now), taken_until = NULL, lease_expires_at = NULL
                 FROM old
                 WHERE j.id = old.id
                 RETURNING j.*, old.previous){History("@message")}
@@ -765,6 +765,12 @@ internal sealed partial class PostgresJobStore : IJobStore
         if (changed is not { } done)
         {
             var job = await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            if (job.State is JobState.Queued or JobState.Scheduled && JobRows.ToMicros(job.UpdatedAt) == JobRows.ToMicros(now))
+            {
+                // Our own write: it committed, but its reply was lost and the statement was run again.
+                return job;
+            }
+
             throw new JobStateException(id, job.State, "only a Failed or Cancelled job can be retried; cancel it first, or submit a new job.");
         }
 

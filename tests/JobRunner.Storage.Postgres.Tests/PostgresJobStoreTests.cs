@@ -280,6 +280,14 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         await store.CompleteAttemptAsync(again.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Cancelled, NextState = JobState.Cancelled }, default);
         var cleared = await store.RequeueAsync(job.Id, default);
         Assert.Equal((JobState.Queued, false, (string?)null), (cleared.State, cleared.CancelRequested, cleared.CancelReason));
+
+        // A job cancelled before its not-before time is scheduled for it again.
+        var due = Jobs.New(_time, dueAt: _time.GetUtcNow().AddHours(1));
+        var later = (await store.InsertAsync(due with { Request = due.Request with { NotBefore = due.DueAt } }, default)).Job;
+        await store.RequestCancellationAsync(later.Id, null, default);
+        var scheduled = await store.RequeueAsync(later.Id, default);
+        Assert.Equal((JobState.Scheduled, _time.GetUtcNow().AddHours(1).ToUnixTimeMilliseconds()), (scheduled.State, scheduled.DueAt!.Value.ToUnixTimeMilliseconds()));
+        Assert.Null(await store.TryAcquireLeaseAsync(later.Id, "w3", TimeSpan.FromSeconds(30), default));
     }
 
     [Fact]

@@ -103,8 +103,9 @@ public interface IJobStore
 
     /// <summary>
     /// Makes a <see cref="JobState.Failed"/> or <see cref="JobState.Cancelled"/> job <see cref="JobState.Queued"/> again,
-    /// ready now: its attempts, checkpoint and failed-attempt count are kept (so the retry policy goes on counting), a
-    /// cancellation request is cleared, and a dedupe key is held again. The caller enqueues the job.
+    /// ready now (or <see cref="JobState.Scheduled"/> for its <see cref="JobRequest.NotBefore"/> if that is still ahead):
+    /// its attempts, checkpoint and failed-attempt count are kept (so the retry policy goes on counting), a cancellation
+    /// request is cleared, and a dedupe key is held again. The caller enqueues the job.
     /// </summary>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Cancels the request.</param>

@@ -27,6 +27,9 @@ internal sealed class InMemoryJobStore : IJobStore
     private readonly Dictionary<(string Tenant, string Key), JobId> _dedupe = [];
     private readonly HashSet<JobId> _running = [];
     private readonly Queue<JobId> _finished = new();
+    // Places in _finished of jobs retried by request since they finished (a job may have several), and their total.
+    private readonly Dictionary<JobId, int> _staleFinished = [];
+    private int _staleFinishedCount;
     private readonly TimeProvider _time;
     private readonly IJobEventBus _events;
     private readonly int _maxFinished;
@@ -298,24 +301,23 @@ internal sealed class InMemoryJobStore : IJobStore
                 }
             }
 
-            var queued = job with { State = JobState.Queued, UpdatedAt = now, DueAt = null, CancelRequested = false, CancelReason = null };
+            // Ready now, or at its not-before time if that is still ahead (a cancelled job that never started).
+            var notBefore = job.Request.NotBefore > now ? job.Request.NotBefore : null;
+            var queued = job with
+            {
+                State = notBefore is null ? JobState.Queued : JobState.Scheduled,
+                UpdatedAt = now,
+                DueAt = notBefore,
+                CancelRequested = false,
+                CancelReason = null,
+            };
             entry.Replace(queued);
-            Unfinish(id);
+
+            // Its place in the finished jobs' eviction order is now stale: eviction skips it.
+            CollectionsMarshal.GetValueRefOrAddDefault(_staleFinished, id, out _)++;
+            _staleFinishedCount++;
             Transition(ref entry, job.State, RetriedMessage);
             return new(queued);
-        }
-    }
-
-    /// <summary>Takes <paramref name="id"/> out of the finished jobs' eviction order; O(n), but only a retry by request does it.</summary>
-    private void Unfinish(JobId id)
-    {
-        for (var i = _finished.Count; i > 0; i--)
-        {
-            var next = _finished.Dequeue();
-            if (next != id)
-            {
-                _finished.Enqueue(next);
-            }
         }
     }
 
@@ -410,9 +412,22 @@ internal sealed class InMemoryJobStore : IJobStore
 
             // Last, because evicting may reach this very entry, and then the ref is no longer valid.
             _finished.Enqueue(id);
-            while (_finished.Count > _maxFinished)
+            while (_finished.Count - _staleFinishedCount > _maxFinished)
             {
-                _jobs.Remove(_finished.Dequeue());
+                var oldest = _finished.Dequeue();
+                if (_staleFinishedCount > 0 && _staleFinished.Remove(oldest, out var stale))
+                {
+                    // The place a retried job had when it first finished (its newer place, if any, comes later).
+                    if (stale > 1)
+                    {
+                        _staleFinished[oldest] = stale - 1;
+                    }
+
+                    _staleFinishedCount--;
+                    continue;
+                }
+
+                _jobs.Remove(oldest);
             }
         }
     }

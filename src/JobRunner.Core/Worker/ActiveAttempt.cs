@@ -300,16 +300,21 @@ file sealed class LazyScope
 }
 
 /// <summary>Stands for the scope of an attempt that ended: its services are disposed.</summary>
-file sealed class ClosedScope : IServiceScope, IServiceProvider
+file sealed class ClosedScope : IServiceScope, IKeyedServiceProvider
 {
     public static readonly ClosedScope Instance = new();
 
     public IServiceProvider ServiceProvider => this;
 
-    public object? GetService(Type serviceType)
-        => throw new ObjectDisposedException(nameof(IServiceProvider), "The attempt ended: its DI scope is disposed.");
+    public object? GetService(Type serviceType) => throw Disposed();
+
+    public object? GetKeyedService(Type serviceType, object? serviceKey) => throw Disposed();
+
+    public object GetRequiredKeyedService(Type serviceType, object? serviceKey) => throw Disposed();
 
     public void Dispose()
     {
     }
+
+    private static ObjectDisposedException Disposed() => new(nameof(IServiceProvider), "The attempt ended: its DI scope is disposed.");
 }

@@ -631,7 +631,11 @@ internal sealed partial class JobWorker : BackgroundService
                     {
                         foreach (var attempt in Active())
                         {
-                            if (attempt.Item.Id == request.JobId && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
+                            // The attempt the request was for (a job retried by request runs again): one still waiting for its
+                            // lease is stopped too, as the lease would report the cancellation anyway.
+                            if (attempt.Item.Id == request.JobId
+                                && (attempt.Lease is not { } lease || lease.Attempt == request.Attempt)
+                                && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
                             {
                                 Log.CancellingAttempt(_logger, request.JobId, request.Message);
                             }

@@ -491,5 +491,51 @@ public sealed class InMemoryJobStoreTests
         Assert.Equal(JobState.Queued, (await _store.GetAsync(retried.Lease.JobId, default))?.State);
         Assert.Equal(4, _store.Count);
     }
+
+    [Fact]
+    public async Task RequeueAsync_RetriedJobFinishesAgain_EvictedOnceAsTheOldestFinished()
+    {
+        // MaxFinishedJobs is 3. A fails, is retried and succeeds: its first place in the eviction order is skipped.
+        var a = await InsertAndLeaseAsync();
+        await _store.CompleteAttemptAsync(a.Lease, FailedForGood, default);
+        await _store.RequeueAsync(a.Lease.JobId, default);
+        var again = (await _store.TryAcquireLeaseAsync(a.Lease.JobId, "w1", Lease, default))!;
+        await _store.CompleteAttemptAsync(again.Lease, Succeeded, default);
+        var others = new List<JobId>();
+        for (var i = 0; i < 2; i++)
+        {
+            var other = await InsertAndLeaseAsync();
+            await _store.CompleteAttemptAsync(other.Lease, Succeeded, default);
+            others.Add(other.Lease.JobId);
+        }
+
+        Assert.Equal(3, _store.Count);
+        var last = await InsertAndLeaseAsync();
+        await _store.CompleteAttemptAsync(last.Lease, Succeeded, default);
+
+        Assert.Null(await _store.GetAsync(a.Lease.JobId, default));
+        foreach (var id in others.Append(last.Lease.JobId))
+        {
+            Assert.NotNull(await _store.GetAsync(id, default));
+        }
+
+        Assert.Equal(3, _store.Count);
+    }
+
+    [Fact]
+    public async Task RequeueAsync_CancelledBeforeItsNotBefore_IsScheduledForIt()
+    {
+        var notBefore = _time.GetUtcNow().AddHours(1);
+        var job = NewJob(new JobRequest("work") { NotBefore = notBefore }) with { State = JobState.Scheduled, DueAt = notBefore };
+        await _store.InsertAsync(job, default);
+        await _store.RequestCancellationAsync(job.Id, null, default);
+
+        var requeued = await _store.RequeueAsync(job.Id, default);
+
+        Assert.Equal((JobState.Scheduled, (DateTimeOffset?)notBefore), (requeued.State, requeued.DueAt));
+        Assert.Null(await _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default));
+        _time.Advance(TimeSpan.FromHours(1));
+        Assert.NotNull(await _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default));
+    }
 }
 
