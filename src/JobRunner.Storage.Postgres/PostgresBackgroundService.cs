@@ -18,10 +18,11 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     private readonly ILogger _logger;
     private readonly PostgresLogStore _logs;
 
-    // Log lines other hosts appended, to read back and publish. Bounded: a host that cannot keep up drops the oldest
-    // notices, and its watchers miss those lines as events (ReadLogsAsync still has them).
-    private readonly Channel<LogNotice> _logNotices = Channel.CreateBounded<LogNotice>(
-        new BoundedChannelOptions(1024) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true });
+    // Log lines other hosts appended to jobs someone here watches, to read back and publish. Bounded: a host that cannot
+    // keep up drops the oldest notices (counted and logged), and its watchers miss those lines as events (ReadLogsAsync
+    // still has them).
+    private readonly Channel<LogNotice> _logNotices;
+    private int _droppedLogNotices;
 
     public PostgresBackgroundService(PostgresDatabase db, PostgresJobStore store)
     {
@@ -29,6 +30,9 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
         _store = store;
         _logger = db.Logger;
         _logs = new PostgresLogStore(db);
+        _logNotices = Channel.CreateBounded<LogNotice>(
+            new BoundedChannelOptions(1024) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true },
+            _ => Interlocked.Increment(ref _droppedLogNotices));
     }
 
     /// <summary>Gets a task that completes each time the listener (re)connects; for tests.</summary>
@@ -43,20 +47,35 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
         => Task.WhenAll(ListenAsync(stoppingToken), HousekeepAsync(stoppingToken), RelayEventsAsync(stoppingToken), RelayLogsAsync(stoppingToken));
 
-    /// <summary>Publishes the log lines other hosts appended (see <see cref="PostgresLogStore"/>), while someone watches log events.</summary>
+    /// <summary>
+    /// Publishes the log lines other hosts appended (see <see cref="PostgresLogStore"/>) to jobs someone here watches:
+    /// what waits is taken at once, and one job's adjacent appends are read back in one query.
+    /// </summary>
     private async Task RelayLogsAsync(CancellationToken stoppingToken)
     {
+        var batch = new List<LogNotice>();
         try
         {
-            await foreach (var notice in _logNotices.Reader.ReadAllAsync(stoppingToken).ConfigureAwait(false))
+            while (await _logNotices.Reader.WaitToReadAsync(stoppingToken).ConfigureAwait(false))
             {
+                batch.Clear();
+                while (batch.Count < 1024 && _logNotices.Reader.TryRead(out var notice))
+                {
+                    batch.Add(notice);
+                }
+
+                if (Interlocked.Exchange(ref _droppedLogNotices, 0) is var dropped and > 0)
+                {
+                    Log.LogNoticesDropped(_logger, dropped);
+                }
+
                 try
                 {
-                    await PublishLinesAsync(notice, stoppingToken).ConfigureAwait(false);
+                    await PublishLinesAsync(batch, stoppingToken).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
                 {
-                    Log.RelayFailed(_logger, e);
+                    Log.LogRelayFailed(_logger, e);
                 }
             }
         }
@@ -65,28 +84,32 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
         }
     }
 
-    private async Task PublishLinesAsync(LogNotice notice, CancellationToken cancellationToken)
+    private async Task PublishLinesAsync(List<LogNotice> notices, CancellationToken cancellationToken)
     {
         var events = _store.Events;
-        var offset = notice.Offset;
-        var end = notice.Offset + notice.Count;
-        while (offset < end && events.IsWatched(JobEventKind.Log))
+        for (var i = 0; i < notices.Count; i++)
         {
-            var page = await _logs.ReadAsync(notice.Job, new LogQuery { Offset = offset, Limit = (int)Math.Min(end - offset, 10_000) }, cancellationToken).ConfigureAwait(false);
-            if (page.Entries.Count == 0)
+            // Merged only with the appends right after it: lines in between may be this host's own, already published.
+            var notice = notices[i];
+            var end = notice.Offset + notice.Count;
+            for (var j = i + 1; j < notices.Count; j++)
             {
-                return; // deleted in between
-            }
-
-            foreach (var entry in page.Entries)
-            {
-                if (entry.Offset < end)
+                if (notices[j].Job == notice.Job && notices[j].Offset == end)
                 {
-                    events.Publish(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
+                    end += notices[j].Count;
+                    notices[j] = notices[j] with { Count = 0 };
                 }
             }
 
-            offset = page.Entries[^1].Offset + 1;
+            if (notice.Count == 0 || !events.IsWatched(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, default, 0)))
+            {
+                continue;
+            }
+
+            foreach (var entry in await _logs.ReadRangeAsync(notice.Job, notice.Offset, end, cancellationToken).ConfigureAwait(false))
+            {
+                events.Publish(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, entry.Timestamp, entry.Attempt, entry.Message, log: entry));
+            }
         }
     }
 
@@ -196,15 +219,19 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
                 var eventKind = (JobEventKind)root.GetProperty("k").GetInt32();
                 if (eventKind == JobEventKind.Log)
                 {
-                    // Lines appended on another host: read back (not on this callback's thread) only if someone watches.
+                    // Lines appended on another host: read back (not on this callback's thread) only for jobs someone watches.
                     if (_store.Events.IsWatched(JobEventKind.Log))
                     {
-                        _logNotices.Writer.TryWrite(new LogNotice(
+                        var notice = new LogNotice(
                             new JobId(root.GetProperty("j").GetGuid()),
                             root.GetProperty("t").GetString() ?? "",
                             root.GetProperty("w").GetString() ?? "",
                             root.GetProperty("o").GetInt64(),
-                            root.GetProperty("c").GetInt64()));
+                            root.GetProperty("c").GetInt64());
+                        if (_store.Events.IsWatched(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, default, 0)))
+                        {
+                            _logNotices.Writer.TryWrite(notice);
+                        }
                     }
 
                     return;
@@ -331,6 +358,12 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
 
         [LoggerMessage(23, LogLevel.Warning, "PostgreSQL: relaying other hosts' state changes to this host's watchers failed; it tries again at the next interval.")]
         public static partial void RelayFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(24, LogLevel.Warning, "PostgreSQL: reading back log lines other hosts appended, for this host's log watchers, failed; those lines are not published as events (ReadLogsAsync still has them).")]
+        public static partial void LogRelayFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(25, LogLevel.Warning, "PostgreSQL: this host fell behind other hosts' log appends and dropped {Count} notices; its log watchers miss those lines as events (ReadLogsAsync still has them).")]
+        public static partial void LogNoticesDropped(ILogger logger, int count);
     }
 }
 

@@ -17,11 +17,22 @@ internal sealed class PostgresLogStore : ILogStore
     private readonly PostgresDatabase _db;
     private readonly string _appendSql;
     private readonly string _readSql;
+    private readonly string _rangeSql;
 
     public PostgresLogStore(PostgresDatabase db)
     {
         _db = db;
         var s = db.Schema;
+        // The NOTIFY for other hosts' watchers (LogEventsAcrossHosts): a data-modifying CTE always runs, this SELECT only
+        // when referenced, hence the count in the result.
+        var notify = db.Options.LogEventsAcrossHosts
+            ? $"""
+                ,
+                n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', j.id, 'a', @attempt, 't', j.tenant, 'w', j.workload,
+                        'o', head.first, 'c', @count)::text) FROM head JOIN {s}.jobs j ON j.id = @job)
+                SELECT first, (SELECT count(*) FROM n) FROM head
+                """
+            : " SELECT first FROM head";
         _appendSql = $"""
             WITH head AS (
                 INSERT INTO {s}.job_log_heads AS h (job_id, next_offset) VALUES (@job, @count)
@@ -30,10 +41,12 @@ internal sealed class PostgresLogStore : ILogStore
             lines AS (
                 INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message)
                 SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message
-                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)),
-            n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', j.id, 'a', @attempt, 't', j.tenant, 'w', j.workload,
-                    'o', head.first, 'c', @count)::text) FROM head JOIN {s}.jobs j ON j.id = @job)
-            SELECT first, (SELECT count(*) FROM n) FROM head
+                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)){notify}
+            """;
+        _rangeSql = $"""
+            SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
+            WHERE job_id = @job AND "offset" >= @from AND "offset" < @to
+            ORDER BY "offset"
             """;
         _readSql = $"""
             SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
@@ -73,9 +86,13 @@ internal sealed class PostgresLogStore : ILogStore
             command.Parameters.Add(new("ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = s.Ats });
             command.Parameters.Add(new("streams", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = s.Streams });
             command.Parameters.Add(new("messages", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Messages });
-            command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
-            command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
-            command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)JobEventKind.Log });
+            if (s.Db.Options.LogEventsAcrossHosts)
+            {
+                command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
+                command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
+                command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)JobEventKind.Log });
+            }
+
             return (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
         }, cancellationToken).ConfigureAwait(false);
 
@@ -87,6 +104,28 @@ internal sealed class PostgresLogStore : ILogStore
 
         return entries;
     }
+
+    /// <summary>Reads the lines of <paramref name="jobId"/> with offsets from <paramref name="from"/> up to (not including) <paramref name="to"/>.</summary>
+    internal Task<List<LogEntry>> ReadRangeAsync(JobId jobId, long from, long to, CancellationToken cancellationToken)
+        => _db.RunAsync(_db.Client, (Sql: _rangeSql, Job: jobId, From: from, To: to), static async (c, s, token) =>
+        {
+            var entries = new List<LogEntry>((int)Math.Min(s.To - s.From, 1024));
+            using var command = new NpgsqlCommand(s.Sql, c);
+            command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Job.Value });
+            command.Parameters.Add(new("from", NpgsqlDbType.Bigint) { Value = s.From });
+            command.Parameters.Add(new("to", NpgsqlDbType.Bigint) { Value = s.To });
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                entries.Add(ReadEntry(reader));
+            }
+
+            return entries;
+        }, cancellationToken);
+
+    private static LogEntry ReadEntry(NpgsqlDataReader reader)
+        => new(reader.GetInt64(0), reader.GetInt32(1), reader.GetFieldValue<DateTimeOffset>(2), (LogStream)reader.GetInt16(3), reader.GetString(4));
 
     public async ValueTask<LogPage> ReadAsync(JobId jobId, LogQuery query, CancellationToken cancellationToken)
     {
@@ -110,12 +149,7 @@ internal sealed class PostgresLogStore : ILogStore
                 await using var readerScope = reader.ConfigureAwait(false);
                 while (await reader.ReadAsync(token).ConfigureAwait(false))
                 {
-                    entries.Add(new LogEntry(
-                        reader.GetInt64(0),
-                        reader.GetInt32(1),
-                        reader.GetFieldValue<DateTimeOffset>(2),
-                        (LogStream)reader.GetInt16(3),
-                        reader.GetString(4)));
+                    entries.Add(ReadEntry(reader));
                 }
             }
 

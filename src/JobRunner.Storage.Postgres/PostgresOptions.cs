@@ -67,6 +67,14 @@ public sealed class PostgresOptions
     /// </summary>
     public TimeSpan? EventRelayInterval { get; set; } = TimeSpan.FromMilliseconds(250);
 
+    /// <summary>
+    /// Gets or sets whether each log append sends a NOTIFY (which lines, not the lines), so that hosts with log watchers
+    /// read the lines back and publish them as <see cref="JobEventKind.Log"/> events. <see langword="false"/> keeps log
+    /// events on the host that wrote them (any host still reads logs with <c>ReadLogsAsync</c>) and saves a notification
+    /// per append, which PostgreSQL serialises at commit across the server. Default <see langword="true"/>.
+    /// </summary>
+    public bool LogEventsAcrossHosts { get; set; } = true;
+
     /// <summary>Gets or sets how long history rows are kept. Default 7 days.</summary>
     public TimeSpan HistoryRetention { get; set; } = TimeSpan.FromDays(7);
 

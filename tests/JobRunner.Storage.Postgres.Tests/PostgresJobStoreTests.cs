@@ -1,3 +1,4 @@
+using Npgsql;
 using JobRunner.Testing;
 
 namespace JobRunner.Storage.Postgres.Tests;
@@ -326,6 +327,51 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         await stop.CancelAsync();
         await listener.StopAsync(default);
         await heard.DisposeAsync();
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_log_append_notifies_other_hosts_only_with_LogEventsAcrossHosts(bool across)
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        var db = _database.Open(_time, o => o.LogEventsAcrossHosts = across);
+        await using var listen = new NpgsqlConnection(_database.ConnectionString);
+        await listen.OpenAsync();
+        var heard = new List<string>();
+        listen.Notification += (_, e) => heard.Add(e.Payload);
+        await using (var command = new NpgsqlCommand($"LISTEN \"{db.AttemptEventsChannel}\"", listen))
+        {
+            await command.ExecuteNonQueryAsync();
+        }
+
+        var entries = await new PostgresLogStore(db).AppendAsync(lease, [new LogLine(_time.GetUtcNow(), LogStream.Output, "a"), new LogLine(_time.GetUtcNow(), LogStream.Output, "b")], default);
+
+        // A marker sent after the append's commit: notifications arrive in commit order, so the append's (if any) comes first.
+        await using (var other = new NpgsqlConnection(_database.ConnectionString))
+        {
+            await other.OpenAsync();
+            await using var marker = new NpgsqlCommand($"SELECT pg_notify('{db.AttemptEventsChannel}', 'marker')", other);
+            await marker.ExecuteNonQueryAsync();
+        }
+
+        while (!heard.Contains("marker"))
+        {
+            Assert.True(await listen.WaitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        Assert.Equal([0L, 1L], entries.Select(e => e.Offset));
+        Assert.Equal(across ? 2 : 1, heard.Count);
+        if (across)
+        {
+            using var payload = System.Text.Json.JsonDocument.Parse(heard[0]);
+            var root = payload.RootElement;
+            Assert.Equal(
+                ((int)JobEventKind.Log, job.Id.Value, 1, 0L, 2L, db.InstanceId),
+                (root.GetProperty("k").GetInt32(), root.GetProperty("j").GetGuid(), root.GetProperty("a").GetInt32(), root.GetProperty("o").GetInt64(), root.GetProperty("c").GetInt64(), root.GetProperty("i").GetString()));
+        }
     }
 
     [Fact]

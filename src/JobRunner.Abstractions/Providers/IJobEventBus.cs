@@ -17,6 +17,14 @@ public interface IJobEventBus
     /// <returns><see langword="true"/> when a subscriber may take it; the default is <see cref="HasSubscribers"/>.</returns>
     bool IsWatched(JobEventKind kind) => HasSubscribers;
 
+    /// <summary>
+    /// Gets whether a subscriber's filter would take <paramref name="jobEvent"/>: for publishers that must do work to
+    /// build an event's content (for example read log lines back from a database) only for the jobs someone watches.
+    /// </summary>
+    /// <param name="jobEvent">The event about to be built, with its kind, job, tenant and workload set.</param>
+    /// <returns><see langword="true"/> when a subscriber may take it; the default is <see cref="IsWatched(JobEventKind)"/>.</returns>
+    bool IsWatched(JobEvent jobEvent) => IsWatched(jobEvent?.Kind ?? throw new ArgumentNullException(nameof(jobEvent)));
+
     /// <summary>Delivers <paramref name="jobEvent"/> to every matching subscriber. Never blocks.</summary>
     /// <param name="jobEvent">The event.</param>
     void Publish(JobEvent jobEvent);

@@ -22,6 +22,25 @@ internal sealed class JobEventBus : IJobEventBus
 
     public bool IsWatched(JobEventKind kind) => (_watchedKinds & (1 << (int)kind)) != 0;
 
+    public bool IsWatched(JobEvent jobEvent)
+    {
+        ArgumentNullException.ThrowIfNull(jobEvent);
+        if (!IsWatched(jobEvent.Kind))
+        {
+            return false;
+        }
+
+        foreach (var subscriber in _subscribers)
+        {
+            if (subscriber.Filter.Matches(jobEvent))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     /// <summary>
     /// Gets who watches <see cref="JobEventKind.Waiting"/> events (a filter without kinds counts), so that the scheduler
     /// explains only those jobs, and nothing at all when this is <see langword="null"/>.

@@ -8,6 +8,26 @@ namespace JobRunner.Tests.Events;
 public sealed class JobEventBusTests
 {
     [Fact]
+    public void IsWatched_AnEvent_AsksEverySubscribersFilter()
+    {
+        var bus = new JobEventBus();
+        var time = new FakeTimeProvider();
+        var watched = JobId.New(time);
+        JobEvent Log(JobId id, string tenant = "t") => JobEvent.ForAttempt(JobEventKind.Log, id, tenant, "w", default, 0);
+        Assert.False(bus.IsWatched(Log(watched)));
+
+        using (bus.Subscribe(new JobEventFilter { JobId = watched }))
+        using (bus.Subscribe(new JobEventFilter { Tenant = "acme", Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }))
+        {
+            Assert.True(bus.IsWatched(Log(watched)));
+            Assert.False(bus.IsWatched(Log(JobId.New(time))));
+            Assert.False(bus.IsWatched(Log(JobId.New(time), tenant: "acme")));
+        }
+
+        Assert.False(bus.IsWatched(Log(watched)));
+    }
+
+    [Fact]
     public void IsWatched_FollowsTheSubscribersKinds()
     {
         var bus = new JobEventBus();
