@@ -197,5 +197,20 @@ public sealed class JobClientTests : IAsyncDisposable
         var again = await Assert.ThrowsAsync<JobStateException>(() => _host.Client.RetryAsync(id).AsTask());
         Assert.Contains("only a Failed or Cancelled job can be retried", again.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task RetryAsync_RetriesUsedUp_GetsOneAttempt_NotAnotherAutomaticRetry()
+    {
+        _host.Behavior.Run = (_, _) => throw new IOException("still down");
+        await _host.StartAsync();
+        var id = await _host.SubmitAsync(new JobRequest("work") { Retry = RetryPolicy.Fixed(TimeSpan.Zero, maxAttempts: 2) });
+        await _host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(JobState.Queued, (await _host.Client.RetryAsync(id)).State);
+        var job = await _host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(3, job.Attempts.Count);
+        Assert.All(job.Attempts, a => Assert.Equal(AttemptOutcome.Failed, a.Outcome));
+    }
 }
 
