@@ -12,6 +12,15 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _database.DisposeAsync();
 
+    /// <summary>Starts a host's background service (its LISTEN connection) and waits until it listens.</summary>
+    private static async Task<PostgresBackgroundService> ListeningAsync(PostgresDatabase db, PostgresJobStore store)
+    {
+        var listener = new PostgresBackgroundService(db, store);
+        await listener.StartAsync(default);
+        await listener.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
+        return listener;
+    }
+
     [Fact]
     public async Task Insert_then_get_round_trips_every_field()
     {
@@ -223,10 +232,8 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     {
         var (_, worker, _, _) = _database.OpenStore(_time);
         var (apiDb, apiStore, _, apiEvents) = _database.OpenStore(_time);
-        var listener = new PostgresBackgroundService(apiDb, apiStore);
+        var listener = await ListeningAsync(apiDb, apiStore);
         using var stop = new CancellationTokenSource();
-        await listener.StartAsync(default);
-        await listener.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
         var heard = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.Progress, JobEventKind.Checkpointed } }, stop.Token).GetAsyncEnumerator();
         var first = heard.MoveNextAsync().AsTask();
 
@@ -296,10 +303,8 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     {
         var (workerDb, worker, _, _) = _database.OpenStore(_time);
         var (apiDb, apiStore, _, apiEvents) = _database.OpenStore(_time);
-        var listener = new PostgresBackgroundService(apiDb, apiStore);
+        var listener = await ListeningAsync(apiDb, apiStore);
         using var stop = new CancellationTokenSource();
-        await listener.StartAsync(default);
-        await listener.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
         var heard = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.Log } }, stop.Token).GetAsyncEnumerator();
         var first = heard.MoveNextAsync().AsTask();
 
@@ -379,10 +384,8 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     {
         var (_, storeA, _, eventsA) = _database.OpenStore(_time);
         var (dbB, storeB, _, eventsB) = _database.OpenStore(_time);
-        var listenerB = new PostgresBackgroundService(dbB, storeB);
+        var listenerB = await ListeningAsync(dbB, storeB);
         using var stop = new CancellationTokenSource();
-        await listenerB.StartAsync(default);
-        await listenerB.Listening.Current.WaitAsync(TimeSpan.FromSeconds(30));
         var heard = eventsB.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }, stop.Token).GetAsyncEnumerator();
         var next = heard.MoveNextAsync().AsTask();
 

@@ -251,12 +251,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
-            if (Unsafe.IsNullRef(ref entry))
-            {
-                throw new JobNotFoundException(id);
-            }
-
+            ref var entry = ref Existing(id);
             var job = entry.Snapshot();
             switch (job.State)
             {
@@ -280,12 +275,7 @@ internal sealed class InMemoryJobStore : IJobStore
         var now = _time.GetUtcNow();
         lock (_lock)
         {
-            ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
-            if (Unsafe.IsNullRef(ref entry))
-            {
-                throw new JobNotFoundException(id);
-            }
-
+            ref var entry = ref Existing(id);
             var job = entry.Snapshot();
             if (job.State is not (JobState.Failed or JobState.Cancelled))
             {
@@ -354,6 +344,18 @@ internal sealed class InMemoryJobStore : IJobStore
         }
 
         return new(ready is null ? [] : ready);
+    }
+
+    /// <summary>Returns the job's entry, or throws <see cref="JobNotFoundException"/>.</summary>
+    private ref Entry Existing(JobId id)
+    {
+        ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+        if (Unsafe.IsNullRef(ref entry))
+        {
+            throw new JobNotFoundException(id);
+        }
+
+        return ref entry;
     }
 
     /// <summary>Returns the entry when <paramref name="lease"/> is current, or throws <see cref="StaleFenceTokenException"/>.</summary>
