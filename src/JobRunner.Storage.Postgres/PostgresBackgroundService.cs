@@ -91,6 +91,11 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
         {
             // Merged only with the appends right after it: lines in between may be this host's own, already published.
             var notice = notices[i];
+            if (notice.Count == 0)
+            {
+                continue; // merged into an earlier one
+            }
+
             var end = notice.Offset + notice.Count;
             for (var j = i + 1; j < notices.Count; j++)
             {
@@ -101,7 +106,7 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
                 }
             }
 
-            if (notice.Count == 0 || !events.IsWatched(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, default, 0)))
+            if (!events.IsWatched(JobEvent.ForAttempt(JobEventKind.Log, notice.Job, notice.Tenant, notice.Workload, default, 0)))
             {
                 continue;
             }

@@ -9,7 +9,8 @@ namespace JobRunner.Storage.Postgres;
 /// and its successor) never collide and offsets continue across attempts. Lines are kept until housekeeping deletes
 /// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). Each append also sends a NOTIFY on the
 /// attempt-events channel (job, attempt, first offset, line count, not the lines), so that watchers on other hosts get
-/// the lines as log events: their listener reads them back only while someone watches log events.
+/// the lines as log events: each host's listener reads back the lines of the jobs its watchers take
+/// (<see cref="PostgresOptions.LogEventsAcrossHosts"/> turns this off).
 /// </summary>
 internal sealed class PostgresLogStore : ILogStore
 {
