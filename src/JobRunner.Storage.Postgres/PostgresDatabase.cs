@@ -21,6 +21,10 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     private Task? _migration;
     private int _notifyState; // 0 idle, 1 a NOTIFY in flight, 2 in flight and another requested
 
+    // Attempt-event notifications waiting to be sent, and whether a sender runs (0 no, 1 yes).
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _attemptNotices = new();
+    private int _sendingAttemptNotices;
+
     public PostgresDatabase(IOptions<PostgresOptions> options, TimeProvider time, ILoggerFactory? loggers = null)
     {
         Options = options.Value;
@@ -143,6 +147,54 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         while (Interlocked.CompareExchange(ref _notifyState, 0, 1) != 1);
     }
 
+    /// <summary>
+    /// Sends <paramref name="payload"/> on <see cref="AttemptEventsChannel"/> soon, in its own transaction, with whatever
+    /// else waits (one statement for many). Not in the writer's transaction: PostgreSQL serialises the commits of
+    /// notifying transactions across the server, which would take group commit away from the writes. Best effort: a
+    /// failed send is logged and dropped.
+    /// </summary>
+    public void NotifyAttemptEvent(string payload)
+    {
+        _attemptNotices.Enqueue(payload);
+        if (Interlocked.CompareExchange(ref _sendingAttemptNotices, 1, 0) == 0)
+        {
+            _ = Task.Run(SendAttemptNoticesAsync);
+        }
+    }
+
+    private async Task SendAttemptNoticesAsync()
+    {
+        do
+        {
+            var batch = new List<string>();
+            while (batch.Count < 1000 && _attemptNotices.TryDequeue(out var payload))
+            {
+                batch.Add(payload);
+            }
+
+            if (batch.Count > 0)
+            {
+                try
+                {
+                    await RunAsync(Client, (Channel: AttemptEventsChannel, Payloads: batch.ToArray()), static async (c, s, token) =>
+                    {
+                        using var command = new NpgsqlCommand("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p", c);
+                        command.Parameters.Add(new NpgsqlParameter { Value = s.Channel });
+                        command.Parameters.Add(new NpgsqlParameter { Value = s.Payloads });
+                        return await command.ExecuteScalarAsync(token).ConfigureAwait(false);
+                    }, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception e)
+                {
+                    Log.AttemptNoticeFailed(Logger, batch.Count, e);
+                }
+            }
+
+            Volatile.Write(ref _sendingAttemptNotices, 0);
+        }
+        while (!_attemptNotices.IsEmpty && Interlocked.CompareExchange(ref _sendingAttemptNotices, 1, 0) == 0);
+    }
+
     public Task EnsureMigratedAsync(CancellationToken cancellationToken)
     {
         var migration = Volatile.Read(ref _migration);
@@ -244,5 +296,8 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
 
         [LoggerMessage(2, LogLevel.Debug, "PostgreSQL: the wake-up NOTIFY failed; peers will poll.")]
         public static partial void NotifyFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(3, LogLevel.Warning, "PostgreSQL: {Count} notifications for other hosts' watchers (log lines appended here) could not be sent; those watchers miss them as events.")]
+        public static partial void AttemptNoticeFailed(ILogger logger, int count, Exception exception);
     }
 }

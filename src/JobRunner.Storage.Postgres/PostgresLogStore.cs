@@ -7,10 +7,11 @@ namespace JobRunner.Storage.Postgres;
 /// Job logs in PostgreSQL, readable from every host: one row per line, keyed by job and job-wide offset. An append takes
 /// its offsets from the job's row in <c>job_log_heads</c> in the same statement, so concurrent writers (a stale attempt
 /// and its successor) never collide and offsets continue across attempts. Lines are kept until housekeeping deletes
-/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). Each append also sends a NOTIFY on the
-/// attempt-events channel (job, attempt, first offset, line count, not the lines), so that watchers on other hosts get
-/// the lines as log events: each host's listener reads back the lines of the jobs its watchers take
-/// (<see cref="PostgresOptions.LogEventsAcrossHosts"/> turns this off).
+/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). After each append a NOTIFY goes out on the
+/// attempt-events channel (job, attempt, first offset, line count, not the lines), in its own transaction with others
+/// (<see cref="PostgresDatabase.NotifyAttemptEvent"/>), so that watchers on other hosts get the lines as log events: each
+/// host's listener reads back the lines of the jobs its watchers take (<see cref="PostgresOptions.LogEventsAcrossHosts"/>
+/// turns this off).
 /// </summary>
 internal sealed class PostgresLogStore : ILogStore
 {
@@ -24,15 +25,9 @@ internal sealed class PostgresLogStore : ILogStore
     {
         _db = db;
         var s = db.Schema;
-        // The NOTIFY for other hosts' watchers (LogEventsAcrossHosts): a data-modifying CTE always runs, this SELECT only
-        // when referenced, hence the count in the result.
-        var notify = db.Options.LogEventsAcrossHosts
-            ? $"""
-                ,
-                n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', j.id, 'a', @attempt, 't', j.tenant, 'w', j.workload,
-                        'o', head.first, 'c', @count)::text) FROM head JOIN {s}.jobs j ON j.id = @job)
-                SELECT first, (SELECT count(*) FROM n) FROM head
-                """
+        // With LogEventsAcrossHosts, the append also returns the job's tenant and workload for the notification.
+        var tail = db.Options.LogEventsAcrossHosts
+            ? $" SELECT first, j.tenant, j.workload FROM head LEFT JOIN {s}.jobs j ON j.id = @job"
             : " SELECT first FROM head";
         _appendSql = $"""
             WITH head AS (
@@ -42,7 +37,7 @@ internal sealed class PostgresLogStore : ILogStore
             lines AS (
                 INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message)
                 SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message
-                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)){notify}
+                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)){tail}
             """;
         _rangeSql = $"""
             SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
@@ -78,7 +73,7 @@ internal sealed class PostgresLogStore : ILogStore
             messages[i] = lines[i].Message.Contains('\0', StringComparison.Ordinal) ? lines[i].Message.Replace('\0', '\uFFFD') : lines[i].Message;
         }
 
-        var first = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Db: _db), static async (c, s, token) =>
+        var (first, tenant, workload) = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Lease.JobId.Value });
@@ -87,15 +82,19 @@ internal sealed class PostgresLogStore : ILogStore
             command.Parameters.Add(new("ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = s.Ats });
             command.Parameters.Add(new("streams", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = s.Streams });
             command.Parameters.Add(new("messages", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Messages });
-            if (s.Db.Options.LogEventsAcrossHosts)
-            {
-                command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
-                command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
-                command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)JobEventKind.Log });
-            }
-
-            return (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            await reader.ReadAsync(token).ConfigureAwait(false);
+            return reader.FieldCount > 1 && !reader.IsDBNull(1)
+                ? (reader.GetInt64(0), reader.GetString(1), reader.GetString(2))
+                : (reader.GetInt64(0), (string?)null, (string?)null);
         }, cancellationToken).ConfigureAwait(false);
+
+        if (tenant is not null)
+        {
+            // For other hosts' log watchers (see PostgresBackgroundService): which lines, not the lines.
+            _db.NotifyAttemptEvent(Notice(lease, tenant, workload!, first, lines.Count));
+        }
 
         var entries = new LogEntry[lines.Count];
         for (var i = 0; i < lines.Count; i++)
@@ -104,6 +103,27 @@ internal sealed class PostgresLogStore : ILogStore
         }
 
         return entries;
+    }
+
+    /// <summary>The notification of an append: the same fields the fenced writes' notifications carry, and the offsets.</summary>
+    private string Notice(JobLease lease, string tenant, string workload, long first, int count)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("i", _db.InstanceId);
+            json.WriteNumber("k", (int)JobEventKind.Log);
+            json.WriteString("j", lease.JobId.Value);
+            json.WriteNumber("a", lease.Attempt);
+            json.WriteString("t", tenant);
+            json.WriteString("w", workload);
+            json.WriteNumber("o", first);
+            json.WriteNumber("c", count);
+            json.WriteEndObject();
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
     /// <summary>Reads the lines of <paramref name="jobId"/> with offsets from <paramref name="from"/> up to (not including) <paramref name="to"/>.</summary>

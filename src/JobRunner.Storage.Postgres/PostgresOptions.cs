@@ -68,10 +68,10 @@ public sealed class PostgresOptions
     public TimeSpan? EventRelayInterval { get; set; } = TimeSpan.FromMilliseconds(250);
 
     /// <summary>
-    /// Gets or sets whether each log append sends a NOTIFY (which lines, not the lines), so that hosts with log watchers
-    /// read the lines back and publish them as <see cref="JobEventKind.Log"/> events. <see langword="false"/> keeps log
-    /// events on the host that wrote them (any host still reads logs with <c>ReadLogsAsync</c>) and saves a notification
-    /// per append, which PostgreSQL serialises at commit across the server. Default <see langword="true"/>.
+    /// Gets or sets whether each log append is followed by a NOTIFY (which lines, not the lines; sent in a transaction of
+    /// its own, many at a time), so that hosts with log watchers read the lines back and publish them as
+    /// <see cref="JobEventKind.Log"/> events. <see langword="false"/> keeps log events on the host that wrote them (any
+    /// host still reads logs with <c>ReadLogsAsync</c>). Default <see langword="true"/>.
     /// </summary>
     public bool LogEventsAcrossHosts { get; set; } = true;
 
