@@ -186,14 +186,17 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker) : Workload
     /// <returns><see langword="true"/> when this call stopped it.</returns>
     public bool TryStop(StopReason reason, string? message, TimeSpan grace)
     {
+        // The message goes in before the reason, so that whoever reads the reason finds its message. The first stop to
+        // bring one keeps it, even if another stop (or the workload's finish) wins the reason: only a cancellation's
+        // message is read, and any cancellation's reason will do.
+        if (message is not null && Volatile.Read(ref _reason) == (int)StopReason.None)
+        {
+            Interlocked.CompareExchange(ref Extra.Message, message, null);
+        }
+
         if (Interlocked.CompareExchange(ref _reason, (int)reason, (int)StopReason.None) != (int)StopReason.None)
         {
             return false;
-        }
-
-        if (message is not null)
-        {
-            Extra.Message = message;
         }
 
         try
@@ -285,7 +288,7 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker) : Workload
     /// <summary>What only some attempts set: a stop message, a grace timer, an exit code.</summary>
     private sealed class Extras
     {
-        public string? Message { get; set; }
+        public string? Message;
 
         public ITimer? GraceTimer { get; set; }
 
