@@ -242,6 +242,27 @@ public sealed class JobWorkerTests
     }
 
     [Fact]
+    public async Task Cancel_RequestForAnotherAttempt_DoesNotStopTheRunningOne()
+    {
+        // A job retried by request runs again: a late request meant for its earlier attempt must not stop the new one.
+        await using var host = new TestHost();
+        host.Behavior.Run = async (_, ct) => await Task.Delay(Timeout.Infinite, ct);
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var events = host.Services.GetRequiredService<IJobEventBus>();
+        JobEvent Request(int attempt, string message)
+            => JobEvent.ForAttempt(JobEventKind.CancellationRequested, id, "default", "work", host.Time.GetUtcNow(), attempt, message);
+
+        // Handled in order: had the first stopped the attempt, its message would be the one recorded.
+        events.Publish(Request(attempt: 7, "meant for another attempt"));
+        events.Publish(Request(attempt: 1, "meant for this one"));
+        var job = await host.WaitForStateAsync(id, JobState.Cancelled);
+
+        Assert.Equal("Cancelled: meant for this one", Assert.Single(job.Attempts).Error);
+    }
+
+    [Fact]
     public async Task Cancel_WorkloadIgnoresToken_AbandonedAfterGraceAndSlotFreed()
     {
         await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
