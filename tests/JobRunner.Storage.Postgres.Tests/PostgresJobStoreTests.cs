@@ -277,6 +277,12 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal((JobState.Queued, 1, "boom"), (requeued.State, requeued.Attempts.Count, requeued.LastError));
         Assert.Equal(_time.GetUtcNow().ToUnixTimeMilliseconds(), requeued.UpdatedAt.ToUnixTimeMilliseconds());
         Assert.Equal("0,2,4,0", await _database.ScalarAsync<string>($"SELECT string_agg(state::text, ',' ORDER BY id) FROM {{s}}.job_history WHERE job_id = '{job.Id}'"));
+
+        // The same request again at the same instant (as when a transient error re-runs a statement whose commit's reply was
+        // lost) finds its own write and returns the job; a later one is refused.
+        Assert.Equal(JobState.Queued, (await store.RequeueAsync(job.Id, default)).State);
+        _time.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.Equal(JobState.Queued, (await Assert.ThrowsAsync<JobStateException>(async () => await store.RequeueAsync(job.Id, default))).State);
         Assert.True((await store.InsertAsync(Jobs.New(_time, dedupe: "k"), default)).Attached);
         var again = (await store.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default))!;
         Assert.Equal((2, 1), (again.Lease.Attempt, again.FailedAttempts));
