@@ -15,23 +15,8 @@ seconds="${1:-10}"
 clients="${2:-4}"
 lines="${3:-10}"
 rounds="${4:-2}"
-pids=()
-stops=()
-cleanup() {
-  for stop in "${stops[@]}"; do eval "$stop" || true; done
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-source eng/test-services/postgres.sh
-work="$(mktemp -d)"
-stops+=("rm -rf '$work'")
-export PGHOST=127.0.0.1 PGPORT="$pg_port" PGUSER=postgres PGDATABASE=postgres
-q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-
-q -c "CREATE SCHEMA bench"
-for script in src/JobRunner.Storage.Postgres/Migrations/*.sql; do
-  sed 's/{schema}/bench/g' "$script" | q
-done
+source benchmarks/throwaway-postgres.sh
+bench_schema
 q <<'SQL'
 INSERT INTO bench.jobs (id, tenant, workload, priority, input, state, ready_at, enqueued_at, created_at, updated_at, attempt_count)
 SELECT gen_random_uuid(), 'default', 'work', 5, '\x00', 2, now(), now(), now(), now(), 1 FROM generate_series(1, 1000);

@@ -9,23 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 window="${1:-50000}"
 new="${2:-2500}"
-pids=()
-stops=()
-cleanup() {
-  for stop in "${stops[@]}"; do eval "$stop" || true; done
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-source eng/test-services/postgres.sh
-work="$(mktemp -d)"
-stops+=("rm -rf '$work'")
-export PGHOST=127.0.0.1 PGPORT="$pg_port" PGUSER=postgres PGDATABASE=postgres
-q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-
-q -c "CREATE SCHEMA bench"
-for script in src/JobRunner.Storage.Postgres/Migrations/*.sql; do
-  sed 's/{schema}/bench/g' "$script" | q
-done
+source benchmarks/throwaway-postgres.sh
+bench_schema
 q -v window="$window" <<'SQL'
 INSERT INTO bench.jobs (id, tenant, workload, priority, input, state, ready_at, enqueued_at, created_at, updated_at)
 SELECT gen_random_uuid(), 'default', 'work', 5, '\x00', 3, now(), now(), now(), now() FROM generate_series(1, :window);
