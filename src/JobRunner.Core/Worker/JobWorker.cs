@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
 using JobRunner.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 using JobRunner.Telemetry;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
