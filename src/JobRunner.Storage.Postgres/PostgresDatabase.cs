@@ -53,7 +53,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
 
     public string CancelChannel { get; }
 
-    /// <summary>Gets the channel of running attempts' progress and checkpoints, for watchers on other hosts.</summary>
+    /// <summary>Gets the channel of running attempts' progress, checkpoints and log lines, for watchers on other hosts.</summary>
     public string AttemptEventsChannel { get; }
 
     /// <summary>Gets an id of this process's store, so that it can ignore its own cancellation notifications.</summary>
@@ -148,14 +148,34 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     }
 
     /// <summary>
-    /// Sends <paramref name="payload"/> on <see cref="AttemptEventsChannel"/> soon, in its own transaction, with whatever
-    /// else waits (one statement for many). Not in the writer's transaction: PostgreSQL serialises the commits of
+    /// Sends a running attempt's event (progress, checkpoint, log lines) on <see cref="AttemptEventsChannel"/> soon, in a
+    /// transaction of its own with whatever else waits (one statement for many), for watchers on other hosts. Not in the writer's transaction: PostgreSQL serialises the commits of
     /// notifying transactions across the server, which would take group commit away from the writes. Best effort: a
     /// failed send is logged and dropped.
     /// </summary>
-    public void NotifyAttemptEvent(string payload)
+    /// <param name="kind">The event's kind.</param>
+    /// <param name="lease">The writer's lease: job and attempt.</param>
+    /// <param name="tenant">The job's tenant.</param>
+    /// <param name="workload">The job's workload.</param>
+    /// <param name="fields">Writes the kind's own fields.</param>
+    /// <param name="state">What <paramref name="fields"/> writes.</param>
+    public void NotifyAttemptEvent<TState>(JobEventKind kind, JobLease lease, string tenant, string workload, Action<System.Text.Json.Utf8JsonWriter, TState> fields, TState state)
     {
-        _attemptNotices.Enqueue(payload);
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("i", InstanceId);
+            json.WriteNumber("k", (int)kind);
+            json.WriteString("j", lease.JobId.Value);
+            json.WriteNumber("a", lease.Attempt);
+            json.WriteString("t", tenant);
+            json.WriteString("w", workload);
+            fields(json, state);
+            json.WriteEndObject();
+        }
+
+        _attemptNotices.Enqueue(System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan));
         if (Interlocked.CompareExchange(ref _sendingAttemptNotices, 1, 0) == 0)
         {
             _ = Task.Run(SendAttemptNoticesAsync);
@@ -297,7 +317,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         [LoggerMessage(2, LogLevel.Debug, "PostgreSQL: the wake-up NOTIFY failed; peers will poll.")]
         public static partial void NotifyFailed(ILogger logger, Exception exception);
 
-        [LoggerMessage(3, LogLevel.Warning, "PostgreSQL: {Count} notifications for other hosts' watchers (log lines appended here) could not be sent; those watchers miss them as events.")]
+        [LoggerMessage(3, LogLevel.Warning, "PostgreSQL: {Count} notifications for other hosts' watchers (progress, checkpoints and log lines written here) could not be sent; those watchers miss them as events.")]
         public static partial void AttemptNoticeFailed(ILogger logger, int count, Exception exception);
     }
 }

@@ -579,19 +579,15 @@ internal sealed partial class PostgresJobStore : IJobStore
     }
 
     /// <summary>
-    /// Writes a fenced change of a running job and, in the same statement, tells the other hosts with a NOTIFY on the
-    /// attempt-events channel (its own channel: hosts of an older version do not listen to it), so that their watchers
-    /// see the attempt's progress and checkpoints too; each listener skips its own process's notifications.
+    /// Writes a fenced change of a running job, then tells the other hosts with a NOTIFY on the attempt-events channel
+    /// (its own channel: hosts of an older version do not listen to it; sent after the write, in a transaction of its
+    /// own, see <see cref="PostgresDatabase.NotifyAttemptEvent"/>), so that their watchers see the attempt's progress and
+    /// checkpoints too; each listener skips its own process's notifications.
     /// </summary>
     private async Task<(string Tenant, string Workload)> FencedUpdateAsync(JobLease lease, string set, object value, string? message, DateTimeOffset now, JobEventKind kind, double? fraction, CancellationToken cancellationToken)
     {
-        var sql = $"""
-            WITH u AS (UPDATE {_db.Schema}.jobs SET {set}, updated_at = @now WHERE id = @id AND fence = @fence AND state = 2 RETURNING id, tenant, workload),
-            n AS (SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'k', @kind::int, 'j', id, 'a', @attempt::int, 't', tenant, 'w', workload,
-                    's', @now_us::bigint, 'f', @fraction::float8, 'r', left(@message::text, 2000))::text) FROM u)
-            SELECT tenant, workload, (SELECT count(*) FROM n) FROM u
-            """;
-        var row = await _db.RunAsync(_db.Worker, (Sql: sql, Lease: lease, Value: value, Message: message, Now: now, Kind: kind, Fraction: fraction, Db: _db), static async (c, s, token) =>
+        var sql = $"UPDATE {_db.Schema}.jobs SET {set}, updated_at = @now WHERE id = @id AND fence = @fence AND state = 2 RETURNING tenant, workload";
+        var row = await _db.RunAsync(_db.Worker, (Sql: sql, Lease: lease, Value: value, Message: message, Now: now), static async (c, s, token) =>
         {
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.AddWithValue("id", s.Lease.JobId.Value);
@@ -599,17 +595,26 @@ internal sealed partial class PostgresJobStore : IJobStore
             command.Parameters.AddWithValue("now", s.Now);
             command.Parameters.AddWithValue("value", s.Value);
             command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = (object?)s.Message ?? DBNull.Value });
-            command.Parameters.Add(new("channel", NpgsqlDbType.Text) { Value = s.Db.AttemptEventsChannel });
-            command.Parameters.Add(new("instance", NpgsqlDbType.Text) { Value = s.Db.InstanceId });
-            command.Parameters.Add(new("kind", NpgsqlDbType.Integer) { Value = (int)s.Kind });
-            command.Parameters.Add(new("attempt", NpgsqlDbType.Integer) { Value = s.Lease.Attempt });
-            command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            command.Parameters.Add(new("fraction", NpgsqlDbType.Double) { Value = (object?)s.Fraction ?? DBNull.Value });
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             return await reader.ReadAsync(token).ConfigureAwait(false) ? (reader.GetString(0), reader.GetString(1)) : default((string, string)?);
         }, cancellationToken).ConfigureAwait(false);
-        return row ?? throw await StaleAsync(lease).ConfigureAwait(false);
+        var (tenant, workload) = row ?? throw await StaleAsync(lease).ConfigureAwait(false);
+        _db.NotifyAttemptEvent(kind, lease, tenant, workload, static (json, e) =>
+        {
+            json.WriteNumber("s", JobRows.ToMicros(e.Now));
+            if (e.Fraction is { } f)
+            {
+                json.WriteNumber("f", f);
+            }
+
+            if (e.Message is { } m)
+            {
+                // At most 2,000 characters, not splitting a surrogate pair.
+                json.WriteString("r", m.Length <= 2000 ? m : m[..(char.IsHighSurrogate(m[1999]) ? 1999 : 2000)]);
+            }
+        }, (Now: now, Fraction: fraction, Message: message));
+        return (tenant, workload);
     }
 
     public async ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)

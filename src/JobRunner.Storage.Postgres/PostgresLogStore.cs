@@ -93,7 +93,11 @@ internal sealed class PostgresLogStore : ILogStore
         if (tenant is not null)
         {
             // For other hosts' log watchers (see PostgresBackgroundService): which lines, not the lines.
-            _db.NotifyAttemptEvent(Notice(lease, tenant, workload!, first, lines.Count));
+            _db.NotifyAttemptEvent(JobEventKind.Log, lease, tenant, workload!, static (json, range) =>
+            {
+                json.WriteNumber("o", range.First);
+                json.WriteNumber("c", range.Count);
+            }, (First: first, lines.Count));
         }
 
         var entries = new LogEntry[lines.Count];
@@ -103,27 +107,6 @@ internal sealed class PostgresLogStore : ILogStore
         }
 
         return entries;
-    }
-
-    /// <summary>The notification of an append: the same fields the fenced writes' notifications carry, and the offsets.</summary>
-    private string Notice(JobLease lease, string tenant, string workload, long first, int count)
-    {
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
-        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
-        {
-            json.WriteStartObject();
-            json.WriteString("i", _db.InstanceId);
-            json.WriteNumber("k", (int)JobEventKind.Log);
-            json.WriteString("j", lease.JobId.Value);
-            json.WriteNumber("a", lease.Attempt);
-            json.WriteString("t", tenant);
-            json.WriteString("w", workload);
-            json.WriteNumber("o", first);
-            json.WriteNumber("c", count);
-            json.WriteEndObject();
-        }
-
-        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
     /// <summary>Reads the lines of <paramref name="jobId"/> with offsets from <paramref name="from"/> up to (not including) <paramref name="to"/>.</summary>
