@@ -26,9 +26,11 @@ public sealed class JobRunnerBuilder
     /// <summary>
     /// Registers a code workload, run in-process. Each attempt has its own DI scope and, unless
     /// <typeparamref name="TWorkload"/> is registered as a singleton, its own instance of the workload (registered as
-    /// transient when not registered yet). A singleton workload runs every attempt as its one instance, and an attempt
-    /// creates its scope only when the workload reads <see cref="WorkloadContext.Services"/>: the cheapest way to run a
-    /// stateless workload.
+    /// transient when not registered yet). A singleton workload runs every attempt as its one instance. A singleton, or
+    /// a transient registered by type with one public constructor whose parameters are all singletons (loggers,
+    /// options, clients), is built without a scope, and the attempt creates its scope only when the workload reads
+    /// <see cref="WorkloadContext.Services"/>: the cheapest way to run a workload. Any other workload (a scoped
+    /// dependency, a factory registration) is resolved from the attempt's scope.
     /// </summary>
     /// <typeparam name="TWorkload">The workload class.</typeparam>
     /// <param name="name">The name jobs use to ask for it: 1–63 letters, digits, '-', '_' or '.'.</param>
@@ -41,7 +43,12 @@ public sealed class JobRunnerBuilder
         ArgumentNullException.ThrowIfNull(name);
         Services.TryAddTransient<TWorkload>();
         var services = Services;
-        return Add(name, typeof(TWorkload), sp => new InProcessEngine<TWorkload>(sp, IsSingleton(services, typeof(TWorkload))), configure);
+        return Add(name, typeof(TWorkload), sp =>
+        {
+            // Read when the container builds the engine: registrations made after AddWorkload count too.
+            var (activation, implementation) = WorkloadActivations.Of(services, typeof(TWorkload));
+            return new InProcessEngine<TWorkload>(sp, activation, implementation);
+        }, configure);
     }
 
     /// <summary>Registers a workload run by an engine of its own (a process, a container, a remote service).</summary>
@@ -223,21 +230,6 @@ public sealed class JobRunnerBuilder
         => services.GetService<IContainerEngineProvider>() is { } provider
             ? provider.CreateEngine(resolve)
             : new LocalProcessEngine(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
-
-    /// <summary>Whether the registration the container resolves <paramref name="type"/> from (the last one) is a singleton.</summary>
-    private static bool IsSingleton(IServiceCollection services, Type type)
-    {
-        for (var i = services.Count - 1; i >= 0; i--)
-        {
-            var descriptor = services[i];
-            if (descriptor.ServiceType == type && !descriptor.IsKeyedService)
-            {
-                return descriptor.Lifetime == ServiceLifetime.Singleton;
-            }
-        }
-
-        return false;
-    }
 
     private JobRunnerBuilder Add(string name, Type? workloadType, Func<IServiceProvider, IExecutionEngine> engineFactory, Action<WorkloadOptions>? configure)
     {

@@ -31,9 +31,10 @@ internal enum StopReason
 /// <see cref="Extras"/>) is created by the few attempts that use it.
 /// </summary>
 [DebuggerDisplay("{Item.Id} {Reason}")]
-internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker) : WorkloadContext, IDisposable
+internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, CancellationTokenSource? tokens = null) : WorkloadContext, IDisposable
 {
-    private readonly CancellationTokenSource _cts = new();
+    // The slot's source when it has one to reuse (see Close).
+    private readonly CancellationTokenSource _cts = tokens ?? new();
     // Created on first use: an attempt whose workload returns at once never needs it.
     private TaskCompletionSource? _abandoned;
     private ITimer? _timeoutTimer;
@@ -276,13 +277,29 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker) : Workload
         }
     }
 
-    public void Dispose()
+    public void Dispose() => Close()?.Dispose();
+
+    /// <summary>
+    /// Ends the attempt: its context accepts no more writes and its timers stop.
+    /// </summary>
+    /// <returns>
+    /// The attempt's cancellation source, reset, when the next attempt may reuse it: the attempt finished without being
+    /// stopped, so no stop cancelled it and none can any more (a stop must win <see cref="Reason"/> first). Otherwise
+    /// <see langword="null"/>, and the source is disposed.
+    /// </returns>
+    public CancellationTokenSource? Close()
     {
         Finish();
         _disposed = true;
         _timeoutTimer?.Dispose();
         _extras?.GraceTimer?.Dispose();
+        if (Reason == StopReason.Finished && _cts.TryReset())
+        {
+            return _cts;
+        }
+
         _cts.Dispose();
+        return null;
     }
 
     /// <summary>What only some attempts set: a stop message, a grace timer, an exit code.</summary>

@@ -29,6 +29,8 @@ internal sealed partial class JobWorker : BackgroundService
     // One cell per slot: the attempt it runs. Written only by its slot; read by the heartbeat, the cancellation
     // listener and the shutdown. A job delivered twice may briefly sit in two cells: only one of them gets the lease.
     private readonly ActiveAttempt?[] _active;
+    // Per slot: the cancellation source its last attempt handed back for reuse (each slot runs one attempt at a time).
+    private readonly CancellationTokenSource?[] _tokens;
 
     // One reusable one-job list per slot for the acknowledgement of the job it ran (queues may not keep the list).
     private readonly QueuedJob[][] _acknowledgements;
@@ -76,6 +78,7 @@ internal sealed partial class JobWorker : BackgroundService
         _scheduler = scheduler;
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
         _active = new ActiveAttempt?[_options.Slots];
+        _tokens = new CancellationTokenSource?[_options.Slots];
         _acknowledgements = new QueuedJob[_options.Slots][];
         for (var i = 0; i < _acknowledgements.Length; i++)
         {
@@ -352,7 +355,9 @@ internal sealed partial class JobWorker : BackgroundService
     {
         // A second delivery of a job this worker runs needs no check here: its lease is refused (the job is Running),
         // and the delivery is acknowledged below.
-        var attempt = new ActiveAttempt(item, this);
+        // The slot's cancellation source, reused from its last attempt when that one finished without a stop.
+        var attempt = new ActiveAttempt(item, this, _tokens[slot]);
+        _tokens[slot] = null;
         Volatile.Write(ref _active[slot], attempt);
         try
         {
@@ -430,7 +435,7 @@ internal sealed partial class JobWorker : BackgroundService
         finally
         {
             Volatile.Write(ref _active[slot], null);
-            attempt.Dispose();
+            _tokens[slot] = attempt.Close();
         }
     }
 

@@ -92,4 +92,41 @@ public sealed class ActiveAttemptTests : IDisposable
         _time.Advance(TimeSpan.FromSeconds(5));
         Assert.True(attempt.Abandoned.IsCompleted);
     }
+
+    [Fact]
+    public void Close_FinishedWithoutStop_HandsBackItsSource_WhichALateStopOrTimeoutCannotCancel()
+    {
+        var attempt = NewAttempt();
+        var registered = false;
+        attempt.Token.Register(() => registered = true);
+        attempt.ArmTimeout(TimeSpan.FromSeconds(30), TimeSpan.Zero);
+        attempt.Finish();
+
+        using var reused = attempt.Close();
+
+        Assert.NotNull(reused);
+        using var next = new ActiveAttempt(new QueuedJob { Id = JobId.New(_time), Priority = 5, Tenant = "t", Workload = "w", EnqueuedAt = _time.GetUtcNow() }, _worker, reused);
+        Assert.False(attempt.TryStop(StopReason.Cancelled, "late", TimeSpan.Zero));
+        _time.Advance(TimeSpan.FromSeconds(30));
+        Assert.False(next.Token.IsCancellationRequested);
+
+        // The next attempt's stop works, and the first attempt's registrations are gone.
+        Assert.True(next.TryStop(StopReason.Cancelled, "now", TimeSpan.Zero));
+        Assert.True(next.Token.IsCancellationRequested);
+        Assert.False(registered);
+    }
+
+    [Theory]
+    [InlineData((int)StopReason.Cancelled)]
+    [InlineData((int)StopReason.TimedOut)]
+    [InlineData((int)StopReason.LeaseLost)]
+    public void Close_Stopped_DisposesItsSource(int reason)
+    {
+        var attempt = NewAttempt();
+        attempt.TryStop((StopReason)reason, null, TimeSpan.Zero);
+        var token = attempt.Token;
+
+        Assert.Null(attempt.Close());
+        Assert.Throws<ObjectDisposedException>(() => token.WaitHandle);
+    }
 }
