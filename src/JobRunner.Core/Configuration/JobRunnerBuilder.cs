@@ -27,10 +27,12 @@ public sealed class JobRunnerBuilder
     /// Registers a code workload, run in-process. Each attempt has its own DI scope and, unless
     /// <typeparamref name="TWorkload"/> is registered as a singleton, its own instance of the workload (registered as
     /// transient when not registered yet). A singleton workload runs every attempt as its one instance. A singleton, or
-    /// a transient registered by type with one public constructor whose parameters are all singletons (loggers,
-    /// options, clients), is built without a scope, and the attempt creates its scope only when the workload reads
-    /// <see cref="WorkloadContext.Services"/>: the cheapest way to run a workload. Any other workload (a scoped
-    /// dependency, a factory registration) is resolved from the attempt's scope.
+    /// a transient registered by type with one public constructor whose parameters are all singletons (for example
+    /// <c>ILogger&lt;T&gt;</c>, <c>IOptions&lt;T&gt;</c>, <c>IHttpClientFactory</c>), is built without a scope, and the
+    /// attempt creates its scope only when the workload reads <see cref="WorkloadContext.Services"/>: the cheapest way
+    /// to run a workload. Any other workload (a scoped or transient dependency such as a typed <c>HttpClient</c> or
+    /// <c>IOptionsSnapshot&lt;T&gt;</c>, a factory registration, another DI container) is resolved from the attempt's
+    /// scope.
     /// </summary>
     /// <typeparam name="TWorkload">The workload class.</typeparam>
     /// <param name="name">The name jobs use to ask for it: 1–63 letters, digits, '-', '_' or '.'.</param>
@@ -46,7 +48,7 @@ public sealed class JobRunnerBuilder
         return Add(name, typeof(TWorkload), sp =>
         {
             // Read when the container builds the engine: registrations made after AddWorkload count too.
-            var (activation, implementation) = WorkloadActivations.Of(services, typeof(TWorkload));
+            var (activation, implementation) = WorkloadActivations.Of(services, typeof(TWorkload), sp);
             return new InProcessEngine<TWorkload>(sp, activation, implementation);
         }, configure);
     }

@@ -84,8 +84,13 @@ internal sealed class InProcessEngine<TWorkload> : IExecutionEngine
         }
         finally
         {
-            // What the container would do for a transient it built in the scope: dispose it before the scope.
+            // The container disposes in the reverse order of creation: what the workload resolved from its (lazy) scope
+            // goes first, then the workload, which existed before any of it.
             try
+            {
+                await attempt.CloseScopeAsync().ConfigureAwait(false);
+            }
+            finally
             {
                 if (owned is IAsyncDisposable asyncDisposable)
                 {
@@ -96,10 +101,6 @@ internal sealed class InProcessEngine<TWorkload> : IExecutionEngine
                     (owned as IDisposable)?.Dispose();
                 }
             }
-            finally
-            {
-                await attempt.CloseScopeAsync().ConfigureAwait(false);
-            }
         }
     }
 }
@@ -107,14 +108,28 @@ internal sealed class InProcessEngine<TWorkload> : IExecutionEngine
 /// <summary>Reads from the service collection how <see cref="InProcessEngine{TWorkload}"/> can get a workload's instances.</summary>
 internal static class WorkloadActivations
 {
+    // Types the container answers itself, whatever the collection says: the scope's provider, not the root's.
+    private static readonly Type[] s_containerTypes =
+    [
+        typeof(IServiceProvider), typeof(IKeyedServiceProvider), typeof(IServiceScopeFactory),
+        typeof(IServiceProviderIsService), typeof(IServiceProviderIsKeyedService),
+    ];
+
     /// <summary>
-    /// The activation for <paramref name="workload"/> as the container would resolve it (the last registration decides),
-    /// and the type to construct for <see cref="WorkloadActivation.Constructed"/>. Anything this cannot prove needs no
-    /// scope (a factory, a keyed or scoped dependency, several constructors, a parameter it does not find registered)
-    /// falls back to <see cref="WorkloadActivation.Scoped"/>, which is always correct.
+    /// The activation for <paramref name="workload"/> as Microsoft's container would resolve it from
+    /// <paramref name="services"/> (the last registration decides), and the type to construct for
+    /// <see cref="WorkloadActivation.Constructed"/>. Anything this cannot prove needs no scope (a factory, a keyed,
+    /// scoped or transient dependency, several constructors, a parameter it does not find registered) falls back to
+    /// <see cref="WorkloadActivation.Scoped"/>, as does any other container (<paramref name="root"/>), whose
+    /// registrations the collection may not show.
     /// </summary>
-    public static (WorkloadActivation Activation, Type? Implementation) Of(IServiceCollection services, Type workload)
+    public static (WorkloadActivation Activation, Type? Implementation) Of(IServiceCollection services, Type workload, IServiceProvider? root = null)
     {
+        if (root is not null && root.GetType().Assembly.GetName().Name != "Microsoft.Extensions.DependencyInjection")
+        {
+            return (Last(services, workload)?.Lifetime == ServiceLifetime.Singleton ? WorkloadActivation.Singleton : WorkloadActivation.Scoped, null);
+        }
+
         var descriptor = Last(services, workload);
         if (descriptor is null)
         {
@@ -139,7 +154,9 @@ internal static class WorkloadActivations
 
         foreach (var parameter in constructors[0].GetParameters())
         {
-            if (parameter.GetCustomAttributes(inherit: true).Length > 0 || !IsSingleton(services, parameter.ParameterType))
+            if (parameter.IsDefined(typeof(FromKeyedServicesAttribute), inherit: true)
+                || parameter.IsDefined(typeof(ServiceKeyAttribute), inherit: true)
+                || !IsSingleton(services, parameter.ParameterType))
             {
                 return (WorkloadActivation.Scoped, null);
             }
@@ -154,7 +171,7 @@ internal static class WorkloadActivations
     /// </summary>
     private static bool IsSingleton(IServiceCollection services, Type type)
     {
-        if (type.IsByRef || type.IsPointer)
+        if (type.IsByRef || type.IsPointer || Array.IndexOf(s_containerTypes, type) >= 0)
         {
             return false;
         }

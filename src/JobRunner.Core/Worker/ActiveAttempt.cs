@@ -40,6 +40,7 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
     private ITimer? _timeoutTimer;
     private Extras? _extras;
     private int _reason;
+    private int _closed;
     private volatile bool _disposed;
 
     private LeasedJob? _leased;
@@ -200,14 +201,13 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
             return false;
         }
 
-        try
+        // Callbacks the workload registered run on the thread pool, never on the caller's (heartbeat, timer) thread.
+        var cancelling = _cts.CancelAsync();
+        if (cancelling.IsFaulted)
         {
-            // Callbacks the workload registered run on the thread pool, never on the caller's (heartbeat, timer) thread.
-            _ = _cts.CancelAsync();
-        }
-        catch (ObjectDisposedException)
-        {
-            // The attempt ended and was disposed while this stop was on its way; there is nothing left to stop.
+            // The attempt ended and its source was disposed while this stop was on its way (a disposed source reports
+            // that through the task): there is nothing left to stop.
+            _ = cancelling.Exception;
             return false;
         }
 
@@ -279,9 +279,7 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
 
     public void Dispose() => Close()?.Dispose();
 
-    /// <summary>
-    /// Ends the attempt: its context accepts no more writes and its timers stop.
-    /// </summary>
+    /// <summary>Ends the attempt, once: its context accepts no more writes and its timers stop.</summary>
     /// <returns>
     /// The attempt's cancellation source, reset, when the next attempt may reuse it: the attempt finished without being
     /// stopped, so no stop cancelled it and none can any more (a stop must win <see cref="Reason"/> first). Otherwise
@@ -289,6 +287,12 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
     /// </returns>
     public CancellationTokenSource? Close()
     {
+        // Once only: a second call must not reset a source the slot's next attempt already uses.
+        if (Interlocked.Exchange(ref _closed, 1) != 0)
+        {
+            return null;
+        }
+
         Finish();
         _disposed = true;
         _timeoutTimer?.Dispose();

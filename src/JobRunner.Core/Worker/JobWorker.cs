@@ -320,6 +320,8 @@ internal sealed partial class JobWorker : BackgroundService
                     FreeRoom();
                 }
 
+                _tokens[slot]?.Dispose();
+                _tokens[slot] = null;
                 return;
             }
 

@@ -80,7 +80,7 @@ public sealed class InProcessEngineTests : IDisposable
     }
 
     [Fact]
-    public async Task Constructed_ServicesRead_ScopeCreatedLazily_WorkloadDisposedBeforeTheScope()
+    public async Task Constructed_ServicesRead_ScopeCreatedLazily_ScopeDisposedBeforeTheWorkload()
     {
         var (services, scopes, scope) = Substitutes(new ReadingWorkload(reads: 0));
         services.GetService(typeof(Dependency)).Returns(new Dependency());
@@ -97,7 +97,61 @@ public sealed class InProcessEngineTests : IDisposable
         await engine.ExecuteAsync(attempt, CancellationToken.None);
 
         scopes.Received(1).CreateScope();
-        Assert.Equal(["workload", "scope"], order);
+        // The container's order: what the workload resolved later goes first.
+        Assert.Equal(["scope", "workload"], order);
+    }
+
+    [Fact]
+    public async Task Constructed_WorkloadThrows_StillDisposed_ScopeClosed_ExceptionUnchanged()
+    {
+        var (services, _, scope) = Substitutes(new ReadingWorkload(reads: 0));
+        services.GetService(typeof(Dependency)).Returns(new Dependency());
+        var engine = new InProcessEngine<DisposableWorkload>(services, WorkloadActivation.Constructed);
+        DisposableWorkload? built = null;
+        DisposableWorkload.Built = w =>
+        {
+            built = w;
+            w.ReadServices = true;
+            w.Failure = new IOException("disk");
+        };
+        using var attempt = NewAttempt(services);
+
+        var error = await Assert.ThrowsAsync<IOException>(async () => await engine.ExecuteAsync(attempt, CancellationToken.None));
+
+        Assert.Equal("disk", error.Message);
+        Assert.True(built!.Disposed);
+        scope.Received(1).Dispose();
+    }
+
+    [Fact]
+    public async Task Constructed_SyncDisposableImplementationType_BuiltAsRegistered_AndDisposed()
+    {
+        IServiceCollection collection = new ServiceCollection();
+        collection.AddTransient<IWorkload, SyncDisposable>();
+        var (activation, implementation) = WorkloadActivations.Of(collection, typeof(IWorkload));
+        var (services, _, _) = Substitutes(new ReadingWorkload(reads: 0));
+        var engine = new InProcessEngine<IWorkload>(services, activation, implementation);
+        using var attempt = NewAttempt(services);
+        SyncDisposable.Instances.Value = [];
+
+        await engine.ExecuteAsync(attempt, CancellationToken.None);
+
+        Assert.Equal((WorkloadActivation.Constructed, typeof(SyncDisposable)), (activation, implementation));
+        Assert.True(Assert.Single(SyncDisposable.Instances.Value).Disposed);
+    }
+
+    [Fact]
+    public void Activation_AnotherContainer_ScopedUnlessSingleton()
+    {
+        // The collection need not show what another container registers: its root is not Microsoft's provider.
+        IServiceCollection collection = new ServiceCollection();
+        collection.AddTransient<NoDependencies>();
+        collection.AddSingleton<ReadingWorkload>(_ => new ReadingWorkload(reads: 0));
+        var foreign = Substitute.For<IServiceProvider>();
+
+        Assert.Equal(WorkloadActivation.Scoped, WorkloadActivations.Of(collection, typeof(NoDependencies), foreign).Activation);
+        Assert.Equal(WorkloadActivation.Singleton, WorkloadActivations.Of(collection, typeof(ReadingWorkload), foreign).Activation);
+        Assert.Equal(WorkloadActivation.Constructed, WorkloadActivations.Of(collection, typeof(NoDependencies), _host).Activation);
     }
 
     [Theory]
@@ -135,6 +189,10 @@ public sealed class InProcessEngineTests : IDisposable
         { s => s.AddSingleton<Dependency>(), typeof(TwoConstructors), nameof(WorkloadActivation.Scoped) },
         { s => s.AddKeyedSingleton<Dependency>("k").AddSingleton<Dependency>(), typeof(KeyedWorkload), nameof(WorkloadActivation.Scoped) },
         { _ => { }, typeof(ProviderWorkload), nameof(WorkloadActivation.Scoped) },
+        // The container answers IServiceProvider with the scope's provider, whatever is registered.
+        { s => s.AddSingleton<IServiceProvider>(_ => null!), typeof(ProviderWorkload), nameof(WorkloadActivation.Scoped) },
+        // Only keyed-service attributes matter: a nullable or defaulted parameter is still a singleton.
+        { s => s.AddSingleton<Dependency>(), typeof(OptionalDependency), nameof(WorkloadActivation.Constructed) },
     };
 
     [Theory]
@@ -234,6 +292,8 @@ public sealed class InProcessEngineTests : IDisposable
 
         public Action? OnDispose { get; set; }
 
+        public Exception? Failure { get; set; }
+
         public int Runs { get; private set; }
 
         public bool Disposed { get; private set; }
@@ -246,7 +306,7 @@ public sealed class InProcessEngineTests : IDisposable
                 _ = context.Services.GetService(typeof(object));
             }
 
-            return ValueTask.CompletedTask;
+            return Failure is null ? ValueTask.CompletedTask : ValueTask.FromException(Failure);
         }
 
         public ValueTask DisposeAsync()
@@ -294,5 +354,25 @@ public sealed class InProcessEngineTests : IDisposable
         public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 
         public override string ToString() => services.ToString()!;
+    }
+
+    public sealed class SyncDisposable : IWorkload, IDisposable
+    {
+        public static readonly AsyncLocal<List<SyncDisposable>> Instances = new();
+
+        public SyncDisposable() => Instances.Value?.Add(this);
+
+        public bool Disposed { get; private set; }
+
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+        public void Dispose() => Disposed = true;
+    }
+
+    public sealed class OptionalDependency(Dependency? dependency = null) : IWorkload
+    {
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+        public override string ToString() => dependency?.ToString() ?? "";
     }
 }

@@ -281,6 +281,44 @@ public sealed class JobWorkerTests
     }
 
     [Fact]
+    public async Task Run_OneSlot_FinishedAttemptsSourceReused_CancelledOnesNot_NextTokenNeverCancelled()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var tokens = new List<(string? Name, CancellationToken Token, bool CancelledAtStart)>();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (context, ct) =>
+        {
+            lock (tokens)
+            {
+                tokens.Add((context.Request.CorrelationId, ct, ct.IsCancellationRequested));
+            }
+
+            if (context.Request.CorrelationId == "cancelled")
+            {
+                started.SetResult();
+                await Task.Delay(Timeout.Infinite, ct);
+            }
+        };
+        await host.StartAsync();
+
+        // One at a time, so that each runs on the one slot after the one before ended.
+        var first = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "first" });
+        await host.WaitForStateAsync(first, JobState.Succeeded);
+        var cancelled = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "cancelled" });
+        await started.Task.WaitAsync(TestHost.WaitLimit);
+        await host.Client.CancelAsync(cancelled, "stop");
+        await host.WaitForStateAsync(cancelled, JobState.Cancelled);
+        var last = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "last" });
+        await host.WaitForStateAsync(last, JobState.Succeeded);
+
+        Assert.Equal(["first", "cancelled", "last"], tokens.Select(t => t.Name));
+        Assert.All(tokens, t => Assert.False(t.CancelledAtStart));
+        Assert.Equal(tokens[0].Token, tokens[1].Token);
+        Assert.NotEqual(tokens[1].Token, tokens[2].Token);
+        Assert.False(tokens[2].Token.IsCancellationRequested);
+    }
+
+    [Fact]
     public async Task Cancel_ScheduledJob_NeverRuns()
     {
         await using var host = await new TestHost().StartAsync();
