@@ -5,6 +5,13 @@ using BenchmarkDotNet.Running;
 // End-to-end fairness (console harness, not BenchmarkDotNet):
 //                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- fairness
 // PostgreSQL end to end (console harness; starts a throwaway server): benchmarks/postgres.sh [jobs] [batches in flight] [drain]
+// PostgreSQL tenant fairness, end to end (console harness): benchmarks/postgres.sh fairness [flood jobs]
+if (args is ["postgres-fairness", ..])
+{
+    await JobRunner.Benchmarks.PostgresFairness.RunAsync(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 20_000);
+    return;
+}
+
 if (args is ["postgres", ..])
 {
     await JobRunner.Benchmarks.PostgresThroughput.RunAsync(
