@@ -26,11 +26,16 @@ DROP INDEX IF EXISTS {schema}.jobs_ready;
 -- Rows are the jobs taken (what JobRows.QueueColumns reads), in the order taken, then one row with a NULL id whose tenant
 -- is where the next call should start (p_after), or NULL when the call visited no tenant.
 -- Rows are locked with SKIP LOCKED, so concurrent calls never wait for each other, whatever order they lock rows in.
+-- Costs per call: one index descent per band and per tenant visited, and one statement per tenant and pass that takes.
 CREATE OR REPLACE FUNCTION {schema}.dequeue(
     p_now timestamptz, p_until timestamptz, p_limit integer, p_after text,
     p_tenants text[], p_wants integer[], p_default_want integer, p_max_tenants integer)
 RETURNS TABLE (id uuid, priority smallint, tenant text, workload text, concurrency_key text, enqueued_at timestamptz, affinity text)
 LANGUAGE plpgsql
+-- Each statement is planned once per connection, not at every call: with the parameters known, the planner would plan
+-- each statement again at each call, several times the cost of running it. The caller runs it with bitmap scans, hash
+-- joins and sequential scans off (JobRows.IndexPathsOnly), so the plans are index scans whatever the statistics.
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
