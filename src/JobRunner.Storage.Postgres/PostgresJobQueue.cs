@@ -46,7 +46,13 @@ internal sealed class PostgresJobQueue : IJobQueue
         _time = db.Time;
         var s = db.Schema;
         _dequeueSql = $"SELECT {JobRows.QueueColumns} FROM {s}.dequeue(@now, @until, @limit, @after, @tenants, @wants, 1, @max_tenants)";
-        _nextDueSql = $"SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state IN (0, 1)";
+        // The Scheduled rows that wait for later, oldest first in their own index; then the ready ones (the rows taken
+        // are due again when their visibility lapses).
+        _nextDueSql = $"""
+            SELECT least(
+                (SELECT min(ready_at) FROM {s}.jobs WHERE state = 1 AND NOT due),
+                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)))
+            """;
         // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.
         const string Locked = "(SELECT id FROM {0}.jobs WHERE id = ANY(@ids) AND state IN (0, 1) ORDER BY id FOR UPDATE) l";
         _returnSql = $"UPDATE {s}.jobs j SET taken_until = NULL FROM {string.Format(CultureInfo.InvariantCulture, Locked, s)} WHERE j.id = l.id";

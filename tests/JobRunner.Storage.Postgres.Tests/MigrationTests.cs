@@ -115,11 +115,14 @@ public sealed class MigrationTests : IAsyncLifetime
         var job = Jobs.New(_time);
         await store.InsertAsync(job, default);
         await _database.ExecuteAsync(
-            "DROP INDEX {s}.jobs_ready_tenant; DROP FUNCTION {s}.dequeue; DELETE FROM {s}.schema_migrations WHERE version > 4; " +
-            "CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, ready_at, id) WHERE state IN (0, 1)");
+            "DROP INDEX {s}.jobs_ready_tenant; DROP INDEX {s}.jobs_scheduled; ALTER TABLE {s}.jobs DROP COLUMN due; DROP FUNCTION {s}.dequeue; " +
+            "DELETE FROM {s}.schema_migrations WHERE version > 4; CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, ready_at, id) WHERE state IN (0, 1)");
         if (indexBuiltBeforehand)
         {
-            await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON {s}.jobs (priority DESC, tenant, ready_at, id) WHERE state IN (0, 1)");
+            // The statements of the script's header.
+            await _database.ExecuteAsync("ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false");
+            await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON {s}.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due)");
+            await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_scheduled ON {s}.jobs (ready_at) WHERE state = 1 AND NOT due");
         }
 
         var upgraded = _database.Open(_time);
@@ -127,7 +130,7 @@ public sealed class MigrationTests : IAsyncLifetime
 
         Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
         Assert.Equal(
-            ["jobs_dedupe", "jobs_finished", "jobs_leases", "jobs_pkey", "jobs_ready_tenant", "jobs_seq"],
+            ["jobs_dedupe", "jobs_finished", "jobs_leases", "jobs_pkey", "jobs_ready_tenant", "jobs_scheduled", "jobs_seq"],
             await _database.ScalarAsync<string[]>("SELECT array_agg(indexname::text ORDER BY indexname) FROM pg_indexes WHERE schemaname = '" + _database.Schema + "' AND tablename = 'jobs'"));
         var buffer = new QueuedJob[4];
         Assert.Equal(1, await new PostgresJobQueue(upgraded).DequeueAsync(buffer, TimeSpan.FromSeconds(30), default));

@@ -92,6 +92,41 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_due_scheduled_job_is_marked_for_the_walk_and_unmarked_when_a_retry_schedules_it_again()
+    {
+        // No poll before the due time: the clock's advance fires only the dequeue's wait for it.
+        var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
+        // Tenants whose only jobs wait for later are not in the walked index at all.
+        for (var i = 0; i < 20; i++)
+        {
+            await store.InsertAsync(Jobs.New(_time, tenant: $"later{i:00}", dueAt: _time.GetUtcNow().AddHours(1)), default);
+        }
+
+        var id = await Insert(store, dueAt: _time.GetUtcNow().AddSeconds(10));
+        Assert.Equal(0L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)"));
+        _time.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(id, Assert.Single(await Dequeue(queue, 10)).Id);
+        Assert.True(await Due(id));
+        var leased = await store.TryAcquireLeaseAsync(id, "w1", TimeSpan.FromMinutes(1), default);
+        await store.CompleteAttemptAsync(
+            leased!.Lease,
+            new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = _time.GetUtcNow().AddMinutes(5), Error = "again" },
+            default);
+        Assert.False(await Due(id));
+
+        // Not taken before its new due time (the dequeue waits), then taken.
+        var buffer = new QueuedJob[10];
+        var timers = _time.TimerCount;
+        var waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync(timers);
+        Assert.False(waiting.IsCompleted);
+        _time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(id, buffer[0].Id);
+    }
+
+    [Fact]
     public async Task An_enqueue_on_one_host_wakes_a_waiting_worker_on_another_by_notify()
     {
         var (_, storeA, queueA, _) = _database.OpenStore(_time);
@@ -296,6 +331,8 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         Assert.Equal(0, queue.InFlight("a"));
     }
 
+    private Task<bool> Due(JobId id) => _database.ScalarAsync<bool>($"SELECT due FROM {{s}}.jobs WHERE id = '{id}'");
+
     private static async Task<List<QueuedJob>> Dequeue(PostgresJobQueue queue, int limit)
     {
         var buffer = new QueuedJob[limit];
@@ -310,10 +347,10 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         return results.Select(r => r.Job.Id).ToList();
     }
 
-    private async Task WaitForTimerAsync()
+    private async Task WaitForTimerAsync(int before = 0)
     {
         // The dequeue found nothing and armed its wait timer on the fake clock.
-        for (var i = 0; _time.TimerCount == 0; i++)
+        for (var i = 0; _time.TimerCount <= before; i++)
         {
             Assert.True(i < 3000, "The dequeue never started waiting.");
             await Task.Delay(TimeSpan.FromMilliseconds(1), TimeProvider.System);

@@ -2,15 +2,25 @@
 -- oldest jobs whoever they belong to (one tenant's flood of a million jobs no longer keeps every other tenant's jobs out
 -- of the workers' hands until it drains).
 -- The ready index gains the tenant after the priority, so that a band's tenants can be walked one index descent each
--- (a loose index scan) and each tenant's oldest rows read in order. jobs_ready, whose order only the old dequeue used,
--- is dropped: one index fewer to write per insert and per state change. The index is built while the migration's
--- transaction holds the jobs table (CREATE INDEX blocks writes until it commits). On a large jobs table, build it
--- beforehand without blocking; then this script only drops the old index and creates the function:
---   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON <schema>.jobs (priority DESC, tenant, ready_at, id) WHERE state IN (0, 1);
-CREATE INDEX IF NOT EXISTS jobs_ready_tenant ON {schema}.jobs (priority DESC, tenant, ready_at, id) WHERE state IN (0, 1);
+-- (a loose index scan) and each tenant's oldest rows read in order. It holds Queued rows and the Scheduled rows that
+-- are due, not those that wait for later (a retry's backoff, a not-before time): the walk would pay a descent per
+-- tenant that has only those. A Scheduled row is marked due (the "due" column; its state stays Scheduled until it is
+-- leased) by the dequeue, which finds such rows oldest first through jobs_scheduled; every write that makes a row
+-- Scheduled clears the mark. jobs_ready, whose order only the old dequeue used, is dropped: a Queued row is written
+-- into one ready index, as before.
+-- The indexes are built while the migration's transaction holds the jobs table (CREATE INDEX blocks writes until it
+-- commits; ADD COLUMN with a constant default only changes the catalog). On a large jobs table, add the column and
+-- build the indexes beforehand without blocking; then this script only drops the old index and creates the function:
+--   ALTER TABLE <schema>.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false;
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON <schema>.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due);
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_scheduled ON <schema>.jobs (ready_at) WHERE state = 1 AND NOT due;
+ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_ready_tenant ON {schema}.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due);
+CREATE INDEX IF NOT EXISTS jobs_scheduled ON {schema}.jobs (ready_at) WHERE state = 1 AND NOT due;
 DROP INDEX IF EXISTS {schema}.jobs_ready;
 
 -- Takes up to p_limit ready jobs and hides them until p_until, sharing them among tenants:
+-- * First marks up to 1,000 Scheduled rows that are due (oldest first), so that the walk below sees them.
 -- * Priority bands are taken highest first; a lower band only once every tenant the call visited in the higher one has
 --   nothing more to give.
 -- * In a band, tenants are visited in name order starting after p_after and wrapping round. A tenant takes up to its
@@ -56,7 +66,12 @@ DECLARE
     members integer := 0;
     left_unvisited boolean;
 BEGIN
-    SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE j.state IN (0, 1);
+    UPDATE {schema}.jobs j SET due = true
+    FROM (SELECT x.id FROM {schema}.jobs x WHERE x.state = 1 AND NOT x.due AND x.ready_at <= p_now
+          ORDER BY x.ready_at LIMIT 1000 FOR UPDATE SKIP LOCKED) d
+    WHERE j.id = d.id;
+
+    SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE (j.state = 0 OR (j.state = 1 AND j.due));
     WHILE band IS NOT NULL AND taken < p_limit AND members < p_max_tenants LOOP
         band_tenants := '{}';
         quanta := '{}';
@@ -74,19 +89,19 @@ BEGIN
             -- Past the end, the walk wraps round to the band's first tenants, up to p_after itself.
             IF next_tenant IS NULL AND p_after IS NULL THEN
                 SELECT j.tenant, j.ready_at INTO next_tenant, first_ready FROM {schema}.jobs j
-                WHERE j.state IN (0, 1) AND j.priority = band
+                WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band
                 ORDER BY j.priority DESC, j.tenant, j.ready_at LIMIT 1;
             ELSIF next_tenant IS NULL THEN
                 SELECT j.tenant, j.ready_at INTO next_tenant, first_ready FROM {schema}.jobs j
-                WHERE j.state IN (0, 1) AND j.priority = band AND j.tenant <= p_after
+                WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band AND j.tenant <= p_after
                 ORDER BY j.priority DESC, j.tenant, j.ready_at LIMIT 1;
             ELSIF wrapped AND p_after IS NOT NULL THEN
                 SELECT j.tenant, j.ready_at INTO next_tenant, first_ready FROM {schema}.jobs j
-                WHERE j.state IN (0, 1) AND j.priority = band AND j.tenant > next_tenant AND j.tenant <= p_after
+                WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band AND j.tenant > next_tenant AND j.tenant <= p_after
                 ORDER BY j.priority DESC, j.tenant, j.ready_at LIMIT 1;
             ELSE
                 SELECT j.tenant, j.ready_at INTO next_tenant, first_ready FROM {schema}.jobs j
-                WHERE j.state IN (0, 1) AND j.priority = band AND j.tenant > next_tenant
+                WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band AND j.tenant > next_tenant
                 ORDER BY j.priority DESC, j.tenant, j.ready_at LIMIT 1;
             END IF;
 
@@ -112,7 +127,7 @@ BEGIN
                 RETURN QUERY
                 WITH picked AS (
                     SELECT j.id FROM {schema}.jobs j
-                    WHERE j.state IN (0, 1) AND j.priority = band AND j.tenant = next_tenant AND j.ready_at <= p_now
+                    WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band AND j.tenant = next_tenant AND j.ready_at <= p_now
                       AND (j.taken_until IS NULL OR j.taken_until <= p_now)
                     ORDER BY j.priority DESC, j.tenant, j.ready_at, j.id
                     LIMIT ask
@@ -145,7 +160,7 @@ BEGIN
                 RETURN QUERY
                 WITH picked AS (
                     SELECT j.id FROM {schema}.jobs j
-                    WHERE j.state IN (0, 1) AND j.priority = band AND j.tenant = band_tenants[k] AND j.ready_at <= p_now
+                    WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority = band AND j.tenant = band_tenants[k] AND j.ready_at <= p_now
                       AND (j.taken_until IS NULL OR j.taken_until <= p_now)
                     ORDER BY j.priority DESC, j.tenant, j.ready_at, j.id
                     LIMIT ask
@@ -165,7 +180,7 @@ BEGIN
 
         -- Strict priority: with tenants of this band left unvisited, a lower band waits for the next call.
         EXIT WHEN left_unvisited;
-        SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE j.state IN (0, 1) AND j.priority < band;
+        SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE (j.state = 0 OR (j.state = 1 AND j.due)) AND j.priority < band;
     END LOOP;
 
     RETURN QUERY SELECT NULL::uuid, NULL::smallint, cursor_tenant, NULL::text, NULL::text, NULL::timestamptz, NULL::text;
