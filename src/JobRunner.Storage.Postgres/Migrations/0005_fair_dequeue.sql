@@ -20,7 +20,8 @@ CREATE INDEX IF NOT EXISTS jobs_scheduled ON {schema}.jobs (ready_at) WHERE stat
 DROP INDEX IF EXISTS {schema}.jobs_ready;
 
 -- Takes up to p_limit ready jobs and hides them until p_until, sharing them among tenants:
--- * First marks up to 1,000 Scheduled rows that are due (oldest first), so that the walk below sees them.
+-- * First marks Scheduled rows that are due, oldest first, so that the walk below sees them: four times the batch (64
+--   to 1,000), more than the call takes, so that marking keeps ahead of taking when many come due at once.
 -- * Priority bands are taken highest first; a lower band only once every tenant the call visited in the higher one has
 --   nothing more to give.
 -- * In a band, tenants are visited in name order starting after p_after and wrapping round. A tenant takes up to its
@@ -68,7 +69,7 @@ DECLARE
 BEGIN
     UPDATE {schema}.jobs j SET due = true
     FROM (SELECT x.id FROM {schema}.jobs x WHERE x.state = 1 AND NOT x.due AND x.ready_at <= p_now
-          ORDER BY x.ready_at LIMIT 1000 FOR UPDATE SKIP LOCKED) d
+          ORDER BY x.ready_at LIMIT least(greatest(4 * p_limit, 64), 1000) FOR UPDATE SKIP LOCKED) d
     WHERE j.id = d.id;
 
     SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE (j.state = 0 OR (j.state = 1 AND j.due));
