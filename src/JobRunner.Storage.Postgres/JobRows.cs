@@ -67,8 +67,9 @@ internal static class JobRows
     }
 
     /// <summary>
-    /// The first command of a batch whose hot statement looks jobs up by id or walks <c>jobs_ready</c> in order (dequeue,
-    /// lease, completion). Without fresh statistics (a burst into a new or idle table: autovacuum analyzes a minute later
+    /// The first command of a batch whose hot statement looks jobs up by id or walks <c>jobs_ready_tenant</c> in order
+    /// (dequeue, lease, completion; the dequeue function's statements are planned under these settings too, at their first
+    /// run on a connection, and keep those plans). Without fresh statistics (a burst into a new or idle table: autovacuum analyzes a minute later
     /// at best, and a queue's state mix changes faster than that) the planner estimates a handful of ready or running
     /// rows and reads all of them with a bitmap scan, then sorts them or hash-joins them with the batch: every batch
     /// then costs as much as the whole queue. Local to the batch's implicit transaction, these settings leave it the

@@ -6,36 +6,53 @@ namespace JobRunner.Storage.Postgres;
 
 /// <summary>
 /// The queue side of the jobs table: a ready job is a row in state Queued (or Scheduled and due) that no worker has
-/// taken. Dequeue takes a batch with <c>FOR UPDATE SKIP LOCKED</c> in priority then age order and hides it for the
-/// visibility time; the Core scheduler then orders the batch and the store leases each job. The store's transitions
-/// make a job ready again, so <see cref="EnqueueAsync"/> only wakes the workers (a coalesced NOTIFY).
+/// taken. Dequeue (the <c>dequeue</c> function of migration 0005) takes a batch with <c>FOR UPDATE SKIP LOCKED</c>,
+/// highest priority band first, and within a band from each tenant in turn its oldest jobs, as many as the tenant's
+/// want; it hides them for the visibility time; the Core scheduler then orders the batch and the store leases each job.
+/// Wants follow the tenants' weights: this queue counts per tenant the jobs it handed out and that were not yet
+/// acknowledged or returned (running or held in this worker's lookahead), and asks each tenant for its weighted share of
+/// that count plus the batch, less what it already holds. The store's transitions make a job ready again, so
+/// <see cref="EnqueueAsync"/> only wakes the workers (a coalesced NOTIFY).
 /// Idle workers wait for that NOTIFY, for the next due time, or at most <see cref="PostgresOptions.PollInterval"/>.
 /// </summary>
 internal sealed class PostgresJobQueue : IJobQueue
 {
+    /// <summary>How many dequeues a tenant with nothing in flight here still counts in the shares after it was last taken.</summary>
+    private const int RememberedDequeues = 16;
+
     private readonly PostgresDatabase _db;
+    private readonly ISchedulerControl? _weights;
+    private readonly Lock _lock = new();
+    // Every delivery not yet acknowledged or returned, by reference (a job delivered twice is two deliveries), with its
+    // visibility: a delivery whose visibility lapsed without an extension was dropped by its consumer.
+    private readonly Dictionary<QueuedJob, DateTimeOffset> _inFlight = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<string, TenantFlow> _tenants = new(StringComparer.Ordinal);
     private readonly TimeProvider _time;
     private readonly string _dequeueSql;
     private readonly string _nextDueSql;
     private readonly string _returnSql;
     private readonly string _extendSql;
+    private DateTimeOffset _nextLapse = DateTimeOffset.MaxValue;
+    private string? _rotation;
+    private long _dequeues;
 
-    public PostgresJobQueue(PostgresDatabase db)
+    /// <summary>Creates the queue.</summary>
+    /// <param name="db">The database.</param>
+    /// <param name="weights">Where the tenants' weights come from (the worker's scheduler); without it every tenant weighs 1.</param>
+    public PostgresJobQueue(PostgresDatabase db, ISchedulerControl? weights = null)
     {
         _db = db;
+        _weights = weights;
         _time = db.Time;
         var s = db.Schema;
-        _dequeueSql = $"""
-            WITH picked AS (
-                SELECT id FROM {s}.jobs
-                WHERE state IN (0, 1) AND ready_at <= @now AND (taken_until IS NULL OR taken_until <= @now)
-                ORDER BY priority DESC, ready_at, id
-                LIMIT @limit
-                FOR UPDATE SKIP LOCKED)
-            UPDATE {s}.jobs j SET taken_until = @until FROM picked WHERE j.id = picked.id
-            RETURNING {Prefixed("j.", JobRows.QueueColumns)}
+        _dequeueSql = $"SELECT {JobRows.QueueColumns} FROM {s}.dequeue(@now, @until, @limit, @after, @tenants, @wants, 1, @max_tenants)";
+        // The Scheduled rows that wait for later, oldest first in their own index; then the ready ones (the rows taken
+        // are due again when their visibility lapses).
+        _nextDueSql = $"""
+            SELECT least(
+                (SELECT min(ready_at) FROM {s}.jobs WHERE state = 1 AND NOT due),
+                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)))
             """;
-        _nextDueSql = $"SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state IN (0, 1)";
         // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.
         const string Locked = "(SELECT id FROM {0}.jobs WHERE id = ANY(@ids) AND state IN (0, 1) ORDER BY id FOR UPDATE) l";
         _returnSql = $"UPDATE {s}.jobs j SET taken_until = NULL FROM {string.Format(CultureInfo.InvariantCulture, Locked, s)} WHERE j.id = l.id";
@@ -61,7 +78,9 @@ internal sealed class PostgresJobQueue : IJobQueue
             // Captured before looking, so that a wake-up that arrives while we look is not lost.
             var wake = _db.Ready.Current;
             var now = _time.GetUtcNow();
-            var jobs = await _db.RunAsync(_db.Worker, (Sql: _dequeueSql, Now: now, Until: now + visibility, Limit: buffer.Length), static async (c, s, token) =>
+            var until = now + visibility;
+            var request = Plan(now, until, buffer.Length);
+            var (jobs, rotation) = await _db.RunAsync(_db.Worker, request, static async (c, s, token) =>
             {
                 using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Relaxed) } };
                 var command = new NpgsqlBatchCommand(s.Sql);
@@ -69,18 +88,32 @@ internal sealed class PostgresJobQueue : IJobQueue
                 command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
                 command.Parameters.Add(new("until", NpgsqlDbType.TimestampTz) { Value = s.Until });
                 command.Parameters.Add(new("limit", NpgsqlDbType.Integer) { Value = s.Limit });
+                command.Parameters.Add(new("after", NpgsqlDbType.Text) { Value = (object?)s.After ?? DBNull.Value });
+                command.Parameters.Add(new("tenants", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Tenants });
+                command.Parameters.Add(new("wants", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = s.Wants });
+                command.Parameters.Add(new("max_tenants", NpgsqlDbType.Integer) { Value = s.MaxTenants });
                 var result = new List<QueuedJob>(s.Limit);
+                string? rotation = null;
                 var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
                 await using var readerScope = reader.ConfigureAwait(false);
                 await reader.NextResultAsync(token).ConfigureAwait(false);
                 while (await reader.ReadAsync(token).ConfigureAwait(false))
                 {
-                    result.Add(JobRows.ReadQueued(reader));
+                    // The last row carries no job, only where the next call's walk over the tenants starts.
+                    if (reader.IsDBNull(0))
+                    {
+                        rotation = reader.IsDBNull(2) ? null : reader.GetString(2);
+                    }
+                    else
+                    {
+                        result.Add(JobRows.ReadQueued(reader));
+                    }
                 }
 
-                return result;
+                return (result, rotation);
             }, cancellationToken).ConfigureAwait(false);
 
+            Taken(jobs, rotation, until);
             if (jobs.Count > 0)
             {
                 jobs.CopyTo(buffer.Span);
@@ -96,10 +129,10 @@ internal sealed class PostgresJobQueue : IJobQueue
             }, cancellationToken).ConfigureAwait(false);
             if (nextDue is { } due)
             {
-                var until = due - _time.GetUtcNow();
-                if (until < wait)
+                var untilDue = due - _time.GetUtcNow();
+                if (untilDue < wait)
                 {
-                    wait = until > TimeSpan.Zero ? until : TimeSpan.FromMilliseconds(1);
+                    wait = untilDue > TimeSpan.Zero ? untilDue : TimeSpan.FromMilliseconds(1);
                 }
             }
 
@@ -113,9 +146,23 @@ internal sealed class PostgresJobQueue : IJobQueue
         }
     }
 
+    /// <summary>Gets how many of the jobs this queue handed out are neither acknowledged nor returned, per tenant (for tests).</summary>
+    internal int InFlight(string tenant)
+    {
+        lock (_lock)
+        {
+            return _tenants.TryGetValue(tenant, out var flow) ? flow.InFlight : 0;
+        }
+    }
+
+    /// <summary>Gets or sets how many tenants take part in one dequeue at most (tenants with nothing to give do not count).</summary>
+    internal int MaxTenantsPerDequeue { get; set; } = 128;
+
     public ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
     {
         // The store's transition already took the job out of the ready set (leased, finished or made ready again).
+        ArgumentNullException.ThrowIfNull(jobs);
+        Settled(jobs);
         return ValueTask.CompletedTask;
     }
 
@@ -124,6 +171,7 @@ internal sealed class PostgresJobQueue : IJobQueue
         ArgumentNullException.ThrowIfNull(jobs);
         if (jobs.Count > 0)
         {
+            Settled(jobs);
             await UpdateAsync(_returnSql, jobs, null, cancellationToken).ConfigureAwait(false);
             _db.NotifyReady();
         }
@@ -134,7 +182,139 @@ internal sealed class PostgresJobQueue : IJobQueue
         ArgumentNullException.ThrowIfNull(jobs);
         if (jobs.Count > 0)
         {
-            await UpdateAsync(_extendSql, jobs, _time.GetUtcNow() + visibility, cancellationToken).ConfigureAwait(false);
+            var until = _time.GetUtcNow() + visibility;
+            lock (_lock)
+            {
+                foreach (var job in jobs)
+                {
+                    if (_inFlight.ContainsKey(job))
+                    {
+                        _inFlight[job] = until;
+                    }
+                }
+            }
+
+            await UpdateAsync(_extendSql, jobs, until, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Computes each known tenant's want for a dequeue of <paramref name="limit"/> jobs: its weighted share of what this
+    /// worker will hold (the jobs in flight plus the batch), less what it holds already; at least 1 while it holds none.
+    /// Known tenants are those in flight here and those taken in the last few dequeues; others are asked for 1 at first
+    /// (the dequeue doubles that while they keep giving).
+    /// </summary>
+    private DequeueRequest Plan(DateTimeOffset now, DateTimeOffset until, int limit)
+    {
+        lock (_lock)
+        {
+            if (now >= _nextLapse)
+            {
+                DropLapsed(now);
+            }
+
+            _dequeues++;
+            var count = 0;
+            long inFlight = 0;
+            long totalWeight = 0;
+            foreach (var (name, flow) in _tenants)
+            {
+                if (flow.InFlight == 0 && flow.LastTaken + RememberedDequeues < _dequeues)
+                {
+                    // Removing during enumeration is allowed for Dictionary.
+                    _tenants.Remove(name);
+                    continue;
+                }
+
+                flow.Weight = Math.Max(_weights?.GetTenantWeight(name) ?? 1, 1);
+                totalWeight += flow.Weight;
+                inFlight += flow.InFlight;
+                count++;
+            }
+
+            var tenants = new string[count];
+            var wants = new int[count];
+            var capacity = inFlight + limit;
+            var i = 0;
+            foreach (var (name, flow) in _tenants)
+            {
+                var share = (long)Math.Ceiling((double)capacity * flow.Weight / totalWeight);
+                var want = Math.Clamp(share - flow.InFlight, flow.InFlight == 0 ? 1 : 0, limit);
+                tenants[i] = name;
+                wants[i] = (int)want;
+                i++;
+            }
+
+            return new DequeueRequest(_dequeueSql, now, until, limit, _rotation, tenants, wants, MaxTenantsPerDequeue);
+        }
+    }
+
+    /// <summary>Counts the jobs a dequeue handed out, and keeps where the next one starts.</summary>
+    private void Taken(List<QueuedJob> jobs, string? rotation, DateTimeOffset until)
+    {
+        lock (_lock)
+        {
+            _rotation = rotation;
+            foreach (var job in jobs)
+            {
+                _inFlight[job] = until;
+                if (!_tenants.TryGetValue(job.Tenant, out var flow))
+                {
+                    flow = new TenantFlow();
+                    _tenants.Add(job.Tenant, flow);
+                }
+
+                flow.InFlight++;
+                flow.LastTaken = _dequeues;
+            }
+
+            if (jobs.Count > 0 && until < _nextLapse)
+            {
+                _nextLapse = until;
+            }
+        }
+    }
+
+    /// <summary>Stops counting deliveries that were acknowledged or returned (each once, however often it is settled).</summary>
+    private void Settled(IReadOnlyList<QueuedJob> jobs)
+    {
+        lock (_lock)
+        {
+            foreach (var job in jobs)
+            {
+                if (job is not null && _inFlight.Remove(job))
+                {
+                    Release(job.Tenant);
+                }
+            }
+        }
+    }
+
+    /// <summary>Stops counting deliveries whose visibility lapsed without an extension: their consumer dropped them.</summary>
+    private void DropLapsed(DateTimeOffset now)
+    {
+        var next = DateTimeOffset.MaxValue;
+        foreach (var (job, until) in _inFlight)
+        {
+            if (until <= now)
+            {
+                _inFlight.Remove(job);
+                Release(job.Tenant);
+            }
+            else if (until < next)
+            {
+                next = until;
+            }
+        }
+
+        _nextLapse = next;
+    }
+
+    private void Release(string tenant)
+    {
+        if (_tenants.TryGetValue(tenant, out var flow))
+        {
+            flow.InFlight--;
         }
     }
 
@@ -159,5 +339,18 @@ internal sealed class PostgresJobQueue : IJobQueue
         }, cancellationToken);
     }
 
-    private static string Prefixed(string prefix, string columns) => prefix + columns.Replace(", ", ", " + prefix, StringComparison.Ordinal);
+    private sealed record DequeueRequest(
+        string Sql, DateTimeOffset Now, DateTimeOffset Until, int Limit, string? After, string[] Tenants, int[] Wants, int MaxTenants);
+
+    /// <summary>One tenant's deliveries on this worker.</summary>
+    private sealed class TenantFlow
+    {
+        public int InFlight { get; set; }
+
+        /// <summary>Gets or sets the dequeue that last took one of the tenant's jobs.</summary>
+        public long LastTaken { get; set; }
+
+        /// <summary>Gets or sets the tenant's weight, read at each dequeue.</summary>
+        public int Weight { get; set; }
+    }
 }

@@ -94,7 +94,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                     state = CASE WHEN j.cancel_requested AND c.next_state < 3 THEN 5 ELSE c.next_state END,
                     attempts = jsonb_set(j.attempts, ARRAY[(jsonb_array_length(j.attempts) - 1)::text],
                         (j.attempts -> -1) || jsonb_strip_nulls(jsonb_build_object('e', @now_us::bigint, 'o', c.outcome, 'err', c.error, 'et', c.error_type, 'x', c.exit_code))),
-                    updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END,
+                    updated_at = @now, enqueued_at = @now, ready_at = CASE WHEN c.next_state = 1 THEN coalesce(c.due_at, @now) ELSE @now END, due = false,
                     taken_until = NULL, lease_expires_at = NULL, last_error = coalesce(c.error, j.last_error)
                 FROM locked c
                 WHERE j.id = c.id AND j.fence = c.fence AND j.state + 0 = 2
@@ -137,7 +137,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _requeueSql = $"""
             WITH old AS (SELECT id, state AS previous FROM {s}.jobs WHERE id = @id AND state IN (4, 5) FOR UPDATE),
             u AS (
-                UPDATE {s}.jobs j SET state = CASE WHEN j.not_before > @now THEN 1 ELSE 0 END, cancel_requested = false, cancel_reason = NULL,
+                UPDATE {s}.jobs j SET state = CASE WHEN j.not_before > @now THEN 1 ELSE 0 END, due = false, cancel_requested = false, cancel_reason = NULL,
                     updated_at = @now, enqueued_at = @now, ready_at = greatest(j.not_before, @now), taken_until = NULL, lease_expires_at = NULL
                 FROM old
                 WHERE j.id = old.id

@@ -76,8 +76,7 @@ public sealed class MigrationTests : IAsyncLifetime
         var upgradedStore = new PostgresJobStore(upgraded, Substitute.For<IJobEventBus>());
         await upgradedStore.InsertAsync(Jobs.New(_time), default);
 
-        Assert.Equal(4, Migrator.LatestVersion);
-        Assert.Equal(4, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
         // The old row keeps NULL (not the migration's transaction id), the new one has its writer's; the table was not rewritten.
         Assert.Equal(1L, await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE xact_id IS NULL AND job_id = '{job.Id}'"));
         Assert.Equal(1L, await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE xact_id IS NOT NULL AND job_id <> '{job.Id}'"));
@@ -104,6 +103,38 @@ public sealed class MigrationTests : IAsyncLifetime
         Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
         Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history WHERE xact_id IS NOT NULL"));
         Assert.Equal(1L, await _database.ScalarAsync<long>("SELECT count(*) FROM pg_indexes WHERE schemaname = '" + _database.Schema + "' AND tablename = 'job_history' AND indexdef LIKE '%(xact_id, id)%'"));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_schema_at_version_4_gets_the_tenant_ready_index_instead_of_the_old_one_and_the_dequeue_function(bool indexBuiltBeforehand)
+    {
+        // A schema as version 4 left it, with a ready job.
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job, default);
+        await _database.ExecuteAsync(
+            "DROP INDEX {s}.jobs_ready_tenant; DROP INDEX {s}.jobs_scheduled; ALTER TABLE {s}.jobs DROP COLUMN due; DROP FUNCTION {s}.dequeue; " +
+            "DELETE FROM {s}.schema_migrations WHERE version > 4; CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, ready_at, id) WHERE state IN (0, 1)");
+        if (indexBuiltBeforehand)
+        {
+            // The statements of the script's header.
+            await _database.ExecuteAsync("ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false");
+            await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON {s}.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due)");
+            await _database.ExecuteAsync("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_scheduled ON {s}.jobs (ready_at) WHERE state = 1 AND NOT due");
+        }
+
+        var upgraded = _database.Open(_time);
+        await upgraded.EnsureMigratedAsync(default);
+
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        Assert.Equal(
+            ["jobs_dedupe", "jobs_finished", "jobs_leases", "jobs_pkey", "jobs_ready_tenant", "jobs_scheduled", "jobs_seq"],
+            await _database.ScalarAsync<string[]>("SELECT array_agg(indexname::text ORDER BY indexname) FROM pg_indexes WHERE schemaname = '" + _database.Schema + "' AND tablename = 'jobs'"));
+        var buffer = new QueuedJob[4];
+        Assert.Equal(1, await new PostgresJobQueue(upgraded).DequeueAsync(buffer, TimeSpan.FromSeconds(30), default));
+        Assert.Equal(job.Id, buffer[0].Id);
     }
 
     [Fact]

@@ -111,6 +111,33 @@ public sealed class PostgresHostTests : IAsyncLifetime
         await api.StopAsync();
     }
 
+    [Fact]
+    public async Task A_tenants_job_runs_long_before_another_tenants_earlier_flood_has_drained()
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Services.AddJobRunner(r => r
+            .UsePostgres(_database.ConnectionString, o => o.Schema = _database.Schema)
+            .ConfigureWorker(w => w.Slots = 2)
+            .AddWorkload<NoOpWorkload>("noop"));
+        using var host = builder.Build();
+        var client = host.Services.GetRequiredService<IJobClient>();
+        await client.SubmitManyAsync(Enumerable.Range(0, 3_000).Select(_ => new JobRequest("noop") { Tenant = "flood" }).ToList());
+        var late = await client.SubmitAsync(new JobRequest("noop") { Tenant = "late" });
+
+        await host.StartAsync();
+        Assert.Equal(JobState.Succeeded, await WaitForTerminalAsync(client, late.Job.Id));
+        var floodDone = await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.jobs WHERE tenant = 'flood' AND state = 3");
+        await host.StopAsync();
+
+        // Oldest first, the late job would wait for all 3,000; the worker's first batch already holds it.
+        Assert.InRange(floodDone, 0, 1_000);
+    }
+
+    public sealed class NoOpWorkload : IWorkload
+    {
+        public ValueTask ExecuteAsync(WorkloadContext context, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    }
+
     private static async Task<JobState> WaitForTerminalAsync(IJobClient client, JobId id)
     {
         using var timeout = new CancellationTokenSource(Limit);

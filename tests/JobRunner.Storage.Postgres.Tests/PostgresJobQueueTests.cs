@@ -1,3 +1,5 @@
+using Microsoft.Extensions.DependencyInjection;
+using NSubstitute;
 using JobRunner.Testing;
 
 namespace JobRunner.Storage.Postgres.Tests;
@@ -90,6 +92,41 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_due_scheduled_job_is_marked_for_the_walk_and_unmarked_when_a_retry_schedules_it_again()
+    {
+        // No poll before the due time: the clock's advance fires only the dequeue's wait for it.
+        var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
+        // Tenants whose only jobs wait for later are not in the walked index at all.
+        for (var i = 0; i < 20; i++)
+        {
+            await store.InsertAsync(Jobs.New(_time, tenant: $"later{i:00}", dueAt: _time.GetUtcNow().AddHours(1)), default);
+        }
+
+        var id = await Insert(store, dueAt: _time.GetUtcNow().AddSeconds(10));
+        Assert.Equal(0L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)"));
+        _time.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(id, Assert.Single(await Dequeue(queue, 10)).Id);
+        Assert.True(await Due(id));
+        var leased = await store.TryAcquireLeaseAsync(id, "w1", TimeSpan.FromMinutes(1), default);
+        await store.CompleteAttemptAsync(
+            leased!.Lease,
+            new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Scheduled, DueAt = _time.GetUtcNow().AddMinutes(5), Error = "again" },
+            default);
+        Assert.False(await Due(id));
+
+        // Not taken before its new due time (the dequeue waits), then taken.
+        var buffer = new QueuedJob[10];
+        var timers = _time.TimerCount;
+        var waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync(timers);
+        Assert.False(waiting.IsCompleted);
+        _time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(id, buffer[0].Id);
+    }
+
+    [Fact]
     public async Task An_enqueue_on_one_host_wakes_a_waiting_worker_on_another_by_notify()
     {
         var (_, storeA, queueA, _) = _database.OpenStore(_time);
@@ -113,10 +150,207 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         await listener.StopAsync(default);
     }
 
-    private async Task WaitForTimerAsync()
+    [Fact]
+    public async Task Dequeue_gives_a_tenant_its_jobs_while_another_tenant_floods_the_same_band()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        await InsertMany(store, "flood", 2_000);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        var later = await InsertMany(store, "later", 5);
+
+        var buffer = new QueuedJob[64];
+        Assert.Equal(64, await queue.DequeueAsync(buffer, Visibility, default));
+
+        Assert.Equal(later.Order(), buffer.Where(b => b.Tenant == "later").Select(b => b.Id).Order());
+        Assert.Equal(59, buffer.Count(b => b.Tenant == "flood"));
+    }
+
+    [Fact]
+    public async Task Dequeue_takes_a_lower_band_only_when_the_higher_bands_have_nothing_left_whatever_the_tenants()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        var low = await InsertMany(store, "d", 3, priority: 2);
+        var middle = await InsertMany(store, "a", 10, priority: 5);
+        var high = (await InsertMany(store, "b", 3, priority: 9)).Concat(await InsertMany(store, "c", 2, priority: 9)).ToList();
+
+        var first = await Dequeue(queue, 4);
+        Assert.Equal(4, first.Count);
+        Assert.All(first, j => Assert.Equal(9, j.Priority));
+        Assert.Equal(["b", "c"], first.Select(j => j.Tenant).Distinct().Order());
+
+        var second = await Dequeue(queue, 8);
+        Assert.Equal(high.Order(), first.Concat(second.Where(j => j.Priority == 9)).Select(j => j.Id).Order());
+        Assert.Equal(7, second.Count(j => j.Priority == 5));
+
+        var third = await Dequeue(queue, 10);
+        Assert.Equal(middle.Order(), second.Concat(third).Where(j => j.Priority == 5).Select(j => j.Id).Order());
+        Assert.Equal(low.Order(), third.Where(j => j.Priority == 2).Select(j => j.Id).Order());
+        Assert.Equal(6, third.Count);
+    }
+
+    [Fact]
+    public async Task Successive_dequeues_visit_every_tenant_when_there_are_more_than_one_dequeue_takes()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        queue.MaxTenantsPerDequeue = 3;
+        var tenants = Enumerable.Range(0, 10).Select(i => $"t{i:00}").ToArray();
+        foreach (var tenant in tenants)
+        {
+            await InsertMany(store, tenant, 2);
+        }
+
+        var seen = new HashSet<string>();
+        for (var call = 0; call < 4; call++)
+        {
+            var jobs = await Dequeue(queue, 10);
+            var taken = jobs.Select(j => j.Tenant).Distinct().ToList();
+            Assert.InRange(taken.Count, 1, 3);
+            Assert.All(taken, t => Assert.DoesNotContain(t, seen));
+            seen.UnionWith(taken);
+            await queue.AcknowledgeAsync(jobs, default);
+        }
+
+        Assert.Equal(tenants, seen.Order());
+    }
+
+    [Fact]
+    public async Task What_dequeues_hand_out_follows_the_tenants_weights_when_the_worker_consumes_by_them()
+    {
+        var weights = Substitute.For<ISchedulerControl>();
+        weights.GetTenantWeight(Arg.Any<string>()).Returns(1);
+        weights.GetTenantWeight("gold").Returns(4);
+        var db = _database.Open(_time);
+        var store = new PostgresJobStore(db, Substitute.For<IJobEventBus>());
+        var queue = new PostgresJobQueue(db, weights);
+        // Bronze first: oldest first would hand out only bronze.
+        await InsertMany(store, "bronze", 600);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await InsertMany(store, "gold", 600);
+
+        // A worker that holds 40 jobs and, like the scheduler, runs gold and bronze 4:1 while it holds both.
+        const int Capacity = 40;
+        var held = new List<QueuedJob>();
+        var handedOut = new Dictionary<string, int> { ["gold"] = 0, ["bronze"] = 0 };
+        for (var round = 0; round < 30; round++)
+        {
+            var jobs = await Dequeue(queue, Capacity - held.Count);
+            held.AddRange(jobs);
+            // From when the bronze the first dequeue handed out (before the queue knew either tenant) has been run.
+            if (round >= 10)
+            {
+                foreach (var job in jobs)
+                {
+                    handedOut[job.Tenant]++;
+                }
+            }
+
+            Assert.Equal(held.Count(j => j.Tenant == "gold"), queue.InFlight("gold"));
+            var done = held.Where(j => j.Tenant == "gold").Take(8).Concat(held.Where(j => j.Tenant == "bronze").Take(2)).ToList();
+            await queue.AcknowledgeAsync(done, default);
+            held.RemoveAll(done.Contains);
+        }
+
+        var ratio = (double)handedOut["gold"] / handedOut["bronze"];
+        Assert.InRange(ratio, 3.5, 4.5);
+        held.AddRange(await Dequeue(queue, Capacity - held.Count));
+        Assert.Equal(Capacity, held.Count);
+        Assert.InRange(held.Count(j => j.Tenant == "gold"), 30, 34);
+    }
+
+    [Fact]
+    public async Task The_registered_queue_reads_the_weights_of_the_hosts_scheduler()
+    {
+        await using var services = new ServiceCollection()
+            .AddSingleton<TimeProvider>(_time)
+            .AddJobRunner(r => r
+                .UsePostgres(_database.ConnectionString, o => o.Schema = _database.Schema)
+                .ConfigureScheduler(s => s.TenantTiers["acme"] = "gold"))
+            .BuildServiceProvider();
+        var store = services.GetRequiredService<PostgresJobStore>();
+        var queue = services.GetRequiredService<PostgresJobQueue>();
+        await InsertMany(store, "acme", 100);
+        await InsertMany(store, "other", 100);
+
+        // The first dequeue meets both tenants; the next ones share by weight (gold 4, the default 1).
+        await queue.AcknowledgeAsync(await Dequeue(queue, 20), default);
+        var second = await Dequeue(queue, 20);
+
+        Assert.Equal(16, second.Count(j => j.Tenant == "acme"));
+        Assert.Equal(4, second.Count(j => j.Tenant == "other"));
+    }
+
+    [Fact]
+    public async Task A_single_tenant_fills_a_whole_batch_first_time_and_afterwards()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        await InsertMany(store, "solo", 300);
+
+        Assert.Equal(128, (await Dequeue(queue, 128)).Count);
+        Assert.Equal(128, (await Dequeue(queue, 128)).Count);
+        Assert.Equal(44, (await Dequeue(queue, 128)).Count);
+        Assert.Equal(300, queue.InFlight("solo"));
+    }
+
+    [Fact]
+    public async Task In_flight_counts_drop_once_per_delivery_whether_acknowledged_returned_repeated_or_lapsed()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        await InsertMany(store, "a", 20);
+        var jobs = await Dequeue(queue, 20);
+        Assert.Equal(20, queue.InFlight("a"));
+
+        await queue.AcknowledgeAsync(jobs[..5], default);
+        await queue.AcknowledgeAsync(jobs[..5], default);
+        Assert.Equal(15, queue.InFlight("a"));
+
+        await queue.ReturnAsync(jobs[5..8], default);
+        await queue.ReturnAsync(jobs[5..8], default);
+        await queue.AcknowledgeAsync(jobs[5..8], default);
+        Assert.Equal(12, queue.InFlight("a"));
+
+        // A copy of a delivery is not that delivery.
+        await queue.AcknowledgeAsync([jobs[8] with { }], default);
+        Assert.Equal(12, queue.InFlight("a"));
+
+        // The returned jobs come back as new deliveries.
+        var again = await Dequeue(queue, 20);
+        Assert.Equal(jobs[5..8].Select(j => j.Id).Order(), again.Select(j => j.Id).Order());
+        Assert.Equal(15, queue.InFlight("a"));
+
+        // Extended deliveries stay counted past their first visibility; the others lapse and are no longer counted.
+        await queue.ExtendAsync(jobs[8..10], TimeSpan.FromMinutes(5), default);
+        _time.Advance(Visibility + TimeSpan.FromSeconds(1));
+        var lapsed = await Dequeue(queue, 20);
+        // Acknowledging leaves the row to the store, which leased nothing here: the acknowledged five come back too.
+        Assert.Equal(5 + 10 + 3, lapsed.Count);
+        Assert.Equal(2 + lapsed.Count, queue.InFlight("a"));
+
+        await queue.AcknowledgeAsync(jobs, default);
+        await queue.AcknowledgeAsync(again, default);
+        await queue.AcknowledgeAsync(lapsed, default);
+        Assert.Equal(0, queue.InFlight("a"));
+    }
+
+    private Task<bool> Due(JobId id) => _database.ScalarAsync<bool>($"SELECT due FROM {{s}}.jobs WHERE id = '{id}'");
+
+    private static async Task<List<QueuedJob>> Dequeue(PostgresJobQueue queue, int limit)
+    {
+        var buffer = new QueuedJob[limit];
+        var got = await queue.DequeueAsync(buffer, Visibility, default);
+        return buffer[..got].ToList();
+    }
+
+    private async Task<List<JobId>> InsertMany(PostgresJobStore store, string tenant, int count, int priority = 5)
+    {
+        var jobs = Enumerable.Range(0, count).Select(_ => Jobs.New(_time, tenant: tenant, priority: priority)).ToList();
+        var results = await store.InsertManyAsync(jobs, default);
+        return results.Select(r => r.Job.Id).ToList();
+    }
+
+    private async Task WaitForTimerAsync(int before = 0)
     {
         // The dequeue found nothing and armed its wait timer on the fake clock.
-        for (var i = 0; _time.TimerCount == 0; i++)
+        for (var i = 0; _time.TimerCount <= before; i++)
         {
             Assert.True(i < 3000, "The dequeue never started waiting.");
             await Task.Delay(TimeSpan.FromMilliseconds(1), TimeProvider.System);

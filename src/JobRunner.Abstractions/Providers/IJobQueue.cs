@@ -14,8 +14,10 @@ public interface IJobQueue
 
     /// <summary>
     /// Waits until at least one job is ready, then takes up to <paramref name="buffer"/>'s length of them, highest
-    /// priority first and oldest first within a priority. Taken jobs are invisible to other consumers until acknowledged,
-    /// returned, or their visibility lapses.
+    /// priority first. Within a priority a queue may take the oldest first, or share the batch among tenants (each
+    /// tenant's oldest first) so that one tenant's backlog does not keep the others' jobs from the scheduler; the
+    /// in-memory and PostgreSQL queues share it by the tenants' weights. Taken jobs are invisible to other consumers until
+    /// acknowledged, returned, or their visibility lapses.
     /// </summary>
     /// <param name="buffer">Where to write the jobs.</param>
     /// <param name="visibility">How long taken jobs stay invisible unless extended.</param>

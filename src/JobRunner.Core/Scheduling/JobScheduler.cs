@@ -15,6 +15,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
 {
     private readonly Lock _lock = new();
     private readonly FairScheduler _scheduler;
+    private readonly TenantWeights _weights;
     private readonly SchedulerOptions _options;
     private readonly Stack<ReusableSignal> _waiters = new();
     private readonly TimeProvider _time;
@@ -37,6 +38,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         _bus = events as JobEventBus;
         var workerOptions = worker.Value;
         _slots = workerOptions.Slots;
+        _weights = weights;
         _scheduler = new FairScheduler(options, weights, time, new Dictionary<string, string>(workerOptions.Labels, StringComparer.Ordinal), workerOptions.HeartbeatInterval);
 
         // One timer wakes the slots when a rate limit refills or a waiting job is due for promotion.
@@ -282,6 +284,12 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
             var delay = at - _time.GetUtcNow();
             _timer.Change(delay > TimeSpan.Zero ? delay : TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
         }
+    }
+
+    public int GetTenantWeight(string tenant)
+    {
+        ArgumentNullException.ThrowIfNull(tenant);
+        return _weights.WeightOf(tenant);
     }
 
     public void SetTenantWeight(string tenant, int weight)

@@ -174,6 +174,26 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task SchedulerControl_GetTenantWeight_ReadsTheOverrideThenTheTierThenTheDefault()
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s =>
+        {
+            s.TierWeights["gold"] = 8;
+            s.TenantTiers["acme"] = "gold";
+            s.DefaultWeight = 3;
+        }));
+        var control = host.Services.GetRequiredService<ISchedulerControl>();
+
+        Assert.Equal(8, control.GetTenantWeight("acme"));
+        Assert.Equal(3, control.GetTenantWeight("other"));
+        control.SetTenantWeight("acme", 2);
+        control.SetTenantTier("other", "gold");
+        Assert.Equal(2, control.GetTenantWeight("acme"));
+        Assert.Equal(8, control.GetTenantWeight("other"));
+        Assert.Throws<ArgumentNullException>(() => control.GetTenantWeight(null!));
+    }
+
+    [Fact]
     public async Task Start_BadSchedulerOptions_ListEveryProblem()
     {
         await using var host = new TestHost(r => r.ConfigureScheduler(s =>
