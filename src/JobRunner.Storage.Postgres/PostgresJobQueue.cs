@@ -46,11 +46,12 @@ internal sealed class PostgresJobQueue : IJobQueue
         _time = db.Time;
         var s = db.Schema;
         _dequeueSql = $"SELECT {JobRows.QueueColumns} FROM {s}.dequeue(@now, @until, @limit, @after, @tenants, @wants, 1, @max_tenants)";
-        // The Scheduled rows that wait for later, oldest first in their own index; then the ready ones (the rows taken
-        // are due again when their visibility lapses).
+        // The Scheduled rows that wait for later, oldest first per band in their own index (one probe per priority);
+        // then the ready ones (the rows taken are due again when their visibility lapses).
         _nextDueSql = $"""
             SELECT least(
-                (SELECT min(ready_at) FROM {s}.jobs WHERE state = 1 AND NOT due),
+                (SELECT min(w.ready_at) FROM generate_series(1, 10) AS b(priority)
+                 CROSS JOIN LATERAL (SELECT ready_at FROM {s}.jobs WHERE state = 1 AND NOT due AND priority = b.priority ORDER BY ready_at LIMIT 1) w),
                 (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)))
             """;
         // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.

@@ -214,6 +214,44 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Each_dequeue_starts_after_the_tenant_the_previous_one_stopped_at_and_wraps_round()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        queue.MaxTenantsPerDequeue = 3;
+        foreach (var tenant in Enumerable.Range(0, 10).Select(i => $"t{i:00}"))
+        {
+            await InsertMany(store, tenant, 20);
+        }
+
+        var calls = new List<string>();
+        for (var call = 0; call < 4; call++)
+        {
+            var jobs = await Dequeue(queue, 3);
+            calls.Add(string.Join(",", jobs.Select(j => j.Tenant).Order()));
+            await queue.AcknowledgeAsync(jobs, default);
+        }
+
+        // Every tenant still has jobs: only the rotation point moves the walk on (without it, every call would start at t00).
+        Assert.Equal(["t00,t01,t02", "t03,t04,t05", "t06,t07,t08", "t00,t01,t09"], calls);
+    }
+
+    [Fact]
+    public async Task A_high_priority_retry_that_comes_due_is_taken_before_many_earlier_low_priority_ones()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        var start = _time.GetUtcNow();
+        var low = Enumerable.Range(0, 300).Select(_ => Jobs.New(_time, priority: 1, dueAt: start.AddSeconds(10))).ToList();
+        await store.InsertManyAsync(low, default);
+        var high = await store.InsertAsync(Jobs.New(_time, priority: 9, dueAt: start.AddSeconds(20)), default);
+        _time.Advance(TimeSpan.FromSeconds(30));
+
+        // One call marks fewer due rows than the 300 low ones: marking oldest first would leave the high one unmarked.
+        var jobs = await Dequeue(queue, 1);
+
+        Assert.Equal(high.Job.Id, Assert.Single(jobs).Id);
+    }
+
+    [Fact]
     public async Task What_dequeues_hand_out_follows_the_tenants_weights_when_the_worker_consumes_by_them()
     {
         var weights = Substitute.For<ISchedulerControl>();

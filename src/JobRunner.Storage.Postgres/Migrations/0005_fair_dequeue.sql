@@ -13,15 +13,31 @@
 -- build the indexes beforehand without blocking; then this script only drops the old index and creates the function:
 --   ALTER TABLE <schema>.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false;
 --   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_ready_tenant ON <schema>.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due);
---   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_scheduled ON <schema>.jobs (ready_at) WHERE state = 1 AND NOT due;
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_scheduled ON <schema>.jobs (priority, ready_at) WHERE state = 1 AND NOT due;
+-- (A build that fails leaves an INVALID index behind: this script drops and builds it again.)
 ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = '{schema}' AND c.relname = 'jobs_ready_tenant' AND NOT i.indisvalid) THEN
+        DROP INDEX {schema}.jobs_ready_tenant;
+    END IF;
+
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = '{schema}' AND c.relname = 'jobs_scheduled' AND NOT i.indisvalid) THEN
+        DROP INDEX {schema}.jobs_scheduled;
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS jobs_ready_tenant ON {schema}.jobs (priority DESC, tenant, ready_at, id) WHERE state = 0 OR (state = 1 AND due);
-CREATE INDEX IF NOT EXISTS jobs_scheduled ON {schema}.jobs (ready_at) WHERE state = 1 AND NOT due;
+CREATE INDEX IF NOT EXISTS jobs_scheduled ON {schema}.jobs (priority, ready_at) WHERE state = 1 AND NOT due;
 DROP INDEX IF EXISTS {schema}.jobs_ready;
 
 -- Takes up to p_limit ready jobs and hides them until p_until, sharing them among tenants:
--- * First marks Scheduled rows that are due, oldest first, so that the walk below sees them: four times the batch (64
---   to 1,000), more than the call takes, so that marking keeps ahead of taking when many come due at once.
+-- * First marks Scheduled rows that are due, so that the walk below sees them: highest priority band first (priorities
+--   are 1 to 10), oldest first within a band, four times the batch (64 to 1,000), more than the call takes, so that
+--   marking keeps ahead of taking when many come due at once. A high-priority retry is marked at the next call, however
+--   many lower-priority ones came due before it.
 -- * Priority bands are taken highest first; a lower band only once every tenant the call visited in the higher one has
 --   nothing more to give.
 -- * In a band, tenants are visited in name order starting after p_after and wrapping round. A tenant takes up to its
@@ -31,8 +47,8 @@ DROP INDEX IF EXISTS {schema}.jobs_ready;
 -- * While the batch is not full, further passes visit the same tenants again: those that gave all they were asked for
 --   (and those asked for nothing) take again, twice as much as in their previous pass (at least 1). A single tenant
 --   fills the whole batch in a few passes, and tenants that keep giving keep the ratio of their wants.
--- * At most p_max_tenants tenants take part per call (tenants with nothing due, or whose due rows other workers hold,
---   do not count): a band with many tenants is covered over successive calls, each starting after the last tenant the
+-- * At most p_max_tenants tenants take part per call (tenants with nothing due, whose due rows other workers hold, or
+--   asked for nothing in the first pass, do not count): a band with many tenants is covered over successive calls, each starting after the last tenant the
 --   previous one visited. The call does not go down to a lower band while it left tenants of this band unvisited.
 -- Rows are the jobs taken (what JobRows.QueueColumns reads), in the order taken, then one row with a NULL id whose tenant
 -- is where the next call should start (p_after), or NULL when the call visited no tenant.
@@ -47,6 +63,10 @@ LANGUAGE plpgsql
 -- each statement again at each call, several times the cost of running it. The caller runs it with bitmap scans, hash
 -- joins and sequential scans off (JobRows.IndexPathsOnly), so the plans are index scans whatever the statistics.
 SET plan_cache_mode = force_generic_plan
+-- The plans are made under these, whoever calls first: index scans whatever the statistics.
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -66,11 +86,23 @@ DECLARE
     any_active boolean;
     members integer := 0;
     left_unvisited boolean;
+    mark_band integer;
+    to_mark integer;
 BEGIN
-    UPDATE {schema}.jobs j SET due = true
-    FROM (SELECT x.id FROM {schema}.jobs x WHERE x.state = 1 AND NOT x.due AND x.ready_at <= p_now
-          ORDER BY x.ready_at LIMIT least(greatest(4 * p_limit, 64), 1000) FOR UPDATE SKIP LOCKED) d
-    WHERE j.id = d.id;
+    IF p_until <= p_now THEN
+        RAISE EXCEPTION 'dequeue: p_until (%) must be later than p_now (%)', p_until, p_now;
+    END IF;
+
+    to_mark := least(greatest(4 * p_limit, 64), 1000);
+    FOR mark_band IN REVERSE 10 .. 1 LOOP
+        EXIT WHEN to_mark <= 0;
+        UPDATE {schema}.jobs j SET due = true
+        FROM (SELECT x.id FROM {schema}.jobs x WHERE x.state = 1 AND NOT x.due AND x.priority = mark_band AND x.ready_at <= p_now
+              ORDER BY x.ready_at LIMIT to_mark FOR UPDATE SKIP LOCKED) d
+        WHERE j.id = d.id;
+        GET DIAGNOSTICS got = ROW_COUNT;
+        to_mark := to_mark - got;
+    END LOOP;
 
     SELECT max(j.priority) INTO band FROM {schema}.jobs j WHERE (j.state = 0 OR (j.state = 1 AND j.due));
     WHILE band IS NOT NULL AND taken < p_limit AND members < p_max_tenants LOOP
@@ -121,7 +153,7 @@ BEGIN
             CONTINUE WHEN first_ready > p_now;
 
             i := array_position(p_tenants, next_tenant);
-            want := CASE WHEN i IS NULL THEN p_default_want ELSE p_wants[i] END;
+            want := least(greatest(coalesce(CASE WHEN i IS NULL THEN p_default_want ELSE p_wants[i] END, 0), 0), p_limit);
             got := 0;
             ask := least(want, p_limit - taken);
             IF ask > 0 THEN
@@ -141,9 +173,11 @@ BEGIN
                 taken := taken + got;
                 -- Nothing to take (all held by other workers): the tenant does not count against the cap.
                 CONTINUE WHEN got = 0;
+                members := members + 1;
             END IF;
 
-            members := members + 1;
+            -- A tenant asked for nothing (this worker holds its share) does not count against the cap either; it takes
+            -- in the further passes only if the batch still has room.
             band_tenants := band_tenants || next_tenant;
             quanta := quanta || want;
             active := active || (got = want);
