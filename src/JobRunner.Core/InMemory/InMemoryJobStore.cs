@@ -15,8 +15,9 @@ namespace JobRunner.InMemory;
 /// An entry keeps the job's last <see cref="JobRecord"/> snapshot and, inline, what the hot path changed since: state,
 /// fence, times, and the newest attempt. Leasing and completing change those fields only, and state-change events are
 /// built from them; a snapshot is built when someone reads the job (<see cref="GetAsync"/>, a list page, a rare write
-/// such as a checkpoint), so a job that nobody reads costs no snapshot per transition, and a finished job that nobody
-/// read holds no attempt objects.
+/// such as a checkpoint), so a job that nobody reads costs no snapshot per transition. A plain job that nobody read keeps
+/// only its request once it has finished: no record and no attempt objects, so that the finished jobs kept for lookups
+/// give the garbage collector nothing to copy but the requests.
 /// </remarks>
 [DebuggerDisplay("Jobs = {_jobs.Count}, Running = {_running.Count}")]
 internal sealed class InMemoryJobStore : IJobStore
@@ -67,7 +68,7 @@ internal sealed class InMemoryJobStore : IJobStore
             var key = job.Request.DedupeKey;
             if (key is not null && _dedupe.TryGetValue((job.Request.Tenant, key), out var existing))
             {
-                return new(new SubmitResult(CollectionsMarshal.GetValueRefOrNullRef(_jobs, existing).Snapshot(), Attached: true));
+                return new(new SubmitResult(CollectionsMarshal.GetValueRefOrNullRef(_jobs, existing).Snapshot(existing), Attached: true));
             }
 
             if (!_jobs.TryAdd(job.Id, new Entry(job, ++_sequence)))
@@ -94,7 +95,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
-            return new(Unsafe.IsNullRef(ref entry) ? null : entry.Snapshot());
+            return new(Unsafe.IsNullRef(ref entry) ? null : entry.Snapshot(id));
         }
     }
 
@@ -115,7 +116,7 @@ internal sealed class InMemoryJobStore : IJobStore
         {
             foreach (var (id, entry) in _jobs)
             {
-                if (entry.Sequence > after && query.Matches(entry.State, entry.Record.Request))
+                if (entry.Sequence > after && query.Matches(entry.State, entry.Request))
                 {
                     matches.Add((entry.Sequence, id));
                 }
@@ -124,7 +125,7 @@ internal sealed class InMemoryJobStore : IJobStore
             matches.Sort(static (a, b) => a.Sequence.CompareTo(b.Sequence));
             for (var i = 0; i < Math.Min(query.PageSize, matches.Count); i++)
             {
-                items.Add(CollectionsMarshal.GetValueRefOrNullRef(_jobs, matches[i].Id).Snapshot());
+                items.Add(CollectionsMarshal.GetValueRefOrNullRef(_jobs, matches[i].Id).Snapshot(matches[i].Id));
             }
         }
 
@@ -198,7 +199,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref GetFenced(lease);
-            entry.Replace(entry.Snapshot() with { Checkpoint = copy, UpdatedAt = now });
+            entry.Replace(entry.Snapshot(lease.JobId) with { Checkpoint = copy, UpdatedAt = now });
             Publish(entry.Record, JobEventKind.Checkpointed, now, lease.Attempt, progress: null, message: null);
         }
 
@@ -211,7 +212,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref GetFenced(lease);
-            entry.Replace(entry.Snapshot() with { Progress = progress, UpdatedAt = now });
+            entry.Replace(entry.Snapshot(lease.JobId) with { Progress = progress, UpdatedAt = now });
             Publish(entry.Record, JobEventKind.Progress, now, lease.Attempt, progress, progress.Message);
         }
 
@@ -252,7 +253,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref Existing(id);
-            var job = entry.Snapshot();
+            var job = entry.Snapshot(id);
             switch (job.State)
             {
                 case JobState.Queued or JobState.Scheduled:
@@ -276,7 +277,7 @@ internal sealed class InMemoryJobStore : IJobStore
         lock (_lock)
         {
             ref var entry = ref Existing(id);
-            var job = entry.Snapshot();
+            var job = entry.Snapshot(id);
             if (job.State is not (JobState.Failed or JobState.Cancelled))
             {
                 throw new JobStateException(id, job.State, "only a Failed or Cancelled job can be retried; cancel it first, or submit a new job.");
@@ -338,7 +339,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 Transition(ref entry, JobState.Running, Error);
                 if (next == JobState.Queued)
                 {
-                    (ready ??= []).Add(entry.Snapshot());
+                    (ready ??= []).Add(entry.Snapshot(id));
                 }
             }
         }
@@ -412,6 +413,8 @@ internal sealed class InMemoryJobStore : IJobStore
                 _dedupe.Remove((request.Tenant, key));
             }
 
+            entry.Compact();
+
             // Last, because evicting may reach this very entry, and then the ref is no longer valid.
             _finished.Enqueue(id);
             while (_finished.Count - _staleFinishedCount > _maxFinished)
@@ -466,7 +469,8 @@ internal sealed class InMemoryJobStore : IJobStore
     /// <see cref="DueAt"/>, <see cref="LastError"/> and the newest attempt (while not yet in the snapshot's list) are
     /// always current, and <see cref="Snapshot"/> folds them in when someone reads the job. Times are kept as UTC ticks
     /// and absent values as sentinels to keep the slot at about 120 bytes (a backlog of a million jobs is a million
-    /// slots): more than a reference to a record, and no object per attempt.
+    /// slots): more than a reference to a record, and no object per attempt. A finished job that nobody read keeps only
+    /// its request (<see cref="Compact"/>).
     /// </summary>
     private struct Entry
     {
@@ -474,7 +478,9 @@ internal sealed class InMemoryJobStore : IJobStore
 
         public readonly long Sequence;
 
-        public JobRecord Record;
+        // The job's last JobRecord snapshot; or, once a job that the fields below describe completely has finished, only
+        // its JobRequest (see Compact).
+        private object _job;
 
         public long Fence;
 
@@ -488,6 +494,8 @@ internal sealed class InMemoryJobStore : IJobStore
 
         private long _updatedAt;
         private long _dueAt;
+
+        // While the job runs, when its lease expires; once it is compacted, when it was created.
         private long _leaseExpiresAt;
 
         // The newest attempt while it is not in Record's list (its worker is set then); its number is AttemptCount and
@@ -508,11 +516,24 @@ internal sealed class InMemoryJobStore : IJobStore
         public Entry(JobRecord record, long sequence)
         {
             Sequence = sequence;
-            Record = record;
+            _job = record;
             Replace(record);
             AttemptCount = record.Attempts.Count;
             FailedAttempts = CountFailed(record.Attempts);
         }
+
+        /// <summary>Gets the last snapshot of a job that is not finished (a finished job may be compacted: use <see cref="Snapshot"/>).</summary>
+        public readonly JobRecord Record
+        {
+            get
+            {
+                Debug.Assert(_job is JobRecord, "Only a finished job is compacted.");
+                return Unsafe.As<JobRecord>(_job);
+            }
+        }
+
+        /// <summary>Gets the request the job was submitted with.</summary>
+        public readonly JobRequest Request => _job as JobRequest ?? Unsafe.As<JobRecord>(_job).Request;
 
         public JobState State
         {
@@ -547,14 +568,15 @@ internal sealed class InMemoryJobStore : IJobStore
         }
 
         /// <summary>Gets the job as it is now, building the snapshot only when something changed since the last.</summary>
-        public JobRecord Snapshot()
+        public JobRecord Snapshot(JobId id)
         {
             if (!_changed)
             {
                 return Record;
             }
 
-            var attempts = Record.Attempts;
+            var record = _job as JobRecord;
+            var attempts = record?.Attempts ?? [];
             if (_worker is not null)
             {
                 var all = new JobAttempt[attempts.Count + 1];
@@ -579,16 +601,46 @@ internal sealed class InMemoryJobStore : IJobStore
                 _worker = _error = _errorType = null;
             }
 
-            Record = Record with { State = State, FenceToken = Fence, UpdatedAt = UpdatedAt, DueAt = DueAt, LastError = LastError, Attempts = attempts };
+            _job = record is null
+                ? new JobRecord
+                {
+                    Id = id,
+                    Request = Unsafe.As<JobRequest>(_job),
+                    CreatedAt = new DateTimeOffset(_leaseExpiresAt, TimeSpan.Zero),
+                    State = State,
+                    FenceToken = Fence,
+                    UpdatedAt = UpdatedAt,
+                    DueAt = DueAt,
+                    LastError = LastError,
+                    Attempts = attempts,
+                }
+                : record with { State = State, FenceToken = Fence, UpdatedAt = UpdatedAt, DueAt = DueAt, LastError = LastError, Attempts = attempts };
             _changed = false;
             return Record;
+        }
+
+        /// <summary>
+        /// Keeps only the request of a finished job whose snapshot holds nothing that the fields of this slot do not
+        /// (no checkpoint, progress, cancellation, or earlier attempt), so that a finished job kept for lookups is no
+        /// object of its own: the collector does not copy kept jobs from one generation to the next, and its pauses stay
+        /// as short as with nothing kept. <see cref="Snapshot"/> builds the record again when someone reads the job.
+        /// </summary>
+        public void Compact()
+        {
+            Debug.Assert(_state.IsTerminal(), "Only a finished job is compacted: a lease expiry is kept in the same field.");
+            if (_job is JobRecord { Attempts.Count: 0, Checkpoint: null, Progress: null, CancelRequested: false, CancelReason: null } record)
+            {
+                _leaseExpiresAt = record.CreatedAt.UtcTicks;
+                _job = record.Request;
+                _changed = true;
+            }
         }
 
         /// <summary>Replaces the job with <paramref name="job"/>, a change of the current <see cref="Snapshot"/>.</summary>
         public void Replace(JobRecord job)
         {
             Debug.Assert(!_changed && _worker is null, "Replace takes a change of the current snapshot.");
-            Record = job;
+            _job = job;
             _state = job.State;
             Fence = job.FenceToken;
             UpdatedAt = job.UpdatedAt;
@@ -602,7 +654,7 @@ internal sealed class InMemoryJobStore : IJobStore
             if (_worker is not null)
             {
                 // The previous attempt ended but is not in the list yet (a retry): put it there first.
-                Snapshot();
+                Snapshot(Record.Id);
             }
 
             AttemptCount++;
@@ -634,7 +686,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 // Someone read the job while the attempt ran, so the attempt is in the list already: end it there.
                 var ended = Record.Attempts.ToArray();
                 ended[^1] = ended[^1] with { EndedAt = now, Outcome = outcome, Error = error, ErrorType = errorType, ExitCode = exitCode };
-                Record = Record with { Attempts = ended };
+                _job = Record with { Attempts = ended };
             }
 
             if (outcome.IsFailure())

@@ -537,5 +537,54 @@ public sealed class InMemoryJobStoreTests
         _time.Advance(TimeSpan.FromHours(1));
         Assert.NotNull(await _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default));
     }
-}
 
+    [Fact]
+    public async Task FinishedJob_NobodyRead_KeepsOnlyItsRequest_AndReadsBackWhole()
+    {
+        var request = new JobRequest("work") { Tenant = "t" };
+        var (submitted, id, createdAt) = SubmitRunAndFail(request);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+
+        var job = (await _store.GetAsync(id, default))!;
+
+        // The submitted record is gone: the finished job gave the collector nothing of its own to keep.
+        Assert.False(submitted.TryGetTarget(out _));
+        Assert.Same(request, job.Request);
+        Assert.Equal((id, JobState.Failed, createdAt, createdAt.AddSeconds(3), "boom"), (job.Id, job.State, job.CreatedAt, job.UpdatedAt, job.LastError));
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal((1, "w1", job.FenceToken, AttemptOutcome.Failed, createdAt.AddSeconds(1), createdAt.AddSeconds(3)), (attempt.Number, attempt.WorkerId, attempt.FenceToken, attempt.Outcome!.Value, attempt.StartedAt, attempt.EndedAt!.Value));
+        Assert.Same(job, await _store.GetAsync(id, default));
+        Assert.Equal([id], (await _store.ListAsync(new JobQuery { Tenant = "t", State = JobState.Failed }, default)).Items.Select(j => j.Id));
+
+        // A retry by request starts from the whole record again.
+        var requeued = await _store.RequeueAsync(id, default);
+        Assert.Equal((JobState.Queued, createdAt, 1), (requeued.State, requeued.CreatedAt, requeued.Attempts.Count));
+    }
+
+    [Fact]
+    public async Task FinishedJob_WithACheckpoint_KeepsItForReaders()
+    {
+        var leased = await InsertAndLeaseAsync();
+        await _store.SaveCheckpointAsync(leased.Lease, "7"u8.ToArray(), default);
+        await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default);
+
+        var job = (await _store.GetAsync(leased.Lease.JobId, default))!;
+
+        Assert.Equal((JobState.Succeeded, "7"), (job.State, System.Text.Encoding.UTF8.GetString(job.Checkpoint!.Value.Span)));
+    }
+
+    // Not inlined, so that no local of the test keeps the submitted record reachable.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private (WeakReference<JobRecord> Submitted, JobId Id, DateTimeOffset CreatedAt) SubmitRunAndFail(JobRequest request)
+    {
+        var job = NewJob(request);
+        Assert.False(_store.InsertAsync(job, default).AsTask().GetAwaiter().GetResult().Attached);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        var leased = _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default).AsTask().GetAwaiter().GetResult()!;
+        _time.Advance(TimeSpan.FromSeconds(2));
+        _store.CompleteAttemptAsync(leased.Lease, FailedForGood, default).AsTask().GetAwaiter().GetResult();
+        return (new WeakReference<JobRecord>(job), job.Id, job.CreatedAt);
+    }
+}
