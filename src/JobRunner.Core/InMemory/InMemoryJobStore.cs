@@ -28,6 +28,7 @@ internal sealed class InMemoryJobStore : IJobStore
     private readonly Dictionary<(string Tenant, string Key), JobId> _dedupe = [];
     private readonly HashSet<JobId> _running = [];
     private readonly Queue<JobId> _finished = new();
+    private readonly PackedRequests _packed = new();
     // Places in _finished of jobs retried by request since they finished (a job may have several), and their total.
     private readonly Dictionary<JobId, int> _staleFinished = [];
     private int _staleFinishedCount;
@@ -42,6 +43,18 @@ internal sealed class InMemoryJobStore : IJobStore
         _time = time;
         _events = events;
         _maxFinished = options.Value.MaxFinishedJobs;
+    }
+
+    /// <summary>Gets how many chunks hold the packed requests of finished jobs (for tests).</summary>
+    internal int PackedChunks
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _packed.ChunksInUse;
+            }
+        }
     }
 
     public int Count
@@ -116,7 +129,7 @@ internal sealed class InMemoryJobStore : IJobStore
         {
             foreach (var (id, entry) in _jobs)
             {
-                if (entry.Sequence > after && query.Matches(entry.State, entry.Request))
+                if (entry.Sequence > after && entry.Matches(query))
                 {
                     matches.Add((entry.Sequence, id));
                 }
@@ -413,7 +426,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 _dedupe.Remove((request.Tenant, key));
             }
 
-            entry.Compact();
+            entry.Compact(_packed);
 
             // Last, because evicting may reach this very entry, and then the ref is no longer valid.
             _finished.Enqueue(id);
@@ -432,7 +445,10 @@ internal sealed class InMemoryJobStore : IJobStore
                     continue;
                 }
 
-                _jobs.Remove(oldest);
+                if (_jobs.Remove(oldest, out var evicted))
+                {
+                    evicted.Release();
+                }
             }
         }
     }
@@ -478,8 +494,8 @@ internal sealed class InMemoryJobStore : IJobStore
 
         public readonly long Sequence;
 
-        // The job's last JobRecord snapshot; or, once a job that the fields below describe completely has finished, only
-        // its JobRequest (see Compact).
+        // The job's last JobRecord snapshot; or, once a job that the fields below describe completely has finished, its
+        // request packed into a PackedChunk, or its JobRequest when it cannot be packed (see Compact).
         private object _job;
 
         public long Fence;
@@ -495,7 +511,8 @@ internal sealed class InMemoryJobStore : IJobStore
         private long _updatedAt;
         private long _dueAt;
 
-        // While the job runs, when its lease expires; once it is compacted, when it was created.
+        // While the job runs, when its lease expires; once it is compacted, where its request is packed in _job or, if
+        // _job is the JobRequest, when the job was created.
         private long _leaseExpiresAt;
 
         // The newest attempt while it is not in Record's list (its worker is set then); its number is AttemptCount and
@@ -532,8 +549,22 @@ internal sealed class InMemoryJobStore : IJobStore
             }
         }
 
-        /// <summary>Gets the request the job was submitted with.</summary>
-        public readonly JobRequest Request => _job as JobRequest ?? Unsafe.As<JobRecord>(_job).Request;
+        /// <summary>Whether the job matches <paramref name="query"/>'s filter.</summary>
+        public readonly bool Matches(JobQuery query) => _job switch
+        {
+            PackedChunk chunk => chunk.Owner.Matches(query, _state, chunk, (int)_leaseExpiresAt),
+            JobRequest request => query.Matches(_state, request),
+            _ => query.Matches(_state, Unsafe.As<JobRecord>(_job).Request),
+        };
+
+        /// <summary>Gives back the packed request's place; the entry is being removed.</summary>
+        public readonly void Release()
+        {
+            if (_job is PackedChunk chunk)
+            {
+                chunk.Owner.Release(chunk);
+            }
+        }
 
         public JobState State
         {
@@ -575,6 +606,13 @@ internal sealed class InMemoryJobStore : IJobStore
                 return Record;
             }
 
+            if (_job is PackedChunk chunk)
+            {
+                // Built for this reader only: the job stays packed.
+                var packed = chunk.Owner.Unpack(chunk, (int)_leaseExpiresAt, out var createdAt);
+                return Build(id, packed, createdAt, _worker is null ? [] : [NewestAttempt()]);
+            }
+
             var record = _job as JobRecord;
             var attempts = record?.Attempts ?? [];
             if (_worker is not null)
@@ -585,35 +623,13 @@ internal sealed class InMemoryJobStore : IJobStore
                     all[i] = attempts[i];
                 }
 
-                all[^1] = new JobAttempt
-                {
-                    Number = AttemptCount,
-                    WorkerId = _worker,
-                    FenceToken = Fence,
-                    StartedAt = new DateTimeOffset(_startedAt, TimeSpan.Zero),
-                    EndedAt = _endedAt == None ? null : new DateTimeOffset(_endedAt, TimeSpan.Zero),
-                    Outcome = _outcome < 0 ? null : (AttemptOutcome)_outcome,
-                    Error = _error,
-                    ErrorType = _errorType,
-                    ExitCode = _hasExitCode ? _exitCode : null,
-                };
+                all[^1] = NewestAttempt();
                 attempts = all;
                 _worker = _error = _errorType = null;
             }
 
             _job = record is null
-                ? new JobRecord
-                {
-                    Id = id,
-                    Request = Unsafe.As<JobRequest>(_job),
-                    CreatedAt = new DateTimeOffset(_leaseExpiresAt, TimeSpan.Zero),
-                    State = State,
-                    FenceToken = Fence,
-                    UpdatedAt = UpdatedAt,
-                    DueAt = DueAt,
-                    LastError = LastError,
-                    Attempts = attempts,
-                }
+                ? Build(id, Unsafe.As<JobRequest>(_job), _leaseExpiresAt, attempts)
                 : record with { State = State, FenceToken = Fence, UpdatedAt = UpdatedAt, DueAt = DueAt, LastError = LastError, Attempts = attempts };
             _changed = false;
             return Record;
@@ -621,31 +637,71 @@ internal sealed class InMemoryJobStore : IJobStore
 
         /// <summary>
         /// Keeps only the request of a finished job whose snapshot holds nothing that the fields of this slot do not
-        /// (no checkpoint, progress, cancellation, or earlier attempt), so that a finished job kept for lookups is no
-        /// object of its own: the collector does not copy kept jobs from one generation to the next, and its pauses stay
-        /// as short as with nothing kept. <see cref="Snapshot"/> builds the record again when someone reads the job.
+        /// (no checkpoint, progress, cancellation, or earlier attempt), packed into <paramref name="packed"/> when it can
+        /// be, so that a finished job kept for lookups is no object of its own: the collector does not copy kept jobs from
+        /// one generation to the next, and its pauses stay as short as with nothing kept. <see cref="Snapshot"/> builds the
+        /// record for each reader.
         /// </summary>
-        public void Compact()
+        public void Compact(PackedRequests packed)
         {
             Debug.Assert(_state.IsTerminal(), "Only a finished job is compacted: a lease expiry is kept in the same field.");
             if (_job is JobRecord { Attempts.Count: 0, Checkpoint: null, Progress: null, CancelRequested: false, CancelReason: null } record)
             {
-                _leaseExpiresAt = record.CreatedAt.UtcTicks;
-                _job = record.Request;
+                if (packed.TryPack(record.Request, record.CreatedAt.UtcTicks, out var chunk, out var offset))
+                {
+                    _job = chunk;
+                    _leaseExpiresAt = offset;
+                }
+                else
+                {
+                    _job = record.Request;
+                    _leaseExpiresAt = record.CreatedAt.UtcTicks;
+                }
+
                 _changed = true;
             }
         }
 
+        private readonly JobRecord Build(JobId id, JobRequest request, long createdAt, IReadOnlyList<JobAttempt> attempts) => new()
+        {
+            Id = id,
+            Request = request,
+            CreatedAt = new DateTimeOffset(createdAt, TimeSpan.Zero),
+            State = State,
+            FenceToken = Fence,
+            UpdatedAt = UpdatedAt,
+            DueAt = DueAt,
+            LastError = LastError,
+            Attempts = attempts,
+        };
+
+        // Only while the newest attempt is inline (its worker is set).
+        private readonly JobAttempt NewestAttempt() => new()
+        {
+            Number = AttemptCount,
+            WorkerId = _worker!,
+            FenceToken = Fence,
+            StartedAt = new DateTimeOffset(_startedAt, TimeSpan.Zero),
+            EndedAt = _endedAt == None ? null : new DateTimeOffset(_endedAt, TimeSpan.Zero),
+            Outcome = _outcome < 0 ? null : (AttemptOutcome)_outcome,
+            Error = _error,
+            ErrorType = _errorType,
+            ExitCode = _hasExitCode ? _exitCode : null,
+        };
+
         /// <summary>Replaces the job with <paramref name="job"/>, a change of the current <see cref="Snapshot"/>.</summary>
         public void Replace(JobRecord job)
         {
-            Debug.Assert(!_changed && _worker is null, "Replace takes a change of the current snapshot.");
+            Debug.Assert(_worker is null || _job is PackedChunk, "Replace takes a change of the current snapshot.");
+            Release();
+            _worker = _error = _errorType = null;
             _job = job;
             _state = job.State;
             Fence = job.FenceToken;
             UpdatedAt = job.UpdatedAt;
             _dueAt = job.DueAt?.UtcTicks ?? None;
             LastError = job.LastError;
+            _changed = false;
         }
 
         /// <summary>Starts a new attempt under the lease with <paramref name="fence"/>: the job is Running.</summary>

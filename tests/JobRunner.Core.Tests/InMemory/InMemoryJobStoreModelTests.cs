@@ -113,6 +113,19 @@ public sealed class InMemoryJobStoreModelTests
         var listed = await store.ListAsync(new JobQuery { PageSize = 1_000 }, default);
         var kept = ids.Where(id => model.Get(id) is not null).ToList();
         Assert.Equal(kept.Select(id => Snapshot(model.Get(id))), listed.Items.Select(Snapshot));
+        JobQuery[] filters =
+        [
+            new() { Tenant = "t1", PageSize = 1_000 },
+            new() { Workload = "other", State = JobState.Succeeded, PageSize = 1_000 },
+            new() { Labels = new Dictionary<string, string> { ["a"] = "1" }, PageSize = 1_000 },
+            new() { Tenant = "t0", Labels = new Dictionary<string, string> { ["b1"] = "ü" }, PageSize = 1_000 },
+        ];
+        foreach (var filter in filters)
+        {
+            var page = await store.ListAsync(filter, default);
+            Assert.Equal(kept.Where(id => filter.Matches(model.Get(id)!)), page.Items.Select(j => j.Id));
+        }
+
         foreach (var id in ids)
         {
             Assert.Equal(Snapshot(model.Get(id)), Snapshot(await store.GetAsync(id, default)));
@@ -128,12 +141,46 @@ public sealed class InMemoryJobStoreModelTests
         return new JobRecord
         {
             Id = JobId.New(time),
-            Request = new JobRequest("work") { Tenant = "t" + random.Next(2) },
+            Request = RandomRequest(random),
             State = scheduled ? JobState.Scheduled : JobState.Queued,
             DueAt = scheduled ? now.AddSeconds(random.Next(1, 20)) : null,
             CreatedAt = now,
             UpdatedAt = now,
         };
+    }
+
+    // Every field a request can carry (a finished job's request is packed into bytes and read back from them), each set
+    // at random; a retry policy keeps the request unpacked.
+    private static JobRequest RandomRequest(Random random)
+    {
+        var request = new JobRequest(random.Next(2) == 0 ? "work" : "other") { Tenant = "t" + random.Next(2), Priority = random.Next(1, 11) };
+        if (random.Next(2) == 0)
+        {
+            var input = new byte[random.Next(1, 40)];
+            random.NextBytes(input);
+            request = request with { Input = input };
+        }
+
+        if (random.Next(3) == 0)
+        {
+            request = request with
+            {
+                ConcurrencyKey = "ck" + random.Next(3),
+                Affinity = "zone=é" + random.Next(3),
+                CorrelationId = Guid.NewGuid().ToString(),
+                NotBefore = new DateTimeOffset(2026, 1, 2, 3, 4, 5, TimeSpan.FromHours(random.Next(-12, 13))),
+                Timeout = TimeSpan.FromTicks(random.NextInt64(1, long.MaxValue)),
+                ParentId = new JobId(Guid.NewGuid()),
+                Labels = new Dictionary<string, string> { ["a"] = "1", ["b" + random.Next(3)] = "ü" },
+            };
+        }
+
+        if (random.Next(5) == 0)
+        {
+            request = request with { Retry = RetryPolicy.Fixed(TimeSpan.FromSeconds(1), 2) };
+        }
+
+        return request;
     }
 
     private static AttemptCompletion RandomCompletion(TimeProvider time, Random random)
@@ -195,9 +242,25 @@ public sealed class InMemoryJobStoreModelTests
         job.CancelReason,
         job.LastError,
         job.Progress,
-        RuntimeHelpers.GetHashCode(job.Request),
+        Render(job.Request),
         job.Checkpoint is { } c ? Convert.ToHexString(c.Span) : "-",
         string.Join(", ", job.Attempts.Select(a => (a.Number, a.WorkerId, a.FenceToken, a.StartedAt.UtcTicks, a.EndedAt?.UtcTicks, a.Outcome, a.Error, a.ErrorType, a.ExitCode))));
+
+    private static string Render(JobRequest r) => string.Join(
+        " / ",
+        r.Workload,
+        r.Tenant,
+        r.Priority,
+        Convert.ToHexString(r.Input.Span),
+        r.DedupeKey,
+        r.ConcurrencyKey,
+        r.NotBefore?.ToString("O", System.Globalization.CultureInfo.InvariantCulture),
+        r.Timeout?.Ticks,
+        r.Retry?.MaxAttempts,
+        string.Join(",", r.Labels.OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value)),
+        r.Affinity,
+        r.CorrelationId,
+        r.ParentId);
 
     /// <summary>The store's rules on immutable records, one copy per change (how the store worked before it kept fields inline).</summary>
     private sealed class Model(TimeProvider time, int retention)

@@ -539,28 +539,46 @@ public sealed class InMemoryJobStoreTests
     }
 
     [Fact]
-    public async Task FinishedJob_NobodyRead_KeepsOnlyItsRequest_AndReadsBackWhole()
+    public async Task FinishedJob_NobodyRead_IsNoObjectOfItsOwn_AndReadsBackWhole()
     {
-        var request = new JobRequest("work") { Tenant = "t" };
-        var (submitted, id, createdAt) = SubmitRunAndFail(request);
+        var (submitted, request, id, createdAt) = SubmitRunAndFail();
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
 
         var job = (await _store.GetAsync(id, default))!;
 
-        // The submitted record is gone: the finished job gave the collector nothing of its own to keep.
+        // Neither the submitted record nor its request is kept: the finished job is packed into the store's chunks.
         Assert.False(submitted.TryGetTarget(out _));
-        Assert.Same(request, job.Request);
+        Assert.False(request.TryGetTarget(out _));
+        Assert.Equal(new JobRequest("work") { Tenant = "t" }, job.Request with { Input = default, Labels = new JobRequest("work").Labels });
+        Assert.Equal(("{}", "1"), (System.Text.Encoding.UTF8.GetString(job.Request.Input.Span), job.Request.Labels["a"]));
         Assert.Equal((id, JobState.Failed, createdAt, createdAt.AddSeconds(3), "boom"), (job.Id, job.State, job.CreatedAt, job.UpdatedAt, job.LastError));
         var attempt = Assert.Single(job.Attempts);
         Assert.Equal((1, "w1", job.FenceToken, AttemptOutcome.Failed, createdAt.AddSeconds(1), createdAt.AddSeconds(3)), (attempt.Number, attempt.WorkerId, attempt.FenceToken, attempt.Outcome!.Value, attempt.StartedAt, attempt.EndedAt!.Value));
-        Assert.Same(job, await _store.GetAsync(id, default));
-        Assert.Equal([id], (await _store.ListAsync(new JobQuery { Tenant = "t", State = JobState.Failed }, default)).Items.Select(j => j.Id));
+        Assert.Equal([id], (await _store.ListAsync(new JobQuery { Tenant = "t", Labels = new Dictionary<string, string> { ["a"] = "1" } }, default)).Items.Select(j => j.Id));
+        Assert.Empty((await _store.ListAsync(new JobQuery { Tenant = "t", Workload = "other" }, default)).Items);
 
         // A retry by request starts from the whole record again.
         var requeued = await _store.RequeueAsync(id, default);
-        Assert.Equal((JobState.Queued, createdAt, 1), (requeued.State, requeued.CreatedAt, requeued.Attempts.Count));
+        Assert.Equal((JobState.Queued, createdAt, 1, "t"), (requeued.State, requeued.CreatedAt, requeued.Attempts.Count, requeued.Tenant));
+        Assert.Equal(requeued, await _store.GetAsync(id, default));
+    }
+
+    [Fact]
+    public async Task FinishedJobs_Evicted_GiveTheirChunksBack_AndTheKeptOnesReadBackIntact()
+    {
+        for (var i = 0; i < 2_000; i++)
+        {
+            var leased = await InsertAndLeaseAsync(new JobRequest("work") { Input = new byte[1_000], CorrelationId = i.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default);
+        }
+
+        // 2 MB were packed in all; with 3 jobs kept, chunks are reused instead of piling up.
+        Assert.InRange(_store.PackedChunks, 1, 2);
+        var kept = (await _store.ListAsync(new JobQuery(), default)).Items;
+        Assert.Equal(["1997", "1998", "1999"], kept.Select(j => j.Request.CorrelationId));
+        Assert.All(kept, j => Assert.Equal(1_000, j.Request.Input.Length));
     }
 
     [Fact]
@@ -575,16 +593,16 @@ public sealed class InMemoryJobStoreTests
         Assert.Equal((JobState.Succeeded, "7"), (job.State, System.Text.Encoding.UTF8.GetString(job.Checkpoint!.Value.Span)));
     }
 
-    // Not inlined, so that no local of the test keeps the submitted record reachable.
+    // Not inlined, so that no local of the test keeps the submitted record or its request reachable.
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    private (WeakReference<JobRecord> Submitted, JobId Id, DateTimeOffset CreatedAt) SubmitRunAndFail(JobRequest request)
+    private (WeakReference<JobRecord> Submitted, WeakReference<JobRequest> Request, JobId Id, DateTimeOffset CreatedAt) SubmitRunAndFail()
     {
-        var job = NewJob(request);
+        var job = NewJob(new JobRequest("work") { Tenant = "t", Input = "{}"u8.ToArray(), Labels = new Dictionary<string, string> { ["a"] = "1" } });
         Assert.False(_store.InsertAsync(job, default).AsTask().GetAwaiter().GetResult().Attached);
         _time.Advance(TimeSpan.FromSeconds(1));
         var leased = _store.TryAcquireLeaseAsync(job.Id, "w1", Lease, default).AsTask().GetAwaiter().GetResult()!;
         _time.Advance(TimeSpan.FromSeconds(2));
         _store.CompleteAttemptAsync(leased.Lease, FailedForGood, default).AsTask().GetAwaiter().GetResult();
-        return (new WeakReference<JobRecord>(job), job.Id, job.CreatedAt);
+        return (new WeakReference<JobRecord>(job), new WeakReference<JobRequest>(job.Request), job.Id, job.CreatedAt);
     }
 }
