@@ -15,9 +15,9 @@ namespace JobRunner.InMemory;
 /// An entry keeps the job's last <see cref="JobRecord"/> snapshot and, inline, what the hot path changed since: state,
 /// fence, times, and the newest attempt. Leasing and completing change those fields only, and state-change events are
 /// built from them; a snapshot is built when someone reads the job (<see cref="GetAsync"/>, a list page, a rare write
-/// such as a checkpoint), so a job that nobody reads costs no snapshot per transition. A plain job that nobody read keeps
-/// only its request once it has finished: no record and no attempt objects, so that the finished jobs kept for lookups
-/// give the garbage collector nothing to copy but the requests.
+/// such as a checkpoint), so a job that nobody reads costs no snapshot per transition. Once a plain job that nobody read
+/// while it ran has finished, its request is packed as bytes (<see cref="PackedRequests"/>): the finished jobs kept for
+/// lookups are no objects, and give the garbage collector nothing to copy.
 /// </remarks>
 [DebuggerDisplay("Jobs = {_jobs.Count}, Running = {_running.Count}")]
 internal sealed class InMemoryJobStore : IJobStore
@@ -485,8 +485,8 @@ internal sealed class InMemoryJobStore : IJobStore
     /// <see cref="DueAt"/>, <see cref="LastError"/> and the newest attempt (while not yet in the snapshot's list) are
     /// always current, and <see cref="Snapshot"/> folds them in when someone reads the job. Times are kept as UTC ticks
     /// and absent values as sentinels to keep the slot at about 120 bytes (a backlog of a million jobs is a million
-    /// slots): more than a reference to a record, and no object per attempt. A finished job that nobody read keeps only
-    /// its request (<see cref="Compact"/>).
+    /// slots): more than a reference to a record, and no object per attempt. A finished job that nobody read while it ran
+    /// keeps no record (<see cref="Compact"/>).
     /// </summary>
     private struct Entry
     {

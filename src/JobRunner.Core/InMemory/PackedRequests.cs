@@ -13,8 +13,8 @@ namespace JobRunner.InMemory;
 /// <remarks>
 /// Finished jobs leave in about the order they finished, so chunks empty in about the order they filled: a chunk is
 /// reused once every job packed into it has been evicted or unpacked. A request is not packed (the store keeps the object)
-/// when it has a retry policy or a priority outside a byte, when it is larger than a quarter of a chunk, or when the name
-/// table is full.
+/// when it has a retry policy, a priority outside a byte or a string that is not valid UTF-16, when it is larger than a
+/// quarter of a chunk, or when the name table is full.
 /// </remarks>
 internal sealed class PackedRequests
 {
@@ -31,6 +31,9 @@ internal sealed class PackedRequests
     private const byte HasCorrelationId = 32;
     private const byte HasParentId = 64;
     private const byte HasLabels = 128;
+
+    // Strict, so that a string that is not valid UTF-16 (a lone surrogate) is not packed rather than changed on the way.
+    private static readonly UTF8Encoding Utf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     // The empty labels of a request that sets none.
     private static readonly IReadOnlyDictionary<string, string> NoLabels = new JobRequest("-").Labels;
@@ -55,41 +58,7 @@ internal sealed class PackedRequests
             return false;
         }
 
-        byte flags = 0;
-        var size = 8 + 4 + 4 + 1 + 1 + 4 + request.Input.Length;
-        size += Optional(request.DedupeKey, HasDedupeKey, ref flags);
-        size += Optional(request.ConcurrencyKey, HasConcurrencyKey, ref flags);
-        size += Optional(request.Affinity, HasAffinity, ref flags);
-        size += Optional(request.CorrelationId, HasCorrelationId, ref flags);
-        if (request.NotBefore is not null)
-        {
-            flags |= HasNotBefore;
-            size += 8 + 2;
-        }
-
-        if (request.Timeout is not null)
-        {
-            flags |= HasTimeout;
-            size += 8;
-        }
-
-        if (request.ParentId is not null)
-        {
-            flags |= HasParentId;
-            size += 16;
-        }
-
-        if (request.Labels.Count > 0)
-        {
-            flags |= HasLabels;
-            size += 4;
-            foreach (var (key, value) in request.Labels)
-            {
-                size += 8 + Encoding.UTF8.GetByteCount(key) + Encoding.UTF8.GetByteCount(value);
-            }
-        }
-
-        if (size > ChunkSize / 4)
+        if (!TrySize(request, out var size, out var flags) || size > ChunkSize / 4)
         {
             return false;
         }
@@ -290,6 +259,58 @@ internal sealed class PackedRequests
         return true;
     }
 
+    private static bool TrySize(JobRequest request, out int size, out byte flags)
+    {
+        flags = 0;
+        size = 0;
+        if (request.Input.Length > ChunkSize / 4)
+        {
+            return false;
+        }
+
+        size = 8 + 4 + 4 + 1 + 1 + 4 + request.Input.Length;
+        try
+        {
+            size += Optional(request.DedupeKey, HasDedupeKey, ref flags);
+            size += Optional(request.ConcurrencyKey, HasConcurrencyKey, ref flags);
+            size += Optional(request.Affinity, HasAffinity, ref flags);
+            size += Optional(request.CorrelationId, HasCorrelationId, ref flags);
+            if (request.NotBefore is not null)
+            {
+                flags |= HasNotBefore;
+                size += 8 + 2;
+            }
+
+            if (request.Timeout is not null)
+            {
+                flags |= HasTimeout;
+                size += 8;
+            }
+
+            if (request.ParentId is not null)
+            {
+                flags |= HasParentId;
+                size += 16;
+            }
+
+            if (request.Labels.Count > 0)
+            {
+                flags |= HasLabels;
+                size += 4;
+                foreach (var (key, value) in request.Labels)
+                {
+                    size += 8 + Utf8.GetByteCount(key) + Utf8.GetByteCount(value);
+                }
+            }
+        }
+        catch (EncoderFallbackException)
+        {
+            return false;
+        }
+
+        return true;
+    }
+
     private static int Optional(string? value, byte flag, ref byte flags)
     {
         if (value is null)
@@ -298,7 +319,7 @@ internal sealed class PackedRequests
         }
 
         flags |= flag;
-        return 4 + Encoding.UTF8.GetByteCount(value);
+        return 4 + Utf8.GetByteCount(value);
     }
 
     private static void WriteString(Span<byte> span, ref int at, string? value)
@@ -308,7 +329,7 @@ internal sealed class PackedRequests
             return;
         }
 
-        var length = Encoding.UTF8.GetBytes(value, span[(at + 4)..]);
+        var length = Utf8.GetBytes(value, span[(at + 4)..]);
         BinaryPrimitives.WriteInt32LittleEndian(span[at..], length);
         at += 4 + length;
     }
@@ -319,7 +340,7 @@ internal sealed class PackedRequests
     private static string ReadString(ReadOnlySpan<byte> span, ref int at)
     {
         var length = BinaryPrimitives.ReadInt32LittleEndian(span[at..]);
-        var value = Encoding.UTF8.GetString(span.Slice(at + 4, length));
+        var value = Utf8.GetString(span.Slice(at + 4, length));
         at += 4 + length;
         return value;
     }

@@ -581,6 +581,21 @@ public sealed class InMemoryJobStoreTests
         Assert.All(kept, j => Assert.Equal(1_000, j.Request.Input.Length));
     }
 
+    [Theory]
+    [InlineData(true, 0)]
+    [InlineData(false, 300_000)]
+    public async Task FinishedJob_NotPackable_ReadsBackExactly(bool loneSurrogate, int inputLength)
+    {
+        // Built here: xunit would replace a lone surrogate in the theory's data.
+        var correlationId = loneSurrogate ? "lone " + new string('\ud800', 1) + " surrogate" : "fits";
+        var leased = await InsertAndLeaseAsync(new JobRequest("work") { CorrelationId = correlationId, Input = new byte[inputLength] });
+        await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default);
+
+        var job = (await _store.GetAsync(leased.Lease.JobId, default))!;
+
+        Assert.Equal((JobState.Succeeded, correlationId, inputLength), (job.State, job.Request.CorrelationId, job.Request.Input.Length));
+    }
+
     [Fact]
     public async Task FinishedJob_WithACheckpoint_KeepsItForReaders()
     {
