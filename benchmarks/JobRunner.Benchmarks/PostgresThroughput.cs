@@ -206,8 +206,15 @@ internal static class PostgresThroughput
 
     private static JobRequest[] Requests(int count)
     {
+        // BENCH_TENANTS=n: the jobs spread round-robin over n tenants (the dequeue visits tenants one by one).
+        var tenants = Environment.GetEnvironmentVariable("BENCH_TENANTS") is { } n ? int.Parse(n, System.Globalization.CultureInfo.InvariantCulture) : 1;
+        var shared = Enumerable.Range(0, tenants).Select(t => tenants == 1 ? new JobRequest("noop") : new JobRequest("noop") { Tenant = "tenant-" + t.ToString("D5", System.Globalization.CultureInfo.InvariantCulture) }).ToArray();
         var requests = new JobRequest[count];
-        Array.Fill(requests, new JobRequest("noop"));
+        for (var i = 0; i < count; i++)
+        {
+            requests[i] = shared[i % tenants];
+        }
+
         return requests;
     }
 
