@@ -6,7 +6,7 @@ namespace JobRunner.Storage.Postgres;
 
 /// <summary>
 /// The queue side of the jobs table: a ready job is a row in state Queued (or Scheduled and due) that no worker has
-/// taken. Dequeue (the <c>dequeue</c> function of migration 0005) takes a batch with <c>FOR UPDATE SKIP LOCKED</c>,
+/// taken. Dequeue (the <c>dequeue</c> function of migration 0005, replaced by 0006 with one that runs fewer statements) takes a batch with <c>FOR UPDATE SKIP LOCKED</c>,
 /// highest priority band first, and within a band from each tenant in turn its oldest jobs, as many as the tenant's
 /// want; it hides them for the visibility time; the Core scheduler then orders the batch and the store leases each job.
 /// Wants follow the tenants' weights: this queue counts per tenant the jobs it handed out and that were not yet

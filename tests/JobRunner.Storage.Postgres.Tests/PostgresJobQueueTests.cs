@@ -236,6 +236,61 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Tenants_whose_jobs_another_worker_holds_are_passed_over_however_many_and_do_not_count_against_the_cap()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time);
+        queue.MaxTenantsPerDequeue = 12;
+        var tenants = Enumerable.Range(0, 200).Select(i => $"t{i:000}").ToArray();
+        foreach (var tenant in tenants)
+        {
+            await InsertMany(store, tenant, 1);
+        }
+
+        // Another worker is taking the first 150 tenants' jobs: their rows stay locked until it commits.
+        await using var other = new Npgsql.NpgsqlConnection(_database.ConnectionString);
+        await other.OpenAsync();
+        await using var holding = await other.BeginTransactionAsync();
+        await using (var lockRows = new Npgsql.NpgsqlCommand($"SELECT id FROM \"{_database.Schema}\".jobs WHERE tenant < 't150' FOR UPDATE", other, holding))
+        {
+            await lockRows.ExecuteNonQueryAsync();
+        }
+
+        var jobs = await Dequeue(queue, 10);
+
+        // The walk goes past the 150 that give nothing (more than one stretch of it, and many groups), and they do not use up
+        // the cap of 12: the next ten tenants give one job each.
+        Assert.Equal(tenants[150..160], jobs.Select(j => j.Tenant));
+    }
+
+    [Theory]
+    // A gives less than it wants: B gets the rest of the batch, and nothing comes from the lower band (C).
+    [InlineData("a:3,b:100,c:5@4", "a:8,b:8", 10, "a:3,b:7")]
+    // B is asked for nothing: A, which gave all it was asked, takes the batch's room before B does.
+    [InlineData("a:50,b:50", "a:2,b:0", 4, "a:4")]
+    // Tenants nobody asked about take the default want of 1, then double while they keep giving.
+    [InlineData("a:50,b:50,c:50", "", 9, "a:3,b:3,c:3")]
+    public async Task The_dequeue_function_shares_a_batch_by_the_wants_it_is_given(string backlog, string wants, int limit, string expected)
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        foreach (var entry in backlog.Split(','))
+        {
+            var (tenant, rest) = (entry.Split(':')[0], entry.Split(':')[1]);
+            var count = int.Parse(rest.Split('@')[0], System.Globalization.CultureInfo.InvariantCulture);
+            var priority = rest.Contains('@', StringComparison.Ordinal) ? int.Parse(rest.Split('@')[1], System.Globalization.CultureInfo.InvariantCulture) : 5;
+            await InsertMany(store, tenant, count, priority);
+        }
+
+        var pairs = wants.Length == 0 ? [] : wants.Split(',').Select(w => w.Split(':')).ToArray();
+        var tenants = string.Join(",", pairs.Select(p => $"'{p[0]}'"));
+        var asks = string.Join(",", pairs.Select(p => p[1]));
+        var now = _time.GetUtcNow().AddSeconds(1).ToString("O", System.Globalization.CultureInfo.InvariantCulture);
+        var taken = await _database.ScalarAsync<string>(
+            $"SELECT string_agg(tenant || ':' || n, ',' ORDER BY tenant) FROM (SELECT tenant, count(*) AS n FROM {{s}}.dequeue('{now}', '{now}'::timestamptz + interval '30 seconds', {limit}, NULL, ARRAY[{tenants}]::text[], ARRAY[{asks}]::integer[], 1, 128) WHERE id IS NOT NULL GROUP BY tenant) t");
+
+        Assert.Equal(expected, taken);
+    }
+
+    [Fact]
     public async Task A_high_priority_retry_that_comes_due_is_taken_before_many_earlier_low_priority_ones()
     {
         var (_, store, queue, _) = _database.OpenStore(_time);
