@@ -24,6 +24,20 @@ internal static class PostgresThroughput
 
         // Warm up every path first (JIT tiering, connection pools, the server's caches): a 30,000-job drain lasts a few
         // seconds, and a cold process spends a large part of them compiling.
+        if (only == "latency")
+        {
+            // Idle enqueue -> start only: one unmeasured round, then `jobs` rounds of 1,000 samples, each split into
+            // the submit call (insert and commit) and the rest (NOTIFY, wake-up, dequeue, lease, start).
+            await LatencyAsync(connectionString, 300);
+            for (var round = 0; round < jobs; round++)
+            {
+                var sample = await LatencyAsync(connectionString, 1000, verbose: true);
+                Console.WriteLine($"idle enqueue -> start: p50 {sample.P50:F2} ms, p99 {sample.P99:F2} ms, max {sample.Max:F2} ms");
+            }
+
+            return;
+        }
+
         var warmUp = jobs;
         await RawLoopAsync(connectionString, warmUp);
         await DrainAsync(connectionString, warmUp, durable: true, quiet: true);
@@ -151,22 +165,34 @@ internal static class PostgresThroughput
         return rate;
     }
 
-    private static async Task<(double P50, double P99, double Max)> LatencyAsync(string connectionString, int samples)
+    private static async Task<(double P50, double P99, double Max)> LatencyAsync(string connectionString, int samples, bool verbose = false)
     {
         await using var submitter = await BenchHost.StartAsync(connectionString, worker: false, durable: true);
         await using var worker = await BenchHost.StartAsync(connectionString, worker: true, durable: true, schema: submitter.Schema);
         var client = submitter.Host.Services.GetRequiredService<IJobClient>();
         var started = worker.Host.Services.GetRequiredService<StartSignal>();
         var latencies = new double[samples];
+        var submits = new double[samples];
+        var rests = new double[samples];
         for (var i = 0; i < samples; i++)
         {
             var signal = started.Next();
             var before = Stopwatch.GetTimestamp();
             await client.SubmitAsync(new JobRequest("noop"));
+            var submitted = Stopwatch.GetTimestamp();
             var at = await signal.WaitAsync(TimeSpan.FromSeconds(30));
             latencies[i] = Stopwatch.GetElapsedTime(before, at).TotalMilliseconds;
+            submits[i] = Stopwatch.GetElapsedTime(before, submitted).TotalMilliseconds;
+            rests[i] = at > submitted ? Stopwatch.GetElapsedTime(submitted, at).TotalMilliseconds : 0;
             // Idle between samples: the worker waits for the NOTIFY again.
             await Task.Delay(TimeSpan.FromMilliseconds(5), TimeProvider.System);
+        }
+
+        if (verbose)
+        {
+            Array.Sort(submits);
+            Array.Sort(rests);
+            Console.WriteLine($"  submit call: p50 {submits[samples / 2]:F2} p90 {submits[(int)(samples * 0.9)]:F2} p99 {submits[(int)(samples * 0.99) - 1]:F2} ms; submit returned -> start: p50 {rests[samples / 2]:F2} p90 {rests[(int)(samples * 0.9)]:F2} p99 {rests[(int)(samples * 0.99) - 1]:F2} ms");
         }
 
         Array.Sort(latencies);
