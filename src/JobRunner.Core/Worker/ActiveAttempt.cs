@@ -211,6 +211,9 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
             return false;
         }
 
+        // Kept until the callbacks ran: disposing the source before then would drop them (see Close).
+        Extra.Cancelling = cancelling;
+
         if (grace <= TimeSpan.Zero)
         {
             AbandonedSource.TrySetResult();
@@ -302,6 +305,15 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
             return _cts;
         }
 
+        if (_extras?.Cancelling is { IsCompleted: false } cancelling)
+        {
+            // A stop's callbacks still run on the thread pool. A source disposed before they ran never runs them, and a
+            // workload abandoned after its grace period (or at once, when its lease was lost) would never see its token
+            // cancelled, and would run on: the source is disposed once they ran.
+            _ = cancelling.ContinueWith(static (_, s) => ((CancellationTokenSource)s!).Dispose(), _cts, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            return null;
+        }
+
         _cts.Dispose();
         return null;
     }
@@ -312,6 +324,9 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
         public string? Message;
 
         public ITimer? GraceTimer { get; set; }
+
+        /// <summary>Gets or sets the running of a stop's cancellation callbacks.</summary>
+        public Task? Cancelling { get; set; }
 
         public int? ExitCode { get; set; }
     }

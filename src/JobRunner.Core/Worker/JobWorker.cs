@@ -492,23 +492,29 @@ internal sealed partial class JobWorker : BackgroundService
         try
         {
             attempt.Begin(await Checkpoints.LoadAsync(leased, attempt.Token).ConfigureAwait(false));
-            var execution = workload.Engine.ExecuteAsync(attempt, attempt.Token);
-            if (execution.IsCompletedSuccessfully)
+
+            // Stopped before it began (cancelled as its lease was granted, or the worker stopping): the workload's code
+            // does not run at all.
+            if (attempt.Reason == StopReason.None)
             {
-                attempt.Finish();
-            }
-            else
-            {
-                var task = execution.AsTask();
-                _ = task.ContinueWith(static (_, a) => ((ActiveAttempt)a!).Finish(), attempt, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-                if (await Task.WhenAny(task, attempt.Abandoned).ConfigureAwait(false) == task)
+                var execution = workload.Engine.ExecuteAsync(attempt, attempt.Token);
+                if (execution.IsCompletedSuccessfully)
                 {
-                    await task.ConfigureAwait(false);
+                    attempt.Finish();
                 }
                 else
                 {
-                    // Abandoned after the grace period: let it run out, observing its failure.
-                    _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                    var task = execution.AsTask();
+                    _ = task.ContinueWith(static (_, a) => ((ActiveAttempt)a!).Finish(), attempt, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    if (await Task.WhenAny(task, attempt.Abandoned).ConfigureAwait(false) == task)
+                    {
+                        await task.ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        // Abandoned after the grace period: let it run out, observing its failure.
+                        _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                    }
                 }
             }
         }
@@ -685,13 +691,28 @@ internal sealed partial class JobWorker : BackgroundService
                     var lost = leases.Count == 0 ? [] : await Store.RenewLeasesAsync(leases, _options.LeaseDuration, cancellationToken).ConfigureAwait(false);
                     foreach (var id in lost)
                     {
-                        // Only the attempt whose lease was sent: a retry of the same job may have started since.
-                        var sent = leases.Find(l => l.JobId == id);
+                        // The store names the job, not the lease. Two attempts of one job here (the job was reclaimed
+                        // from the first and leased again by another slot) sent two leases, and only the older can be
+                        // the lost one: the newest is stopped only when it was sent alone (a later heartbeat sends it
+                        // alone if it too is lost).
+                        var newest = long.MinValue;
+                        var sent = 0;
+                        foreach (var lease in leases)
+                        {
+                            if (lease.JobId == id)
+                            {
+                                newest = Math.Max(newest, lease.FenceToken);
+                                sent++;
+                            }
+                        }
+
                         foreach (var attempt in Active())
                         {
-                            if (attempt.Item.Id == id && attempt.Lease == sent && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
+                            if (attempt.Item.Id == id && attempt.Lease is { } lease && leases.Contains(lease)
+                                && (sent == 1 || lease.FenceToken < newest)
+                                && attempt.TryStop(StopReason.LeaseLost, null, TimeSpan.Zero))
                             {
-                                Log.LeaseLost(_logger, id, sent!.FenceToken);
+                                Log.LeaseLost(_logger, id, lease.FenceToken);
                             }
                         }
                     }

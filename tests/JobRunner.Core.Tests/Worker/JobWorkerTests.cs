@@ -1,5 +1,6 @@
 using System.Text;
 using JobRunner.InMemory;
+using JobRunner.Testing;
 using JobRunner.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -456,6 +457,134 @@ public sealed class JobWorkerTests
         release.SetResult();
         var job = await host.WaitForStateAsync(id, JobState.Succeeded);
         Assert.Single(job.Attempts);
+    }
+
+    [Fact]
+    public async Task Cancel_RequestedWhenTheLeaseIsGranted_WorkloadNeverRuns()
+    {
+        // A store that reports, with the lease, a cancellation requested before the attempt started.
+        await using var host = new TestHost(r => r.UseStore(sp => new CancelledAtLease(sp.GetRequiredService<InMemoryJobStore>())));
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        var job = await host.WaitForStateAsync(id, JobState.Cancelled);
+
+        Assert.Empty(host.Behavior.Started);
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal(AttemptOutcome.Cancelled, attempt.Outcome);
+        Assert.Equal("Cancelled: stopped before it started", attempt.Error);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Heartbeat_TwoAttemptsOfOneJobHere_StopsOnlyTheOneWhoseLeaseWasLost(bool blockerFirst)
+    {
+        FailingRenewals? store = null;
+        await using var host = new TestHost(r => r.UseStore(sp => store = new FailingRenewals(sp.GetRequiredService<InMemoryJobStore>())));
+        var blocker = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var second = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new[] { new TaskCompletionSource<CancellationToken>(TaskCreationOptions.RunContinuationsAsynchronously), new TaskCompletionSource<CancellationToken>(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var firstStopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.Request.CorrelationId == "blocker")
+            {
+                await blocker.Task;
+                return;
+            }
+
+            started[context.Attempt - 1].SetResult(ct);
+            if (context.Attempt == 1)
+            {
+                try
+                {
+                    await Task.Delay(Timeout.Infinite, ct);
+                }
+                finally
+                {
+                    firstStopped.TrySetResult();
+                }
+            }
+            else
+            {
+                await second.Task.WaitAsync(ct);
+            }
+        };
+        await host.StartAsync();
+
+        // With a blocker in one slot first, the job's first attempt runs in the other slot, and its second, after the
+        // blocker is done, in the blocker's; without, the second attempt takes whichever slot the first left free. So
+        // the two cases send the two attempts' leases in opposite orders.
+        JobId id;
+        if (blockerFirst)
+        {
+            var blockerId = await host.SubmitAsync(new JobRequest("work") { CorrelationId = "blocker" });
+            await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+            id = await host.SubmitAsync(new JobRequest("work"));
+            await started[0].Task.WaitAsync(TestHost.WaitLimit);
+            blocker.SetResult();
+            await host.WaitForStateAsync(blockerId, JobState.Succeeded);
+        }
+        else
+        {
+            id = await host.SubmitAsync(new JobRequest("work"));
+            await started[0].Task.WaitAsync(TestHost.WaitLimit);
+        }
+
+        // The store cannot be reached for renewals: the first attempt's lease (30 s) expires, the job is reclaimed, and
+        // this worker leases it again while the first attempt still runs.
+        store!.Fail = true;
+        for (var i = 0; i < 4; i++)
+        {
+            host.Time.Advance(TimeSpan.FromSeconds(10));
+            await store.Failures.Reader.ReadAsync().AsTask().WaitAsync(TestHost.WaitLimit);
+        }
+
+        var secondToken = await started[1].Task.WaitAsync(TestHost.WaitLimit);
+
+        // Renewals work again: both leases are sent, and the store names the job as lost (the first lease is stale).
+        store.Fail = false;
+        host.Time.Advance(TimeSpan.FromSeconds(10));
+        var sent = await store.Renewals.Reader.ReadAsync().AsTask().WaitAsync(TestHost.WaitLimit);
+        Assert.Equal(2, sent.Count(l => l.JobId == id));
+        await firstStopped.Task.WaitAsync(TestHost.WaitLimit);
+        Assert.False(secondToken.IsCancellationRequested);
+
+        second.SetResult();
+        var job = await host.WaitForStateAsync(id, JobState.Succeeded);
+        Assert.Equal([AttemptOutcome.LeaseExpired, AttemptOutcome.Succeeded], job.Attempts.Select(a => a.Outcome!.Value));
+    }
+
+    private sealed class CancelledAtLease(IJobStore inner) : DelegatingJobStore(inner)
+    {
+        public override async ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
+            => await Inner.TryAcquireLeaseAsync(id, workerId, duration, cancellationToken) is { } leased
+                ? leased with { CancelRequested = true, CancelReason = "stopped before it started" }
+                : null;
+    }
+
+    /// <summary>Throws on renewals while <see cref="Fail"/> is set; otherwise forwards them and reports what was sent.</summary>
+    private sealed class FailingRenewals(IJobStore inner) : DelegatingJobStore(inner)
+    {
+        public volatile bool Fail;
+
+        public System.Threading.Channels.Channel<bool> Failures { get; } = System.Threading.Channels.Channel.CreateUnbounded<bool>();
+
+        public System.Threading.Channels.Channel<IReadOnlyList<JobLease>> Renewals { get; } = System.Threading.Channels.Channel.CreateUnbounded<IReadOnlyList<JobLease>>();
+
+        public override async ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken)
+        {
+            if (Fail)
+            {
+                Failures.Writer.TryWrite(true);
+                throw new IOException("The store cannot be reached.");
+            }
+
+            var lost = await Inner.RenewLeasesAsync(leases, duration, cancellationToken);
+            Renewals.Writer.TryWrite(leases);
+            return lost;
+        }
     }
 
     [Fact]
