@@ -37,4 +37,13 @@ internal static partial class Log
 
     [LoggerMessage(11, LogLevel.Warning, "Job {JobId}: its lease expired without a heartbeat; it was queued again.")]
     public static partial void Reclaimed(ILogger logger, JobId jobId);
+
+    [LoggerMessage(12, LogLevel.Warning, "Job {JobId}: writing the attempt's outcome failed; retrying in {Delay} (the lease is still renewed).")]
+    public static partial void CompletionFailed(ILogger logger, JobId jobId, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(13, LogLevel.Warning, "Job {JobId}: acknowledging its delivery failed; the queue delivers it again, and the store refuses the second run.")]
+    public static partial void AcknowledgeFailed(ILogger logger, JobId jobId, Exception exception);
+
+    [LoggerMessage(14, LogLevel.Error, "Job {JobId}: queueing it again after its lease expired failed; the next sweep does not see it (it is Queued in the store).")]
+    public static partial void RequeueFailed(ILogger logger, JobId jobId, Exception exception);
 }

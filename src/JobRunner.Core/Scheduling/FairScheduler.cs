@@ -8,7 +8,7 @@ namespace JobRunner.Scheduling;
 /// tenants by stride scheduling (each tenant has a pass; the lowest pass with an admissible job goes, then its pass
 /// grows by 1/weight; a tenant that becomes active starts at the band's current pass, so idle time earns no credit and
 /// the share of an idle tenant goes to the others; see <see cref="WeightedTurns{T}"/>). Concurrency limits per workload, tenant and concurrency key are
-/// checked at admission and given back by <see cref="Release"/>. Affinity is checked once per job, at <see cref="Add"/>,
+/// checked at admission and given back by <see cref="Release"/>. Affinity is checked once per job, at <see cref="Add(QueuedJob)"/>,
 /// against this worker's labels: a job the worker may not run never enters a band (it is declined, then parked, and given
 /// back to the queue); a job whose preferred labels the worker lacks waits in its band until its preference wait ends.
 /// Jobs without affinity pay one null check. Not thread-safe: the worker calls it under a lock.
@@ -132,10 +132,24 @@ internal sealed class FairScheduler
     /// Holds a ready job until it is chosen, unless its affinity keeps it off this worker. A job already held is ignored.
     /// </summary>
     /// <returns>What became of the job; the caller gives a <see cref="Admission.Declined"/> one back to the queue now.</returns>
-    public Admission Add(QueuedJob job)
+    public Admission Add(QueuedJob job) => Add(job, out _);
+
+    /// <summary>
+    /// Holds a ready job until it is chosen, unless its affinity keeps it off this worker. A second delivery of a job
+    /// already held (pending or parked) replaces the first: queues track the newest delivery (a redelivered SQS message
+    /// has a new receipt; the in-memory queue's in-flight entry is the newest), so that is the one to give back or
+    /// acknowledge later, and <paramref name="dropped"/> is the older one, to acknowledge now.
+    /// </summary>
+    /// <param name="job">The delivery.</param>
+    /// <param name="dropped">For <see cref="Admission.Duplicate"/>, the older delivery to acknowledge; <see langword="null"/> when the same delivery came twice.</param>
+    /// <returns>What became of the job; the caller gives a <see cref="Admission.Declined"/> one back to the queue now.</returns>
+    public Admission Add(QueuedJob job, out QueuedJob? dropped)
     {
-        if (_pending.ContainsKey(job.Id))
+        dropped = null;
+        if (_pending.TryGetValue(job.Id, out var held))
         {
+            dropped = ReferenceEquals(held.Value.Job, job) ? null : held.Value.Job;
+            held.Value = held.Value with { Job = job };
             return Admission.Duplicate;
         }
 
@@ -145,8 +159,10 @@ internal sealed class FairScheduler
             var fit = FitOf(job.Affinity);
             if (!fit.IsPreferred)
             {
-                if (_parked.ContainsKey(job.Id))
+                if (_parked.TryGetValue(job.Id, out var parked))
                 {
+                    dropped = ReferenceEquals(parked.Job, job) ? null : parked.Job;
+                    _parked[job.Id] = (job, parked.Fit);
                     return Admission.Duplicate;
                 }
 
@@ -680,7 +696,7 @@ internal sealed class FairScheduler
     }
 }
 
-/// <summary>What <see cref="FairScheduler.Add"/> did with a job.</summary>
+/// <summary>What <see cref="FairScheduler.Add(QueuedJob)"/> did with a job.</summary>
 internal enum Admission
 {
     /// <summary>It waits in its band until it is chosen.</summary>

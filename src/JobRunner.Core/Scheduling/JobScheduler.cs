@@ -76,10 +76,11 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
 
     /// <summary>
     /// Holds the jobs the queue delivered, under one lock for the batch, and writes each one's admission: a
-    /// <see cref="Admission.Declined"/> one must be given back to the queue now. Wakes as many waiting slots as jobs
-    /// were held.
+    /// <see cref="Admission.Declined"/> one must be given back to the queue now. For a <see cref="Admission.Duplicate"/>
+    /// the scheduler keeps the newer delivery and writes the older one in its place, to acknowledge (or
+    /// <see langword="null"/>: the same delivery came twice). Wakes as many waiting slots as jobs were held.
     /// </summary>
-    public void Add(ReadOnlySpan<QueuedJob> jobs, Span<Admission> admissions)
+    public void Add(Span<QueuedJob> jobs, Span<Admission> admissions)
     {
         var held = 0;
         var changed = false;
@@ -89,7 +90,12 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         {
             for (var i = 0; i < jobs.Length; i++)
             {
-                var admission = _scheduler.Add(jobs[i]);
+                var admission = _scheduler.Add(jobs[i], out var dropped);
+                if (admission == Admission.Duplicate)
+                {
+                    jobs[i] = dropped!;
+                }
+
                 admissions[i] = admission;
                 held += admission == Admission.Held ? 1 : 0;
                 changed |= admission is Admission.Held or Admission.Parked;
@@ -126,7 +132,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
     public Admission Add(QueuedJob job)
     {
         Span<Admission> admission = stackalloc Admission[1];
-        Add(new ReadOnlySpan<QueuedJob>(in job), admission);
+        Add(new Span<QueuedJob>(ref job), admission);
         return admission[0];
     }
 

@@ -233,8 +233,13 @@ internal sealed partial class JobWorker : BackgroundService
                             held++;
                             break;
                         case Scheduling.Admission.Duplicate:
-                            // A second delivery of a job this worker already holds (its visibility lapsed): drop it.
-                            (duplicates ??= []).Add(item);
+                            // A second delivery of a job this worker already holds (its visibility lapsed, or the queue
+                            // delivered it twice): the scheduler kept the newer one, and the older one is acknowledged.
+                            if (item is not null)
+                            {
+                                (duplicates ??= []).Add(item);
+                            }
+
                             break;
                         case Scheduling.Admission.Declined:
                             // Its affinity keeps it off this worker (for now): another worker may take it.
@@ -306,6 +311,9 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
+    /// <summary>The longest wait between two tries of an outcome's write (five tries after the first, ~31 s in all).</summary>
+    private static readonly TimeSpan MaxCompletionRetryDelay = TimeSpan.FromSeconds(16);
+
     private async Task RunSlotAsync(int slot)
     {
         var signal = new Scheduling.ReusableSignal();
@@ -374,13 +382,14 @@ internal sealed partial class JobWorker : BackgroundService
             if (leased is null)
             {
                 // Cancelled, finished or taken by another worker while it waited in the queue, or not due yet (the
-                // queue's and the store's clocks disagree): in that last case it goes back to the queue.
-                await AcknowledgeAsync(item, slot).ConfigureAwait(false);
+                // queue's and the store's clocks disagree): in that last case it goes back to the queue. Acknowledged
+                // last: if the look or the enqueue fails, the delivery comes back instead of the job being lost.
                 if (await Store.GetAsync(item.Id, CancellationToken.None).ConfigureAwait(false) is { State: JobState.Scheduled } waiting)
                 {
                     await _queue.EnqueueAsync(QueuedJob.For(waiting, Time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
                 }
 
+                await AcknowledgeAsync(item, slot).ConfigureAwait(false);
                 return;
             }
 
@@ -409,9 +418,9 @@ internal sealed partial class JobWorker : BackgroundService
                 };
             }
 
-            await AcknowledgeAsync(item, slot).ConfigureAwait(false);
             if (completion is null)
             {
+                await AcknowledgeAsync(item, slot).ConfigureAwait(false);
                 Log.LeaseLost(_logger, item.Id, leased.Lease.FenceToken);
                 return;
             }
@@ -419,20 +428,26 @@ internal sealed partial class JobWorker : BackgroundService
             JobState next;
             try
             {
-                next = await Store.CompleteAttemptAsync(leased.Lease, completion, CancellationToken.None).ConfigureAwait(false);
+                next = await CompleteAsync(leased.Lease, completion).ConfigureAwait(false);
             }
             catch (Exception e) when (e is StaleFenceTokenException or JobNotFoundException)
             {
+                await AcknowledgeAsync(item, slot).ConfigureAwait(false);
                 Log.CompletionRejected(_logger, item.Id, e);
                 return;
             }
 
             if (next is JobState.Queued or JobState.Scheduled)
             {
-                // A Scheduled job is due at the completion's time (the store's rule: none means now).
+                // A Scheduled job is due at the completion's time (the store's rule: none means now). If this enqueue
+                // fails, the delivery below is not acknowledged: it comes back when its visibility lapses, and the
+                // store, which says Queued or Scheduled, lets it run.
                 var dueAt = next == JobState.Scheduled ? completion.DueAt : null;
                 await _queue.EnqueueAsync(QueuedJob.For(item.Id, leased.Request, Time.GetUtcNow(), dueAt), CancellationToken.None).ConfigureAwait(false);
             }
+
+            // Last, once the outcome is written and the next delivery (if any) is queued.
+            await AcknowledgeAsync(item, slot).ConfigureAwait(false);
         }
         finally
         {
@@ -441,6 +456,10 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
+    /// <summary>
+    /// Acknowledges a delivery whose outcome is settled. A failure is only logged: the queue delivers the job again,
+    /// and the store refuses to run it twice.
+    /// </summary>
     private async ValueTask AcknowledgeAsync(QueuedJob item, int slot)
     {
         var one = _acknowledgements[slot];
@@ -449,9 +468,34 @@ internal sealed partial class JobWorker : BackgroundService
         {
             await _queue.AcknowledgeAsync(one, CancellationToken.None).ConfigureAwait(false);
         }
+        catch (Exception e)
+        {
+            Log.AcknowledgeFailed(_logger, item.Id, e);
+        }
         finally
         {
             one[0] = null!;
+        }
+    }
+
+    /// <summary>
+    /// Writes the attempt's outcome, retrying a failed write (the store unreachable for longer than its own retries
+    /// cover, e.g. a database failover) at 1, 2, 4, 8 and 16 seconds. The attempt stays registered meanwhile, so the
+    /// heartbeat keeps its lease: a finished job is not taken back and run again because its outcome was late.
+    /// </summary>
+    private async ValueTask<JobState> CompleteAsync(JobLease lease, AttemptCompletion completion)
+    {
+        for (var delay = TimeSpan.FromSeconds(1); ; delay *= 2)
+        {
+            try
+            {
+                return await Store.CompleteAttemptAsync(lease, completion, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not (StaleFenceTokenException or JobNotFoundException or ArgumentException) && delay <= MaxCompletionRetryDelay)
+            {
+                Log.CompletionFailed(_logger, lease.JobId, delay, e);
+                await Task.Delay(delay, Time).ConfigureAwait(false);
+            }
         }
     }
 
@@ -801,8 +845,17 @@ internal sealed partial class JobWorker : BackgroundService
         var now = Time.GetUtcNow();
         foreach (var job in reclaimed)
         {
+            // The store already made them Queued: each is enqueued whatever the others do and whether or not the
+            // worker is stopping, or it would wait in no queue.
             Log.Reclaimed(_logger, job.Id);
-            await _queue.EnqueueAsync(QueuedJob.For(job, now), cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await _queue.EnqueueAsync(QueuedJob.For(job, now), CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                Log.RequeueFailed(_logger, job.Id, e);
+            }
         }
     }
 

@@ -277,6 +277,40 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void Add_SecondDeliveryOfAHeldJob_KeepsTheNewerDelivery_AndHandsBackTheOlderToAcknowledge()
+    {
+        var first = Job();
+        var second = first with { EnqueuedAt = first.EnqueuedAt.AddMinutes(1) };
+
+        Assert.Equal(Admission.Held, Scheduler.Add(first));
+        Assert.Equal(Admission.Duplicate, Scheduler.Add(second, out var dropped));
+        Assert.Same(first, dropped);
+        Assert.Equal(Admission.Duplicate, Scheduler.Add(second, out dropped));
+        Assert.Null(dropped);
+
+        // The newer delivery is the one a slot takes (and later acknowledges or gives back).
+        Assert.Equal(1, Scheduler.PendingCount);
+        Assert.True(Scheduler.TryTake(out var taken));
+        Assert.Same(second, taken);
+    }
+
+    [Fact]
+    public void Add_SecondDeliveryOfAParkedJob_KeepsTheNewerDelivery()
+    {
+        _labels["gpu"] = "false";
+        var first = Job(affinity: "gpu=true");
+        var second = first with { EnqueuedAt = first.EnqueuedAt.AddSeconds(1) };
+
+        Assert.Equal(Admission.Declined, Scheduler.Add(first));
+        Assert.Equal(Admission.Parked, Scheduler.Add(first));
+        Assert.Equal(Admission.Duplicate, Scheduler.Add(second, out var dropped));
+        Assert.Same(first, dropped);
+        var parked = new List<QueuedJob>();
+        Scheduler.TakeParked(parked);
+        Assert.Same(second, Assert.Single(parked));
+    }
+
+    [Fact]
     public void RateLimit_WorkloadBucket_AdmitsBurstThenRefillRate()
     {
         _options.WorkloadRates["api"] = new RateLimit(PerSecond: 2, Burst: 2);

@@ -556,6 +556,50 @@ public sealed class JobWorkerTests
         Assert.Equal([AttemptOutcome.LeaseExpired, AttemptOutcome.Succeeded], job.Attempts.Select(a => a.Outcome!.Value));
     }
 
+    [Fact]
+    public async Task Complete_StoreUnreachableForAWhile_OutcomeWrittenOnARetry_JobNotRunAgain()
+    {
+        FailingCompletions? store = null;
+        await using var host = new TestHost(r => r.UseStore(sp => store = new FailingCompletions(sp.GetRequiredService<InMemoryJobStore>(), failures: 5)));
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await store!.Failures.Reader.ReadAsync().AsTask().WaitAsync(TestHost.WaitLimit);
+
+        // The worker retries after 1, 2, 4, 8 and 16 s of the fake clock (the sixth try succeeds), and keeps the lease
+        // meanwhile, past its first expiry at 30 s: here the store refuses outcomes only, not heartbeats.
+        var done = host.WaitForStateAsync(id, JobState.Succeeded);
+        for (var i = 0; i < 120 && !done.IsCompleted; i++)
+        {
+            host.Time.Advance(TimeSpan.FromSeconds(1));
+            await Task.WhenAny(done, Task.Delay(TimeSpan.FromMilliseconds(20), TimeProvider.System));
+        }
+
+        var job = await done.WaitAsync(TestHost.WaitLimit);
+        Assert.Equal(AttemptOutcome.Succeeded, Assert.Single(job.Attempts).Outcome);
+        Assert.Single(host.Behavior.Started);
+        Assert.Equal(0, host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
+    }
+
+    /// <summary>Throws on outcome writes while failures are left; otherwise forwards them.</summary>
+    private sealed class FailingCompletions(IJobStore inner, int failures) : DelegatingJobStore(inner)
+    {
+        private int _failuresLeft = failures;
+
+        public System.Threading.Channels.Channel<bool> Failures { get; } = System.Threading.Channels.Channel.CreateUnbounded<bool>();
+
+        public override ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken)
+        {
+            if (Interlocked.Decrement(ref _failuresLeft) >= 0)
+            {
+                Failures.Writer.TryWrite(true);
+                throw new IOException("The store cannot be reached.");
+            }
+
+            return Inner.CompleteAttemptAsync(lease, completion, cancellationToken);
+        }
+    }
+
     private sealed class CancelledAtLease(IJobStore inner) : DelegatingJobStore(inner)
     {
         public override async ValueTask<LeasedJob?> TryAcquireLeaseAsync(JobId id, string workerId, TimeSpan duration, CancellationToken cancellationToken)
