@@ -100,6 +100,39 @@ internal static class JobRows
         Affinity = NullableString(row, 6),
     };
 
+    /// <summary>
+    /// Free text (an error message, a cancellation reason, a progress message, a log line) as PostgreSQL text can hold
+    /// it: text cannot hold NUL, and an unpaired surrogate has no UTF-8 form, so each becomes U+FFFD. Without this one
+    /// such character would fail the whole batched statement, and with it every other job's write in the batch.
+    /// </summary>
+    /// <param name="value">The text.</param>
+    /// <returns>The text, or a cleaned copy.</returns>
+    [return: System.Diagnostics.CodeAnalysis.NotNullIfNotNull(nameof(value))]
+    public static string? Text(string? value)
+    {
+        if (value is null || (!value.Contains('\0', StringComparison.Ordinal) && value.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') < 0))
+        {
+            return value;
+        }
+
+        return string.Create(value.Length, value, static (span, text) =>
+        {
+            for (var i = 0; i < text.Length; i++)
+            {
+                var c = text[i];
+                if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
+                {
+                    span[i] = c;
+                    span[++i] = text[i];
+                }
+                else
+                {
+                    span[i] = c == '\0' || char.IsSurrogate(c) ? '\uFFFD' : c;
+                }
+            }
+        });
+    }
+
     /// <summary>Microseconds since the Unix epoch: how attempts store their times.</summary>
     public static long ToMicros(DateTimeOffset time) => (time.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / 10;
 

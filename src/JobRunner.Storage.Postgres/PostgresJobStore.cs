@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Npgsql;
@@ -32,6 +33,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly Batcher<Completion, Completed> _completions;
     private readonly string _insertSql;
     private readonly string _leaseSql;
+    private readonly string _leaseReplaySql;
     private readonly string _completeSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
@@ -79,12 +81,15 @@ internal sealed partial class PostgresJobStore : IJobStore
             u AS (
                 UPDATE {s}.jobs j SET state = 2, fence = g.fence, worker_id = g.worker, lease_expires_at = g.expires, updated_at = @now,
                     taken_until = NULL, attempt_count = j.attempt_count + 1,
-                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', g.worker, 'f', g.fence, 's', @now_us::bigint))
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object('n', j.attempt_count + 1, 'w', g.worker, 'f', g.fence, 's', @now_us::bigint, 'k', @batch))
                 FROM granted g
                 WHERE j.id = g.id
                 RETURNING j.*, g.previous){History("NULL::text")}
             SELECT {JobRows.Columns}, previous FROM u
             """;
+        // A retried lease batch whose first try committed (its reply was lost) finds what that try granted by the
+        // batch's key in the new attempt. The previous state is not kept: Queued stands for it.
+        _leaseReplaySql = $"SELECT {JobRows.Columns}, 0::smallint AS previous FROM {s}.jobs WHERE id = ANY(@ids) AND state = 2 AND attempts -> -1 ->> 'k' = @batch";
         _completeSql = $"""
             WITH c AS (SELECT * FROM unnest(@ids, @fences, @outcomes, @next_states, @due_ats, @errors, @error_types, @exit_codes)
                                  AS c(id, fence, outcome, next_state, due_at, error, error_type, exit_code)),
@@ -433,54 +438,62 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private async Task LeaseBatchAsync(IReadOnlyList<Batcher<LeaseRequest, LeaseResult>.Item> batch)
     {
-        var now = _time.GetUtcNow();
-        var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
+        // Two requests for one job in a batch (a second delivery reached another slot) would both read the one row the
+        // statement returns, and both run under one fence: the first gets the lease, the others nothing.
+        var (rows, now) = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Key: Random.Shared.NextInt64().ToString("x", CultureInfo.InvariantCulture), Tries: new StrongBox<int>()), static async (c, s, token) =>
         {
+            // Taken in each try: a retry after a long outage must not write an expiry that has already passed.
+            var now = s.Store._time.GetUtcNow();
             var n = s.Batch.Count;
-            var ids = new Guid[n];
-            var workers = new string[n];
-            var expires = new DateTimeOffset[n];
-            for (var i = 0; i < n; i++)
+            var ids = new List<Guid>(n);
+            var workers = new List<string>(n);
+            var expires = new List<DateTimeOffset>(n);
+            var seen = new HashSet<Guid>(n);
+            foreach (var item in s.Batch)
             {
-                var request = s.Batch[i].Request;
-                ids[i] = request.Id.Value;
-                workers[i] = request.WorkerId;
-                expires[i] = s.Now + request.Duration;
+                var request = item.Request;
+                if (seen.Add(request.Id.Value))
+                {
+                    ids.Add(request.Id.Value);
+                    workers.Add(request.WorkerId);
+                    expires.Add(now + request.Duration);
+                }
             }
 
-            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Durable) } };
-            var command = new NpgsqlBatchCommand(s.Store._leaseSql);
-            batch.BatchCommands.Add(command);
-            command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
-            command.Parameters.Add(new("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
-            command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires });
-            command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
-            command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
             var granted = new Dictionary<Guid, (JobRecord? Job, JobState Previous, long Fence, Exception? Error)>();
-            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
-            await using var readerScope = reader.ConfigureAwait(false);
-            await reader.NextResultAsync(token).ConfigureAwait(false);
-            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            if (s.Tries.Value++ > 0)
             {
-                var id = reader.GetGuid(0);
-                try
-                {
-                    var job = JobRows.Read(reader);
-                    granted[id] = (job, (JobState)reader.GetInt16(JobRows.ColumnCount), job.FenceToken, null);
-                }
-                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
-                {
-                    granted[id] = (null, JobState.Queued, reader.GetInt64(17), e);
-                }
+                // A retry: the first try may have committed before its reply was lost.
+                using var replay = new NpgsqlCommand(s.Store._leaseReplaySql, c);
+                replay.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids.ToArray() });
+                replay.Parameters.Add(new("batch", NpgsqlDbType.Text) { Value = s.Key });
+                await ReadGrantsAsync(await replay.ExecuteReaderAsync(token).ConfigureAwait(false), granted, token).ConfigureAwait(false);
             }
 
-            return granted;
+            using (var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Durable) } })
+            {
+                var command = new NpgsqlBatchCommand(s.Store._leaseSql);
+                batch.BatchCommands.Add(command);
+                command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids.ToArray() });
+                command.Parameters.Add(new("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers.ToArray() });
+                command.Parameters.Add(new("expires", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = expires.ToArray() });
+                command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = now });
+                command.Parameters.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(now) });
+                command.Parameters.Add(new("batch", NpgsqlDbType.Text) { Value = s.Key });
+                var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
+                await reader.NextResultAsync(token).ConfigureAwait(false);
+                await ReadGrantsAsync(reader, granted, token).ConfigureAwait(false);
+            }
+
+            s.Store.AfterLeaseBatch?.Invoke(s.Tries.Value);
+            return (granted, now);
         }, CancellationToken.None).ConfigureAwait(false);
 
+        var given = new HashSet<Guid>();
         foreach (var item in batch)
         {
             var request = item.Request;
-            if (!rows.TryGetValue(request.Id.Value, out var row))
+            if (!rows.TryGetValue(request.Id.Value, out var row) || !given.Add(request.Id.Value))
             {
                 item.TrySetResult(default);
             }
@@ -494,7 +507,28 @@ internal sealed partial class PostgresJobStore : IJobStore
                 item.TrySetResult(new LeaseResult(LeasedJob.For(lease, job), job, row.Previous, null));
             }
         }
+
+        static async Task ReadGrantsAsync(NpgsqlDataReader reader, Dictionary<Guid, (JobRecord? Job, JobState Previous, long Fence, Exception? Error)> granted, CancellationToken token)
+        {
+            await using var readerScope = reader.ConfigureAwait(false);
+            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            {
+                var id = reader.GetGuid(0);
+                try
+                {
+                    var job = JobRows.Read(reader);
+                    granted[id] = (job, (JobState)reader.GetInt16(JobRows.ColumnCount), job.FenceToken, null);
+                }
+                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
+                {
+                    granted[id] = (null, JobState.Queued, reader.GetInt64(17), e);
+                }
+            }
+        }
     }
+
+    /// <summary>Called after each try of a lease batch wrote its rows, with the try's number (1 for the first); for tests.</summary>
+    internal Action<int>? AfterLeaseBatch { get; set; }
 
     private async Task FailMalformedAsync(LeaseRequest request, long fence, Exception error)
     {
@@ -524,9 +558,12 @@ internal sealed partial class PostgresJobStore : IJobStore
             return [];
         }
 
-        var expires = _time.GetUtcNow() + duration;
-        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"WITH r AS (SELECT * FROM unnest(@ids, @fences) AS r(id, fence)), locked AS (SELECT j.id FROM {_db.Schema}.jobs j JOIN r USING (id) ORDER BY j.id FOR UPDATE OF j) UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM r JOIN locked USING (id) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id", Leases: leases, Expires: expires), static async (c, s, token) =>
+        // By job and fence: one worker may send two leases of one job (a stale attempt and the one leased since), and
+        // only the stale one is lost.
+        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"WITH r AS (SELECT * FROM unnest(@ids, @fences) AS r(id, fence)), locked AS (SELECT j.id FROM {_db.Schema}.jobs j JOIN r USING (id) ORDER BY j.id FOR UPDATE OF j) UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM r JOIN locked USING (id) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id, j.fence", Leases: leases, Duration: duration, Time: _time), static async (c, s, token) =>
         {
+            // Taken in each try: a retry after a long outage must not write an expiry that has already passed.
+            var expires = s.Time.GetUtcNow() + s.Duration;
             var ids = new Guid[s.Leases.Count];
             var fences = new long[s.Leases.Count];
             for (var i = 0; i < ids.Length; i++)
@@ -538,13 +575,13 @@ internal sealed partial class PostgresJobStore : IJobStore
             using var command = new NpgsqlCommand(s.Sql, c);
             command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
             command.Parameters.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
-            command.Parameters.Add(new("expires", NpgsqlDbType.TimestampTz) { Value = s.Expires });
-            var result = new HashSet<Guid>();
+            command.Parameters.Add(new("expires", NpgsqlDbType.TimestampTz) { Value = expires });
+            var result = new HashSet<(Guid, long)>();
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
-                result.Add(reader.GetGuid(0));
+                result.Add((reader.GetGuid(0), reader.GetInt64(1)));
             }
 
             return result;
@@ -553,7 +590,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         List<JobId>? lost = null;
         foreach (var lease in leases)
         {
-            if (!renewed.Contains(lease.JobId.Value))
+            if (!renewed.Contains((lease.JobId.Value, lease.FenceToken)))
             {
                 (lost ??= []).Add(lease.JobId);
             }
@@ -574,7 +611,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         ArgumentNullException.ThrowIfNull(lease);
         var now = _time.GetUtcNow();
-        var owner = await FencedUpdateAsync(lease, "progress_fraction = @value, progress_message = @message", progress.Fraction is { } f ? f : DBNull.Value, progress.Message, now, JobEventKind.Progress, progress.Fraction, cancellationToken).ConfigureAwait(false);
+        var owner = await FencedUpdateAsync(lease, "progress_fraction = @value, progress_message = @message", progress.Fraction is { } f ? f : DBNull.Value, JobRows.Text(progress.Message), now, JobEventKind.Progress, progress.Fraction, cancellationToken).ConfigureAwait(false);
         Publish(lease, owner, JobEventKind.Progress, now, progress, progress.Message);
     }
 
@@ -657,8 +694,8 @@ internal sealed partial class PostgresJobStore : IJobStore
                 outcomes[i] = (int)completion.Outcome;
                 nextStates[i] = (short)completion.NextState;
                 dueAts[i] = completion.DueAt?.ToUniversalTime();
-                errors[i] = completion.Error;
-                errorTypes[i] = completion.ErrorType;
+                errors[i] = JobRows.Text(completion.Error);
+                errorTypes[i] = JobRows.Text(completion.ErrorType);
                 exitCodes[i] = completion.ExitCode;
             }
 
@@ -709,7 +746,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         {
             using var command = new NpgsqlCommand(s.Store._cancelSql, c);
             command.Parameters.AddWithValue("id", s.Id.Value);
-            command.Parameters.Add(new("reason", NpgsqlDbType.Text) { Value = (object?)s.Reason ?? DBNull.Value });
+            command.Parameters.Add(new("reason", NpgsqlDbType.Text) { Value = (object?)JobRows.Text(s.Reason) ?? DBNull.Value });
             command.Parameters.AddWithValue("now", s.Now);
             command.Parameters.AddWithValue("channel", s.Store._db.CancelChannel);
             command.Parameters.AddWithValue("instance", s.Store._db.InstanceId);
@@ -722,8 +759,16 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         if (changed is null)
         {
-            // Unchanged: finished, already being cancelled, or no such job.
-            return await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            // Unchanged: finished, already being cancelled, or no such job. Already being cancelled may also be this very
+            // request, retried after its commit's reply was lost: this process's workers hear it again (stopping an
+            // attempt twice does nothing), as its listener ignores the NOTIFY this process sent.
+            var job = await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+            if (job is { State: JobState.Running, CancelRequested: true })
+            {
+                PublishCancellation(job.Id, job.Request.Tenant, job.Request.Workload, job.Attempts.Count, job.CancelReason, now);
+            }
+
+            return job;
         }
 
         if (changed.State == JobState.Running)

@@ -69,8 +69,8 @@ internal sealed class PostgresLogStore : ILogStore
             ats[i] = lines[i].Timestamp;
             streams[i] = (short)lines[i].Stream;
 
-            // PostgreSQL text cannot hold NUL; a process may still print one.
-            messages[i] = lines[i].Message.Contains('\0', StringComparison.Ordinal) ? lines[i].Message.Replace('\0', '\uFFFD') : lines[i].Message;
+            // A process may still print NUL or broken UTF-16.
+            messages[i] = JobRows.Text(lines[i].Message);
         }
 
         var (first, tenant, workload) = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages), static async (c, s, token) =>

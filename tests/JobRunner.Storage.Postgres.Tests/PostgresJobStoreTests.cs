@@ -433,6 +433,119 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Free_text_with_NUL_or_a_broken_surrogate_is_stored_with_replacement_characters_and_fails_no_other_write()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var bad = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var good = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var badLease = (await store.TryAcquireLeaseAsync(bad.Id, "w", TimeSpan.FromSeconds(30), default))!.Lease;
+        var goodLease = (await store.TryAcquireLeaseAsync(good.Id, "w", TimeSpan.FromSeconds(30), default))!.Lease;
+
+        // Built in code: xunit's theory data does not carry lone surrogates intact.
+        await store.ReportProgressAsync(badLease, new JobProgress(0.5, "half\0way"), default);
+        var outcomes = await Task.WhenAll(
+            store.CompleteAttemptAsync(badLease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "bad\0text \uD800", ErrorType = "X\uDC00" }, default).AsTask(),
+            store.CompleteAttemptAsync(goodLease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default).AsTask());
+
+        Assert.Equal([JobState.Failed, JobState.Succeeded], outcomes);
+        var failed = (await store.GetAsync(bad.Id, default))!;
+        Assert.Equal(("bad\uFFFDtext \uFFFD", "X\uFFFD"), (failed.Attempts[0].Error, failed.Attempts[0].ErrorType));
+        var cancelled = await store.RequestCancellationAsync((await store.InsertAsync(Jobs.New(_time), default)).Job.Id, "stop\0now \U0001F600", default);
+        Assert.Equal((JobState.Cancelled, "stop\uFFFDnow \U0001F600"), (cancelled.State, cancelled.LastError));
+    }
+
+    [Fact]
+    public async Task Two_requests_for_one_job_in_one_lease_batch_get_one_lease()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var other = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+
+        // The first batch waits after its write, so that both requests for the job are written together (in it, or in
+        // the next one).
+        using var release = new ManualResetEventSlim();
+        var batches = 0;
+        store.AfterLeaseBatch = _ =>
+        {
+            if (Interlocked.Increment(ref batches) == 1)
+            {
+                release.Wait(TimeSpan.FromSeconds(30));
+            }
+        };
+        var first = store.TryAcquireLeaseAsync(other.Id, "w0", TimeSpan.FromSeconds(30), default).AsTask();
+        var a = store.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default).AsTask();
+        var b = store.TryAcquireLeaseAsync(job.Id, "w2", TimeSpan.FromSeconds(30), default).AsTask();
+        release.Set();
+        await first.WaitAsync(TimeSpan.FromSeconds(30));
+        var leases = await Task.WhenAll(a, b).WaitAsync(TimeSpan.FromSeconds(30));
+
+        var granted = Assert.Single(leases, l => l is not null)!;
+        var stored = (await store.GetAsync(job.Id, default))!;
+        Assert.Equal((JobState.Running, granted.Lease.FenceToken, 1), (stored.State, stored.FenceToken, stored.Attempts.Count));
+    }
+
+    [Fact]
+    public async Task A_lease_batch_retried_after_its_commits_reply_was_lost_grants_what_the_first_try_wrote()
+    {
+        // The retry's back-off runs on the real clock.
+        var (_, store, _, _) = _database.OpenStore(TimeProvider.System);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        store.AfterLeaseBatch = attempt =>
+        {
+            if (attempt == 1)
+            {
+                throw new NpgsqlException("The connection broke after the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+
+        var leased = await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default);
+
+        Assert.NotNull(leased);
+        var stored = (await store.GetAsync(job.Id, default))!;
+        Assert.Equal((JobState.Running, leased.Lease.FenceToken, 1, "w"), (stored.State, stored.FenceToken, stored.Attempts.Count, stored.Attempts[0].WorkerId));
+    }
+
+    [Fact]
+    public async Task Renewing_a_stale_and_a_current_lease_of_one_job_reports_the_job_lost_and_renews_the_current()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var stale = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!.Lease;
+        _time.Advance(TimeSpan.FromSeconds(31));
+        await store.ReclaimExpiredLeasesAsync(default);
+        var current = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!.Lease;
+
+        Assert.Equal([job.Id], await store.RenewLeasesAsync([stale, current], TimeSpan.FromSeconds(30), default));
+
+        // Renewed: still held 50 s after it was granted, past its first expiry.
+        _time.Advance(TimeSpan.FromSeconds(50));
+        Assert.Empty(await store.RenewLeasesAsync([current], TimeSpan.FromSeconds(30), default));
+        Assert.Empty(await store.ReclaimExpiredLeasesAsync(default));
+    }
+
+    [Fact]
+    public async Task Asking_again_to_cancel_a_running_job_tells_this_hosts_workers_again()
+    {
+        // As a request retried after its commit's reply was lost does: this host's listener ignores its own NOTIFY.
+        var (_, store, _, events) = _database.OpenStore(_time);
+        using var stop = new CancellationTokenSource();
+        var heard = events.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }, stop.Token).GetAsyncEnumerator();
+        var next = heard.MoveNextAsync().AsTask(); // subscribes
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default);
+
+        await store.RequestCancellationAsync(job.Id, "stop it", default);
+        Assert.True(await next.WaitAsync(TimeSpan.FromSeconds(30)));
+        next = heard.MoveNextAsync().AsTask();
+        await store.RequestCancellationAsync(job.Id, "stop it", default);
+        Assert.True(await next.WaitAsync(TimeSpan.FromSeconds(30)));
+
+        Assert.Equal((job.Id, "stop it"), (heard.Current.JobId, heard.Current.Message));
+        await stop.CancelAsync();
+        await heard.DisposeAsync();
+    }
+
+    [Fact]
     public async Task A_job_whose_lease_keeps_expiring_is_quarantined_as_failed()
     {
         var (_, store, _, _) = _database.OpenStore(_time, o => o.MaxLeaseExpirations = 2);

@@ -44,6 +44,7 @@ internal static class JobRequestValidator
 
         CheckKey(ref errors, request.DedupeKey, nameof(JobRequest.DedupeKey));
         CheckKey(ref errors, request.ConcurrencyKey, nameof(JobRequest.ConcurrencyKey));
+        CheckText(ref errors, request.CorrelationId, nameof(JobRequest.CorrelationId));
 
         if (request.Labels is null)
         {
@@ -92,6 +93,34 @@ internal static class JobRequestValidator
         if (key is not null && (key.Length == 0 || key.Length > Names.MaxKeyLength))
         {
             Add(ref errors, $"{name} has {key.Length} characters. Use 1 to {Names.MaxKeyLength} characters, or leave it null.");
+        }
+
+        CheckText(ref errors, key, name);
+    }
+
+    /// <summary>
+    /// Keys and ids are stored and compared as text: NUL has no place in text (PostgreSQL refuses it) and an unpaired
+    /// surrogate no UTF-8 form (it would not round-trip through a durable store or a queue message).
+    /// </summary>
+    private static void CheckText(ref List<string>? errors, string? value, string name)
+    {
+        if (value is null)
+        {
+            return;
+        }
+
+        for (var i = 0; i < value.Length; i++)
+        {
+            var c = value[i];
+            if (char.IsHighSurrogate(c) && i + 1 < value.Length && char.IsLowSurrogate(value[i + 1]))
+            {
+                i++;
+            }
+            else if (c == '\0' || char.IsSurrogate(c))
+            {
+                Add(ref errors, $"{name} has {(c == '\0' ? "a NUL character" : "an unpaired surrogate")} (U+{(int)c:X4}) at index {i}. Use text without NUL and with whole surrogate pairs.");
+                return;
+            }
         }
     }
 

@@ -97,6 +97,30 @@ public sealed class JobClientTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task SubmitAsync_KeysOrCorrelationIdWithNulOrBrokenSurrogates_AreRejectedNamingTheFix()
+    {
+        // Built in code: xunit's theory data does not carry lone surrogates intact.
+        var cases = new (JobRequest Request, string Field, string Problem)[]
+        {
+            (new JobRequest("work") { DedupeKey = "a\0b" }, "DedupeKey", "a NUL character (U+0000) at index 1"),
+            (new JobRequest("work") { ConcurrencyKey = "k\uD800" }, "ConcurrencyKey", "an unpaired surrogate (U+D800) at index 1"),
+            (new JobRequest("work") { CorrelationId = "\uDC00x" }, "CorrelationId", "an unpaired surrogate (U+DC00) at index 0"),
+        };
+
+        foreach (var (request, field, problem) in cases)
+        {
+            var error = Assert.Single((await SubmitInvalidAsync(request)).Errors);
+            Assert.StartsWith(field, error, StringComparison.Ordinal);
+            Assert.Contains(problem, error, StringComparison.Ordinal);
+            Assert.Contains("Use text without NUL", error, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(0, StoredJobs);
+        var accepted = await _host.Client.SubmitAsync(new JobRequest("work") { DedupeKey = "r\u00e9sum\u00e9 \U0001F600", CorrelationId = "\U0001F600" });
+        Assert.Equal(JobState.Queued, accepted.Job.State);
+    }
+
+    [Fact]
     public async Task SubmitAsync_ValidLabelsAndTenant_AreAccepted()
     {
         var result = await _host.Client.SubmitAsync(new JobRequest("work")
