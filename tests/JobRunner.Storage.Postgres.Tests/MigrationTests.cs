@@ -140,6 +140,27 @@ public sealed class MigrationTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_schema_at_version_4_whose_index_build_beforehand_failed_gets_the_index_built_again()
+    {
+        // A schema as version 4 left it, with two ready jobs of one priority, and a concurrent build of the new index
+        // that failed (here: as a unique index, on duplicate values), leaving an INVALID index of that name behind.
+        var (_, store, _, _) = _database.OpenStore(_time);
+        await store.InsertAsync(Jobs.New(_time), default);
+        await store.InsertAsync(Jobs.New(_time), default);
+        await _database.ExecuteAsync(
+            "DROP INDEX {s}.jobs_ready_tenant; DROP INDEX {s}.jobs_scheduled; ALTER TABLE {s}.jobs DROP COLUMN due; DROP FUNCTION {s}.dequeue; " +
+            "DELETE FROM {s}.schema_migrations WHERE version > 4; CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, ready_at, id) WHERE state IN (0, 1)");
+        await _database.ExecuteAsync("ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT false");
+        await Assert.ThrowsAsync<Npgsql.PostgresException>(() => _database.ExecuteAsync("CREATE UNIQUE INDEX CONCURRENTLY jobs_ready_tenant ON {s}.jobs (priority)"));
+        Assert.False(await _database.ScalarAsync<bool>($"SELECT indisvalid FROM pg_index WHERE indexrelid = '\"{_database.Schema}\".jobs_ready_tenant'::regclass"));
+
+        await _database.Open(_time).EnsureMigratedAsync(default);
+
+        Assert.True(await _database.ScalarAsync<bool>($"SELECT indisvalid AND NOT indisunique FROM pg_index WHERE indexrelid = '\"{_database.Schema}\".jobs_ready_tenant'::regclass"));
+        Assert.Contains("(priority DESC, tenant, ready_at, id)", await _database.ScalarAsync<string>($"SELECT pg_get_indexdef('\"{_database.Schema}\".jobs_ready_tenant'::regclass)"), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_schema_one_version_newer_than_this_package_is_refused()
     {
         await _database.Open(_time).EnsureMigratedAsync(default);

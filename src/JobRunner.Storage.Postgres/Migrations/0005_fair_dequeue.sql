@@ -19,12 +19,12 @@ ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS due boolean NOT NULL DEFAULT 
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = '{schema}' AND c.relname = 'jobs_ready_tenant' AND NOT i.indisvalid) THEN
+               WHERE n.oid = '{schema}'::regnamespace AND c.relname = 'jobs_ready_tenant' AND NOT i.indisvalid) THEN
         DROP INDEX {schema}.jobs_ready_tenant;
     END IF;
 
     IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = '{schema}' AND c.relname = 'jobs_scheduled' AND NOT i.indisvalid) THEN
+               WHERE n.oid = '{schema}'::regnamespace AND c.relname = 'jobs_scheduled' AND NOT i.indisvalid) THEN
         DROP INDEX {schema}.jobs_scheduled;
     END IF;
 END
