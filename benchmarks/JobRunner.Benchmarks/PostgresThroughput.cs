@@ -305,7 +305,7 @@ internal static class PostgresThroughput
                     o.MaxBatchSize = Environment.GetEnvironmentVariable("BENCH_BATCH") is { } size ? int.Parse(size, System.Globalization.CultureInfo.InvariantCulture) : 1000;
                     o.MaxBatchesInFlight = s_inFlight;
                     o.WriteHistory = Environment.GetEnvironmentVariable("BENCH_HISTORY") != "0";
-                    if (!o.WriteHistory)
+                    if (!o.WriteHistory || Environment.GetEnvironmentVariable("BENCH_RELAY") == "0")
                     {
                         // The relay reads the history; the drain counts the worker host's own events.
                         o.EventRelayInterval = null;

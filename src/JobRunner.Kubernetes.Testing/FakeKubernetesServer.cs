@@ -35,6 +35,7 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
     private readonly Dictionary<(string Namespace, string Name), RunningJob> _running = [];
     private readonly ConcurrentDictionary<(string Namespace, string Pod), PodLog> _logs = new();
     private readonly ConcurrentQueue<FakeRequest> _requests = new();
+    private readonly List<HttpContext> _logStreams = [];
     private readonly List<Fault> _faults = [];
     private readonly TimeProvider _time;
     private readonly WebApplication _app;
@@ -136,6 +137,25 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
                 watcher.Lines.Writer.TryWrite(ErrorEvent(Expired(watcher.From)));
                 watcher.Lines.Writer.TryComplete();
             }
+        }
+    }
+
+    /// <summary>
+    /// Breaks every open log stream mid-way (the connection is reset, not ended), as an API server restart or a load
+    /// balancer's reset does; the client sees an I/O error, not the end of the stream.
+    /// </summary>
+    public void BreakLogStreams()
+    {
+        HttpContext[] open;
+        lock (_lock)
+        {
+            open = [.. _logStreams];
+            _logStreams.Clear();
+        }
+
+        foreach (var stream in open)
+        {
+            stream.Abort();
         }
     }
 
@@ -1253,6 +1273,18 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         http.Response.ContentType = "text/plain";
         await http.Response.StartAsync(http.RequestAborted).ConfigureAwait(false);
             await http.Response.Body.FlushAsync(http.RequestAborted).ConfigureAwait(false);
+        lock (_lock)
+        {
+            _logStreams.Add(http);
+        }
+
+        using var forget = http.RequestAborted.Register(() =>
+        {
+            lock (_lock)
+            {
+                _logStreams.Remove(http);
+            }
+        });
         var next = 0;
         while (true)
         {

@@ -27,4 +27,7 @@ internal static partial class Log
 
     [LoggerMessage(8, LogLevel.Debug, "Refreshing the exec credential of {Command} failed.")]
     public static partial void ExecFailed(ILogger logger, Exception exception, string command);
+
+    [LoggerMessage(9, LogLevel.Warning, "Job {JobId}: the attempt lost its lease; Kubernetes Job {Name} is left to the job's next owner, which re-attaches to it.")]
+    public static partial void LeftForNextOwner(ILogger logger, JobId jobId, string name);
 }

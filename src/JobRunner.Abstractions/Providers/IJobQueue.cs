@@ -25,7 +25,11 @@ public interface IJobQueue
     /// <returns>How many jobs were written, at least 1.</returns>
     ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken);
 
-    /// <summary>Removes taken jobs for good: their attempt ended (the store decides what happens next).</summary>
+    /// <summary>
+    /// Removes taken jobs for good: their attempt ended (the store decides what happens next). The worker acknowledges a
+    /// delivery last, once the attempt's outcome is written and the job's next delivery (a retry) is enqueued, so a
+    /// queue that fails in between loses nothing: the delivery comes back, and the store refuses to run it twice.
+    /// </summary>
     /// <param name="jobs">The jobs. The caller may reuse the list once the returned task completes: keep a copy of what is needed later.</param>
     /// <param name="cancellationToken">Cancels the write.</param>
     /// <returns>A task that completes when the jobs are removed.</returns>

@@ -53,9 +53,15 @@ internal sealed class KubernetesEngine : IExecutionEngine
                 // A graceful stop: the Job keeps running and the next owner re-attaches to it by its checkpointed name.
                 await TryLogAsync(context, $"Leaving Kubernetes Job {run.Name} running; the next owner of the job re-attaches to it.").ConfigureAwait(false);
             }
-            else
+            else if (await HoldsLeaseAsync(context, $"Stopping: deleting Kubernetes Job {run.Name}.").ConfigureAwait(false))
             {
                 await run.DeleteAsync("the attempt was cancelled").ConfigureAwait(false);
+            }
+            else
+            {
+                // The lease was lost (the job was taken back and may already run elsewhere, re-attached to this very Job
+                // by its checkpoint): deleting it would kill the new owner's run.
+                Log.LeftForNextOwner(run.Logger, context.JobId, run.Name);
             }
 
             throw;
@@ -132,6 +138,28 @@ internal sealed class KubernetesEngine : IExecutionEngine
         return registration;
     }
 
+    /// <summary>
+    /// Writes <paramref name="message"/> to the attempt's log, a fenced write: <see langword="false"/> when it is refused
+    /// because the attempt's lease is lost. Any other failure counts as held (the attempt was stopped for a reason of its
+    /// own: cancelled or timed out).
+    /// </summary>
+    private static async Task<bool> HoldsLeaseAsync(WorkloadContext context, string message)
+    {
+        try
+        {
+            await context.LogAsync(message, LogStream.System, CancellationToken.None).ConfigureAwait(false);
+            return true;
+        }
+        catch (StaleFenceTokenException)
+        {
+            return false;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return true;
+        }
+    }
+
     internal static async Task TryLogAsync(WorkloadContext context, string message)
     {
         try
@@ -194,7 +222,6 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private readonly TaskCompletionSource _containerDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile KubeJob? _job;
     private volatile KubePod? _pod;
-    private volatile bool _jobSeen;
     private volatile bool _jobGone;
     private DateTimeOffset? _pullSince;
     private DateTimeOffset? _unschedulableSince;
@@ -226,18 +253,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
 
     private TimeProvider Time => _host.Time;
 
-    public void OnJob(KubeJob? job)
+    public void OnJob(KubeJob job, bool deleted)
     {
-        if (job is null)
-        {
-            _jobGone = _jobSeen;
-        }
-        else
-        {
-            _job = job;
-            _jobSeen = true;
-        }
-
+        _job = job;
+        _jobGone |= deleted;
         Signal();
     }
 
@@ -337,8 +356,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         var job = _job;
         var pod = _pod;
         var now = Time.GetUtcNow();
-        if (_jobGone)
+        if (_jobGone && (job is null || Conditions(job) is (false, false, _)))
         {
+            // Deleted before its last state had a verdict. (A Job that finished and was deleted at once, e.g. with a TTL
+            // of 0, is judged by that last state below.)
             throw new TransientJobException($"Kubernetes Job {Name} in namespace {Namespace} was deleted by someone else before it finished.");
         }
 
@@ -571,49 +592,64 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             for (var connection = 0; connection < 4 && !stop.IsCancellationRequested; connection++)
             {
                 var skip = seenAtLast;
-                var stream = await _client.OpenLogAsync(Namespace, pod, KubeNames.ContainerName, follow: true, last, waitingRetries: 30, stop).ConfigureAwait(false);
-                await using (stream.ConfigureAwait(false))
+                var batch = new List<LogLine>(64);
+                var broke = false;
+                try
                 {
-                    using var reader = new StreamReader(stream);
-                    var batch = new List<LogLine>(64);
-                    var pending = reader.ReadLineAsync(stop).AsTask();
-                    while (await pending.ConfigureAwait(false) is { } raw)
+                    var stream = await _client.OpenLogAsync(Namespace, pod, KubeNames.ContainerName, follow: true, last, waitingRetries: 30, stop).ConfigureAwait(false);
+                    await using (stream.ConfigureAwait(false))
                     {
-                        var (time, text) = SplitTimestamp(raw);
-                        if (time is { } t && last is { } l && t <= l)
+                        using var reader = new StreamReader(stream);
+                        var pending = reader.ReadLineAsync(stop).AsTask();
+                        while (await pending.ConfigureAwait(false) is { } raw)
                         {
-                            // A reconnect starts at the last second seen: skip what was already stored.
-                            if (t < l || skip-- > 0)
+                            var (time, text) = SplitTimestamp(raw);
+                            if (time is { } t && last is { } l && t <= l)
                             {
-                                pending = reader.ReadLineAsync(stop).AsTask();
-                                continue;
+                                // A reconnect starts at the last second seen: skip what was already stored.
+                                if (t < l || skip-- > 0)
+                                {
+                                    pending = reader.ReadLineAsync(stop).AsTask();
+                                    continue;
+                                }
+                            }
+
+                            if (time is { } stamp)
+                            {
+                                seenAtLast = last == stamp ? seenAtLast + 1 : 1;
+                                last = stamp;
+                            }
+
+                            batch.Add(new LogLine(time ?? Time.GetUtcNow(), LogStream.Output, text));
+                            pending = reader.ReadLineAsync(stop).AsTask();
+
+                            // Hand over whatever has arrived, a batch at a time.
+                            if (!pending.IsCompleted || batch.Count >= 256)
+                            {
+                                await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                                batch = new List<LogLine>(64);
                             }
                         }
-
-                        if (time is { } stamp)
-                        {
-                            seenAtLast = last == stamp ? seenAtLast + 1 : 1;
-                            last = stamp;
-                        }
-
-                        batch.Add(new LogLine(time ?? Time.GetUtcNow(), LogStream.Output, text));
-                        pending = reader.ReadLineAsync(stop).AsTask();
-
-                        // Hand over whatever has arrived, a batch at a time.
-                        if (!pending.IsCompleted || batch.Count >= 256)
-                        {
-                            await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
-                            batch = new List<LogLine>(64);
-                        }
-                    }
-
-                    if (batch.Count > 0)
-                    {
-                        await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
                     }
                 }
+                catch (Exception e) when (e is IOException or HttpRequestException && !stop.IsCancellationRequested && connection < 3)
+                {
+                    // The connection was reset mid-stream (an API server restart, a proxy): reconnect from the last line.
+                    Log.LogStreamFailed(Logger, e, Context.JobId, pod);
+                    broke = true;
+                }
 
-                // The stream ends when the container exits; otherwise the connection broke: reconnect from the last line.
+                if (batch.Count > 0)
+                {
+                    await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                }
+
+                if (broke)
+                {
+                    continue;
+                }
+
+                // The stream ends when the container exits; otherwise the connection was closed: reconnect from the last line.
                 try
                 {
                     await _containerDone.Task.WaitAsync(TimeSpan.FromSeconds(5), Time, stop).ConfigureAwait(false);

@@ -7,7 +7,8 @@ namespace JobRunner.Kubernetes.Engine;
 /// <summary>What a running attempt hears from the shared watch. Called under the watch's lock: store and signal, nothing more.</summary>
 internal interface IWatchTarget
 {
-    void OnJob(KubeJob? job);
+    /// <summary>The Job's latest state; for a deletion, its last (a Job deleted right after it finished still says so).</summary>
+    void OnJob(KubeJob job, bool deleted);
 
     void OnPod(KubePod pod, bool deleted);
 }
@@ -29,8 +30,10 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     private readonly Dictionary<string, KubePod> _pods = new(StringComparer.Ordinal);
     private readonly Dictionary<string, IWatchTarget> _targets = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stop = new();
-    private readonly TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Completed once each kind has listed; a list refused for good (401, 403, 404) fails the current one, and a fresh one
+    // waits for the next try, so that attempts fail with the API's message instead of waiting forever.
+    private TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Task? _loops;
     private int _relists;
     private int _reconnects;
@@ -59,7 +62,15 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                 Task.Run(() => RunAsync(isJobs: false, _stop.Token), CancellationToken.None));
         }
 
-        return Task.WhenAll(_jobsSynced.Task, _podsSynced.Task).WaitAsync(cancellationToken);
+        return BothAsync(Volatile.Read(ref _jobsSynced).Task, Volatile.Read(ref _podsSynced).Task).WaitAsync(cancellationToken);
+
+        // Fails as soon as either fails (Task.WhenAll would wait for the other).
+        static async Task BothAsync(Task a, Task b)
+        {
+            var first = await Task.WhenAny(a, b).ConfigureAwait(false);
+            await first.ConfigureAwait(false);
+            await (first == a ? b : a).ConfigureAwait(false);
+        }
     }
 
     /// <summary>Routes the events of Job <paramref name="jobName"/> and its pods to <paramref name="target"/>, starting with what is known now.</summary>
@@ -70,7 +81,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             _targets[jobName] = target;
             if (_jobs.TryGetValue(jobName, out var job))
             {
-                target.OnJob(job);
+                target.OnJob(job, deleted: false);
             }
 
             foreach (var pod in _pods.Values)
@@ -130,6 +141,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                     resourceVersion = isJobs ? await ListJobsAsync(stop).ConfigureAwait(false) : await ListPodsAsync(stop).ConfigureAwait(false);
                     listed = true;
                     (isJobs ? _jobsSynced : _podsSynced).TrySetResult();
+                    failures = 0;
                 }
 
                 await foreach (var e in _client.WatchAsync(path, KubeNames.ManagedSelector, resourceVersion, stop).ConfigureAwait(false))
@@ -155,6 +167,15 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             catch (Exception e)
 #pragma warning restore CA1031
             {
+                if (!listed && e is KubernetesApiException { IsTransient: false } refused)
+                {
+                    // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials):
+                    // the attempts waiting for the watch fail with the API's message; the watch keeps trying.
+                    ref var synced = ref isJobs ? ref _jobsSynced : ref _podsSynced;
+                    var waiting = Interlocked.Exchange(ref synced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+                    waiting.TrySetException(refused);
+                }
+
                 failures++;
                 var delay = TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(failures, 8)), 10_000));
                 Log.WatchFailed(_logger, e, kind, _namespace, delay);
@@ -210,7 +231,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
 
         if (_targets.TryGetValue(name, out var target))
         {
-            target.OnJob(deleted ? null : job);
+            target.OnJob(job, deleted);
         }
     }
 

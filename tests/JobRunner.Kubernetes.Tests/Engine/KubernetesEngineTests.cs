@@ -208,6 +208,79 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_StoppedAfterItsLeaseWasLost_LeavesTheJobToTheNextOwner_WhichReattaches()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] };
+        var jobId = JobId.New(TimeProvider.System);
+
+        // Attempt 1's worker could not renew its lease: the job was taken back and attempt 2 re-attached elsewhere.
+        var stale = new TestContext(jobId, attempt: 1);
+        using var stop = new CancellationTokenSource();
+        var staleRun = test.Engine().ExecuteAsync(stale, stop.Token).AsTask();
+        await stale.WaitForLineAsync(": running");
+        var next = new TestContext(jobId, attempt: 2, checkpoint: stale.SavedCheckpoint);
+        var nextRun = test.Engine().ExecuteAsync(next, CancellationToken.None).AsTask();
+        await next.WaitForLineAsync("Re-attached");
+
+        // Then the first worker hears that its lease is lost, and stops its attempt.
+        stale.LoseLease();
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => staleRun.WaitAsync(K8sTest.Limit));
+
+        Assert.DoesNotContain(test.Server.Requests, r => r.Method == "DELETE");
+        release.SetResult();
+        await nextRun.WaitAsync(K8sTest.Limit);
+        Assert.Equal(0, next.ExitCode);
+        Assert.Equal(1, test.Posts);
+    }
+
+    [Fact]
+    public async Task Execute_ListOfPodsForbidden_FailsTheAttemptWithTheApiError_AndALaterAttemptRunsOnceAllowed()
+    {
+        await using var test = await K8sTest.StartAsync();
+
+        // The identity may not list pods (a missing RBAC rule), for the first try only.
+        test.Server.InjectFault(403, count: 1, match: static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch);
+        var refused = await Assert.ThrowsAsync<KubernetesApiException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(403, refused.StatusCode);
+        Assert.Equal(0, test.Posts);
+
+        // The watch kept trying; with the permission in place the next attempt runs.
+        var context = new TestContext();
+        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
+    public async Task Execute_JobDeletedAsSoonAsItFinished_IsJudgedByItsLastState()
+    {
+        // TtlAfterFinished = 0: the TTL controller deletes each Job (and its pod) the moment it finishes, so the watch
+        // brings the Job's last state and its deletion back to back.
+        await using var test = await K8sTest.StartAsync();
+        for (var i = 0; i < 3; i++)
+        {
+            var fails = i == 1;
+            test.Server.PodBehavior = _ => fails ? FakePodScript.Exit(3, "boom") : FakePodScript.Succeed("done");
+            var context = new TestContext();
+            var run = test.Engine(configure: static o => o.TtlAfterFinished = TimeSpan.Zero).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+            if (fails)
+            {
+                var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+                Assert.Equal(3, error.ExitCode);
+            }
+            else
+            {
+                await run.WaitAsync(K8sTest.Limit);
+                Assert.Equal(0, context.ExitCode);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Execute_SecondSubmitOfTheSameAttempt_AdoptsTheJobOn409()
     {
         await using var test = await K8sTest.StartAsync();
@@ -305,6 +378,26 @@ public sealed class KubernetesEngineTests
 
         Assert.Equal(["first", "second"], context.Output);
         Assert.Equal(1, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Execute_LogStreamResetMidRun_ReconnectsFromTheLastLine_NothingLostOrRepeated()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["first"] };
+        var context = new TestContext();
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("first", LogStream.Output);
+        test.Server.BreakLogStreams();
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "second");
+        await context.WaitForLineAsync("second", LogStream.Output);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(["first", "second"], context.Output);
+        Assert.Equal(2, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
     }
 
     [Fact]

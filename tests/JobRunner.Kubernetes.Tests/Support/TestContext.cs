@@ -45,6 +45,19 @@ public sealed class TestContext : WorkloadContext
 
     public void RequestCheckpoint() => _checkpointRequested.Cancel();
 
+    /// <summary>From now on every write is refused as a worker's attempt refuses them once its lease was lost.</summary>
+    public void LoseLease() => _leaseLost = true;
+
+    private volatile bool _leaseLost;
+
+    private void ThrowIfLeaseLost()
+    {
+        if (_leaseLost)
+        {
+            throw new StaleFenceTokenException(JobId, FenceToken, FenceToken + 1, "the lease was lost");
+        }
+    }
+
     /// <summary>Completes when a line containing <paramref name="text"/> has been logged.</summary>
     public Task WaitForLineAsync(string text, LogStream? stream = null)
     {
@@ -65,6 +78,7 @@ public sealed class TestContext : WorkloadContext
 
     public override ValueTask SaveCheckpointAsync(ReadOnlyMemory<byte> checkpoint, CancellationToken cancellationToken = default)
     {
+        ThrowIfLeaseLost();
         SavedCheckpoint = checkpoint.ToArray();
         return ValueTask.CompletedTask;
     }
@@ -73,6 +87,7 @@ public sealed class TestContext : WorkloadContext
 
     public override ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
     {
+        ThrowIfLeaseLost();
         lock (_waiters)
         {
             foreach (var line in lines)
