@@ -134,7 +134,7 @@ internal sealed class SqsQueueOptionsValidator : IValidateOptions<SqsQueueOption
             errors.Add($"SqsQueueOptions.WaitTime is {options.WaitTime}. Set it from 0 to 20 seconds (SQS's long-poll limit).");
         }
 
-        if (options.MaxReceiveCount is < 1 or > 1000)
+        if (options.MaxReceiveCount is { } maxReceives && maxReceives is < 1 or > 1000)
         {
             errors.Add($"SqsQueueOptions.MaxReceiveCount is {options.MaxReceiveCount}. Set it from 1 to 1000.");
         }

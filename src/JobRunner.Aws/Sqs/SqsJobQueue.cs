@@ -447,7 +447,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             var rest = due - now;
             if (_options.Fifo)
             {
-                await ChangeVisibilityAsync(band, [handle], rest < MaxVisibility ? rest : MaxVisibility, ct).ConfigureAwait(false);
+                await ChangeVisibilityAsync(band, [handle], FifoHold(rest, receivedAt, now), ct).ConfigureAwait(false);
             }
             else
             {
@@ -460,6 +460,17 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
 
         return job with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer) };
+    }
+
+    /// <summary>
+    /// How long a FIFO message that is not due yet stays invisible: the rest of its wait, at most what SQS allows. SQS
+    /// counts a message's 12 hours of visibility from its receive, and refuses (per entry, with HTTP 200) a change that
+    /// reaches past them, which would leave the message to come back every visibility timeout; a minute is kept spare.
+    /// </summary>
+    internal static TimeSpan FifoHold(TimeSpan rest, DateTimeOffset receivedAt, DateTimeOffset now)
+    {
+        var allowed = MaxVisibility - (now - receivedAt) - TimeSpan.FromMinutes(1);
+        return rest < allowed ? rest : allowed > TimeSpan.Zero ? allowed : TimeSpan.Zero;
     }
 
     private async Task DeadLetterAsync(Band band, string handle, string body, string? messageId, string problem, CancellationToken cancellationToken)
@@ -697,9 +708,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                     w.WriteString("FifoQueue", "true");
                 }
 
-                if (s.redriveTo is not null)
+                if (s.redriveTo is not null && s.MaxReceiveCount is { } maxReceives)
                 {
-                    w.WriteString("RedrivePolicy", "{\"deadLetterTargetArn\":\"" + s.redriveTo + "\",\"maxReceiveCount\":" + s.MaxReceiveCount.ToString(CultureInfo.InvariantCulture) + "}");
+                    w.WriteString("RedrivePolicy", "{\"deadLetterTargetArn\":\"" + s.redriveTo + "\",\"maxReceiveCount\":" + maxReceives.ToString(CultureInfo.InvariantCulture) + "}");
                 }
 
                 w.WriteEndObject();

@@ -43,15 +43,21 @@ public sealed class SqsQueueOptions
 
     /// <summary>
     /// Gets or sets the dead-letter queue's name: poison messages (that cannot be read) are moved there, and, for queues
-    /// created by JobRunner, SQS redrives a message there after <see cref="MaxReceiveCount"/> receives. <see langword="null"/>
-    /// deletes poison messages after logging them.
+    /// created by JobRunner with <see cref="MaxReceiveCount"/> set, SQS redrives a message there after that many receives.
+    /// <see langword="null"/> deletes poison messages after logging them.
     /// </summary>
     /// <value>The default value is <see langword="null"/>.</value>
     public string? DeadLetterQueueName { get; set; }
 
-    /// <summary>Gets or sets how many receives a message may have before SQS moves it to the dead-letter queue (queues JobRunner creates).</summary>
-    /// <value>The default value is 10.</value>
-    public int MaxReceiveCount { get; set; } = 10;
+    /// <summary>
+    /// Gets or sets how many receives a message may have before SQS moves it to the dead-letter queue (a redrive policy on
+    /// the queues JobRunner creates). Leave it unset: the job store decides retries and quarantines a job that keeps
+    /// killing its worker, and the queue moves unreadable messages itself. SQS counts every receive, also of a job handed
+    /// back (its affinity keeps it off a worker, a worker shuts down) or waiting out a long FIFO delay, so a redrive policy
+    /// can move a healthy job's only message away while the store still has the job Queued, and the job never runs.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: no redrive policy.</value>
+    public int? MaxReceiveCount { get; set; }
 
     /// <summary>Gets or sets how long one ReceiveMessage call waits for messages (long polling), up to 20 seconds.</summary>
     /// <value>The default value is 20 seconds.</value>

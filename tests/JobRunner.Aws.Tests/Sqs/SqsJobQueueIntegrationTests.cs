@@ -179,6 +179,28 @@ public sealed class SqsJobQueueIntegrationTests
 
     [Theory]
     [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
+    public async Task CreatedQueue_WithADeadLetterQueueButNoMaxReceiveCount_HasNoRedrivePolicy(string emulator)
+    {
+        // SQS counts every receive (a job handed back, a long FIFO delay): a redrive would move healthy jobs away.
+        var options = QueueOptions(emulator);
+        options.DeadLetterQueueName = options.QueueName + "-dlq";
+        await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
+        using var raw = RawClient(emulator);
+
+        await queue.StartAsync(Guard());
+
+        using var attributes = await raw.SendAsync("GetQueueAttributes", queue.QueueUrls[0]!, static (w, u) =>
+        {
+            w.WriteString("QueueUrl", u);
+            w.WriteStartArray("AttributeNames");
+            w.WriteStringValue("All");
+            w.WriteEndArray();
+        }, CancellationToken.None);
+        Assert.False(attributes.RootElement.TryGetProperty("Attributes", out var all) && all.TryGetProperty("RedrivePolicy", out _));
+    }
+
+    [Theory]
+    [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
     public async Task CreatedQueue_RedrivesToTheDeadLetterQueue(string emulator)
     {
         var options = QueueOptions(emulator);

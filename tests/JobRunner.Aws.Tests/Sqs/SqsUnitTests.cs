@@ -178,13 +178,24 @@ public sealed class SqsUnitTests
         Assert.False(options.Fifo);
         Assert.False(options.CreateQueues);
         Assert.Null(options.DeadLetterQueueName);
-        Assert.Equal(10, options.MaxReceiveCount);
+        Assert.Null(options.MaxReceiveCount);
         Assert.Equal(TimeSpan.FromSeconds(20), options.WaitTime);
         Assert.Equal(3, options.MaxRetries);
         Assert.Null(options.LargePayloadBucket);
         Assert.Equal(256_000, options.LargePayloadThreshold);
         Assert.Null(options.ServiceUrl);
         Assert.Null(options.Credentials);
+    }
+
+    [Fact]
+    public void FifoHold_NeverReachesPastTwelveHoursFromTheReceive()
+    {
+        var received = new DateTimeOffset(2026, 11, 22, 10, 0, 0, TimeSpan.Zero);
+
+        // A job due in a day, looked at 3 s after its receive: held for what is left of SQS's 12 hours, less a minute.
+        Assert.Equal(TimeSpan.FromHours(12) - TimeSpan.FromSeconds(3) - TimeSpan.FromMinutes(1), SqsJobQueue.FifoHold(TimeSpan.FromDays(1), received, received.AddSeconds(3)));
+        Assert.Equal(TimeSpan.FromHours(2), SqsJobQueue.FifoHold(TimeSpan.FromHours(2), received, received.AddSeconds(3)));
+        Assert.Equal(TimeSpan.Zero, SqsJobQueue.FifoHold(TimeSpan.FromDays(1), received, received.AddHours(12)));
     }
 
     [Fact]
