@@ -71,7 +71,7 @@ internal sealed class S3Bucket : IDisposable
     public Task PutAsync(string key, ReadOnlyMemory<byte> body, CancellationToken cancellationToken)
         => Call(() => _s3.PutObjectAsync(new PutObjectRequest { BucketName = Name, Key = key, InputStream = new MemoryStream(body.ToArray(), writable: false), AutoCloseStream = true }, cancellationToken), "PutObject");
 
-    /// <summary>Reads an object; <see langword="null"/> when it does not exist.</summary>
+    /// <summary>Reads an object; <see langword="null"/> when it does not exist. A missing bucket is an error, not a missing object.</summary>
     public async Task<byte[]?> GetAsync(string key, CancellationToken cancellationToken)
     {
         try
@@ -81,7 +81,7 @@ internal sealed class S3Bucket : IDisposable
             await response.ResponseStream.CopyToAsync(copy, cancellationToken).ConfigureAwait(false);
             return copy.ToArray();
         }
-        catch (AmazonS3Exception e) when (e.StatusCode == HttpStatusCode.NotFound)
+        catch (AmazonS3Exception e) when (e.StatusCode == HttpStatusCode.NotFound && e.ErrorCode != "NoSuchBucket")
         {
             return null;
         }

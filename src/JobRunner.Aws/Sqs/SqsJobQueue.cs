@@ -32,6 +32,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly ILogger _logger;
     private readonly S3Bucket? _payloads;
     private readonly Band[] _bands;
+    // The newest delivery of each message with its body in S3, by the body's key (see ForgetPayload).
+    private readonly Dictionary<string, SqsReceipt> _payloadReceipts = new(StringComparer.Ordinal);
     private readonly Lock _lock = new();
     private readonly List<QueuedJob> _overflow = [];
     private readonly CancellationTokenSource _disposed = new();
@@ -182,7 +184,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 ForgetOverflow(job);
                 deletes.Add(_bands[receipt.Band].Deletes.AddAsync(receipt.Handle));
-                if (receipt.PayloadKey is { } key && _payloads is not null)
+                if (receipt.PayloadKey is { } key && _payloads is not null && ForgetPayload(receipt))
                 {
                     deletes.Add(_payloads.DeleteAsync(key, cancellationToken));
                 }
@@ -195,6 +197,18 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(jobs);
+        lock (_lock)
+        {
+            foreach (var job in jobs)
+            {
+                // Given back: whoever receives the message next (here or elsewhere) holds the body.
+                if (job?.Receipt is SqsReceipt { PayloadKey: { } key } receipt && _payloadReceipts.TryGetValue(key, out var newest) && ReferenceEquals(newest, receipt))
+                {
+                    _payloadReceipts.Remove(key);
+                }
+            }
+        }
+
         return ChangeVisibilityAsync(jobs, TimeSpan.Zero, cancellationToken);
     }
 
@@ -459,7 +473,36 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             return null;
         }
 
-        return job with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer) };
+        var receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer);
+        if (pointer is not null)
+        {
+            lock (_lock)
+            {
+                _payloadReceipts[pointer] = receipt;
+            }
+        }
+
+        return job with { Receipt = receipt };
+    }
+
+    /// <summary>
+    /// Whether acknowledging <paramref name="receipt"/> may delete its S3 body: only for the newest delivery of the message
+    /// this process received. An older one (the worker keeps the newer delivery of a job delivered twice, and acknowledges
+    /// the older) shares the body with the message still in flight; SQS accepts a delete with its stale handle and deletes
+    /// nothing, so the body must stay.
+    /// </summary>
+    private bool ForgetPayload(SqsReceipt receipt)
+    {
+        lock (_lock)
+        {
+            if (_payloadReceipts.TryGetValue(receipt.PayloadKey!, out var newest) && !ReferenceEquals(newest, receipt))
+            {
+                return false;
+            }
+
+            _payloadReceipts.Remove(receipt.PayloadKey!);
+            return true;
+        }
     }
 
     /// <summary>

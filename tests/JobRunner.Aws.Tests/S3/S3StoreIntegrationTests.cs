@@ -9,6 +9,22 @@ public sealed class S3StoreIntegrationTests
     private static readonly DateTimeOffset T0 = new(2026, 11, 1, 12, 0, 0, TimeSpan.Zero);
 
     [Fact]
+    public async Task Bucket_ReadFromAMissingBucket_IsAnErrorNamingTheFix_NotAMissingObject()
+    {
+        // A queue would otherwise take a large message whose body it cannot read for poison, and move it away.
+        var options = S3Options();
+        options.Bucket = "jobrunner-missing-" + Guid.NewGuid().ToString("N")[..12];
+        using var missing = AwsSetup.CreateBucket(options);
+        using var present = await CreateBucketAsync();
+
+        var error = await Assert.ThrowsAsync<AwsServiceException>(() => missing.GetAsync("payloads/x", CancellationToken.None));
+
+        Assert.Equal("NoSuchBucket", error.Code);
+        Assert.Contains("Create the bucket", error.Message, StringComparison.Ordinal);
+        Assert.Null(await present.GetAsync("payloads/x", CancellationToken.None));
+    }
+
+    [Fact]
     public async Task LogStore_AppendsAcrossAttempts_AndReadsPageByPage()
     {
         using var bucket = await CreateBucketAsync("jr/");

@@ -322,4 +322,29 @@ public sealed class SqsJobQueueIntegrationTests
         Assert.Equal(job.Tenant, buffer[0].Tenant);
         Assert.Empty(await bucket.ListAsync("payloads/", null, Guard()));
     }
+
+    [Fact]
+    public async Task LargePayload_AcknowledgingAnOlderDeliveryOfTheMessage_KeepsTheBodyTheNewerNeeds()
+    {
+        using var bucket = await CreateBucketAsync();
+        var options = QueueOptions(Fauxqs);
+        options.LargePayloadBucket = bucket.Name;
+        options.LargePayloadThreshold = 1;
+        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
+        await queue.EnqueueAsync(Job(), Guard());
+
+        // Delivered twice (here: given back and received again); the worker keeps the newer delivery and acknowledges
+        // the older one, whose receipt handle SQS no longer honours.
+        var older = new QueuedJob[1];
+        await queue.DequeueAsync(older, Visibility, Guard());
+        await queue.ReturnAsync([older[0]], Guard());
+        var newer = new QueuedJob[1];
+        await queue.DequeueAsync(newer, Visibility, Guard());
+        await queue.AcknowledgeAsync([older[0]], Guard());
+
+        Assert.Single(await bucket.ListAsync("payloads/", null, Guard()));
+        await queue.AcknowledgeAsync([newer[0]], Guard());
+        Assert.Empty(await bucket.ListAsync("payloads/", null, Guard()));
+    }
 }
