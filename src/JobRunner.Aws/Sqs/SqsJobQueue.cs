@@ -605,7 +605,42 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Sends the entries, and sends again (up to four more times, after 0.2, 0.4, 0.8 and 1.6 s) those SQS failed for a
+    /// reason of its own (per entry, with HTTP 200): a submitted job whose enqueue fails stays Queued in the store with no
+    /// message. A resent entry keeps its deduplication id.
+    /// </summary>
     private async Task<Exception?[]> SendBatchAsync(Band band, SendEntry[] entries)
+    {
+        var results = await SendOnceAsync(band, entries).ConfigureAwait(false);
+        for (var retry = 0; retry < 4; retry++)
+        {
+            var again = new List<int>();
+            for (var i = 0; i < results.Length; i++)
+            {
+                if (results[i] is JobRunnerException { IsTransient: true })
+                {
+                    again.Add(i);
+                }
+            }
+
+            if (again.Count == 0)
+            {
+                break;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(200 << retry), _time).ConfigureAwait(false);
+            var resent = await SendOnceAsync(band, [.. again.Select(i => entries[i])]).ConfigureAwait(false);
+            for (var j = 0; j < again.Count; j++)
+            {
+                results[again[j]] = resent[j];
+            }
+        }
+
+        return results;
+    }
+
+    private async Task<Exception?[]> SendOnceAsync(Band band, SendEntry[] entries)
     {
         using var response = await _client.SendAsync(
             "SendMessageBatch",

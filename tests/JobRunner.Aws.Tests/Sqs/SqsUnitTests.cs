@@ -86,6 +86,28 @@ public sealed class SqsUnitTests
     }
 
     [Fact]
+    public async Task Enqueue_EntryFailedBySqs_IsSentAgain_AndANoFaultOfTheSendersIsNotGivenUpAfterOneTry()
+    {
+        // SendMessageBatch answers 200 with a failed entry (SQS's own fault), then takes it.
+        var handler = new ScriptedHandler(
+            _ => new HttpResponseMessage(HttpStatusCode.OK) { Content = new StringContent("{\"QueueUrl\":\"http://127.0.0.1:9/1/jobrunner\"}") },
+            _ => new HttpResponseMessage(HttpStatusCode.OK) { Content = new StringContent("{\"Successful\":[],\"Failed\":[{\"Id\":\"0\",\"Code\":\"InternalError\",\"SenderFault\":false,\"Message\":\"try again\"}]}") },
+            _ => new HttpResponseMessage(HttpStatusCode.OK) { Content = new StringContent("{\"Successful\":[{\"Id\":\"0\",\"MessageId\":\"m\"}],\"Failed\":[]}") });
+        await using var queue = AwsSetup.CreateQueue(
+            new SqsQueueOptions { Region = "us-east-1", ServiceUrl = new Uri("http://127.0.0.1:9/"), Credentials = new BasicAWSCredentials("AKID", "secret") },
+            TimeProvider.System,
+            transport: handler);
+        var job = new QueuedJob { Id = JobId.New(TimeProvider.System), Priority = 5, Tenant = "t", Workload = "w", EnqueuedAt = TimeProvider.System.GetUtcNow() };
+
+        await queue.EnqueueAsync(job, CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(["AmazonSQS.GetQueueUrl", "AmazonSQS.SendMessageBatch", "AmazonSQS.SendMessageBatch"], handler.Requests.Select(r => r.Target));
+        Assert.Equal(
+            System.Text.Json.JsonDocument.Parse(handler.Requests[1].Body).RootElement.GetProperty("Entries")[0].GetProperty("MessageBody").GetString(),
+            System.Text.Json.JsonDocument.Parse(handler.Requests[2].Body).RootElement.GetProperty("Entries")[0].GetProperty("MessageBody").GetString());
+    }
+
+    [Fact]
     public async Task Client_ServerErrorsPastTheRetries_SurfaceAsTransient()
     {
         var handler = new ScriptedHandler(_ => Error(HttpStatusCode.InternalServerError, "InternalError", "boom"));
