@@ -109,19 +109,47 @@ internal sealed class KubernetesApiClient
     }
 
     /// <summary>
-    /// One watch connection from <paramref name="resourceVersion"/>, with bookmarks. Ends when the server closes it;
-    /// an ERROR event throws (410 <c>Expired</c>/<c>Gone</c> means: relist).
+    /// One watch connection from <paramref name="resourceVersion"/>, with bookmarks. Ends when the server closes it
+    /// (asked to after 5 to 10 minutes, as client-go does), or when nothing at all arrived for that long and a minute more:
+    /// a connection whose peer vanished without a reset (a node or load balancer gone) would otherwise wait forever. An
+    /// ERROR event throws (410 <c>Expired</c>/<c>Gone</c> means: relist).
     /// </summary>
     public async IAsyncEnumerable<RawWatchEvent> WatchAsync(string collectionPath, string? labelSelector, string? resourceVersion, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        var path = collectionPath + Query(("allowWatchBookmarks", "true"), ("labelSelector", labelSelector), ("resourceVersion", resourceVersion), ("watch", "true"));
+        var timeout = TimeSpan.FromSeconds(300 + Random.Shared.Next(300));
+        var path = collectionPath + Query(
+            ("allowWatchBookmarks", "true"),
+            ("labelSelector", labelSelector),
+            ("resourceVersion", resourceVersion),
+            ("timeoutSeconds", ((int)timeout.TotalSeconds).ToString(CultureInfo.InvariantCulture)),
+            ("watch", "true"));
         using var response = await SendRawAsync(HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, $"watch {collectionPath}", cancellationToken).ConfigureAwait(false);
         var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
         {
             using var reader = new StreamReader(stream, Encoding.UTF8);
-            while (await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false) is { } line)
+            using var idle = new CancellationTokenSource(timeout + IdleMargin, _time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, idle.Token);
+            while (true)
             {
+                string? line;
+                try
+                {
+                    line = await reader.ReadLineAsync(linked.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (idle.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                {
+                    // Silent past the server's own timeout: the connection is dead. The caller reconnects from the last
+                    // version, as after a close.
+                    yield break;
+                }
+
+                if (line is null)
+                {
+                    break;
+                }
+
+                idle.CancelAfter(timeout + IdleMargin);
                 if (line.Length == 0)
                 {
                     continue;
@@ -138,6 +166,9 @@ internal sealed class KubernetesApiClient
             }
         }
     }
+
+    /// <summary>How long past the watch's own timeout a silent connection is given before it counts as dead.</summary>
+    internal static readonly TimeSpan IdleMargin = TimeSpan.FromMinutes(1);
 
     internal static bool IsWaitingToStart(string message)
         => message.Contains("waiting to start", StringComparison.Ordinal) || message.Contains("ContainerCreating", StringComparison.Ordinal);

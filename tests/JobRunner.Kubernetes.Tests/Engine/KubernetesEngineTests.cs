@@ -442,6 +442,37 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_WatchSilentPastItsTimeout_IsOpenedAgain_AndTheAttemptFinishes()
+    {
+        // The server does not close the watch (as a connection whose peer vanished without a reset): after the watch's
+        // timeout (at most 10 minutes) and a minute more of silence, the client gives up on it and opens another.
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        var time = new JobRunner.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var host = test.Host(time);
+        var context = new TestContext(time: time);
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync(": running");
+        var watches = test.Server.CountRequests(static r => r.IsWatch);
+        Assert.All(test.Server.Requests.Where(static r => r.IsWatch), static r => Assert.Matches("timeoutSeconds=(3[0-9][0-9]|[45][0-9][0-9])(&|$)", r.Query));
+
+        time.Advance(TimeSpan.FromMinutes(11) + Kubernetes.Client.KubernetesApiClient.IdleMargin);
+        var (_, watch) = await host.ConnectAsync(CancellationToken.None);
+        // Both watches (Jobs and pods) are opened again.
+        for (var i = 0; test.Server.CountRequests(static r => r.IsWatch) < watches + 2; i++)
+        {
+            Assert.True(i < 3000, "The silent watches were not opened again.");
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+        Assert.True(watch.Reconnects >= 2);
+        Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
     public async Task Execute_InvalidSpec_FailsBeforeAnyApiCall()
     {
         await using var test = await K8sTest.StartAsync();
