@@ -223,8 +223,26 @@ internal sealed class KubernetesConnection
             {
                 var token = await source.GetTokenAsync(time, logger, cancellationToken).ConfigureAwait(false);
                 request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+                var response = await base.SendAsync(request, cancellationToken).ConfigureAwait(false);
+                if (response.StatusCode != System.Net.HttpStatusCode.Unauthorized || !source.Invalidate(token))
+                {
+                    return response;
+                }
+
+                // Refused (revoked, or expired before the time the plugin gave, or the plugin gave none): as client-go
+                // does, get a fresh token and try once more. The bodies sent here are buffered, so they can be sent again.
+                var fresh = await source.GetTokenAsync(time, logger, cancellationToken).ConfigureAwait(false);
+                if (fresh == token)
+                {
+                    return response;
+                }
+
+                response.Dispose();
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", fresh);
+                return await base.SendAsync(request, cancellationToken).ConfigureAwait(false);
             }
-            else if (connection.Basic is { } basic)
+
+            if (connection.Basic is { } basic)
             {
                 request.Headers.Authorization = new AuthenticationHeaderValue("Basic", Convert.ToBase64String(Encoding.UTF8.GetBytes($"{basic.User}:{basic.Password}")));
             }
@@ -238,11 +256,17 @@ internal sealed class KubernetesConnection
 internal interface ITokenSource
 {
     ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken);
+
+    /// <summary>Forgets <paramref name="token"/>, which the server refused (401), if it is the one kept.</summary>
+    /// <returns>Whether the next <see cref="GetTokenAsync"/> gets another one (a static token cannot).</returns>
+    bool Invalidate(string token);
 }
 
 internal sealed class StaticToken(string token) : ITokenSource
 {
     public ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken) => ValueTask.FromResult(token);
+
+    public bool Invalidate(string token) => false;
 }
 
 /// <summary>A token read from a file and read again every <paramref name="refresh"/> (service-account tokens are rotated on disk).</summary>
@@ -266,6 +290,13 @@ internal sealed class FileToken(string path, TimeSpan refresh) : ITokenSource
         _readAt = now;
         return token;
     }
+
+    public bool Invalidate(string token)
+    {
+        // Read the file again: the kubelet may have rotated it since.
+        Interlocked.CompareExchange(ref _token, null, token);
+        return true;
+    }
 }
 
 /// <summary>
@@ -280,6 +311,13 @@ internal sealed class ExecToken : ITokenSource
     private readonly SemaphoreSlim _gate = new(1, 1);
     private string? _token;
     private DateTimeOffset? _expires;
+
+    public bool Invalidate(string token)
+    {
+        // The next request runs the plugin again (client-go does the same on a 401).
+        Interlocked.CompareExchange(ref _token, null, token);
+        return true;
+    }
 
     public required string Command { get; init; }
 
@@ -318,6 +356,7 @@ internal sealed class ExecToken : ITokenSource
             }
 
             var credential = await RunAsync(cancellationToken).ConfigureAwait(false);
+
             _token = credential.Status?.Token ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} returned no status.token.");
             _expires = credential.Status.ExpirationTimestamp;
             return _token;

@@ -177,6 +177,50 @@ public sealed class ConnectionTests : IDisposable
     }
 
     [Fact]
+    public async Task Kubeconfig_ExecPluginTokenRefused_ThePluginRunsAgain_AndTheRequestIsSentOnceMoreWithTheNewToken()
+    {
+        // The plugin gives no expiry, so its token is kept until the server refuses it (as client-go does).
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var count = Path.Combine(_dir, "runs");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            echo x >> '{{{count}}}'
+            echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"token-'"$(wc -l < '{{{count}}}' | tr -d ' ')"'"}}'
+            """);
+        File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var path = Path.Combine(_dir, "config");
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            current-context: fake
+            clusters:
+            - name: fake
+              cluster:
+                server: {server.BaseAddress}
+            users:
+            - name: me
+              user:
+                exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: {script}
+                  interactiveMode: Never
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: me
+            """);
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
+        await ListOnceAsync(connection);
+
+        server.InjectFault(401, count: 1);
+        await ListOnceAsync(connection);
+
+        Assert.Equal(["Bearer token-1", "Bearer token-1", "Bearer token-2"], server.Requests.Select(static r => r.Headers["Authorization"]).TakeLast(3));
+    }
+
+    [Fact]
     public async Task InCluster_UsesTheServiceAccountAndRereadsTheRotatedToken()
     {
         var account = Path.Combine(_dir, "serviceaccount");
