@@ -867,6 +867,15 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             script = FakePodScript.Exit(1, "the fake's PodBehavior threw");
         }
 
+        if (script.PodCreationRefused is { } refusal)
+        {
+            // The Job controller cannot create the pod: the Job stays active with none, and says why in an event.
+            job.PodName = null;
+            AddEvent(job.Namespace, job.Name, "Warning", "FailedCreate", $"Error creating: pods \"{podName}\" is forbidden: {refusal}", "job-controller", involvedKind: "Job");
+            await WaitAsync(job, null, deleted, forever: true).ConfigureAwait(false);
+            return;
+        }
+
         using var deadlineTimer = deadline is { } seconds ? _time.CreateTimer(static s => ExceedDeadlineOf((RunningJob)s!), job, TimeSpan.FromSeconds(seconds), Timeout.InfiniteTimeSpan) : null;
         var now = Timestamp();
         var node = "fake-node-1";
@@ -1204,7 +1213,7 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         }
     }
 
-    private void AddEvent(string ns, string podName, string type, string reason, string message, string component)
+    private void AddEvent(string ns, string podName, string type, string reason, string message, string component, string involvedKind = "Pod")
     {
         var now = Timestamp();
         var name = $"{podName}.{Guid.NewGuid().ToString("N")[..16]}";
@@ -1213,7 +1222,9 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             ["kind"] = "Event",
             ["apiVersion"] = "v1",
             ["metadata"] = new JsonObject { ["name"] = name, ["namespace"] = ns, ["uid"] = Guid.NewGuid().ToString(), ["creationTimestamp"] = now },
-            ["involvedObject"] = new JsonObject { ["kind"] = "Pod", ["namespace"] = ns, ["name"] = podName, ["apiVersion"] = "v1", ["fieldPath"] = "spec.containers{main}" },
+            ["involvedObject"] = involvedKind == "Pod"
+                ? new JsonObject { ["kind"] = "Pod", ["namespace"] = ns, ["name"] = podName, ["apiVersion"] = "v1", ["fieldPath"] = "spec.containers{main}" }
+                : new JsonObject { ["kind"] = involvedKind, ["namespace"] = ns, ["name"] = podName, ["apiVersion"] = "batch/v1" },
             ["reason"] = reason,
             ["message"] = message,
             ["source"] = new JsonObject { ["component"] = component },

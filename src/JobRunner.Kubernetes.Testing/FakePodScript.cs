@@ -48,6 +48,13 @@ public sealed class FakePodScript
     /// <value>The default value is <see langword="false"/>.</value>
     public bool InvalidImageName { get; init; }
 
+    /// <summary>
+    /// Gets why the Job controller cannot create the pod (as a PodSecurity or ResourceQuota refusal says): the Job stays
+    /// active with no pod, and a FailedCreate event on the Job carries the reason.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: the pod is created.</value>
+    public string? PodCreationRefused { get; init; }
+
     /// <summary>Gets whether the kubelet evicts the pod once it runs (node pressure).</summary>
     /// <value>The default value is <see langword="false"/>.</value>
     public bool Evicted { get; init; }

@@ -44,7 +44,11 @@ public sealed class KubernetesEngineOptions
     /// <value>The default value is 5 minutes.</value>
     public TimeSpan ImagePullBackOffLimit { get; set; } = TimeSpan.FromMinutes(5);
 
-    /// <summary>Gets or sets how long a pod may stay unschedulable before the attempt fails (transiently, so it is retried).</summary>
+    /// <summary>
+    /// Gets or sets how long a pod may stay unschedulable, or a Job may stay without any pod (the cluster refuses to create
+    /// it: PodSecurity, a ResourceQuota, a missing service account; the error quotes the Job's events), before the attempt
+    /// fails (transiently, so it is retried) and the Job is deleted.
+    /// </summary>
     /// <value>The default value is 10 minutes.</value>
     public TimeSpan UnschedulableLimit { get; set; } = TimeSpan.FromMinutes(10);
 

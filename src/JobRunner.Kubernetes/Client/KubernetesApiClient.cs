@@ -72,12 +72,15 @@ internal sealed class KubernetesApiClient
         => SendAsync(HttpMethod.Get, PodsPath(ns) + Query(("labelSelector", labelSelector)), null, KubeJson.Default.KubePodList, $"list pods in namespace '{ns}'", cancellationToken);
 
     public Task<KubeEventList> ListPodEventsAsync(string ns, string pod, CancellationToken cancellationToken)
+        => ListEventsAsync(ns, "Pod", pod, cancellationToken);
+
+    public Task<KubeEventList> ListEventsAsync(string ns, string kind, string name, CancellationToken cancellationToken)
         => SendAsync(
             HttpMethod.Get,
-            $"/api/v1/namespaces/{ns}/events" + Query(("fieldSelector", $"involvedObject.kind=Pod,involvedObject.name={pod}")),
+            $"/api/v1/namespaces/{ns}/events" + Query(("fieldSelector", $"involvedObject.kind={kind},involvedObject.name={name}")),
             null,
             KubeJson.Default.KubeEventList,
-            $"list the events of pod '{pod}' in namespace '{ns}'",
+            $"list the events of {kind} '{name}' in namespace '{ns}'",
             cancellationToken);
 
     public Task<KubeNodeList> ListNodesAsync(string? labelSelector, CancellationToken cancellationToken)

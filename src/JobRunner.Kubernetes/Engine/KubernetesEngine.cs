@@ -225,6 +225,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private volatile bool _jobGone;
     private DateTimeOffset? _pullSince;
     private DateTimeOffset? _unschedulableSince;
+    private DateTimeOffset? _noPodSince;
     private DateTimeOffset? _podGraceUntil;
     private bool _listedPods;
     private Task? _logs;
@@ -426,11 +427,37 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
 
         if (pod is not null)
         {
+            _noPodSince = null;
             CheckStuck(pod, main, now);
+        }
+        else if (job is not null)
+        {
+            // The Job controller may be unable to create the pod (PodSecurity, a ResourceQuota, a missing service
+            // account): the Job then stays active with no pod and no condition, and says why only in its events.
+            _noPodSince ??= now;
+            if (now - _noPodSince >= Options.UnschedulableLimit)
+            {
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: true, $"Kubernetes Job {Name} created no pod in {Options.UnschedulableLimit}{await JobEventsAsync(cancellationToken).ConfigureAwait(false)}. Check what the cluster refuses (PodSecurity, ResourceQuota, the service account), or raise KubernetesEngineOptions.UnschedulableLimit."));
+            }
         }
 
         Arm();
         return false;
+    }
+
+    /// <summary>The Job's warning events (e.g. FailedCreate and why), as ": reason: message; …", or empty.</summary>
+    private async Task<string> JobEventsAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            var events = await _client.ListEventsAsync(Namespace, "Job", Name, cancellationToken).ConfigureAwait(false);
+            var warnings = events.Items.Where(static e => e.Type == "Warning").TakeLast(3).Select(static e => $"{e.Reason}: {e.Message}").ToList();
+            return warnings.Count == 0 ? "" : ": " + string.Join("; ", warnings);
+        }
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException)
+        {
+            return "";
+        }
     }
 
     private void CheckStuck(KubePod pod, ContainerStatus? main, DateTimeOffset now)
@@ -483,6 +510,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (_unschedulableSince is { } unschedulable && (due is null || unschedulable + Options.UnschedulableLimit < due))
         {
             due = unschedulable + Options.UnschedulableLimit;
+        }
+
+        if (_noPodSince is { } noPod && (due is null || noPod + Options.UnschedulableLimit < due))
+        {
+            due = noPod + Options.UnschedulableLimit;
         }
 
         if (_podGraceUntil is { } grace && (due is null || grace < due))

@@ -170,6 +170,37 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_JobThatCreatesNoPod_FailsTransientlyPastTheLimit_WithTheJobsEvent_AndIsDeleted()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { PodCreationRefused = "violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false" };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        // The Job exists and its controller has said why it makes no pod. The limit counts from when the attempt first
+        // sees the Job without a pod: move the clock (in steps shorter than a request's timeout) until it gives up.
+        for (var i = 0; test.Server.Names("events", "jobs").Count == 0; i++)
+        {
+            Assert.True(i < 3000, "The fake Job controller never refused the pod.");
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+
+        for (var i = 0; i < 300 && !run.IsCompleted; i++)
+        {
+            time.Advance(TimeSpan.FromSeconds(20));
+            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(20), TimeProvider.System));
+        }
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("created no pod in 00:10:00: FailedCreate: Error creating: pods", error.Message, StringComparison.Ordinal);
+        Assert.Contains("violates PodSecurity", error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
     public async Task Execute_DeadlineExceeded_ThrowsJobTimeoutException()
     {
         await using var test = await K8sTest.StartAsync();
