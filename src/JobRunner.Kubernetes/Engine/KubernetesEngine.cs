@@ -36,9 +36,12 @@ internal sealed class KubernetesEngine : IExecutionEngine
 
         using var run = new AttemptRun(_host, client, context, spec);
         var name = await FindPreviousAsync(run, client, cancellationToken).ConfigureAwait(false);
-        using var registration = name is null ? await SubmitAsync(run, watch, client, cancellationToken).ConfigureAwait(false) : watch.Attach(name, run);
+        NamespaceWatch.Registration? registration = null;
         try
         {
+            // The submit is inside: a cancellation while the create is on its way (or waits to be retried, when the
+            // server may have created the Job and failed to answer) deletes the Job by its name too.
+            registration = name is null ? await SubmitAsync(run, watch, client, cancellationToken).ConfigureAwait(false) : watch.Attach(name, run);
             await run.RunAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (GiveUpException e)
@@ -69,6 +72,7 @@ internal sealed class KubernetesEngine : IExecutionEngine
         finally
         {
             await run.StopLogsAsync().ConfigureAwait(false);
+            registration?.Dispose();
         }
     }
 
@@ -319,11 +323,20 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     /// <summary>Deletes the Job (pods in the background) with a bounded wait of its own: the caller's token is already cancelled.</summary>
     public async Task DeleteAsync(string why)
     {
+        if (Name.Length == 0)
+        {
+            return; // stopped before it had a Job
+        }
+
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30), Time);
         try
         {
             await _client.DeleteJobAsync(Namespace, Name, timeout.Token).ConfigureAwait(false);
             await KubernetesEngine.TryLogAsync(Context, $"Deleted Kubernetes Job {Name}: {why.TrimEnd('.')}.").ConfigureAwait(false);
+        }
+        catch (KubernetesApiException e) when (e.IsNotFound)
+        {
+            // Never created (stopped while the create was on its way), or already gone.
         }
         catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException)
         {

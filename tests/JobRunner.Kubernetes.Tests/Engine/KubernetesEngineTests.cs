@@ -312,6 +312,30 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_CancelledWhileTheCreateWaitsToBeRetried_DeletesTheJobByItsName()
+    {
+        // The create is answered 429 (the server may also have created it and failed to answer): the attempt is
+        // cancelled while it waits to try again. Nobody adopts a cancelled attempt's Job, so it is deleted by its name.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(429, count: 1, retryAfterSeconds: 60, match: static r => r.Method == "POST");
+        var context = new TestContext();
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine().ExecuteAsync(context, cancel.Token).AsTask();
+        for (var i = 0; test.Server.CountRequests(static r => r.Method == "POST") == 0; i++)
+        {
+            Assert.True(i < 3000, "The create was never sent.");
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+
+        await cancel.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+        var delete = Assert.Single(test.Server.Requests, static r => r.Method == "DELETE");
+        Assert.Equal($"/apis/batch/v1/namespaces/jobs/jobs/jr-{context.JobId}-1", delete.Path);
+        Assert.Equal(1, test.Posts);
+    }
+
+    [Fact]
     public async Task Execute_SecondSubmitOfTheSameAttempt_AdoptsTheJobOn409()
     {
         await using var test = await K8sTest.StartAsync();
