@@ -749,6 +749,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         {
             band.Url = await ResolveAsync(band.Name, deadLetterArn, cancellationToken).ConfigureAwait(false);
         }
+
+        // A payload bucket that is not there fails the start, not the first large message.
+        if (_payloads is not null)
+        {
+            await _payloads.EnsureExistsAsync(_options.PayloadStorage.CreateBucket, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private async Task<string> ResolveAsync(string nameOrUrl, string? redriveTo, CancellationToken cancellationToken)

@@ -324,6 +324,21 @@ public sealed class SqsJobQueueIntegrationTests
     }
 
     [Fact]
+    public async Task MissingPayloadBucket_FailsStart_WithAnErrorThatNamesTheFix()
+    {
+        var options = QueueOptions(Fauxqs);
+        options.LargePayloadBucket = "jobrunner-missing-" + Guid.NewGuid().ToString("N")[..12];
+        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
+
+        var error = await Assert.ThrowsAsync<AwsServiceException>(() => queue.StartAsync(Guard()));
+
+        Assert.Equal("NoSuchBucket", error.Code);
+        Assert.Contains($"'{options.LargePayloadBucket}' does not exist", error.Message, StringComparison.Ordinal);
+        Assert.Contains("CreateBucket = true", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task LargePayload_AcknowledgingAnOlderDeliveryOfTheMessage_KeepsTheBodyTheNewerNeeds()
     {
         using var bucket = await CreateBucketAsync();
