@@ -264,6 +264,49 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_LogStoreFailing_TheProcessStillRunsToItsEnd_UnderSupervision()
+    {
+        // Was: the first log line's failure left the attempt at once, with the process running on unsupervised.
+        var context = new RecordingContext { FailLogs = true };
+        using var engine = Engine(Sh($"echo $$ > {_dir}/main; sleep 0.3; exit 3"));
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => engine.ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(Limit));
+
+        Assert.Equal(3, error.ExitCode);
+        await AssertDeadAsync(Pids("main"));
+    }
+
+    [Fact]
+    public async Task Execute_ADescendantInAnotherSessionHoldsThePipes_TheRunEndsWithItsMainProcess()
+    {
+        // setsid puts the child outside the process group, so the group kill does not reach it, and it keeps stdout open.
+        var context = new RecordingContext();
+        // (The main process waits until the child has left the group, or the group kill could still reach it.)
+        using var engine = Engine(Sh($"/usr/bin/setsid /bin/sh -c 'echo $$ > {_dir}/daemon; exec /bin/sleep 60' & while [ ! -s {_dir}/daemon ]; do /bin/sleep 0.01; done; echo started; exit 0"));
+        try
+        {
+            await engine.ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(Limit);
+
+            Assert.Equal(0, context.ExitCode);
+            Assert.Contains("started", context.Output(LogStream.Output));
+            Assert.Contains(context.Output(LogStream.System), l => l.Contains("output pipes were still open", StringComparison.Ordinal));
+        }
+        finally
+        {
+            foreach (var pid in File.Exists(Path.Combine(_dir, "daemon")) ? Pids("daemon") : [])
+            {
+                try
+                {
+                    System.Diagnostics.Process.GetProcessById(pid).Kill();
+                }
+                catch (ArgumentException)
+                {
+                }
+            }
+        }
+    }
+
+    [Fact]
     public async Task Execute_MainProcessExitsLeavingBackgroundChild_ChildIsKilledAndRunEnds()
     {
         var context = await RunAsync(Sh($"sleep 60 & echo $! >> {_dir}/orphans; echo done"));

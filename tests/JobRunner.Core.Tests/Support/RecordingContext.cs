@@ -45,8 +45,16 @@ public sealed class RecordingContext(TimeProvider? time = null) : WorkloadContex
 
     public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default) => ValueTask.CompletedTask;
 
+    /// <summary>Gets or sets whether log writes fail, as a log store that cannot be reached (disk full, database down).</summary>
+    public bool FailLogs { get; set; }
+
     public override ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
     {
+        if (FailLogs)
+        {
+            throw new IOException("The log store cannot be reached.");
+        }
+
         foreach (var line in lines)
         {
             Lines.Enqueue(line);

@@ -45,12 +45,14 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         var groups = ProcessGroup.IsSupported && _options.UseProcessGroups;
         using var process = Start(context, spec, groups);
         _running.TryAdd(process.Id, groups);
+        var exited = false;
         try
         {
-            await context.LogAsync(
-                $"Started process {process.Id}: {string.Join(' ', spec.Command.Concat(spec.Args))} (image '{spec.Image}' is not used by the local process engine; the command runs on this host).",
-                LogStream.System,
-                CancellationToken.None).ConfigureAwait(false);
+            // Best effort, as every log write here: a log store that fails (or a lease lost meanwhile, which also stops
+            // the attempt) must not leave the process running unsupervised.
+            await TryLogAsync(
+                context,
+                $"Started process {process.Id}: {string.Join(' ', spec.Command.Concat(spec.Args))} (image '{spec.Image}' is not used by the local process engine; the command runs on this host).").ConfigureAwait(false);
 
             // Each stream is read in 64 KB chunks, split into lines, and handed over a batch at a time: the channel
             // holds at most a few batches, so a fast writer is slowed to the log store's pace, never buffered whole.
@@ -58,7 +60,17 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             var stdout = PumpAsync(process.StandardOutput.BaseStream, LogStream.Output, batches.Writer);
             var stderr = PumpAsync(process.StandardError.BaseStream, LogStream.Error, batches.Writer);
             var writer = WriteLogsAsync(context, batches.Reader);
-            var readers = Task.WhenAll(stdout, stderr).ContinueWith(static (_, w) => ((ChannelWriter<LogLine[]>)w!).TryComplete(), batches.Writer, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // (A pump left behind by the drain limit below fails once its pipe or the channel closes: observed here.)
+            var readers = Task.WhenAll(stdout, stderr).ContinueWith(
+                static (t, w) =>
+                {
+                    _ = t.Exception;
+                    ((ChannelWriter<LogLine[]>)w!).TryComplete();
+                },
+                batches.Writer,
+                CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
 
             var stopped = false;
             try
@@ -71,13 +83,26 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
                 await StopAsync(process, groups).ConfigureAwait(false);
             }
 
+            exited = true;
+
             // Whatever the main process left in its group must not outlive the run (and must not hold the pipes open).
             if (groups)
             {
                 ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
             }
 
-            await readers.ConfigureAwait(false);
+            try
+            {
+                await readers.WaitAsync(OutputDrainLimit, _time, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // A descendant outside the group (setsid, a daemon; or no groups at all) still holds the pipes: the run
+                // ended with its main process, and what that descendant writes from now on is not collected.
+                batches.Writer.TryComplete();
+                await TryLogAsync(context, $"Process {process.Id} exited, but its output pipes were still open {OutputDrainLimit.TotalSeconds:0} s later (a process it started, outside its process group, holds them); later output is not collected.").ConfigureAwait(false);
+            }
+
             await writer.ConfigureAwait(false);
 
             var exitCode = process.ExitCode;
@@ -99,7 +124,47 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         }
         finally
         {
+            if (!exited)
+            {
+                // Left early (an exception before the process ended): the process does not outlive the attempt.
+                Kill(process, groups);
+            }
+
             _running.TryRemove(process.Id, out _);
+        }
+    }
+
+    /// <summary>How long the output pipes may stay open after the main process exited and its group was killed.</summary>
+    internal static readonly TimeSpan OutputDrainLimit = TimeSpan.FromSeconds(5);
+
+    private static async Task TryLogAsync(WorkloadContext context, string message)
+    {
+        try
+        {
+            await context.LogAsync(message, LogStream.System, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // The log is best effort; the attempt's outcome does not depend on it.
+        }
+    }
+
+    private static void Kill(System.Diagnostics.Process process, bool groups)
+    {
+        try
+        {
+            if (groups)
+            {
+                ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
+            }
+            else if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+        }
+        catch (Exception e) when (e is InvalidOperationException or Win32Exception or NotSupportedException)
+        {
+            // Already gone.
         }
     }
 
