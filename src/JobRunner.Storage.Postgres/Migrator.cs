@@ -48,7 +48,10 @@ internal static class Migrator
             var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
             await using (transaction.ConfigureAwait(false))
             {
-                // Hosts that start at once wait here for the first one; then they find the schema current.
+                // Hosts that start at once wait here for the first one; then they find the schema current. Neither that
+                // wait nor a migration (an index built over a large table) is cut short by the connection's statement
+                // timeout: a host starting during another's long migration would fail its start.
+                await ExecuteAsync(connection, "SELECT set_config('statement_timeout', '0', true), set_config('idle_in_transaction_session_timeout', '0', true)", cancellationToken).ConfigureAwait(false);
                 await ExecuteAsync(connection, "SELECT pg_advisory_xact_lock(hashtext($1))", cancellationToken, "jobrunner.migrate." + db.Options.Schema).ConfigureAwait(false);
                 var exists = await ScalarAsync<bool>(connection, "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'schema_migrations')", cancellationToken, db.Options.Schema).ConfigureAwait(false);
                 var current = 0;

@@ -137,8 +137,18 @@ internal sealed class PostgresLogStore : ILogStore
         ArgumentOutOfRangeException.ThrowIfLessThan(query.Offset, 0);
         ArgumentOutOfRangeException.ThrowIfLessThan(query.Limit, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(query.Limit, MaxLimit);
-        return await _db.RunAsync(_db.Client, (Sql: _readSql, Heads: $"SELECT next_offset FROM {_db.Schema}.job_log_heads WHERE job_id = @job", Job: jobId, Query: query), static async (c, s, token) =>
+        return await _db.RunAsync(_db.Client, (Sql: _readSql, Heads: $"SELECT next_offset FROM {_db.Schema}.job_log_heads WHERE job_id = @job", Job: jobId, Query: query, Store: this), static async (c, s, token) =>
         {
+            // The end of the log first, then the lines (each statement sees what was committed when it started): a line
+            // appended between the two is then read now or at the next offset, never skipped by an end read after it.
+            long head;
+            using (var heads = new NpgsqlCommand(s.Heads, c))
+            {
+                heads.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Job.Value });
+                head = await heads.ExecuteScalarAsync(token).ConfigureAwait(false) is long h ? h : 0;
+            }
+
+            s.Store.BetweenReadStatements?.Invoke();
             var entries = new List<LogEntry>(Math.Min(s.Query.Limit, 256));
             using (var command = new NpgsqlCommand(s.Sql, c))
             {
@@ -164,10 +174,11 @@ internal sealed class PostgresLogStore : ILogStore
                 return new LogPage(entries, next, DroppedLines: 0);
             }
 
-            using var heads = new NpgsqlCommand(s.Heads, c);
-            heads.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Job.Value });
-            var end = await heads.ExecuteScalarAsync(token).ConfigureAwait(false) is long head ? head : 0;
+            var end = Math.Max(head, entries.Count > 0 ? entries[^1].Offset + 1 : 0);
             return new LogPage(entries, Math.Max(s.Query.Offset, end), DroppedLines: 0);
         }, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>Called between a read's two statements; for tests.</summary>
+    internal Action? BetweenReadStatements { get; set; }
 }

@@ -28,6 +28,30 @@ public sealed class MigrationTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_host_starting_while_another_migrates_for_longer_than_the_statement_timeout_waits_and_starts()
+    {
+        // Another host holds the migration lock for 2 s (as a long index build would); this one's statements time out
+        // after 1 s.
+        await using var other = new Npgsql.NpgsqlConnection(_database.ConnectionString);
+        await other.OpenAsync();
+        await using var holding = await other.BeginTransactionAsync();
+        await using (var take = new Npgsql.NpgsqlCommand($"SELECT pg_advisory_xact_lock(hashtext('jobrunner.migrate.{_database.Schema}'))", other, holding))
+        {
+            await take.ExecuteNonQueryAsync();
+        }
+
+        var starting = _database.Open(_time, o => o.StatementTimeout = TimeSpan.FromSeconds(1)).EnsureMigratedAsync(default);
+        await using (var work = new Npgsql.NpgsqlCommand("SELECT pg_sleep(2)", other, holding))
+        {
+            await work.ExecuteNonQueryAsync();
+        }
+
+        await holding.CommitAsync();
+        await starting.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+    }
+
+    [Fact]
     public async Task A_schema_at_version_1_is_upgraded_in_place_and_keeps_its_jobs()
     {
         // A schema as version 1 left it: the tables of 0002 do not exist yet.

@@ -51,6 +51,36 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_tail_read_while_lines_are_appended_skips_none()
+    {
+        var job = JobId.New(_time);
+        var writer = new PostgresLogStore(_database.Open(_time));
+        var reader = new PostgresLogStore(_database.Open(_time));
+        await writer.AppendAsync(Lease(job, 1, 10), [Line("0"), Line("1")], default);
+
+        // Lines committed between the read's two statements (its end of the log and its lines).
+        var once = 0;
+        reader.BetweenReadStatements = () =>
+        {
+            if (Interlocked.Exchange(ref once, 1) == 0)
+            {
+                writer.AppendAsync(Lease(job, 1, 10), [Line("2"), Line("3")], default).AsTask().GetAwaiter().GetResult();
+            }
+        };
+        var seen = new List<string>();
+        var offset = 0L;
+        for (var i = 0; i < 3; i++)
+        {
+            var page = await reader.ReadAsync(job, new LogQuery { Offset = offset, Limit = 100 }, default);
+            seen.AddRange(page.Entries.Select(e => e.Message));
+            offset = page.NextOffset;
+        }
+
+        Assert.Equal(["0", "1", "2", "3"], seen);
+        Assert.Equal(4, offset);
+    }
+
+    [Fact]
     public async Task Concurrent_writers_of_one_job_get_distinct_offsets()
     {
         var job = JobId.New(_time);
