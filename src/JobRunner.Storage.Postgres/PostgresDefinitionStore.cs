@@ -75,11 +75,23 @@ internal sealed class PostgresDefinitionStore : IDefinitionStore
     public async ValueTask<bool> DeleteAsync(string name, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(name);
-        return await _db.RunAsync(_db.Client, (Sql: _deleteSql, Name: name), static async (c, s, token) =>
+        return await _db.RunAsync(_db.Client, (Sql: _deleteSql, Name: name, Lock: _lockSql), static async (c, s, token) =>
         {
-            using var command = new NpgsqlCommand(s.Sql, c);
+            // Under the writers' lock: a delete that ran beside an update saw the update's head (it waited for its row
+            // lock) but not its new version (its snapshot was older), and left that version behind, which then failed
+            // every later update of a definition created again under that name.
+            var transaction = await c.BeginTransactionAsync(token).ConfigureAwait(false);
+            await using var transactionScope = transaction.ConfigureAwait(false);
+            using (var locking = new NpgsqlCommand(s.Lock, c, transaction))
+            {
+                await locking.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+            }
+
+            using var command = new NpgsqlCommand(s.Sql, c, transaction);
             command.Parameters.Add(new("name", NpgsqlDbType.Text) { Value = s.Name });
-            return (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))! > 0;
+            var deleted = (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))! > 0;
+            await transaction.CommitAsync(token).ConfigureAwait(false);
+            return deleted;
         }, cancellationToken).ConfigureAwait(false);
     }
 

@@ -168,6 +168,42 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_definition_deleted_while_an_update_commits_leaves_no_version_behind()
+    {
+        var store = new PostgresDefinitionStore(_database.Open(_time));
+        await store.CreateAsync(new JobDefinition { Name = "a", Spec = new ContainerSpec { Image = "i" } }, default);
+
+        // An update on another host, between its writes and its commit (under the writers' lock, as UpdateAsync does).
+        await using var other = new Npgsql.NpgsqlConnection(_database.ConnectionString);
+        await other.OpenAsync();
+        var updating = await other.BeginTransactionAsync();
+        var schema = $"\"{_database.Schema}\"";
+        await using (var write = new Npgsql.NpgsqlCommand(
+            $"SELECT pg_advisory_xact_lock(hashtext('{schema}.definitions')); " +
+            $"INSERT INTO {schema}.definitions (name, version, body, retry, updated_at) SELECT name, 2, body, retry, updated_at FROM {schema}.definitions WHERE name = 'a'; " +
+            $"UPDATE {schema}.definition_heads SET latest = 2 WHERE name = 'a'",
+            other,
+            updating))
+        {
+            await write.ExecuteNonQueryAsync();
+        }
+
+        var deleting = store.DeleteAsync("a", default).AsTask();
+        for (var i = 0; await _database.ScalarAsync<long>("SELECT count(*) FROM pg_locks WHERE NOT granted") == 0; i++)
+        {
+            Assert.True(i < 3000, "The delete never waited for the update.");
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+
+        await updating.CommitAsync();
+
+        Assert.True(await deleting.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(0L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.definitions WHERE name = 'a'"));
+        await store.CreateAsync(new JobDefinition { Name = "a", Spec = new ContainerSpec { Image = "i" } }, default);
+        Assert.Equal(2, (await store.UpdateAsync(new JobDefinition { Name = "a", Spec = new ContainerSpec { Image = "i2" } }, expectedVersion: 1, default)).Version);
+    }
+
+    [Fact]
     public async Task Definition_conflicts_are_validation_errors_that_name_the_fix_and_change_nothing()
     {
         var store = new PostgresDefinitionStore(_database.Open(_time));
