@@ -177,13 +177,23 @@ public sealed class SqsJobQueueIntegrationTests
         Assert.Equal(0, counts["ApproximateNumberOfMessages"] + counts["ApproximateNumberOfMessagesNotVisible"]);
     }
 
-    [Theory]
-    [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
-    public async Task CreatedQueue_WithADeadLetterQueueButNoMaxReceiveCount_HasNoRedrivePolicy(string emulator)
+    public static TheoryData<string, int?> RedriveCases => new()
     {
-        // SQS counts every receive (a job handed back, a long FIFO delay): a redrive would move healthy jobs away.
+        { Fauxqs, null },
+        { Fauxqs, 4 },
+        { LocalAwsSqs, null },
+        { LocalAwsSqs, 4 },
+    };
+
+    [Theory]
+    [MemberData(nameof(RedriveCases))]
+    public async Task CreatedQueue_RedrivesToTheDeadLetterQueue_OnlyWithMaxReceiveCount(string emulator, int? maxReceiveCount)
+    {
+        // Without MaxReceiveCount there is no redrive: SQS counts every receive (a job handed back, a long FIFO delay),
+        // and a redrive would move healthy jobs' only messages away.
         var options = QueueOptions(emulator);
         options.DeadLetterQueueName = options.QueueName + "-dlq";
+        options.MaxReceiveCount = maxReceiveCount;
         await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
         using var raw = RawClient(emulator);
 
@@ -196,29 +206,14 @@ public sealed class SqsJobQueueIntegrationTests
             w.WriteStringValue("All");
             w.WriteEndArray();
         }, CancellationToken.None);
-        Assert.False(attributes.RootElement.TryGetProperty("Attributes", out var all) && all.TryGetProperty("RedrivePolicy", out _));
-    }
-
-    [Theory]
-    [MemberData(nameof(SqsEmulators), MemberType = typeof(AwsTestEnvironment))]
-    public async Task CreatedQueue_RedrivesToTheDeadLetterQueue(string emulator)
-    {
-        var options = QueueOptions(emulator);
-        options.DeadLetterQueueName = options.QueueName + "-dlq";
-        options.MaxReceiveCount = 4;
-        await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
-        using var raw = RawClient(emulator);
-
-        await queue.StartAsync(Guard());
-
-        using var attributes = await raw.SendAsync("GetQueueAttributes", queue.QueueUrls[0]!, static (w, u) =>
+        var redrive = attributes.RootElement.TryGetProperty("Attributes", out var all) && all.TryGetProperty("RedrivePolicy", out var r) ? r.GetString() : null;
+        if (maxReceiveCount is null)
         {
-            w.WriteString("QueueUrl", u);
-            w.WriteStartArray("AttributeNames");
-            w.WriteStringValue("RedrivePolicy");
-            w.WriteEndArray();
-        }, CancellationToken.None);
-        using var policy = System.Text.Json.JsonDocument.Parse(attributes.RootElement.GetProperty("Attributes").GetProperty("RedrivePolicy").GetString()!);
+            Assert.Null(redrive);
+            return;
+        }
+
+        using var policy = System.Text.Json.JsonDocument.Parse(redrive!);
         Assert.EndsWith(":" + options.DeadLetterQueueName, policy.RootElement.GetProperty("deadLetterTargetArn").GetString(), StringComparison.Ordinal);
         Assert.Equal("4", policy.RootElement.GetProperty("maxReceiveCount").ToString());
     }

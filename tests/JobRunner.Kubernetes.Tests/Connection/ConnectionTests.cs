@@ -127,17 +127,9 @@ public sealed class ConnectionTests : IDisposable
         Assert.Equal("Bearer s3cret", server.Requests[^1].Headers["Authorization"]);
     }
 
-    [Fact]
-    public async Task Kubeconfig_ExecPlugin_GetsAnExecCredentialRequestAndItsTokenIsSent()
+    /// <summary>Makes <paramref name="script"/> executable and writes a kubeconfig whose user runs it as an exec credential plugin.</summary>
+    private string ExecKubeconfig(FakeKubernetesServer server, string script, string execExtra)
     {
-        await using var server = await FakeKubernetesServer.StartAsync();
-        var script = Path.Combine(_dir, "plugin.sh");
-        var seen = Path.Combine(_dir, "exec-info.json");
-        File.WriteAllText(script, $$$"""
-            #!/bin/sh
-            printf '%s' "$KUBERNETES_EXEC_INFO" > '{{{seen}}}'
-            echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"from-plugin-'"$PLUGIN_SUFFIX"'","expirationTimestamp":"2099-01-01T00:00:00Z"}}'
-            """);
         File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var path = Path.Combine(_dir, "config");
         File.WriteAllText(path, $"""
@@ -154,15 +146,32 @@ public sealed class ConnectionTests : IDisposable
                 exec:
                   apiVersion: client.authentication.k8s.io/v1
                   command: {script}
-                  env:
-                  - name: PLUGIN_SUFFIX
-                    value: abc
                   interactiveMode: Never
+            {execExtra}
             contexts:
             - name: fake
               context:
                 cluster: fake
                 user: me
+            """);
+        return path;
+    }
+
+    [Fact]
+    public async Task Kubeconfig_ExecPlugin_GetsAnExecCredentialRequestAndItsTokenIsSent()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var seen = Path.Combine(_dir, "exec-info.json");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            printf '%s' "$KUBERNETES_EXEC_INFO" > '{{{seen}}}'
+            echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"from-plugin-'"$PLUGIN_SUFFIX"'","expirationTimestamp":"2099-01-01T00:00:00Z"}}'
+            """);
+        var path = ExecKubeconfig(server, script, """
+                  env:
+                  - name: PLUGIN_SUFFIX
+                    value: abc
             """);
 
         var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
@@ -188,29 +197,7 @@ public sealed class ConnectionTests : IDisposable
             echo x >> '{{{count}}}'
             echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"token-'"$(wc -l < '{{{count}}}' | tr -d ' ')"'"}}'
             """);
-        File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        var path = Path.Combine(_dir, "config");
-        File.WriteAllText(path, $"""
-            apiVersion: v1
-            kind: Config
-            current-context: fake
-            clusters:
-            - name: fake
-              cluster:
-                server: {server.BaseAddress}
-            users:
-            - name: me
-              user:
-                exec:
-                  apiVersion: client.authentication.k8s.io/v1
-                  command: {script}
-                  interactiveMode: Never
-            contexts:
-            - name: fake
-              context:
-                cluster: fake
-                user: me
-            """);
+        var path = ExecKubeconfig(server, script, "");
         var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
         await ListOnceAsync(connection);
 
