@@ -5,7 +5,9 @@ namespace JobRunner.InMemory;
 
 /// <summary>
 /// The embedded log store: a bounded ring of lines per job (the oldest lines are dropped and counted), and at most
-/// <see cref="InMemoryStoreOptions.MaxFinishedJobs"/> jobs' logs (the log written to least recently goes first).
+/// <see cref="InMemoryStoreOptions.MaxFinishedJobs"/> jobs' logs (the log written to least recently goes first). An
+/// evicted log leaves its end and its drop count behind (as many as there are logs), so that a job still running,
+/// quiet for long enough to be evicted, continues its offsets where it left off and reports its lost lines as dropped.
 /// </summary>
 [DebuggerDisplay("Jobs = {_logs.Count}")]
 internal sealed class InMemoryLogStore : ILogStore
@@ -13,6 +15,8 @@ internal sealed class InMemoryLogStore : ILogStore
     private readonly Lock _lock = new();
     private readonly Dictionary<JobId, JobLog> _logs = [];
     private readonly LinkedList<JobId> _order = new();
+    private readonly Dictionary<JobId, (long NextOffset, long Dropped)> _evicted = [];
+    private readonly Queue<JobId> _evictedOrder = new();
     private readonly int _maxLines;
     private readonly int _maxJobs;
 
@@ -32,12 +36,25 @@ internal sealed class InMemoryLogStore : ILogStore
             if (!_logs.TryGetValue(lease.JobId, out var log))
             {
                 log = new JobLog(_order.AddLast(lease.JobId));
+                if (_evicted.Remove(lease.JobId, out var end))
+                {
+                    log.NextOffset = end.NextOffset;
+                    log.Dropped = end.Dropped;
+                }
+
                 _logs.Add(lease.JobId, log);
                 while (_order.Count > _maxJobs)
                 {
-                    // The log written to least recently goes first: a job that still writes is never evicted.
-                    _logs.Remove(_order.First!.Value);
+                    // The log written to least recently goes first.
+                    var oldest = _order.First!.Value;
                     _order.RemoveFirst();
+                    _logs.Remove(oldest, out var gone);
+                    _evicted[oldest] = (gone!.NextOffset, gone.Dropped + gone.Lines.Count);
+                    _evictedOrder.Enqueue(oldest);
+                    while (_evictedOrder.Count > _maxJobs)
+                    {
+                        _evicted.Remove(_evictedOrder.Dequeue());
+                    }
                 }
             }
             else if (log.Node != _order.Last)
@@ -73,7 +90,9 @@ internal sealed class InMemoryLogStore : ILogStore
         {
             if (!_logs.TryGetValue(jobId, out var log))
             {
-                return new(new LogPage([], query.Offset, 0));
+                return new(_evicted.TryGetValue(jobId, out var end)
+                    ? new LogPage([], Math.Max(query.Offset, end.NextOffset), end.Dropped)
+                    : new LogPage([], query.Offset, 0));
             }
 
             var result = new List<LogEntry>(Math.Min(query.Limit, log.Lines.Count));

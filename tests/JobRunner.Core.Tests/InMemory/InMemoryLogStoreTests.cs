@@ -60,6 +60,27 @@ public sealed class InMemoryLogStoreTests
     }
 
     [Fact]
+    public async Task AppendAsync_QuietJobEvictedByOthers_ContinuesItsOffsets_AndCountsItsLostLinesAsDropped()
+    {
+        // Two logs at most: a running job that stays quiet while two others write is evicted, then writes again.
+        var quiet = LeaseFor(JobId.New(_time));
+        await _logs.AppendAsync(quiet, Lines(_time.GetUtcNow(), LogStream.Output, "a", "b", "c"), default);
+        await _logs.AppendAsync(LeaseFor(JobId.New(_time)), Lines(_time.GetUtcNow(), LogStream.Output, "x"), default);
+        await _logs.AppendAsync(LeaseFor(JobId.New(_time)), Lines(_time.GetUtcNow(), LogStream.Output, "y"), default);
+
+        var whileEvicted = await _logs.ReadAsync(quiet.JobId, new LogQuery(), default);
+        var again = await _logs.AppendAsync(quiet, Lines(_time.GetUtcNow(), LogStream.Output, "d"), default);
+        var tail = await _logs.ReadAsync(quiet.JobId, new LogQuery { Offset = whileEvicted.NextOffset }, default);
+        var all = await _logs.ReadAsync(quiet.JobId, new LogQuery(), default);
+
+        Assert.Equal((3L, 3L), (whileEvicted.NextOffset, whileEvicted.DroppedLines));
+        Assert.Equal(3L, Assert.Single(again).Offset);
+        Assert.Equal(["d"], tail.Entries.Select(e => e.Message));
+        Assert.Equal(["d"], all.Entries.Select(e => e.Message));
+        Assert.Equal((4L, 3L), (all.NextOffset, all.DroppedLines));
+    }
+
+    [Fact]
     public async Task ReadAsync_UnknownJob_IsEmpty()
     {
         var page = await _logs.ReadAsync(JobId.New(_time), new LogQuery(), default);
