@@ -110,27 +110,21 @@ internal static class JobRows
     [return: System.Diagnostics.CodeAnalysis.NotNullIfNotNull(nameof(value))]
     public static string? Text(string? value)
     {
-        if (value is null || (!value.Contains('\0', StringComparison.Ordinal) && value.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') < 0))
+        var first = value is null ? -1 : StorableText.IndexOfUnstorable(value);
+        if (first < 0)
         {
             return value;
         }
 
-        return string.Create(value.Length, value, static (span, text) =>
+        var text = value!.ToCharArray();
+        for (var i = first; i >= 0;)
         {
-            for (var i = 0; i < text.Length; i++)
-            {
-                var c = text[i];
-                if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
-                {
-                    span[i] = c;
-                    span[++i] = text[i];
-                }
-                else
-                {
-                    span[i] = c == '\0' || char.IsSurrogate(c) ? '\uFFFD' : c;
-                }
-            }
-        });
+            text[i] = '\uFFFD';
+            var next = StorableText.IndexOfUnstorable(text.AsSpan(i + 1));
+            i = next < 0 ? -1 : i + 1 + next;
+        }
+
+        return new string(text);
     }
 
     /// <summary>Microseconds since the Unix epoch: how attempts store their times.</summary>

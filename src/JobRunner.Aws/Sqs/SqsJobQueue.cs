@@ -197,15 +197,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(jobs);
-        lock (_lock)
+        foreach (var job in jobs)
         {
-            foreach (var job in jobs)
+            // Given back: whoever receives the message next (here or elsewhere) holds the body.
+            if (job?.Receipt is SqsReceipt { PayloadKey: not null } receipt)
             {
-                // Given back: whoever receives the message next (here or elsewhere) holds the body.
-                if (job?.Receipt is SqsReceipt { PayloadKey: { } key } receipt && _payloadReceipts.TryGetValue(key, out var newest) && ReferenceEquals(newest, receipt))
-                {
-                    _payloadReceipts.Remove(key);
-                }
+                _ = ForgetPayload(receipt);
             }
         }
 
@@ -486,8 +483,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     }
 
     /// <summary>
-    /// Whether acknowledging <paramref name="receipt"/> may delete its S3 body: only for the newest delivery of the message
-    /// this process received. An older one (the worker keeps the newer delivery of a job delivered twice, and acknowledges
+    /// Stops tracking <paramref name="receipt"/> as its message's newest delivery here, and says whether acknowledging it
+    /// may delete its S3 body: only for the newest delivery of the message this process received. An older one (the worker keeps the newer delivery of a job delivered twice, and acknowledges
     /// the older) shares the body with the message still in flight; SQS accepts a delete with its stale handle and deletes
     /// nothing, so the body must stay.
     /// </summary>

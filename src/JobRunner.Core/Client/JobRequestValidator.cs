@@ -98,29 +98,13 @@ internal static class JobRequestValidator
         CheckText(ref errors, key, name);
     }
 
-    /// <summary>
-    /// Keys and ids are stored and compared as text: NUL has no place in text (PostgreSQL refuses it) and an unpaired
-    /// surrogate no UTF-8 form (it would not round-trip through a durable store or a queue message).
-    /// </summary>
+    /// <summary>Keys and ids are stored and compared as text: see <see cref="StorableText"/>.</summary>
     private static void CheckText(ref List<string>? errors, string? value, string name)
     {
-        if (value is null)
-        {
-            return;
-        }
-
-        for (var i = 0; i < value.Length; i++)
+        if (value is not null && StorableText.IndexOfUnstorable(value) is var i and >= 0)
         {
             var c = value[i];
-            if (char.IsHighSurrogate(c) && i + 1 < value.Length && char.IsLowSurrogate(value[i + 1]))
-            {
-                i++;
-            }
-            else if (c == '\0' || char.IsSurrogate(c))
-            {
-                Add(ref errors, $"{name} has {(c == '\0' ? "a NUL character" : "an unpaired surrogate")} (U+{(int)c:X4}) at index {i}. Use text without NUL and with whole surrogate pairs.");
-                return;
-            }
+            Add(ref errors, $"{name} has {(c == '\0' ? "a NUL character" : "an unpaired surrogate")} (U+{(int)c:X4}) at index {i}. Use text without NUL and with whole surrogate pairs.");
         }
     }
 

@@ -298,10 +298,7 @@ public sealed class SqsJobQueueIntegrationTests
     public async Task LargePayload_IsKeptInS3_AndDeletedWithTheMessage()
     {
         using var bucket = await CreateBucketAsync();
-        var options = QueueOptions(Fauxqs);
-        options.LargePayloadBucket = bucket.Name;
-        options.LargePayloadThreshold = 1;
-        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        var options = LargePayloadOptions(bucket.Name);
         await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
         using var raw = RawClient(Fauxqs);
         var job = Job();
@@ -321,9 +318,7 @@ public sealed class SqsJobQueueIntegrationTests
     [Fact]
     public async Task MissingPayloadBucket_FailsStart_WithAnErrorThatNamesTheFix()
     {
-        var options = QueueOptions(Fauxqs);
-        options.LargePayloadBucket = "jobrunner-missing-" + Guid.NewGuid().ToString("N")[..12];
-        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        var options = LargePayloadOptions("jobrunner-missing-" + Guid.NewGuid().ToString("N")[..12]);
         await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
 
         var error = await Assert.ThrowsAsync<AwsServiceException>(() => queue.StartAsync(Guard()));
@@ -337,10 +332,7 @@ public sealed class SqsJobQueueIntegrationTests
     public async Task LargePayload_AcknowledgingAnOlderDeliveryOfTheMessage_KeepsTheBodyTheNewerNeeds()
     {
         using var bucket = await CreateBucketAsync();
-        var options = QueueOptions(Fauxqs);
-        options.LargePayloadBucket = bucket.Name;
-        options.LargePayloadThreshold = 1;
-        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        var options = LargePayloadOptions(bucket.Name);
         await using var queue = AwsSetup.CreateQueue(options, TimeProvider.System);
         await queue.EnqueueAsync(Job(), Guard());
 
@@ -356,5 +348,15 @@ public sealed class SqsJobQueueIntegrationTests
         Assert.Single(await bucket.ListAsync("payloads/", null, Guard()));
         await queue.AcknowledgeAsync([newer[0]], Guard());
         Assert.Empty(await bucket.ListAsync("payloads/", null, Guard()));
+    }
+
+    /// <summary>A queue on fauxqs whose every message body goes to <paramref name="bucket"/> in S3.</summary>
+    private static SqsQueueOptions LargePayloadOptions(string bucket)
+    {
+        var options = QueueOptions(Fauxqs);
+        options.LargePayloadBucket = bucket;
+        options.LargePayloadThreshold = 1;
+        options.PayloadStorage = new S3StoreOptions { ServiceUrl = S3Endpoint, ForcePathStyle = true, Region = "us-east-1" };
+        return options;
     }
 }

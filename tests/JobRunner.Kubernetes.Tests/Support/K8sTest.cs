@@ -43,6 +43,16 @@ public sealed class K8sTest : IAsyncDisposable
 
     public int Posts => Server.CountRequests(static r => r.Method == "POST");
 
+    /// <summary>Waits, bounded, until <paramref name="condition"/> holds: for what the fake server does that no event announces.</summary>
+    public static async Task UntilAsync(Func<bool> condition, string failure)
+    {
+        for (var i = 0; !condition(); i++)
+        {
+            Assert.True(i < 3000, failure);
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+    }
+
     public async ValueTask DisposeAsync()
     {
         foreach (var host in _hosts)

@@ -159,6 +159,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             }
             else if (!process.HasExited)
             {
+                // Without a group, the tree as it stands now is the best reach.
                 process.Kill(entireProcessTree: true);
             }
         }
@@ -232,16 +233,7 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         }
         catch (OperationCanceledException)
         {
-            if (groups)
-            {
-                ProcessGroup.Signal(process.Id, ProcessGroup.SigKill);
-            }
-            else
-            {
-                // Without a group, the tree as it stands now is the best reach.
-                process.Kill(entireProcessTree: true);
-            }
-
+            Kill(process, groups);
             await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
         }
     }
