@@ -12,9 +12,10 @@ namespace JobRunner.Storage.Postgres;
 /// transaction id is below the oldest transaction still running (<c>pg_snapshot_xmin</c>) belongs to a finished
 /// transaction, all of whose rows are visible; a row of a transaction still running has an id at or above it and is
 /// read by a later poll, after the cursor. One poll reads at most <see cref="MaxRows"/> rows; the rest follow at the
-/// next poll. One job's events keep their order (see <see cref="Publishable"/>). Costs nothing while nobody watches;
-/// when someone starts, publishes the rows written from the last poll that found nobody watching (their own snapshot
-/// covers older state).
+/// next poll. One job's events keep their order (see <see cref="Publishable"/>). While nobody watches, each poll only
+/// takes the server's snapshot (one short query) and then checks that still nobody watches: a watcher that subscribes
+/// later reads its job's state later too, so when someone starts watching, the relay publishes every row that snapshot
+/// could not see (committed after it), whatever the row's time, and nothing older (the watcher's own read covers it).
 /// </summary>
 /// <remarks>
 /// A transaction that keeps an id for long, on any database of the server (a long write, one left idle in
@@ -22,29 +23,36 @@ namespace JobRunner.Storage.Postgres;
 /// </remarks>
 internal sealed class PostgresEventRelay
 {
-    /// <summary>How far back the first poll looks when someone watched before this relay's first poll.</summary>
+    /// <summary>
+    /// How far back the first poll looks when someone watched before this relay's first poll (no snapshot taken while
+    /// nobody watched): rows committed before that poll are published only when their time is at most this old.
+    /// </summary>
     public static readonly TimeSpan StartLookback = TimeSpan.FromSeconds(5);
 
     /// <summary>The most rows one poll reads; the rest follow at the next poll.</summary>
     internal const int MaxRows = 10_000;
+
+    private const string SnapshotSql = "SELECT pg_snapshot_xmin(c), pg_snapshot_xmax(c), ARRAY(SELECT pg_snapshot_xip(c)) FROM pg_current_snapshot() c";
 
     private static readonly Comparer<Row> s_byId = Comparer<Row>.Create(static (a, b) => a.Id.CompareTo(b.Id));
     private readonly PostgresDatabase _db;
     private readonly IJobEventBus _events;
     private readonly string _startSql;
     private readonly string _sql;
-    private DateTimeOffset? _lastUnwatched;
     private bool _watching;
+
+    // The server's snapshot taken by the last poll that found nobody watching (taken before it looked): a watcher who
+    // came later cannot have seen what this snapshot did not.
+    private Snapshot? _unwatched;
 
     // The last row read: the next poll reads after it.
     private Position _position;
 
-    // Rows of transactions that had finished when watching started (below that snapshot's xmax, not running then) may be
-    // older than the watcher's own snapshot: they are published only when written at or after _watchingSince. Rows of
-    // transactions that were running then, or began later, are published whatever their time.
-    private ulong _startXmax;
-    private ulong[] _startRunning = [];
-    private DateTimeOffset _watchingSince;
+    // What the watchers that started this watch have seen already: rows of transactions this snapshot saw, written before
+    // _coveredBefore (the end of time when the snapshot was taken while nobody watched; otherwise the start lookback's
+    // beginning, since the snapshot was taken after someone started watching).
+    private Snapshot _covered = Snapshot.Empty;
+    private DateTimeOffset _coveredBefore;
 
     public PostgresEventRelay(PostgresDatabase db, IJobEventBus events)
     {
@@ -82,19 +90,22 @@ internal sealed class PostgresEventRelay
     /// <summary>Publishes what other hosts changed since the last call; returns how many events it published.</summary>
     public async Task<int> PollOnceAsync(CancellationToken cancellationToken)
     {
-        var now = _db.Time.GetUtcNow();
         if (!_events.IsWatched(JobEventKind.StateChanged))
         {
-            // Nobody watches: forget, and start afresh when someone does, from the last moment nobody watched (not from
-            // old history, which their snapshot covers).
+            // Nobody watches: forget the cursor. Take the snapshot first and look again after it, so that whoever starts
+            // watching after this poll subscribed after the snapshot was taken.
             _watching = false;
-            _lastUnwatched = now;
-            return 0;
+            var snapshot = await TakeSnapshotAsync(cancellationToken).ConfigureAwait(false);
+            if (!_events.IsWatched(JobEventKind.StateChanged))
+            {
+                _unwatched = snapshot;
+                return 0;
+            }
         }
 
         if (!_watching)
         {
-            await StartAsync(_lastUnwatched ?? now - StartLookback, cancellationToken).ConfigureAwait(false);
+            await StartAsync(cancellationToken).ConfigureAwait(false);
             _watching = true;
         }
 
@@ -140,9 +151,9 @@ internal sealed class PostgresEventRelay
         for (var i = 0; i < count; i++)
         {
             var row = rows[i];
-            if (row.Event is not { } jobEvent || (jobEvent.Timestamp < _watchingSince && FinishedAtStart(row.Position.XactId)))
+            if (row.Event is not { } jobEvent || (jobEvent.Timestamp < _coveredBefore && _covered.Saw(row.Position.XactId)))
             {
-                // The job is gone, or the row is older than the moment someone started watching (their snapshot covers it).
+                // The job is gone, or the watchers' own reads cover the row.
                 continue;
             }
 
@@ -184,9 +195,22 @@ internal sealed class PostgresEventRelay
         return count == 0 && full ? rows.Count : count;
     }
 
-    private async Task StartAsync(DateTimeOffset since, CancellationToken cancellationToken)
+    private async Task StartAsync(CancellationToken cancellationToken)
     {
-        var (xmin, xmax, running, oldest) = await _db.RunAsync(_db.Client, (Sql: _startSql, Since: since), static async (c, s, token) =>
+        if (_unwatched is { } unwatched)
+        {
+            // Every row that snapshot did not see: its transaction was running then, or began later.
+            _covered = unwatched;
+            _coveredBefore = DateTimeOffset.MaxValue;
+            _position = new Position(unwatched.Xmin, 0);
+            return;
+        }
+
+        // Someone watched before the first poll: no snapshot from before them. Publish what committed from now on, and what
+        // committed before with a time within the lookback (rows since then are found by time; a row stamped earlier but
+        // committed between the watcher's read and now is missed, as the relay cannot tell it from an older one).
+        var since = _db.Time.GetUtcNow() - StartLookback;
+        var (snapshot, oldest) = await _db.RunAsync(_db.Client, (Sql: _startSql, Since: since), static async (c, s, token) =>
         {
             using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(), new(s.Sql) } };
             batch.BatchCommands[1].Parameters.Add(new("since", NpgsqlDbType.TimestampTz) { Value = s.Since });
@@ -194,18 +218,44 @@ internal sealed class PostgresEventRelay
             await using var readerScope = reader.ConfigureAwait(false);
             await reader.NextResultAsync(token).ConfigureAwait(false);
             await reader.ReadAsync(token).ConfigureAwait(false);
-            return (reader.GetFieldValue<ulong>(0), reader.GetFieldValue<ulong>(1), reader.GetFieldValue<ulong[]>(2), reader.IsDBNull(3) ? (ulong?)null : reader.GetFieldValue<ulong>(3));
+            return (Snapshot.Read(reader), reader.IsDBNull(3) ? (ulong?)null : reader.GetFieldValue<ulong>(3));
         }, cancellationToken).ConfigureAwait(false);
 
         // Transaction ids start at 3, so (x, 0) is just before every row of transaction x.
-        _position = new Position(oldest is { } o && o < xmin ? o : xmin, 0);
-        _startXmax = xmax;
-        Array.Sort(running);
-        _startRunning = running;
-        _watchingSince = since;
+        _position = new Position(oldest is { } o && o < snapshot.Xmin ? o : snapshot.Xmin, 0);
+        _covered = snapshot;
+        _coveredBefore = since;
     }
 
-    private bool FinishedAtStart(ulong xactId) => xactId < _startXmax && Array.BinarySearch(_startRunning, xactId) < 0;
+    private Task<Snapshot> TakeSnapshotAsync(CancellationToken cancellationToken)
+        => _db.RunAsync(_db.Client, SnapshotSql, static async (c, sql, token) =>
+        {
+            using var command = new NpgsqlCommand(sql, c);
+            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            await using var readerScope = reader.ConfigureAwait(false);
+            await reader.ReadAsync(token).ConfigureAwait(false);
+            return Snapshot.Read(reader);
+        }, cancellationToken);
+
+    /// <summary>A server snapshot: which transactions it saw as finished.</summary>
+    /// <param name="Xmin">Every transaction below it had finished.</param>
+    /// <param name="Xmax">Every transaction at or above it had not begun.</param>
+    /// <param name="Running">The transactions between the two still running, sorted.</param>
+    private sealed record Snapshot(ulong Xmin, ulong Xmax, ulong[] Running)
+    {
+        public static readonly Snapshot Empty = new(0, 0, []);
+
+        /// <summary>Reads the first three columns: <c>pg_snapshot_xmin</c>, <c>pg_snapshot_xmax</c>, <c>ARRAY(pg_snapshot_xip)</c>.</summary>
+        public static Snapshot Read(NpgsqlDataReader reader)
+        {
+            var running = reader.GetFieldValue<ulong[]>(2);
+            Array.Sort(running);
+            return new(reader.GetFieldValue<ulong>(0), reader.GetFieldValue<ulong>(1), running);
+        }
+
+        /// <summary>Whether the snapshot saw the transaction's rows (it had committed, or ended, when it was taken).</summary>
+        public bool Saw(ulong xactId) => xactId < Xmax && Array.BinarySearch(Running, xactId) < 0;
+    }
 
     /// <summary>A place in the cursor's order.</summary>
     internal readonly record struct Position(ulong XactId, long Id) : IComparable<Position>

@@ -62,7 +62,8 @@ public sealed class PostgresOptions
     /// <summary>
     /// Gets or sets how often a host that has watchers of state changes (<see cref="IJobClient.WatchAsync(JobId, CancellationToken)"/>
     /// and filters that take <see cref="JobEventKind.StateChanged"/>) reads the transitions other hosts wrote to the
-    /// history and publishes them on its own bus; <see langword="null"/> keeps events on the host that made the change.
+    /// history and publishes them on its own bus; a host without such watchers takes only the server's snapshot (one
+    /// short query) at this interval. <see langword="null"/> keeps events on the host that made the change.
     /// Needs <see cref="WriteHistory"/>. Default 250 milliseconds.
     /// </summary>
     public TimeSpan? EventRelayInterval { get; set; } = TimeSpan.FromMilliseconds(250);

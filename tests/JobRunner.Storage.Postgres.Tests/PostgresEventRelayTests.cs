@@ -230,6 +230,46 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_transition_stamped_before_the_last_unwatched_poll_but_committed_after_it_is_published()
+    {
+        var (worker, relay, apiEvents) = TwoHosts();
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+
+        // The other host stamps the transition (its clock), then waits (a row lock, a retry) past this host's unwatched poll.
+        var stamped = _time.GetUtcNow();
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+
+        // A watcher subscribes (and would read the job Queued now); then the transition commits, a second older than the poll.
+        await using var events = new Watcher(apiEvents);
+        await using var connection = await ConnectAsync();
+        await WriteAsync(connection, job.Id, JobState.Running, stamped);
+
+        await PollUntilAsync(relay, 1);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.Equal((job.Id, JobState.Running), (await events.TakeAsync(1)).Select(e => (e.JobId, e.State)).Single());
+    }
+
+    [Fact]
+    public async Task A_watcher_before_the_first_poll_gets_what_commits_from_then_on()
+    {
+        var (worker, relay, apiEvents) = TwoHosts();
+        var old = Jobs.New(_time);
+        await worker.InsertAsync(old, default);
+        _time.Advance(PostgresEventRelay.StartLookback + TimeSpan.FromSeconds(1));
+
+        // No poll has found nobody watching: the relay starts from the lookback, by time.
+        await using var events = new Watcher(apiEvents);
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+        await PollUntilAsync(relay, 1);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.Equal(job.Id, (await events.TakeAsync(1))[0].JobId);
+    }
+
+    [Fact]
     public async Task Nobody_watching_again_forgets_the_cursor_and_the_next_watcher_starts_from_then()
     {
         var (worker, relay, apiEvents) = TwoHosts();
@@ -290,7 +330,6 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
         Assert.True(new PostgresOptionsValidator().Validate(null, _database.Options(o => { o.WriteHistory = false; o.EventRelayInterval = null; })).Succeeded);
     }
 
-    /// <summary>A moment later a poll while nobody watches, and a moment later again: a watcher that subscribes now starts from that poll.</summary>
     /// <summary>A worker host's store, and an API host's relay and event bus, on the same schema.</summary>
     private (PostgresJobStore Worker, PostgresEventRelay Relay, IJobEventBus ApiEvents) TwoHosts()
     {
@@ -299,6 +338,7 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
         return (worker, new PostgresEventRelay(apiDb, apiEvents), apiEvents);
     }
 
+    /// <summary>A moment later a poll while nobody watches, and a moment later again: a watcher that subscribes now starts from that poll.</summary>
     private async Task StartWatchingAsync(PostgresEventRelay relay)
     {
         _time.Advance(TimeSpan.FromMilliseconds(10));
@@ -334,13 +374,13 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     }
 
     /// <summary>Writes a transition as another host does, on the connection's transaction if it has one; returns that transaction's id.</summary>
-    private async Task<ulong> WriteAsync(NpgsqlConnection connection, JobId job, JobState state)
+    private async Task<ulong> WriteAsync(NpgsqlConnection connection, JobId job, JobState state, DateTimeOffset? at = null)
     {
         await using var command = new NpgsqlCommand(
             $"INSERT INTO \"{_database.Schema}\".job_history (job_id, at, state, attempt, fence, instance) VALUES (@job, @at, @state, 1, 1, @instance) RETURNING xact_id",
             connection);
         command.Parameters.AddWithValue("job", job.Value);
-        command.Parameters.AddWithValue("at", _time.GetUtcNow());
+        command.Parameters.AddWithValue("at", at ?? _time.GetUtcNow());
         command.Parameters.AddWithValue("state", (short)state);
         command.Parameters.AddWithValue("instance", OtherHost);
         return (ulong)(await command.ExecuteScalarAsync())!;
