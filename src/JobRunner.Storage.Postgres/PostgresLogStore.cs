@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -6,7 +7,8 @@ namespace JobRunner.Storage.Postgres;
 /// <summary>
 /// Job logs in PostgreSQL, readable from every host: one row per line, keyed by job and job-wide offset. An append takes
 /// its offsets from the job's row in <c>job_log_heads</c> in the same statement, so concurrent writers (a stale attempt
-/// and its successor) never collide and offsets continue across attempts. Lines are kept until housekeeping deletes
+/// and its successor) never collide and offsets continue across attempts; its first line carries the append's key, so that
+/// a retry after a lost commit reply returns what the first try wrote instead of writing the lines again. Lines are kept until housekeeping deletes
 /// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). After each append a NOTIFY goes out on the
 /// attempt-events channel (job, attempt, first offset, line count, not the lines), in its own transaction with others
 /// (<see cref="PostgresDatabase.NotifyAttemptEvent"/>), so that watchers on other hosts get the lines as log events: each
@@ -18,6 +20,7 @@ internal sealed class PostgresLogStore : ILogStore
     private const int MaxLimit = 10_000;
     private readonly PostgresDatabase _db;
     private readonly string _appendSql;
+    private readonly string _appendRetrySql;
     private readonly string _readSql;
     private readonly string _rangeSql;
 
@@ -26,19 +29,9 @@ internal sealed class PostgresLogStore : ILogStore
         _db = db;
         var s = db.Schema;
         // With LogEventsAcrossHosts, the append also returns the job's tenant and workload for the notification.
-        var tail = db.Options.LogEventsAcrossHosts
-            ? $" SELECT first, j.tenant, j.workload FROM head LEFT JOIN {s}.jobs j ON j.id = @job"
-            : " SELECT first FROM head";
-        _appendSql = $"""
-            WITH head AS (
-                INSERT INTO {s}.job_log_heads AS h (job_id, next_offset) VALUES (@job, @count)
-                ON CONFLICT (job_id) DO UPDATE SET next_offset = h.next_offset + @count
-                RETURNING next_offset - @count AS first),
-            lines AS (
-                INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message)
-                SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message
-                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)){tail}
-            """;
+        var tenant = db.Options.LogEventsAcrossHosts;
+        _appendSql = AppendSql(s, tenant, retry: false);
+        _appendRetrySql = AppendSql(s, tenant, retry: true);
         _rangeSql = $"""
             SELECT "offset", attempt, at, stream, message FROM {s}.job_logs
             WHERE job_id = @job AND "offset" >= @from AND "offset" < @to
@@ -49,6 +42,33 @@ internal sealed class PostgresLogStore : ILogStore
             WHERE job_id = @job AND "offset" >= @offset AND (@attempt::integer IS NULL OR attempt = @attempt) AND (@since::timestamptz IS NULL OR at >= @since)
             ORDER BY "offset"
             LIMIT @limit
+            """;
+    }
+
+    /// <summary>
+    /// The append: takes the offsets from the job's head and writes the lines, the first with the append's key. A retry
+    /// (<paramref name="retry"/>) first looks for that key among the job's lines: its first try may have committed before
+    /// the reply was lost, and then it returns the offset found and writes nothing.
+    /// </summary>
+    private static string AppendSql(string s, bool tenant, bool retry)
+    {
+        var (prior, none, first) = retry
+            ? ($"prior AS (SELECT \"offset\" AS first FROM {s}.job_logs WHERE job_id = @job AND batch = @key LIMIT 1),",
+               " WHERE NOT EXISTS (SELECT FROM prior)",
+               "(SELECT first FROM head UNION ALL SELECT first FROM prior) f")
+            : ("", "", "head f");
+        var values = retry ? "SELECT @job, @count" : "VALUES (@job, @count)";
+        var tail = tenant ? $" SELECT f.first, j.tenant, j.workload FROM {first} LEFT JOIN {s}.jobs j ON j.id = @job" : $" SELECT f.first FROM {first}";
+        return $"""
+            WITH {prior}
+            head AS (
+                INSERT INTO {s}.job_log_heads AS h (job_id, next_offset) {values}{none}
+                ON CONFLICT (job_id) DO UPDATE SET next_offset = h.next_offset + @count
+                RETURNING next_offset - @count AS first),
+            lines AS (
+                INSERT INTO {s}.job_logs (job_id, "offset", attempt, at, stream, message, batch)
+                SELECT @job, head.first + l.n - 1, @attempt, l.at, l.stream, l.message, CASE WHEN l.n = 1 THEN @key END
+                FROM head, unnest(@ats, @streams, @messages) WITH ORDINALITY AS l(at, stream, message, n)){tail}
             """;
     }
 
@@ -73,21 +93,30 @@ internal sealed class PostgresLogStore : ILogStore
             messages[i] = JobRows.Text(lines[i].Message);
         }
 
-        var (first, tenant, workload) = await _db.RunAsync(_db.Worker, (Sql: _appendSql, Lease: lease, Ats: ats, Streams: streams, Messages: messages), static async (c, s, token) =>
+        var state = (Store: this, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Key: Guid.NewGuid(), Tries: new StrongBox<int>());
+        var (first, tenant, workload) = await _db.RunAsync(_db.Worker, state, static async (c, s, token) =>
         {
-            using var command = new NpgsqlCommand(s.Sql, c);
+            var tries = ++s.Tries.Value;
+            using var command = new NpgsqlCommand(tries == 1 ? s.Store._appendSql : s.Store._appendRetrySql, c);
             command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Lease.JobId.Value });
             command.Parameters.Add(new("count", NpgsqlDbType.Bigint) { Value = (long)s.Messages.Length });
             command.Parameters.Add(new("attempt", NpgsqlDbType.Integer) { Value = s.Lease.Attempt });
             command.Parameters.Add(new("ats", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = s.Ats });
             command.Parameters.Add(new("streams", NpgsqlDbType.Array | NpgsqlDbType.Smallint) { Value = s.Streams });
             command.Parameters.Add(new("messages", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Messages });
+            command.Parameters.Add(new("key", NpgsqlDbType.Uuid) { Value = s.Key });
+            (long, string?, string?) appended;
             var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
-            await using var readerScope = reader.ConfigureAwait(false);
-            await reader.ReadAsync(token).ConfigureAwait(false);
-            return reader.FieldCount > 1 && !reader.IsDBNull(1)
-                ? (reader.GetInt64(0), reader.GetString(1), reader.GetString(2))
-                : (reader.GetInt64(0), (string?)null, (string?)null);
+            await using (reader.ConfigureAwait(false))
+            {
+                await reader.ReadAsync(token).ConfigureAwait(false);
+                appended = reader.FieldCount > 1 && !reader.IsDBNull(1)
+                    ? (reader.GetInt64(0), reader.GetString(1), reader.GetString(2))
+                    : (reader.GetInt64(0), null, null);
+            }
+
+            s.Store.AfterAppend?.Invoke(tries);
+            return appended;
         }, cancellationToken).ConfigureAwait(false);
 
         if (tenant is not null)
@@ -108,6 +137,9 @@ internal sealed class PostgresLogStore : ILogStore
 
         return entries;
     }
+
+    /// <summary>Called after each try of an append wrote its lines, with the try's number (1 for the first); for tests.</summary>
+    internal Action<int>? AfterAppend { get; set; }
 
     /// <summary>Reads the lines of <paramref name="jobId"/> with offsets from <paramref name="from"/> up to (not including) <paramref name="to"/>.</summary>
     internal Task<List<LogEntry>> ReadRangeAsync(JobId jobId, long from, long to, CancellationToken cancellationToken)

@@ -1,4 +1,5 @@
 using JobRunner.Testing;
+using Npgsql;
 
 namespace JobRunner.Storage.Postgres.Tests;
 
@@ -93,6 +94,55 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
         var read = await stores[0].ReadAsync(job, new LogQuery { Limit = 100 }, default);
         Assert.Equal(80, read.Entries.Count);
         Assert.All(written, w => Assert.Equal(w[0].Offset + 1, w[1].Offset));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task An_append_retried_after_its_commits_reply_was_lost_writes_its_lines_once(bool acrossHosts)
+    {
+        // The retry's back-off runs on the real clock.
+        var job = JobId.New(_time);
+        var store = new PostgresLogStore(_database.Open(TimeProvider.System, o => o.LogEventsAcrossHosts = acrossHosts));
+        await store.AppendAsync(Lease(job, 1, 1), [Line("before")], default);
+        store.AfterAppend = tries =>
+        {
+            if (tries == 1)
+            {
+                throw new NpgsqlException("The connection broke after the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+
+        var written = await store.AppendAsync(Lease(job, 1, 1), [Line("a"), Line("b")], default);
+        store.AfterAppend = null;
+        var after = await store.AppendAsync(Lease(job, 1, 1), [Line("after")], default);
+
+        Assert.Equal([1L, 2L], written.Select(e => e.Offset));
+        Assert.Equal(3L, after[0].Offset);
+        Assert.Equal(["before", "a", "b", "after"], (await store.ReadAsync(job, new LogQuery(), default)).Entries.Select(e => e.Message));
+    }
+
+    [Fact]
+    public async Task An_append_retried_after_its_first_try_failed_writes_its_lines()
+    {
+        var job = JobId.New(_time);
+        var store = new PostgresLogStore(_database.Open(TimeProvider.System));
+        await store.AppendAsync(Lease(job, 1, 1), [Line("before")], default);
+
+        // The first try's work undone, as if it had not committed, then the failure.
+        store.AfterAppend = tries =>
+        {
+            if (tries == 1)
+            {
+                _database.ExecuteAsync($"DELETE FROM {{s}}.job_logs WHERE job_id = '{job.Value}' AND \"offset\" > 0; UPDATE {{s}}.job_log_heads SET next_offset = 1 WHERE job_id = '{job.Value}'").GetAwaiter().GetResult();
+                throw new NpgsqlException("The connection broke before the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+
+        var written = await store.AppendAsync(Lease(job, 1, 1), [Line("a"), Line("b")], default);
+
+        Assert.Equal([1L, 2L], written.Select(e => e.Offset));
+        Assert.Equal(["before", "a", "b"], (await store.ReadAsync(job, new LogQuery(), default)).Entries.Select(e => e.Message));
     }
 
     [Fact]
