@@ -300,54 +300,107 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     private Task HousekeepAsync(CancellationToken stoppingToken)
         => EveryAsync(_db.Options.HousekeepingInterval, HousekeepOnceAsync, static (logger, e) => Log.HousekeepingFailed(logger, e), stoppingToken);
 
-    /// <summary>Deletes expired history and finished jobs, if no other host is doing it now.</summary>
+    /// <summary>
+    /// Deletes expired history and finished jobs (with their logs), if no other host is doing it now: a session-level
+    /// advisory lock held across the deletes, each of at most <see cref="HousekeepingChunk"/> rows (jobs: a tenth of
+    /// that, since their log lines go with them) in its own transaction, so that a large backlog is worked off under the
+    /// statement timeout and locks few rows at a time.
+    /// </summary>
     /// <returns>The rows deleted (history, jobs), or <see langword="null"/> when another host holds the lock.</returns>
-    internal Task<(long History, long Jobs)?> HousekeepOnceAsync(CancellationToken cancellationToken)
+    internal async Task<(long History, long Jobs)?> HousekeepOnceAsync(CancellationToken cancellationToken)
     {
-        var now = _db.Time.GetUtcNow();
-        var options = _db.Options;
-        return _db.RunAsync(_db.Client, (Db: _db, Now: now), static async (c, s, token) =>
+        var s = _db.Schema;
+        var state = new HousekeepingRun(
+            this,
+            _db.Time.GetUtcNow(),
+            $"WITH d AS (DELETE FROM {s}.job_history WHERE id IN (SELECT id FROM {s}.job_history WHERE at < $1 LIMIT $2) RETURNING 1) SELECT count(*) FROM d",
+            // A finished job goes with its log; the state and time are checked again on the row deleted (a retry may have
+            // queued it again since the sub-select read it).
+            $"""
+            WITH d AS (
+                DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM {s}.jobs WHERE state >= 3 AND updated_at < $1 LIMIT $2)
+                    AND state >= 3 AND updated_at < $1
+                RETURNING id),
+            l AS (DELETE FROM {s}.job_logs WHERE job_id IN (SELECT id FROM d)),
+            h AS (DELETE FROM {s}.job_log_heads WHERE job_id IN (SELECT id FROM d))
+            SELECT count(*) FROM d
+            """);
+        var held = await _db.RunAsync(_db.Client, state, static async (c, run, token) =>
         {
-            var transaction = await c.BeginTransactionAsync(token).ConfigureAwait(false);
-            await using (transaction.ConfigureAwait(false))
+            var options = run.Service._db.Options;
+            var key = "jobrunner.housekeeping." + options.Schema;
+            using (var lockCommand = new NpgsqlCommand("SELECT pg_try_advisory_lock(hashtext($1))", c))
             {
-                using (var lockCommand = new NpgsqlCommand("SELECT pg_try_advisory_xact_lock(hashtext($1))", c, transaction))
+                lockCommand.Parameters.Add(new NpgsqlParameter { Value = key });
+                if (!(bool)(await lockCommand.ExecuteScalarAsync(token).ConfigureAwait(false))!)
                 {
-                    lockCommand.Parameters.Add(new NpgsqlParameter { Value = "jobrunner.housekeeping." + s.Db.Options.Schema });
-                    if (!(bool)(await lockCommand.ExecuteScalarAsync(token).ConfigureAwait(false))!)
-                    {
-                        return ((long, long)?)null;
-                    }
+                    return false;
                 }
-
-                long history;
-                using (var command = new NpgsqlCommand($"DELETE FROM {s.Db.Schema}.job_history WHERE at < $1", c, transaction))
-                {
-                    command.Parameters.Add(new NpgsqlParameter { Value = s.Now - s.Db.Options.HistoryRetention });
-                    history = await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
-                }
-
-                long jobs = 0;
-                if (s.Db.Options.FinishedJobRetention is { } retention)
-                {
-                    // A finished job goes with its log.
-                    using var command = new NpgsqlCommand(
-                        $"""
-                        WITH d AS (DELETE FROM {s.Db.Schema}.jobs WHERE state >= 3 AND updated_at < $1 RETURNING id),
-                        l AS (DELETE FROM {s.Db.Schema}.job_logs WHERE job_id IN (SELECT id FROM d)),
-                        h AS (DELETE FROM {s.Db.Schema}.job_log_heads WHERE job_id IN (SELECT id FROM d))
-                        SELECT count(*) FROM d
-                        """,
-                        c,
-                        transaction);
-                    command.Parameters.Add(new NpgsqlParameter { Value = s.Now - retention });
-                    jobs = (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
-                }
-
-                await transaction.CommitAsync(token).ConfigureAwait(false);
-                return (history, jobs);
             }
-        }, cancellationToken);
+
+            try
+            {
+                var chunk = run.Service.HousekeepingChunk;
+                run.History += await DeleteAsync(c, run, run.HistorySql, run.Now - options.HistoryRetention, chunk, token).ConfigureAwait(false);
+                if (options.FinishedJobRetention is { } retention)
+                {
+                    run.Jobs += await DeleteAsync(c, run, run.JobsSql, run.Now - retention, Math.Max(1, chunk / 10), token).ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                // A broken connection has released the lock already; closing a pooled one does not.
+                if (c.FullState == System.Data.ConnectionState.Open)
+                {
+                    using var unlock = new NpgsqlCommand("SELECT pg_advisory_unlock(hashtext($1))", c);
+                    unlock.Parameters.Add(new NpgsqlParameter { Value = key });
+                    await unlock.ExecuteScalarAsync(CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+
+            return true;
+        }, cancellationToken).ConfigureAwait(false);
+        return held ? (state.History, state.Jobs) : null;
+
+        static async Task<long> DeleteAsync(NpgsqlConnection c, HousekeepingRun run, string sql, DateTimeOffset before, int chunk, CancellationToken token)
+        {
+            long total = 0;
+            while (true)
+            {
+                using var command = new NpgsqlCommand(sql, c);
+                command.Parameters.Add(new NpgsqlParameter { Value = before });
+                command.Parameters.Add(new NpgsqlParameter { Value = chunk });
+                var deleted = (long)(await command.ExecuteScalarAsync(token).ConfigureAwait(false))!;
+                total += deleted;
+                run.Service.AfterHousekeepingChunk?.Invoke(deleted);
+                if (deleted < chunk)
+                {
+                    return total;
+                }
+            }
+        }
+    }
+
+    /// <summary>Gets or sets the most history rows one housekeeping statement deletes (jobs: a tenth); for tests.</summary>
+    internal int HousekeepingChunk { get; set; } = 10_000;
+
+    /// <summary>Called after each housekeeping delete committed, with its row count; for tests.</summary>
+    internal Action<long>? AfterHousekeepingChunk { get; set; }
+
+    /// <summary>One housekeeping run: its statements, and what it deleted so far (kept across retries).</summary>
+    private sealed class HousekeepingRun(PostgresBackgroundService service, DateTimeOffset now, string historySql, string jobsSql)
+    {
+        public PostgresBackgroundService Service { get; } = service;
+
+        public DateTimeOffset Now { get; } = now;
+
+        public string HistorySql { get; } = historySql;
+
+        public string JobsSql { get; } = jobsSql;
+
+        public long History { get; set; }
+
+        public long Jobs { get; set; }
     }
 
     private static partial class Log
