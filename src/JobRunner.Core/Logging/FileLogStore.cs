@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace JobRunner.Logging;
@@ -8,28 +9,55 @@ namespace JobRunner.Logging;
 /// Job logs on disk: one append-only file per job and attempt, <c>{directory}/{jobId}/attempt-{n}.log</c>, one line per
 /// entry: <c>offset TAB timestamp TAB stream TAB message</c> (backslash, CR and LF escaped). Offsets run across the
 /// attempts of a job. Everything needed to read survives a host restart: the next offset is recovered from the files.
+/// A line counts once its LF is written: readers leave out a last line without one (being written now, or torn by a
+/// crash), and the first append of a job in a process (or after a failed write) cuts such a tail off before writing.
 /// </summary>
 internal sealed class FileLogStore : ILogStore
 {
     private readonly string _directory;
+    private readonly int _maxCachedJobs;
     private readonly ConcurrentDictionary<JobId, JobFiles> _jobs = new();
 
     public FileLogStore(string directory)
+        : this(directory, maxCachedJobs: 1024)
+    {
+    }
+
+    /// <param name="directory">The directory of the logs.</param>
+    /// <param name="maxCachedJobs">How many jobs' next offsets are kept in memory; past twice as many, idle ones are dropped (read from the files again at their next append).</param>
+    internal FileLogStore(string directory, int maxCachedJobs)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxCachedJobs, 1);
         _directory = Path.GetFullPath(directory);
+        _maxCachedJobs = maxCachedJobs;
         Directory.CreateDirectory(_directory);
     }
+
+    /// <summary>Gets how many jobs' next offsets are in memory; for tests.</summary>
+    internal int CachedJobs => _jobs.Count;
 
     public async ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, IReadOnlyList<LogLine> lines, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(lease);
         ArgumentNullException.ThrowIfNull(lines);
-        var files = _jobs.GetOrAdd(lease.JobId, static (id, self) => new JobFiles(Path.Combine(self._directory, id.ToString())), this);
-        await files.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        JobFiles files;
+        while (true)
+        {
+            files = _jobs.GetOrAdd(lease.JobId, static (id, self) => new JobFiles(Path.Combine(self._directory, id.ToString())), this);
+            await files.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            if (!files.Retired)
+            {
+                break;
+            }
+
+            // Dropped from the cache while this call waited: take the job's new entry.
+            files.Lock.Release();
+        }
+
         try
         {
-            files.NextOffset ??= await RecoverNextOffsetAsync(files.Directory, cancellationToken).ConfigureAwait(false);
+            files.NextOffset ??= await RecoverAsync(files.Directory, cancellationToken).ConfigureAwait(false);
             Directory.CreateDirectory(files.Directory);
             var entries = new LogEntry[lines.Count];
             var text = new StringBuilder(lines.Count * 64);
@@ -41,11 +69,20 @@ internal sealed class FileLogStore : ILogStore
                 Format(text, entry);
             }
 
-            var stream = new FileStream(AttemptPath(files.Directory, lease.Attempt), FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 1 << 16, useAsync: true);
-            await using (stream.ConfigureAwait(false))
+            try
             {
-                var bytes = Encoding.UTF8.GetBytes(text.ToString());
-                await stream.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+                var stream = new FileStream(AttemptPath(files.Directory, lease.Attempt), FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 1 << 16, useAsync: true);
+                await using (stream.ConfigureAwait(false))
+                {
+                    var bytes = Encoding.UTF8.GetBytes(text.ToString());
+                    await stream.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch
+            {
+                // Part of the text may be on disk: the next append reads the files again and cuts it off.
+                files.NextOffset = null;
+                throw;
             }
 
             files.NextOffset += lines.Count;
@@ -54,6 +91,29 @@ internal sealed class FileLogStore : ILogStore
         finally
         {
             files.Lock.Release();
+            if (_jobs.Count > 2 * _maxCachedJobs)
+            {
+                Trim();
+            }
+        }
+    }
+
+    /// <summary>Drops idle jobs' entries (their lock free) until at most the cap is left.</summary>
+    private void Trim()
+    {
+        foreach (var (id, files) in _jobs)
+        {
+            if (_jobs.Count <= _maxCachedJobs)
+            {
+                return;
+            }
+
+            if (files.Lock.Wait(0))
+            {
+                files.Retired = true;
+                _jobs.TryRemove(KeyValuePair.Create(id, files));
+                files.Lock.Release();
+            }
         }
     }
 
@@ -73,8 +133,7 @@ internal sealed class FileLogStore : ILogStore
                 continue;
             }
 
-            using var reader = new StreamReader(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1 << 16, useAsync: true), Encoding.UTF8);
-            while (await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false) is { } line)
+            await foreach (var (line, _) in ReadLinesAsync(path, cancellationToken).ConfigureAwait(false))
             {
                 if (Parse(line, attempt) is not { } entry || entry.Offset < query.Offset)
                 {
@@ -115,25 +174,79 @@ internal sealed class FileLogStore : ILogStore
             .OrderBy(static x => x.Attempt);
     }
 
-    private static async Task<long> RecoverNextOffsetAsync(string directory, CancellationToken cancellationToken)
+    /// <summary>
+    /// Finds the job's next offset (after the highest of its complete lines) and cuts off every file's torn last line, so
+    /// that the next line written starts a line of its own.
+    /// </summary>
+    private static async Task<long> RecoverAsync(string directory, CancellationToken cancellationToken)
     {
         long next = 0;
         foreach (var (attempt, path) in AttemptFiles(directory))
         {
-            string? last = null;
-            using var reader = new StreamReader(path, Encoding.UTF8);
-            while (await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false) is { } line)
+            long end = 0;
+            await foreach (var (line, lineEnd) in ReadLinesAsync(path, cancellationToken).ConfigureAwait(false))
             {
-                last = line;
+                end = lineEnd;
+                if (Parse(line, attempt) is { } entry)
+                {
+                    next = Math.Max(next, entry.Offset + 1);
+                }
             }
 
-            if (last is not null && Parse(last, attempt) is { } entry)
+            if (new FileInfo(path).Length > end)
             {
-                next = Math.Max(next, entry.Offset + 1);
+                using var file = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.Read);
+                file.SetLength(end);
             }
         }
 
         return next;
+    }
+
+    /// <summary>
+    /// Reads the complete lines of a file, each with the file position after its LF. What follows the last LF is being
+    /// written now, or was torn by a crash: it is left out.
+    /// </summary>
+    private static async IAsyncEnumerable<(string Line, long End)> ReadLinesAsync(string path, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 1, useAsync: true);
+        await using (stream.ConfigureAwait(false))
+        {
+            var buffer = new byte[1 << 16];
+            int start = 0, end = 0;
+            long position = 0; // of buffer[0] in the file
+            while (true)
+            {
+                if (end == buffer.Length)
+                {
+                    if (start > 0)
+                    {
+                        Buffer.BlockCopy(buffer, start, buffer, 0, end - start);
+                        position += start;
+                        end -= start;
+                        start = 0;
+                    }
+                    else
+                    {
+                        Array.Resize(ref buffer, buffer.Length * 2);
+                    }
+                }
+
+                var read = await stream.ReadAsync(buffer.AsMemory(end), cancellationToken).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    yield break;
+                }
+
+                var scan = end;
+                end += read;
+                for (int lf; (lf = Array.IndexOf(buffer, (byte)'\n', scan, end - scan)) >= 0; scan = start)
+                {
+                    yield return (Encoding.UTF8.GetString(buffer, start, lf - start), position + lf + 1);
+                    start = lf + 1;
+                }
+            }
+        }
     }
 
     private static void Format(StringBuilder text, LogEntry entry)
@@ -200,5 +313,8 @@ internal sealed class FileLogStore : ILogStore
         public SemaphoreSlim Lock { get; } = new(1, 1);
 
         public long? NextOffset { get; set; }
+
+        /// <summary>Gets or sets whether the entry was dropped from the cache (set under <see cref="Lock"/>).</summary>
+        public bool Retired { get; set; }
     }
 }
