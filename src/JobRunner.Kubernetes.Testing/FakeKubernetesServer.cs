@@ -984,6 +984,11 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             return;
         }
 
+        foreach (var line in script.FinalLogs)
+        {
+            log.Append(_time.GetUtcNow(), line);
+        }
+
         // Terminated.
         var finished = Timestamp();
         var exitCode = script.Evicted ? 137 : script.ExitCode;

@@ -32,6 +32,10 @@ public sealed class FakePodScript
     /// <value>The default value is empty.</value>
     public IReadOnlyList<string> Logs { get; init; } = [];
 
+    /// <summary>Gets the lines the container writes when <see cref="RunUntil"/> completes, just before it exits.</summary>
+    /// <value>The default value is empty.</value>
+    public IReadOnlyList<string> FinalLogs { get; init; } = [];
+
     /// <summary>Gets a task the container runs until (it also ends when its Job is deleted or passes its deadline).</summary>
     /// <value>The default value is <see langword="null"/>: the container ends as soon as it has written its logs.</value>
     public Task? RunUntil { get; init; }

@@ -30,4 +30,7 @@ internal static partial class Log
 
     [LoggerMessage(9, LogLevel.Warning, "Job {JobId}: the attempt lost its lease; Kubernetes Job {Name} is left to the job's next owner, which re-attaches to it.")]
     public static partial void LeftForNextOwner(ILogger logger, JobId jobId, string name);
+
+    [LoggerMessage(10, LogLevel.Warning, "Job {JobId}: could not read the log stored by earlier attempts; the log of re-attached Kubernetes Job {Name} is streamed from its start, so lines stored already appear again.")]
+    public static partial void StoredLogUnread(ILogger logger, Exception exception, JobId jobId, string name);
 }

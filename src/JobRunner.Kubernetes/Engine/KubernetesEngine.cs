@@ -108,9 +108,69 @@ internal sealed class KubernetesEngine : IExecutionEngine
         }
 
         run.Name = previous.Job;
+        if (int.TryParse(job.Metadata.Labels?.GetValueOrDefault(KubeNames.AttemptLabel), NumberStyles.None, CultureInfo.InvariantCulture, out var created))
+        {
+            run.StoredLogEnd = await StoredLogEndAsync(run, created, cancellationToken).ConfigureAwait(false);
+        }
+
         Log.Adopted(run.Logger, context.JobId, previous.Job, complete ? "finished, from the checkpoint" : "running, from the checkpoint");
         await TryLogAsync(context, $"Re-attached to Kubernetes Job {previous.Job} in namespace {run.Namespace} (it is {(complete ? "complete" : "still running")}).").ConfigureAwait(false);
         return previous.Job;
+    }
+
+    /// <summary>
+    /// Where the pod's lines that earlier attempts (from <paramref name="created"/>, which created the Job, on) stored end:
+    /// the last timestamp and how many lines have it, so that a re-attached stream goes on after them instead of from the
+    /// pod's start. Reads the job's log through the host's <see cref="ILogStore"/>, all of it (a takeover is rare); without
+    /// a store, or when it fails, the stream starts over and the lines stored already appear twice.
+    /// </summary>
+    private static async Task<(DateTimeOffset Last, int AtLast)?> StoredLogEndAsync(AttemptRun run, int created, CancellationToken cancellationToken)
+    {
+        var context = run.Context;
+        if (!run.Options.StreamLogs || context.Services.GetService(typeof(ILogStore)) is not ILogStore logs)
+        {
+            return null;
+        }
+
+        const int Page = 10_000;
+        try
+        {
+            DateTimeOffset? last = null;
+            var atLast = 0;
+            var offset = 0L;
+            while (true)
+            {
+                var page = await logs.ReadAsync(context.JobId, new LogQuery { Offset = offset, Limit = Page }, cancellationToken).ConfigureAwait(false);
+                foreach (var entry in page.Entries)
+                {
+                    if (entry.Stream != LogStream.Output || entry.Attempt < created || entry.Attempt >= context.Attempt)
+                    {
+                        continue;
+                    }
+
+                    if (last is not { } l || entry.Timestamp > l)
+                    {
+                        (last, atLast) = (entry.Timestamp, 1);
+                    }
+                    else if (entry.Timestamp == l)
+                    {
+                        atLast++;
+                    }
+                }
+
+                if (page.Entries.Count < Page || page.NextOffset <= offset)
+                {
+                    return last is { } end ? (end, atLast) : null;
+                }
+
+                offset = page.NextOffset;
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Log.StoredLogUnread(run.Logger, e, context.JobId, run.Name);
+            return null;
+        }
     }
 
     private static async Task<NamespaceWatch.Registration> SubmitAsync(AttemptRun run, NamespaceWatch watch, KubernetesApiClient client, CancellationToken cancellationToken)
@@ -249,6 +309,9 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     public ContainerSpec Spec { get; }
 
     public string Name { get; set; } = "";
+
+    /// <summary>Gets or sets where the lines of this Job's pod that earlier attempts stored end (a re-attached run).</summary>
+    public (DateTimeOffset Last, int AtLast)? StoredLogEnd { get; set; }
 
     public KubernetesEngineOptions Options => _host.Options;
 
@@ -630,8 +693,9 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
 
     private async Task PumpLogsAsync(string pod, CancellationToken stop)
     {
-        DateTimeOffset? last = null;
-        var seenAtLast = 0;
+        // A re-attached run goes on after the lines earlier attempts stored.
+        DateTimeOffset? last = StoredLogEnd?.Last;
+        var seenAtLast = StoredLogEnd?.AtLast ?? 0;
         try
         {
             for (var connection = 0; connection < 4 && !stop.IsCancellationRequested; connection++)
@@ -648,7 +712,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
                         var pending = reader.ReadLineAsync(stop).AsTask();
                         while (await pending.ConfigureAwait(false) is { } raw)
                         {
+                            // To the microsecond, what every log store keeps (PostgreSQL's timestamptz), so that lines
+                            // read back from a store compare equal to the stream's.
                             var (time, text) = SplitTimestamp(raw);
+                            time = time is { } exact ? new DateTimeOffset(exact.Ticks - (exact.Ticks % 10), TimeSpan.Zero) : null;
                             if (time is { } t && last is { } l && t <= l)
                             {
                                 // A reconnect starts at the last second seen: skip what was already stored.

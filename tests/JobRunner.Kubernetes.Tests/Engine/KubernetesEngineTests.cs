@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Microsoft.Extensions.DependencyInjection;
 using JobRunner.Kubernetes.Testing;
 using JobRunner.Kubernetes.Tests.Support;
 using JobRunner.Testing;
@@ -388,6 +389,38 @@ public sealed class KubernetesEngineTests
         Assert.Equal(0, b.ExitCode);
         Assert.Equal([$"jr-{jobId}-1"], test.Server.Names("jobs", "jobs"));
         Assert.Contains("from the pod", b.Output);
+    }
+
+    [Fact]
+    public async Task Execute_TakeoverAfterHostCrash_StreamsOnFromTheLinesEarlierAttemptsStored()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { Logs = ["one", "two"], RunUntil = release.Task, FinalLogs = ["three"] };
+        var jobId = JobId.New(TimeProvider.System);
+        var logs = new ServiceCollection().AddJobRunner(static _ => { }).BuildServiceProvider().GetRequiredService<ILogStore>();
+
+        // Host A stores the pod's first lines, then crashes.
+        var crashed = test.Host();
+        var a = new TestContext(jobId, attempt: 1, logs: logs);
+        using var abandon = new CancellationTokenSource();
+        var aRun = crashed.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(a, abandon.Token).AsTask();
+        await a.WaitForLineAsync("two", LogStream.Output);
+        a.RequestCheckpoint();
+        await abandon.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => aRun.WaitAsync(K8sTest.Limit));
+        await crashed.DisposeAsync();
+
+        // Host B re-attaches: the stream goes on after them.
+        var b = new TestContext(jobId, attempt: 2, checkpoint: a.SavedCheckpoint, logs: logs);
+        var bRun = test.Engine().ExecuteAsync(b, CancellationToken.None).AsTask();
+        await b.WaitForLineAsync("Re-attached");
+        release.SetResult();
+        await bRun.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(["three"], b.Output);
+        var stored = await logs.ReadAsync(jobId, new LogQuery(), default);
+        Assert.Equal([("one", 1), ("two", 1), ("three", 2)], stored.Entries.Where(e => e.Stream == LogStream.Output).Select(e => (e.Message, e.Attempt)));
     }
 
     [Fact]

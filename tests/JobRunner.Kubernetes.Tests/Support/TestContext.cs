@@ -11,8 +11,12 @@ public sealed class TestContext : WorkloadContext
     private readonly List<(Func<LogLine, bool> Match, TaskCompletionSource Done)> _waiters = [];
     private readonly CancellationTokenSource _checkpointRequested = new();
 
-    public TestContext(JobId? jobId = null, int attempt = 1, ReadOnlyMemory<byte>? checkpoint = null, TimeProvider? time = null)
+    private readonly ILogStore? _logs;
+
+    /// <param name="logs">A log store the context also writes to, and serves as the host's <see cref="ILogStore"/>.</param>
+    public TestContext(JobId? jobId = null, int attempt = 1, ReadOnlyMemory<byte>? checkpoint = null, TimeProvider? time = null, ILogStore? logs = null)
     {
+        _logs = logs;
         JobId = jobId ?? JobId.New(TimeProvider.System);
         Attempt = attempt;
         SavedCheckpoint = checkpoint;
@@ -33,7 +37,7 @@ public sealed class TestContext : WorkloadContext
 
     public override CancellationToken CheckpointRequested => _checkpointRequested.Token;
 
-    public override IServiceProvider Services => throw new NotSupportedException();
+    public override IServiceProvider Services => new LogStoreServices(_logs);
 
     public override TimeProvider TimeProvider { get; }
 
@@ -85,9 +89,14 @@ public sealed class TestContext : WorkloadContext
 
     public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default) => ValueTask.CompletedTask;
 
-    public override ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
+    public override async ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
+        if (_logs is not null)
+        {
+            await _logs.AppendAsync(new JobLease(JobId, "worker", FenceToken, Attempt, DateTimeOffset.MaxValue), lines, cancellationToken);
+        }
+
         lock (_waiters)
         {
             foreach (var line in lines)
@@ -102,9 +111,12 @@ public sealed class TestContext : WorkloadContext
                 }
             }
         }
-
-        return ValueTask.CompletedTask;
     }
 
     public override void ReportExitCode(int exitCode) => ExitCode = exitCode;
+
+    private sealed class LogStoreServices(ILogStore? logs) : IServiceProvider
+    {
+        public object? GetService(Type serviceType) => serviceType == typeof(ILogStore) ? logs : null;
+    }
 }
