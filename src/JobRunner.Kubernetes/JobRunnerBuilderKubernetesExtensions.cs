@@ -84,6 +84,7 @@ public static class JobRunnerBuilderKubernetesExtensions
         services.TryAddSingleton(static sp => new KubernetesEngineHost(
             sp.GetRequiredService<IOptions<KubernetesEngineOptions>>(),
             sp.GetService<TimeProvider>() ?? TimeProvider.System,
-            sp.GetService<ILoggerFactory>()));
+            sp.GetService<ILoggerFactory>(),
+            sp.GetService<IJobStore>()));
     }
 }

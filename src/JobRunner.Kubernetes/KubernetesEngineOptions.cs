@@ -60,6 +60,14 @@ public sealed class KubernetesEngineOptions
     /// <value>The default value is <see langword="true"/>.</value>
     public bool StreamLogs { get; set; } = true;
 
+    /// <summary>
+    /// Gets or sets how often a host looks for Kubernetes Jobs that run on for jobs already finished in the store (a job
+    /// cancelled while its Job waited for a new owner after a graceful stop, which no attempt deletes) and deletes them.
+    /// Each look reads from the store every active Job no attempt of this host watches (those of other hosts too) that
+    /// is older than one interval. <see langword="null"/> never looks. Default 1 minute.
+    /// </summary>
+    public TimeSpan? OrphanSweepInterval { get; set; } = TimeSpan.FromMinutes(1);
+
     /// <summary>Gets or sets the service account the pods run as.</summary>
     /// <value>The default value is <see langword="null"/>: the namespace's default.</value>
     public string? ServiceAccountName { get; set; }

@@ -35,6 +35,11 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add("KubernetesEngineOptions.UnschedulableLimit must be zero or more.");
         }
 
+        if (options.OrphanSweepInterval is { } sweep && sweep <= TimeSpan.Zero)
+        {
+            errors.Add("KubernetesEngineOptions.OrphanSweepInterval must be positive, or null to never delete Jobs left running for finished jobs.");
+        }
+
         if (options.TokenRefreshInterval <= TimeSpan.Zero)
         {
             errors.Add("KubernetesEngineOptions.TokenRefreshInterval must be positive.");

@@ -33,4 +33,10 @@ internal static partial class Log
 
     [LoggerMessage(10, LogLevel.Warning, "Job {JobId}: could not read the log stored by earlier attempts; the log of re-attached Kubernetes Job {Name} is streamed from its start, so lines stored already appear again.")]
     public static partial void StoredLogUnread(ILogger logger, Exception exception, JobId jobId, string name);
+
+    [LoggerMessage(11, LogLevel.Warning, "Job {JobId} is {State}, but its Kubernetes Job {Name} was still running (left by a graceful stop, then the job was finished without it): deleted it.")]
+    public static partial void OrphanDeleted(ILogger logger, JobId jobId, string name, JobState state);
+
+    [LoggerMessage(12, LogLevel.Warning, "Looking for Kubernetes Jobs left running for finished jobs failed; looking again at the next interval.")]
+    public static partial void SweepFailed(ILogger logger, Exception exception);
 }

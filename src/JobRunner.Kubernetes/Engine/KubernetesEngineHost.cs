@@ -13,14 +13,22 @@ namespace JobRunner.Kubernetes.Engine;
 internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDisposable, IDisposable
 {
     private readonly SemaphoreSlim _connect = new(1, 1);
+    private readonly IJobStore? _store;
+    private readonly CancellationTokenSource _stop = new();
     private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http)? _connection;
+    private Task? _sweeps;
     private int _disposed;
 
-    public KubernetesEngineHost(IOptions<KubernetesEngineOptions> options, TimeProvider time, ILoggerFactory? loggers = null)
+    /// <param name="options">The options.</param>
+    /// <param name="time">The clock.</param>
+    /// <param name="loggers">The loggers.</param>
+    /// <param name="store">The job store, to find Jobs left running for finished jobs; none are looked for without it.</param>
+    public KubernetesEngineHost(IOptions<KubernetesEngineOptions> options, TimeProvider time, ILoggerFactory? loggers = null, IJobStore? store = null)
     {
         Options = options.Value;
         Time = time;
         Logger = (loggers ?? NullLoggerFactory.Instance).CreateLogger("JobRunner.Kubernetes");
+        _store = store;
     }
 
     public KubernetesEngineOptions Options { get; }
@@ -47,6 +55,10 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
                 var http = new HttpClient(connection.CreateHandler(Time, Logger)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
                 var client = new KubernetesApiClient(http, Time);
                 _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http);
+                if (_store is not null && Options.OrphanSweepInterval is { } interval)
+                {
+                    _sweeps = Task.Run(() => SweepEveryAsync(interval, _stop.Token), CancellationToken.None);
+                }
             }
 
             return (_connection.Value.Client, _connection.Value.Watch);
@@ -54,6 +66,66 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         finally
         {
             _connect.Release();
+        }
+    }
+
+    /// <summary>
+    /// Deletes the active Jobs, older than <paramref name="createdBefore"/> and watched by no attempt of this host, whose
+    /// jobs the store has finished: nothing would ever stop them (a job cancelled while its Job, left running by a
+    /// graceful stop, waited for the next owner). A job the store does not know is left alone (another deployment's).
+    /// </summary>
+    /// <returns>How many Jobs were deleted.</returns>
+    internal async Task<int> SweepOnceAsync(DateTimeOffset createdBefore, CancellationToken cancellationToken)
+    {
+        if (_store is null || _connection is not { } connection)
+        {
+            return 0;
+        }
+
+        var deleted = 0;
+        foreach (var (name, jobId) in connection.Watch.Unattached(createdBefore))
+        {
+            if (await _store.GetAsync(jobId, cancellationToken).ConfigureAwait(false) is not { } job || !job.State.IsTerminal())
+            {
+                continue;
+            }
+
+            try
+            {
+                await connection.Client.DeleteJobAsync(Options.Namespace, name, cancellationToken).ConfigureAwait(false);
+                Log.OrphanDeleted(Logger, jobId, name, job.State);
+                deleted++;
+            }
+            catch (KubernetesApiException e) when (e.IsNotFound)
+            {
+                // Gone meanwhile.
+            }
+        }
+
+        return deleted;
+    }
+
+    private async Task SweepEveryAsync(TimeSpan interval, CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(interval, Time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
+            {
+                try
+                {
+                    await SweepOnceAsync(Time.GetUtcNow() - interval, stop).ConfigureAwait(false);
+                }
+#pragma warning disable CA1031 // The sweep must outlive any failure: it logs and looks again at the next tick.
+                catch (Exception e) when (!stop.IsCancellationRequested)
+#pragma warning restore CA1031
+                {
+                    Log.SweepFailed(Logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
         }
     }
 
@@ -67,6 +139,13 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
             return;
         }
 
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (_sweeps is { } sweeps)
+        {
+            await sweeps.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        _stop.Dispose();
         if (_connection is { } connection)
         {
             await connection.Watch.DisposeAsync().ConfigureAwait(false);

@@ -96,6 +96,30 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         return new Registration(this, jobName, target);
     }
 
+    /// <summary>
+    /// Gets the Jobs still active (neither complete nor failed) that no attempt of this host watches, created before
+    /// <paramref name="createdBefore"/>, with the JobRunner job each runs.
+    /// </summary>
+    public List<(string Name, JobId Job)> Unattached(DateTimeOffset createdBefore)
+    {
+        var found = new List<(string, JobId)>();
+        lock (_lock)
+        {
+            foreach (var (name, job) in _jobs)
+            {
+                if (!_targets.ContainsKey(name)
+                    && job.Metadata.CreationTimestamp is { } created && created < createdBefore
+                    && AttemptRun.Conditions(job) is { Complete: false, Failed: false }
+                    && JobId.TryParse(job.Metadata.Labels?.GetValueOrDefault(KubeNames.JobIdLabel), out var id))
+                {
+                    found.Add((name, id));
+                }
+            }
+        }
+
+        return found;
+    }
+
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.DependencyInjection;
+using NSubstitute;
 using JobRunner.Kubernetes.Testing;
 using JobRunner.Kubernetes.Tests.Support;
 using JobRunner.Testing;
@@ -421,6 +422,45 @@ public sealed class KubernetesEngineTests
         Assert.Equal(["three"], b.Output);
         var stored = await logs.ReadAsync(jobId, new LogQuery(), default);
         Assert.Equal([("one", 1), ("two", 1), ("three", 2)], stored.Entries.Where(e => e.Stream == LogStream.Output).Select(e => (e.Message, e.Attempt)));
+    }
+
+    [Fact]
+    public async Task Sweep_DeletesAJobLeftRunningByAGracefulStop_OnceTheStoreHasItsJobFinished_AndNoOther()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task };
+        var store = Substitute.For<IJobStore>();
+        var host = test.Host(store: store);
+
+        // Three jobs whose workers stopped gracefully, each leaving its Job running for the next owner.
+        var stopped = new List<TestContext>();
+        foreach (var state in new[] { JobState.Cancelled, JobState.Queued, (JobState?)null })
+        {
+            var context = new TestContext();
+            using var stop = new CancellationTokenSource();
+            var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, stop.Token).AsTask();
+            await context.WaitForLineAsync(": running");
+            context.RequestCheckpoint();
+            await stop.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+            if (state is { } known)
+            {
+                var now = TimeProvider.System.GetUtcNow();
+                store.GetAsync(context.JobId, Arg.Any<CancellationToken>()).Returns(new JobRecord { Id = context.JobId, Request = context.Request, State = known, CreatedAt = now, UpdatedAt = now });
+            }
+
+            stopped.Add(context);
+        }
+
+        Assert.Equal(3, test.Server.Names("jobs", "jobs").Count);
+
+        // The cancelled job's Job goes; the queued job's waits for its next owner; a job the store does not know is not ours.
+        Assert.Equal(1, await host.SweepOnceAsync(DateTimeOffset.MaxValue, default));
+        await K8sTest.UntilAsync(() => test.Server.Names("jobs", "jobs").Count == 2, "the Job was not deleted");
+        Assert.Equal(new[] { $"jr-{stopped[1].JobId}-1", $"jr-{stopped[2].JobId}-1" }.Order(), test.Server.Names("jobs", "jobs").Order());
+
+        // Only Jobs older than the interval are looked at.
+        Assert.Equal(0, await host.SweepOnceAsync(DateTimeOffset.MinValue, default));
     }
 
     [Fact]

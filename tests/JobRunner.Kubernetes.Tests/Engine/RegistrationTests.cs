@@ -88,6 +88,7 @@ public sealed class RegistrationTests
             k.Namespace = "Not_A_Namespace";
             k.JobNamePrefix = "this-prefix-is-far-too-long";
             k.Labels["team"] = "a b";
+            k.OrphanSweepInterval = TimeSpan.Zero;
         }));
 
         var error = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
@@ -95,6 +96,7 @@ public sealed class RegistrationTests
         Assert.Contains(error.Failures, static f => f.Contains("Namespace 'Not_A_Namespace' is not a valid namespace", StringComparison.Ordinal));
         Assert.Contains(error.Failures, static f => f.Contains("JobNamePrefix", StringComparison.Ordinal));
         Assert.Contains(error.Failures, static f => f.Contains("'team' has value 'a b'", StringComparison.Ordinal));
+        Assert.Contains(error.Failures, static f => f.Contains("OrphanSweepInterval must be positive", StringComparison.Ordinal));
     }
 
     [Fact]

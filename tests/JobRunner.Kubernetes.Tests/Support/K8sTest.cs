@@ -29,11 +29,11 @@ public sealed class K8sTest : IAsyncDisposable
         Resources = new ContainerResources { CpuMillicores = 500, MemoryMb = 512 },
     };
 
-    internal KubernetesEngineHost Host(TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null)
+    internal KubernetesEngineHost Host(TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null, IJobStore? store = null)
     {
         var options = new KubernetesEngineOptions { Server = Server.BaseAddress, Namespace = "jobs" };
         configure?.Invoke(options);
-        var host = new KubernetesEngineHost(Options.Create(options), time ?? TimeProvider.System);
+        var host = new KubernetesEngineHost(Options.Create(options), time ?? TimeProvider.System, store: store);
         _hosts.Add(host);
         return host;
     }
