@@ -92,12 +92,14 @@ internal sealed class PostgresEventRelay
     {
         if (!_events.IsWatched(JobEventKind.StateChanged))
         {
-            // Nobody watches: forget the cursor. Take the snapshot first and look again after it, so that whoever starts
-            // watching after this poll subscribed after the snapshot was taken.
-            _watching = false;
+            // Nobody watches. Take the snapshot first and look again after it, so that whoever starts watching after this
+            // poll subscribed after the snapshot was taken; only then forget the cursor. (Someone who came meanwhile finds
+            // the cursor still going, or, if it had stopped, the snapshot of the poll before.)
             var snapshot = await TakeSnapshotAsync(cancellationToken).ConfigureAwait(false);
+            AfterSnapshot?.Invoke();
             if (!_events.IsWatched(JobEventKind.StateChanged))
             {
+                _watching = false;
                 _unwatched = snapshot;
                 return 0;
             }
@@ -164,6 +166,9 @@ internal sealed class PostgresEventRelay
         return published;
     }
 
+    /// <summary>Called after an unwatched poll took its snapshot, before it looks again; for tests.</summary>
+    internal Action? AfterSnapshot { get; set; }
+
     /// <summary>
     /// How many of <paramref name="rows"/> (in cursor order) can be published now: the longest prefix that holds, for each
     /// row whose job's previous transition sorts after it, that transition too. A transaction takes its id at its first
@@ -199,7 +204,9 @@ internal sealed class PostgresEventRelay
     {
         if (_unwatched is { } unwatched)
         {
-            // Every row that snapshot did not see: its transaction was running then, or began later.
+            // Every row that snapshot did not see: its transaction was running then, or began later. Used once: the
+            // next unwatched poll takes a fresh one.
+            _unwatched = null;
             _covered = unwatched;
             _coveredBefore = DateTimeOffset.MaxValue;
             _position = new Position(unwatched.Xmin, 0);

@@ -142,7 +142,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _requeueSql = $"""
             WITH old AS (SELECT id, state AS previous FROM {s}.jobs WHERE id = @id AND state IN (4, 5) FOR UPDATE),
             u AS (
-                UPDATE {s}.jobs j SET state = CASE WHEN j.not_before > @now THEN 1 ELSE 0 END, due = false, cancel_requested = false, cancel_reason = NULL,
+                UPDATE {s}.jobs j SET state = CASE WHEN j.not_before > @now THEN 1 ELSE 0 END, due = false, cancel_requested = false, cancel_reason = NULL, lease_losses = 0,
                     updated_at = @now, enqueued_at = @now, ready_at = greatest(j.not_before, @now), taken_until = NULL, lease_expires_at = NULL
                 FROM old
                 WHERE j.id = old.id

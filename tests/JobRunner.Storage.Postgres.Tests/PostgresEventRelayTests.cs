@@ -253,6 +253,34 @@ public sealed class PostgresEventRelayTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_watcher_who_comes_while_the_first_unwatched_poll_takes_its_snapshot_gets_nothing_twice()
+    {
+        var (worker, relay, apiEvents) = TwoHosts();
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+
+        // Someone watches for a while: ten jobs published.
+        var first = new Watcher(apiEvents);
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        await worker.InsertManyAsync(Enumerable.Range(0, 10).Select(_ => Jobs.New(_time)).ToArray(), default);
+        await PollUntilAsync(relay, 10);
+        await first.DisposeAsync();
+
+        // They leave; the next poll finds nobody, and while it takes its snapshot someone else starts watching.
+        Watcher? second = null;
+        relay.AfterSnapshot = () => second ??= new Watcher(apiEvents);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        relay.AfterSnapshot = null;
+        await using var watcher = second!;
+
+        _time.Advance(TimeSpan.FromMilliseconds(10));
+        var job = Jobs.New(_time);
+        await worker.InsertAsync(job, default);
+        await PollUntilAsync(relay, 1);
+        Assert.Equal(0, await relay.PollOnceAsync(default));
+        Assert.Equal(job.Id, (await watcher.TakeAsync(1))[0].JobId);
+    }
+
+    [Fact]
     public async Task A_watcher_before_the_first_poll_gets_what_commits_from_then_on()
     {
         var (worker, relay, apiEvents) = TwoHosts();

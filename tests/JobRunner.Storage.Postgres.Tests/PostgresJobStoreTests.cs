@@ -563,6 +563,13 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Contains("Quarantined", quarantined.LastError, StringComparison.Ordinal);
         Assert.Contains("2 times", quarantined.LastError, StringComparison.Ordinal);
         Assert.Contains("MaxLeaseExpirations", quarantined.LastError, StringComparison.Ordinal);
+
+        // Retried by hand (the cause fixed): it starts counting afresh, and one expiry only queues it again.
+        await store.RequeueAsync(job.Id, default);
+        Assert.NotNull(await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(5), default));
+        _time.Advance(TimeSpan.FromSeconds(6));
+        await store.ReclaimExpiredLeasesAsync(default);
+        Assert.Equal(JobState.Queued, (await store.GetAsync(job.Id, default))!.State);
     }
 
     [Fact]
