@@ -46,7 +46,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         _time = db.Time;
         _logger = db.Logger;
         var max = db.Options.MaxBatchSize;
-        _inserts = new(InsertBatchAsync, max, db.Options.InsertBatchesInFlight);
+        _inserts = new(InsertBatchAsync, max, db.Options.InsertBatchesInFlight, static job => job.Request.Input.Length, MaxInsertBatchInputBytes);
         _leases = new(LeaseBatchAsync, max, db.Options.MaxBatchesInFlight);
         _completions = new(CompleteBatchAsync, max, db.Options.MaxBatchesInFlight);
 
@@ -65,8 +65,9 @@ internal sealed partial class PostgresJobStore : IJobStore
                        not_before, timeout_ms, retry::jsonb, state, ready_at, created_at, created_at, created_at, affinity
                 FROM unnest(@ids, @tenants, @workloads, @priorities, @concurrency_keys, @dedupe_keys, @correlation_ids, @parent_ids,
                             @labels, @inputs, @not_befores, @timeouts, @retries, @states, @ready_ats, @created_ats, @affinities)
-                     AS r(id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
-                          not_before, timeout_ms, retry, state, ready_at, created_at, affinity)
+                     WITH ORDINALITY AS r(id, tenant, workload, priority, concurrency_key, dedupe_key, correlation_id, parent_id, labels, input,
+                          not_before, timeout_ms, retry, state, ready_at, created_at, affinity, n)
+                ORDER BY n
                 ON CONFLICT DO NOTHING
                 RETURNING *){History("NULL::text")}
             SELECT id FROM u
@@ -193,6 +194,12 @@ internal sealed partial class PostgresJobStore : IJobStore
         return results;
     }
 
+    /// <summary>
+    /// The most input bytes one insert statement carries (a heavier job goes alone): PostgreSQL refuses a message over
+    /// 1 GB, and under load a batch of large inputs would otherwise fail every submit in it.
+    /// </summary>
+    internal const long MaxInsertBatchInputBytes = 64L << 20;
+
     private async Task InsertBatchAsync(IReadOnlyList<Batcher<JobRecord, SubmitResult>.Item> batch)
     {
         var inserted = await _db.RunAsync(_db.Client, batch, InsertRowsAsync, CancellationToken.None).ConfigureAwait(false);
@@ -209,31 +216,51 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
         }
 
+        AfterInsertStatement?.Invoke();
         foreach (var item in conflicts ?? [])
         {
-            // Not inserted: the same id exists (a retry of a commit whose reply was lost), or the dedupe key is held.
-            var request = item.Request;
-            var existing = await GetAsync(request.Id, CancellationToken.None).ConfigureAwait(false);
-            if (existing is not null)
+            try
             {
-                item.TrySetResult(new SubmitResult(existing, Attached: false));
-                continue;
+                item.TrySetResult(await ResolveConflictAsync(item).ConfigureAwait(false));
+            }
+            catch (Exception e)
+            {
+                item.TrySetException(e);
+            }
+        }
+    }
+
+    /// <summary>Called after an insert batch's statement, before its conflicts are resolved; for tests.</summary>
+    internal Action? AfterInsertStatement { get; set; }
+
+    /// <summary>
+    /// A job the batch did not insert: the same id exists (a retry of a commit whose reply was lost), or its dedupe key
+    /// is held. If the holder finished in between, the job is inserted again, on its own, in this flush (the batch must
+    /// settle it), as often as that keeps happening.
+    /// </summary>
+    private async Task<SubmitResult> ResolveConflictAsync(Batcher<JobRecord, SubmitResult>.Item item)
+    {
+        var request = item.Request;
+        for (var tries = 1; ; tries++)
+        {
+            if (await GetAsync(request.Id, CancellationToken.None).ConfigureAwait(false) is { } existing)
+            {
+                return new SubmitResult(existing, Attached: false);
             }
 
-            var holder = request.Request.DedupeKey is { } key ? await FindLiveByDedupeKeyAsync(request.Request.Tenant, key).ConfigureAwait(false) : null;
-            if (holder is not null)
+            if (request.Request.DedupeKey is { } key && await FindLiveByDedupeKeyAsync(request.Request.Tenant, key).ConfigureAwait(false) is { } holder)
             {
-                item.TrySetResult(new SubmitResult(holder, Attached: true));
+                return new SubmitResult(holder, Attached: true);
             }
-            else
+
+            if ((await _db.RunAsync(_db.Client, (IReadOnlyList<Batcher<JobRecord, SubmitResult>.Item>)[item], InsertRowsAsync, CancellationToken.None).ConfigureAwait(false)).Count == 1)
             {
-                // The holder finished in between: insert again, on its own.
-                _ = _inserts.Enqueue(request).ContinueWith(
-                    static (t, state) => ((Batcher<JobRecord, SubmitResult>.Item)state!).TrySetFromTask(t),
-                    item,
-                    CancellationToken.None,
-                    TaskContinuationOptions.ExecuteSynchronously,
-                    TaskScheduler.Default);
+                return new SubmitResult(request, Attached: false);
+            }
+
+            if (tries == 10)
+            {
+                throw new PostgresStorageException($"Job {request.Id} was neither inserted nor found, ten times: its dedupe key '{request.Request.DedupeKey}' is taken and released again faster than it can be read. Submit it again.");
             }
         }
     }
@@ -258,9 +285,19 @@ internal sealed partial class PostgresJobStore : IJobStore
         var readyAts = new DateTimeOffset[n];
         var createdAts = new DateTimeOffset[n];
         var affinities = new string?[n];
+
+        // Rows go in in one order for every batch (dedupe key, then id), so that two batches that share keys or ids wait
+        // for each other instead of deadlocking (each holding one and wanting the other's).
+        var order = new int[n];
         for (var i = 0; i < n; i++)
         {
-            var job = batch[i].Request;
+            order[i] = i;
+        }
+
+        Array.Sort(order, (a, b) => CompareForInsert(batch[a].Request, batch[b].Request));
+        for (var i = 0; i < n; i++)
+        {
+            var job = batch[order[i]].Request;
             var request = job.Request;
             ids[i] = job.Id.Value;
             tenants[i] = request.Tenant;
@@ -309,6 +346,18 @@ internal sealed partial class PostgresJobStore : IJobStore
         }
 
         return inserted;
+    }
+
+    private static int CompareForInsert(JobRecord a, JobRecord b)
+    {
+        var byKey = (a.Request.DedupeKey, b.Request.DedupeKey) switch
+        {
+            (null, null) => 0,
+            (null, _) => 1,
+            (_, null) => -1,
+            var (x, y) => string.CompareOrdinal(a.Request.Tenant, b.Request.Tenant) is var t and not 0 ? t : string.CompareOrdinal(x, y),
+        };
+        return byKey != 0 ? byKey : a.Id.CompareTo(b.Id);
     }
 
     public async ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken)

@@ -5,7 +5,9 @@ namespace JobRunner;
 /// Group commit: concurrent callers' requests are collected while one write is in flight, and the next flush writes
 /// all of them in one round trip. Idle, a request goes out at once; under load, batches grow to <c>maxBatch</c>.
 /// Up to <c>maxInFlight</c> batches are written at once (each its own round trip), the second and later ones only
-/// when a full batch is waiting.
+/// when a full batch is waiting. With a weight per request, a batch also closes before its weight passes
+/// <c>maxWeight</c> (a request heavier than that goes alone), so that large requests under load do not make one
+/// oversized write that fails them all.
 /// </summary>
 internal sealed class Batcher<TRequest, TResult>
 {
@@ -13,14 +15,18 @@ internal sealed class Batcher<TRequest, TResult>
     private readonly Func<IReadOnlyList<Item>, Task> _flush;
     private readonly int _maxBatch;
     private readonly int _maxInFlight;
+    private readonly Func<TRequest, long>? _weigh;
+    private readonly long _maxWeight;
     private List<Item> _pending = [];
     private int _inFlight;
 
-    public Batcher(Func<IReadOnlyList<Item>, Task> flush, int maxBatch, int maxInFlight = 1)
+    public Batcher(Func<IReadOnlyList<Item>, Task> flush, int maxBatch, int maxInFlight = 1, Func<TRequest, long>? weigh = null, long maxWeight = long.MaxValue)
     {
         _flush = flush;
         _maxBatch = maxBatch;
         _maxInFlight = maxInFlight;
+        _weigh = weigh;
+        _maxWeight = maxWeight;
     }
 
     public Task<TResult> Enqueue(TRequest request)
@@ -61,15 +67,16 @@ internal sealed class Batcher<TRequest, TResult>
                     return;
                 }
 
-                if (_pending.Count <= _maxBatch)
+                var take = Take();
+                if (take == _pending.Count)
                 {
                     batch = _pending;
                     _pending = [];
                 }
                 else
                 {
-                    batch = _pending.GetRange(0, _maxBatch);
-                    _pending.RemoveRange(0, _maxBatch);
+                    batch = _pending.GetRange(0, take);
+                    _pending.RemoveRange(0, take);
                 }
             }
 
@@ -91,6 +98,28 @@ internal sealed class Batcher<TRequest, TResult>
                 item.TrySetException(new InvalidOperationException("The batch was written without a result for this request."));
             }
         }
+    }
+
+    /// <summary>How many of the pending requests the next batch takes (at least one); under the lock.</summary>
+    private int Take()
+    {
+        var limit = Math.Min(_pending.Count, _maxBatch);
+        if (_weigh is null)
+        {
+            return limit;
+        }
+
+        var weight = 0L;
+        for (var i = 0; i < limit; i++)
+        {
+            weight += _weigh(_pending[i].Request);
+            if (weight > _maxWeight && i > 0)
+            {
+                return i;
+            }
+        }
+
+        return limit;
     }
 
     internal sealed class Item : TaskCompletionSource<TResult>

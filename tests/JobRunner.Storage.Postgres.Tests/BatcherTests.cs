@@ -55,4 +55,40 @@ public sealed class BatcherTests
         var results = await Task.WhenAll(first, waiting[0], waiting[1], third);
         Assert.Equal(Enumerable.Range(1, 4), results);
     }
+
+    [Fact]
+    public async Task A_batch_closes_before_its_weight_passes_the_cap_and_a_heavier_request_goes_alone()
+    {
+        var sizes = new List<int[]>();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new SemaphoreSlim(0);
+        var batcher = new Batcher<int, int>(
+            async batch =>
+            {
+                lock (sizes)
+                {
+                    sizes.Add(batch.Select(i => i.Request).ToArray());
+                }
+
+                started.Release();
+                await gate.Task;
+                foreach (var item in batch)
+                {
+                    item.TrySetResult(item.Request);
+                }
+            },
+            maxBatch: 10,
+            weigh: static w => w,
+            maxWeight: 100);
+
+        // The first goes out at once; the rest wait behind it, then go in batches of at most 100 by weight.
+        int[] weights = [40, 40, 30, 250, 10, 90];
+        var first = batcher.Enqueue(1);
+        await started.WaitAsync();
+        var all = weights.Select(batcher.Enqueue).Append(first).ToArray();
+        gate.SetResult();
+        await Task.WhenAll(all);
+
+        Assert.Equal([[1], [40, 40], [30], [250], [10, 90]], sizes);
+    }
 }

@@ -60,13 +60,15 @@ public sealed class PostgresHousekeepingTests : IAsyncLifetime
         var service = new PostgresBackgroundService(db, store);
         Assert.NotNull(await service.HousekeepOnceAsync(default));
 
-        // Another host holds the lock: this one does nothing (an unpooled connection, whose close gives the lock back).
+        // Another host holds the lock: this one does nothing; then that host gives it back.
         await using (var other = new NpgsqlConnection(_database.ConnectionString + ";Pooling=false"))
         {
             await other.OpenAsync();
             await using var take = new NpgsqlCommand($"SELECT pg_try_advisory_lock(hashtext('jobrunner.housekeeping.{_database.Schema}'))", other);
             Assert.True((bool)(await take.ExecuteScalarAsync())!);
             Assert.Null(await service.HousekeepOnceAsync(default));
+            await using var release = new NpgsqlCommand($"SELECT pg_advisory_unlock(hashtext('jobrunner.housekeeping.{_database.Schema}'))", other);
+            Assert.True((bool)(await release.ExecuteScalarAsync())!);
         }
 
         // Given back after each run: another host takes it at once.

@@ -1,5 +1,5 @@
-using Npgsql;
 using JobRunner.Testing;
+using Npgsql;
 
 namespace JobRunner.Storage.Postgres.Tests;
 
@@ -54,6 +54,69 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         var third = await store.InsertAsync(Jobs.New(_time, dedupe: "nightly"), default);
         Assert.False(third.Attached);
         Assert.NotEqual(first.Job.Id, third.Job.Id);
+    }
+
+    [Fact]
+    public async Task A_submit_whose_dedupe_holder_finishes_right_after_the_conflict_is_inserted_and_returned()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var holder = (await store.InsertAsync(Jobs.New(_time, dedupe: "nightly"), default)).Job;
+
+        // The batch's insert finds the key held; before it looks the holder up, the holder is cancelled.
+        store.AfterInsertStatement = () =>
+        {
+            store.AfterInsertStatement = null;
+            store.RequestCancellationAsync(holder.Id, "done", default).AsTask().GetAwaiter().GetResult();
+        };
+        var submitted = await store.InsertManyAsync([Jobs.New(_time), Jobs.New(_time, dedupe: "nightly")], default);
+
+        Assert.False(submitted[1].Attached);
+        Assert.NotEqual(holder.Id, submitted[1].Job.Id);
+        Assert.Equal(JobState.Queued, (await store.GetAsync(submitted[1].Job.Id, default))!.State);
+        Assert.Equal(JobState.Queued, (await store.GetAsync(submitted[0].Job.Id, default))!.State);
+    }
+
+    [Fact]
+    public async Task A_batch_sharing_dedupe_keys_with_another_transaction_waits_for_it_instead_of_deadlocking()
+    {
+        // No retries: a deadlock fails the batch or the other writer.
+        var (_, store, _, _) = _database.OpenStore(_time, o => o.MaxRetries = 0);
+        var (k1, k2) = (Jobs.New(_time, dedupe: "k1"), Jobs.New(_time, dedupe: "k2"));
+        await store.InsertAsync(Jobs.New(_time), default);
+
+        // Another writer holds k1, uncommitted.
+        await using var other = new NpgsqlConnection(_database.ConnectionString + ";Pooling=false");
+        await other.OpenAsync();
+        await using var transaction = await other.BeginTransactionAsync();
+        await InsertKeyAsync(other, "k1");
+
+        // The batch, given k2 before k1, waits on k1 (and must not hold k2 meanwhile); then the other writer takes k2.
+        var batch = store.InsertManyAsync([k2, k1], default).AsTask();
+        await WaitForLockWaitAsync();
+        await InsertKeyAsync(other, "k2");
+        await transaction.CommitAsync();
+
+        var submitted = await batch.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(submitted[0].Attached);
+        Assert.True(submitted[1].Attached);
+
+        async Task InsertKeyAsync(NpgsqlConnection connection, string key)
+        {
+            await using var command = new NpgsqlCommand(
+                $"INSERT INTO \"{_database.Schema}\".jobs (id, tenant, workload, priority, dedupe_key, input, state, ready_at, enqueued_at, created_at, updated_at) VALUES (gen_random_uuid(), 'default', 'work', 5, @key, ''::bytea, 0, now(), now(), now(), now())",
+                connection);
+            command.Parameters.AddWithValue("key", key);
+            await command.ExecuteNonQueryAsync();
+        }
+
+        async Task WaitForLockWaitAsync()
+        {
+            for (var i = 0; await _database.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0; i++)
+            {
+                Assert.True(i < 3000, "The batch never waited for the other writer.");
+                await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+            }
+        }
     }
 
     [Fact]
