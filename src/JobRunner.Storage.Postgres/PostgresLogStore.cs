@@ -93,8 +93,41 @@ internal sealed class PostgresLogStore : ILogStore
             messages[i] = JobRows.Text(lines[i].Message);
         }
 
-        var state = (Store: this, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Key: Guid.NewGuid(), Tries: new StrongBox<int>());
+        var state = (Store: this, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Key: AppendKey?.Invoke() ?? Guid.NewGuid(), Tries: new StrongBox<int>(TriesBefore));
         var (first, tenant, workload) = await _db.RunAsync(_db.Worker, state, static async (c, s, token) =>
+        {
+            while (true)
+            {
+                try
+                {
+                    return await AppendOnceAsync(c, s, token).ConfigureAwait(false);
+                }
+                catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "job_logs_batch")
+                {
+                    // The first try committed while this retry ran: the next round finds its lines.
+                }
+            }
+        }, cancellationToken).ConfigureAwait(false);
+
+        if (tenant is not null)
+        {
+            // For other hosts' log watchers (see PostgresBackgroundService): which lines, not the lines.
+            _db.NotifyAttemptEvent(JobEventKind.Log, lease, tenant, workload!, static (json, range) =>
+            {
+                json.WriteNumber("o", range.First);
+                json.WriteNumber("c", range.Count);
+            }, (First: first, lines.Count));
+        }
+
+        var entries = new LogEntry[lines.Count];
+        for (var i = 0; i < lines.Count; i++)
+        {
+            entries[i] = new LogEntry(first + i, lease.Attempt, lines[i].Timestamp, lines[i].Stream, messages[i]);
+        }
+
+        return entries;
+
+        static async Task<(long, string?, string?)> AppendOnceAsync(NpgsqlConnection c, (PostgresLogStore Store, JobLease Lease, DateTimeOffset[] Ats, short[] Streams, string[] Messages, Guid Key, StrongBox<int> Tries) s, CancellationToken token)
         {
             var tries = ++s.Tries.Value;
             using var command = new NpgsqlCommand(tries == 1 ? s.Store._appendSql : s.Store._appendRetrySql, c);
@@ -117,29 +150,17 @@ internal sealed class PostgresLogStore : ILogStore
 
             s.Store.AfterAppend?.Invoke(tries);
             return appended;
-        }, cancellationToken).ConfigureAwait(false);
-
-        if (tenant is not null)
-        {
-            // For other hosts' log watchers (see PostgresBackgroundService): which lines, not the lines.
-            _db.NotifyAttemptEvent(JobEventKind.Log, lease, tenant, workload!, static (json, range) =>
-            {
-                json.WriteNumber("o", range.First);
-                json.WriteNumber("c", range.Count);
-            }, (First: first, lines.Count));
         }
-
-        var entries = new LogEntry[lines.Count];
-        for (var i = 0; i < lines.Count; i++)
-        {
-            entries[i] = new LogEntry(first + i, lease.Attempt, lines[i].Timestamp, lines[i].Stream, messages[i]);
-        }
-
-        return entries;
     }
 
     /// <summary>Called after each try of an append wrote its lines, with the try's number (1 for the first); for tests.</summary>
     internal Action<int>? AfterAppend { get; set; }
+
+    /// <summary>Gives each append its key (a new one when <see langword="null"/>); for tests.</summary>
+    internal Func<Guid>? AppendKey { get; set; }
+
+    /// <summary>How many tries each append counts as made already (1: its first try runs as a retry); for tests.</summary>
+    internal int TriesBefore { get; set; }
 
     /// <summary>Reads the lines of <paramref name="jobId"/> with offsets from <paramref name="from"/> up to (not including) <paramref name="to"/>.</summary>
     internal Task<List<LogEntry>> ReadRangeAsync(JobId jobId, long from, long to, CancellationToken cancellationToken)

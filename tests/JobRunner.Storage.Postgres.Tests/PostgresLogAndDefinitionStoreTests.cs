@@ -123,6 +123,44 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_append_retried_while_its_first_try_is_still_in_flight_waits_for_it_and_writes_nothing_again()
+    {
+        var job = JobId.New(_time);
+        var store = new PostgresLogStore(_database.Open(_time));
+        await store.AppendAsync(Lease(JobId.New(_time), 1, 1), [Line("migrated")], default);
+        var key = Guid.NewGuid();
+
+        // The first try, still open on the server: the job's head taken and its one line written, not committed yet.
+        await using var first = new NpgsqlConnection(_database.ConnectionString + ";Pooling=false");
+        await first.OpenAsync();
+        await using var transaction = await first.BeginTransactionAsync();
+        await using (var command = new NpgsqlCommand(
+            $"INSERT INTO \"{_database.Schema}\".job_log_heads VALUES (@job, 1); INSERT INTO \"{_database.Schema}\".job_logs (job_id, \"offset\", attempt, at, stream, message, batch) VALUES (@job, 0, 1, now(), 0, 'a', @key)",
+            first))
+        {
+            command.Parameters.AddWithValue("job", job.Value);
+            command.Parameters.AddWithValue("key", key);
+            await command.ExecuteNonQueryAsync();
+        }
+
+        // The retry does not see it yet, waits for the head, and once the first try commits finds what it wrote.
+        store.AppendKey = () => key;
+        store.TriesBefore = 1;
+        var retry = store.AppendAsync(Lease(job, 1, 1), [Line("a")], default).AsTask();
+        for (var i = 0; await _database.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0; i++)
+        {
+            Assert.True(i < 3000, "The retry never waited for the first try.");
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+
+        await transaction.CommitAsync();
+        var written = await retry.WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(0L, Assert.Single(written).Offset);
+        Assert.Equal(["a"], (await store.ReadAsync(job, new LogQuery(), default)).Entries.Select(e => e.Message));
+    }
+
+    [Fact]
     public async Task An_append_retried_after_its_first_try_failed_writes_its_lines()
     {
         var job = JobId.New(_time);
