@@ -13,30 +13,43 @@ public sealed class PostgresHousekeepingTests : IAsyncLifetime
     public async Task DisposeAsync() => await _database.DisposeAsync();
 
     [Fact]
-    public async Task Expired_history_and_finished_jobs_with_their_logs_go_a_committed_chunk_at_a_time_and_the_rest_stays()
+    public async Task Expired_history_and_finished_jobs_with_their_logs_go_a_bounded_committed_chunk_at_a_time_and_the_rest_stays()
     {
         var (db, store, _, _) = _database.OpenStore(_time, o => { o.HistoryRetention = TimeSpan.FromDays(2); o.FinishedJobRetention = TimeSpan.FromDays(3); });
         var logs = new PostgresLogStore(db);
 
-        // Twelve jobs finished four days ago, each with a log line; one still running since then; three finished today.
+        // Twelve jobs finished four days ago, each with a log line, one of them with 25 more; one still running since
+        // then; three finished today.
         var old = await FinishAsync(store, logs, 12);
+        var lease = new JobLease(old[5], "w", 1, 1, DateTimeOffset.MaxValue);
+        await logs.AppendAsync(lease, Enumerable.Range(0, 25).Select(i => new LogLine(_time.GetUtcNow(), LogStream.Output, $"long {i}")).ToArray(), default);
         var running = (await store.InsertAsync(Jobs.New(_time), default)).Job;
         await store.TryAcquireLeaseAsync(running.Id, "w", TimeSpan.FromDays(30), default);
         _time.Advance(TimeSpan.FromDays(4));
         var recent = await FinishAsync(store, logs, 3);
         var oldHistory = await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE at < '{_time.GetUtcNow().AddDays(-2):O}'");
 
-        // Each chunk is committed when it returns: another connection sees the rows gone.
-        var service = new PostgresBackgroundService(db, store) { HousekeepingChunk = 10 };
-        var chunks = new List<(long Deleted, long HistoryLeft)>();
-        service.AfterHousekeepingChunk = deleted => chunks.Add((deleted, _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history").GetAwaiter().GetResult()));
-        var result = await service.HousekeepOnceAsync(default);
+        // Each statement is committed when it returns (another connection sees the rows gone), and none deletes more
+        // than ten history rows, ten log lines (a long log first loses its lines alone) or jobs with more than ten lines.
+        var logLines = await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_logs");
+        var keeper = new PostgresHousekeeper(db) { Chunk = 10 };
+        var statements = new List<(string Kind, long Deleted, long HistoryLeft, long LogsLeft)>();
+        keeper.AfterStatement = (kind, deleted) => statements.Add((
+            kind,
+            deleted,
+            _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_history").GetAwaiter().GetResult(),
+            _database.ScalarAsync<long>("SELECT count(*) FROM {s}.job_logs").GetAwaiter().GetResult()));
+        var result = await keeper.RunOnceAsync(default);
 
         Assert.Equal((oldHistory, 12L), result);
         Assert.True(oldHistory > 20, $"{oldHistory} rows: more than two chunks");
-        Assert.All(chunks, c => Assert.InRange(c.Deleted, 0, 10));
-        Assert.Equal(chunks.Select(c => c.HistoryLeft).Take(3), chunks.Select(c => c.HistoryLeft).Take(3).OrderDescending());
-        Assert.True(chunks[0].HistoryLeft > chunks[2].HistoryLeft);
+        var history = statements.Where(s => s.Kind == "history").ToList();
+        Assert.All(history, s => Assert.InRange(s.Deleted, 0, 10));
+        Assert.True(history[0].HistoryLeft > history[2].HistoryLeft);
+        Assert.Equal([10L, 10L, 6L], statements.Where(s => s.Kind == "logs").Select(s => s.Deleted));
+        long[] logsLeft = [logLines, .. statements.Select(s => s.LogsLeft)];
+        Assert.All(logsLeft.Zip(logsLeft.Skip(1)), pair => Assert.InRange(pair.First - pair.Second, 0, 10));
+        Assert.Equal(3, logsLeft[^1]);
         foreach (var job in old)
         {
             Assert.Null(await store.GetAsync(job, default));
@@ -50,15 +63,15 @@ public sealed class PostgresHousekeepingTests : IAsyncLifetime
         }
 
         Assert.Equal(JobState.Running, (await store.GetAsync(running.Id, default))!.State);
-        Assert.Equal((0L, 0L), await service.HousekeepOnceAsync(default));
+        Assert.Equal((0L, 0L), await keeper.RunOnceAsync(default));
     }
 
     [Fact]
     public async Task Housekeeping_runs_on_one_host_at_a_time_and_gives_the_lock_back()
     {
-        var (db, store, _, _) = _database.OpenStore(_time);
-        var service = new PostgresBackgroundService(db, store);
-        Assert.NotNull(await service.HousekeepOnceAsync(default));
+        var (db, _, _, _) = _database.OpenStore(_time);
+        var keeper = new PostgresHousekeeper(db);
+        Assert.NotNull(await keeper.RunOnceAsync(default));
 
         // Another host holds the lock: this one does nothing; then that host gives it back.
         await using (var other = new NpgsqlConnection(_database.ConnectionString + ";Pooling=false"))
@@ -66,13 +79,13 @@ public sealed class PostgresHousekeepingTests : IAsyncLifetime
             await other.OpenAsync();
             await using var take = new NpgsqlCommand($"SELECT pg_try_advisory_lock(hashtext('jobrunner.housekeeping.{_database.Schema}'))", other);
             Assert.True((bool)(await take.ExecuteScalarAsync())!);
-            Assert.Null(await service.HousekeepOnceAsync(default));
+            Assert.Null(await keeper.RunOnceAsync(default));
             await using var release = new NpgsqlCommand($"SELECT pg_advisory_unlock(hashtext('jobrunner.housekeeping.{_database.Schema}'))", other);
             Assert.True((bool)(await release.ExecuteScalarAsync())!);
         }
 
         // Given back after each run: another host takes it at once.
-        Assert.NotNull(await service.HousekeepOnceAsync(default));
+        Assert.NotNull(await keeper.RunOnceAsync(default));
         await using var next = new NpgsqlConnection(_database.ConnectionString + ";Pooling=false");
         await next.OpenAsync();
         await using var again = new NpgsqlCommand($"SELECT pg_try_advisory_lock(hashtext('jobrunner.housekeeping.{_database.Schema}'))", next);
