@@ -2,6 +2,7 @@ using JobRunner;
 using JobRunner.Kubernetes;
 using JobRunner.Kubernetes.Engine;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
@@ -86,5 +87,6 @@ public static class JobRunnerBuilderKubernetesExtensions
             sp.GetService<TimeProvider>() ?? TimeProvider.System,
             sp.GetService<ILoggerFactory>(),
             sp.GetService<IJobStore>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, KubernetesSweepStarter>());
     }
 }

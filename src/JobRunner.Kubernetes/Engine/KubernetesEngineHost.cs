@@ -15,6 +15,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
     private readonly SemaphoreSlim _connect = new(1, 1);
     private readonly IJobStore? _store;
     private readonly CancellationTokenSource _stop = new();
+    private readonly Lock _sweepStart = new();
     private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http)? _connection;
     private Task? _sweeps;
     private int _disposed;
@@ -55,10 +56,6 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
                 var http = new HttpClient(connection.CreateHandler(Time, Logger)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
                 var client = new KubernetesApiClient(http, Time);
                 _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http);
-                if (_store is not null && Options.OrphanSweepInterval is { } interval)
-                {
-                    _sweeps = Task.Run(() => SweepEveryAsync(interval, _stop.Token), CancellationToken.None);
-                }
             }
 
             return (_connection.Value.Client, _connection.Value.Watch);
@@ -66,6 +63,26 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         finally
         {
             _connect.Release();
+        }
+    }
+
+    /// <summary>
+    /// Starts looking for Jobs left running for finished jobs every <see cref="KubernetesEngineOptions.OrphanSweepInterval"/>
+    /// (once; at host start, whether or not this host runs a Kubernetes job): the first look connects and watches.
+    /// </summary>
+    public void StartSweeping()
+    {
+        if (_store is not null && Options.OrphanSweepInterval is { } interval && Volatile.Read(ref _disposed) == 0)
+        {
+            lock (_sweepStart)
+            {
+                if (_sweeps is null)
+                {
+                    // The timer starts now, not when the loop first runs.
+                    var timer = new PeriodicTimer(interval, Time);
+                    _sweeps = Task.Run(() => SweepEveryAsync(timer, interval, _stop.Token), CancellationToken.None);
+                }
+            }
         }
     }
 
@@ -85,7 +102,9 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         var deleted = 0;
         foreach (var (name, jobId) in connection.Watch.Unattached(createdBefore))
         {
-            if (await _store.GetAsync(jobId, cancellationToken).ConfigureAwait(false) is not { } job || !job.State.IsTerminal())
+            // Looked up again just before the delete: an attempt of this host may have re-attached meanwhile (one of
+            // another host, after a manual retry between the read and the delete, is not seen: it fails and runs again).
+            if (await _store.GetAsync(jobId, cancellationToken).ConfigureAwait(false) is not { } job || !job.State.IsTerminal() || connection.Watch.IsAttached(name))
             {
                 continue;
             }
@@ -105,15 +124,17 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         return deleted;
     }
 
-    private async Task SweepEveryAsync(TimeSpan interval, CancellationToken stop)
+    private async Task SweepEveryAsync(PeriodicTimer timer, TimeSpan interval, CancellationToken stop)
     {
-        using var timer = new PeriodicTimer(interval, Time);
+        using var owned = timer;
         try
         {
             while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
             {
                 try
                 {
+                    var (_, watch) = await ConnectAsync(stop).ConfigureAwait(false);
+                    await watch.StartAsync(stop).ConfigureAwait(false);
                     await SweepOnceAsync(Time.GetUtcNow() - interval, stop).ConfigureAwait(false);
                 }
 #pragma warning disable CA1031 // The sweep must outlive any failure: it logs and looks again at the next tick.

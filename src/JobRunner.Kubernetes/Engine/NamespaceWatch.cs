@@ -120,6 +120,15 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         return found;
     }
 
+    /// <summary>Gets whether an attempt of this host watches Job <paramref name="jobName"/>.</summary>
+    public bool IsAttached(string jobName)
+    {
+        lock (_lock)
+        {
+            return _targets.ContainsKey(jobName);
+        }
+    }
+
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);

@@ -461,6 +461,15 @@ public sealed class KubernetesEngineTests
 
         // Only Jobs older than the interval are looked at.
         Assert.Equal(0, await host.SweepOnceAsync(DateTimeOffset.MinValue, default));
+
+        // A host that never ran a Kubernetes job looks too, every interval from its start.
+        store.GetAsync(stopped[1].JobId, Arg.Any<CancellationToken>()).Returns(new JobRecord { Id = stopped[1].JobId, Request = stopped[1].Request, State = JobState.Cancelled, CreatedAt = DateTimeOffset.UnixEpoch, UpdatedAt = DateTimeOffset.UnixEpoch });
+        var time = new FakeTimeProvider(TimeProvider.System.GetUtcNow().AddHours(1));
+        var sweeper = test.Host(time, store: store);
+        sweeper.StartSweeping();
+        time.Advance(TimeSpan.FromMinutes(1));
+        await K8sTest.UntilAsync(() => test.Server.Names("jobs", "jobs").Count == 1, "the sweeping host did not delete the Job");
+        Assert.Equal([$"jr-{stopped[2].JobId}-1"], test.Server.Names("jobs", "jobs"));
     }
 
     [Fact]
