@@ -17,6 +17,7 @@ internal sealed class FileLogStore : ILogStore
     private readonly string _directory;
     private readonly int _maxCachedJobs;
     private readonly ConcurrentDictionary<JobId, JobFiles> _jobs = new();
+    private long _uses;
 
     public FileLogStore(string directory)
         : this(directory, maxCachedJobs: 1024)
@@ -24,7 +25,7 @@ internal sealed class FileLogStore : ILogStore
     }
 
     /// <param name="directory">The directory of the logs.</param>
-    /// <param name="maxCachedJobs">How many jobs' next offsets are kept in memory; past twice as many, idle ones are dropped (read from the files again at their next append).</param>
+    /// <param name="maxCachedJobs">How many jobs' next offsets are kept in memory; past twice as many, the least recently used are dropped (read from the files again at their next append).</param>
     internal FileLogStore(string directory, int maxCachedJobs)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
@@ -37,6 +38,9 @@ internal sealed class FileLogStore : ILogStore
     /// <summary>Gets how many jobs' next offsets are in memory; for tests.</summary>
     internal int CachedJobs => _jobs.Count;
 
+    /// <summary>Gets whether <paramref name="jobId"/>'s next offset is in memory; for tests.</summary>
+    internal bool IsCached(JobId jobId) => _jobs.ContainsKey(jobId);
+
     public async ValueTask<IReadOnlyList<LogEntry>> AppendAsync(JobLease lease, IReadOnlyList<LogLine> lines, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(lease);
@@ -48,6 +52,7 @@ internal sealed class FileLogStore : ILogStore
             await files.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
             if (!files.Retired)
             {
+                files.LastUse = Interlocked.Increment(ref _uses);
                 break;
             }
 
@@ -98,10 +103,12 @@ internal sealed class FileLogStore : ILogStore
         }
     }
 
-    /// <summary>Drops idle jobs' entries (their lock free) until at most the cap is left.</summary>
+    /// <summary>Drops the least recently used entries that nobody holds now, until at most the cap is left.</summary>
     private void Trim()
     {
-        foreach (var (id, files) in _jobs)
+        var entries = _jobs.ToArray();
+        Array.Sort(entries, static (a, b) => a.Value.LastUse.CompareTo(b.Value.LastUse));
+        foreach (var (id, files) in entries)
         {
             if (_jobs.Count <= _maxCachedJobs)
             {
@@ -135,7 +142,8 @@ internal sealed class FileLogStore : ILogStore
 
             await foreach (var (line, _) in ReadLinesAsync(path, cancellationToken).ConfigureAwait(false))
             {
-                if (Parse(line, attempt) is not { } entry || entry.Offset < query.Offset)
+                // Lines before the page are skipped by their offset alone, not parsed.
+                if (!TryReadOffset(line, out var offset) || offset < query.Offset || Parse(line, attempt) is not { } entry)
                 {
                     continue;
                 }
@@ -268,6 +276,12 @@ internal sealed class FileLogStore : ILogStore
         text.Append('\n');
     }
 
+    private static bool TryReadOffset(string line, out long offset)
+    {
+        var tab = line.IndexOf('\t', StringComparison.Ordinal);
+        return long.TryParse(tab < 0 ? line : line.AsSpan(0, tab), NumberStyles.None, CultureInfo.InvariantCulture, out offset);
+    }
+
     private static LogEntry? Parse(string line, int attempt)
     {
         var parts = line.Split('\t', 4);
@@ -313,6 +327,9 @@ internal sealed class FileLogStore : ILogStore
         public SemaphoreSlim Lock { get; } = new(1, 1);
 
         public long? NextOffset { get; set; }
+
+        /// <summary>Gets or sets when the entry was last used, in appends of the store.</summary>
+        public long LastUse { get; set; }
 
         /// <summary>Gets or sets whether the entry was dropped from the cache (set under <see cref="Lock"/>).</summary>
         public bool Retired { get; set; }

@@ -121,8 +121,10 @@ internal sealed class KubernetesEngine : IExecutionEngine
     /// <summary>
     /// Where the pod's lines that earlier attempts (from <paramref name="created"/>, which created the Job, on) stored end:
     /// the last timestamp and how many lines have it, so that a re-attached stream goes on after them instead of from the
-    /// pod's start. Reads the job's log through the host's <see cref="ILogStore"/>, all of it (a takeover is rare); without
-    /// a store, or when it fails, the stream starts over and the lines stored already appear twice.
+    /// pod's start. Reads the job's log through the host's <see cref="ILogStore"/> from its end: the end is found by
+    /// halving (a read of one line per step), then pages are read backwards until the last stored line of the pod and
+    /// its equals are counted, or the lines from before the Job are reached. Without a store, or when it fails, the
+    /// stream starts over and the lines stored already appear twice.
     /// </summary>
     private static async Task<(DateTimeOffset Last, int AtLast)?> StoredLogEndAsync(AttemptRun run, int created, CancellationToken cancellationToken)
     {
@@ -135,20 +137,29 @@ internal sealed class KubernetesEngine : IExecutionEngine
         const int Page = 10_000;
         try
         {
+            var end = await EndAsync(logs, context.JobId, cancellationToken).ConfigureAwait(false);
             DateTimeOffset? last = null;
             var atLast = 0;
-            var offset = 0L;
-            while (true)
+            for (var to = end; to > 0;)
             {
-                var page = await logs.ReadAsync(context.JobId, new LogQuery { Offset = offset, Limit = Page }, cancellationToken).ConfigureAwait(false);
-                foreach (var entry in page.Entries)
+                var from = Math.Max(0, to - Page);
+                var page = await logs.ReadAsync(context.JobId, new LogQuery { Offset = from, Limit = (int)(to - from) }, cancellationToken).ConfigureAwait(false);
+                var beforeJob = true;
+                for (var i = page.Entries.Count - 1; i >= 0; i--)
                 {
+                    var entry = page.Entries[i];
+                    if (entry.Offset >= to)
+                    {
+                        continue;
+                    }
+
+                    beforeJob &= entry.Attempt < created;
                     if (entry.Stream != LogStream.Output || entry.Attempt < created || entry.Attempt >= context.Attempt)
                     {
                         continue;
                     }
 
-                    if (last is not { } l || entry.Timestamp > l)
+                    if (last is not { } l)
                     {
                         (last, atLast) = (entry.Timestamp, 1);
                     }
@@ -156,20 +167,59 @@ internal sealed class KubernetesEngine : IExecutionEngine
                     {
                         atLast++;
                     }
+                    else
+                    {
+                        return (l, atLast);
+                    }
                 }
 
-                if (page.Entries.Count < Page || page.NextOffset <= offset)
+                if (beforeJob && page.Entries.Count > 0)
                 {
-                    return last is { } end ? (end, atLast) : null;
+                    break;
                 }
 
-                offset = page.NextOffset;
+                to = from;
             }
+
+            return last is { } found ? (found, atLast) : null;
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             Log.StoredLogUnread(run.Logger, e, context.JobId, run.Name);
             return null;
+        }
+
+        // The offset after the log's last line.
+        static async Task<long> EndAsync(ILogStore logs, JobId job, CancellationToken token)
+        {
+            if (!await HasAsync(0).ConfigureAwait(false))
+            {
+                return 0;
+            }
+
+            long below = 0, above = 1024;
+            while (await HasAsync(above).ConfigureAwait(false))
+            {
+                (below, above) = (above, above * 2);
+            }
+
+            while (above - below > 1)
+            {
+                var middle = below + ((above - below) / 2);
+                if (await HasAsync(middle).ConfigureAwait(false))
+                {
+                    below = middle;
+                }
+                else
+                {
+                    above = middle;
+                }
+            }
+
+            return above;
+
+            async Task<bool> HasAsync(long offset)
+                => (await logs.ReadAsync(job, new LogQuery { Offset = offset, Limit = 1 }, token).ConfigureAwait(false)).Entries.Count > 0;
         }
     }
 

@@ -146,6 +146,19 @@ public sealed class FileLogStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task A_job_that_keeps_logging_stays_in_the_cache_while_idle_ones_leave()
+    {
+        var store = new FileLogStore(_dir, maxCachedJobs: 4);
+        var busy = JobId.New(_time);
+        for (var i = 0; i < 40; i++)
+        {
+            await store.AppendAsync(Lease(busy, 1), Lines(LogStream.Output, "busy"), default);
+            await store.AppendAsync(Lease(JobId.New(_time), 1), Lines(LogStream.Output, "once"), default);
+            Assert.True(store.IsCached(busy), $"The busy job left the cache at round {i}.");
+        }
+    }
+
+    [Fact]
     public async Task Read_UnknownJob_IsEmpty()
     {
         var page = await new FileLogStore(_dir).ReadAsync(JobId.New(_time), new LogQuery(), default);
