@@ -151,6 +151,9 @@ internal sealed class ProcessEngineOptionsValidator : IValidateOptions<ProcessEn
 /// <summary>Validates <see cref="SchedulerOptions"/> at host start.</summary>
 internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOptions>
 {
+    /// <summary>The longest wait the scheduler adds to a time (ten years: far from overflowing a date).</summary>
+    private static readonly TimeSpan MaxSchedulerWait = TimeSpan.FromDays(3650);
+
     public ValidateOptionsResult Validate(string? name, SchedulerOptions options)
     {
         var errors = new List<string>();
@@ -194,14 +197,14 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
             }
         }
 
-        if (options.MaxWait is { } maxWait && maxWait <= TimeSpan.Zero)
+        if (options.MaxWait is { } maxWait && (maxWait <= TimeSpan.Zero || maxWait > MaxSchedulerWait))
         {
-            errors.Add($"SchedulerOptions.MaxWait is {maxWait}. Set a positive time after which a waiting job is promoted, or null for strict priorities.");
+            errors.Add($"SchedulerOptions.MaxWait is {maxWait}. Set a positive time of at most 3,650 days after which a waiting job is promoted, or null for strict priorities.");
         }
 
-        if (options.PreferenceWait < TimeSpan.Zero)
+        if (options.PreferenceWait < TimeSpan.Zero || options.PreferenceWait > MaxSchedulerWait)
         {
-            errors.Add($"SchedulerOptions.PreferenceWait is {options.PreferenceWait}. Set it to zero (no wait for a preferred worker) or more.");
+            errors.Add($"SchedulerOptions.PreferenceWait is {options.PreferenceWait}. Set it to zero (no wait for a preferred worker) or more, at most 3,650 days.");
         }
 
         if (options.Lookahead < 0)

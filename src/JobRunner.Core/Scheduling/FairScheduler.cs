@@ -26,7 +26,9 @@ internal sealed class FairScheduler
     private readonly TimeProvider _time;
     private readonly Dictionary<string, Bucket> _workloadBuckets = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Bucket> _tenantBuckets = new(StringComparer.Ordinal);
-    private readonly Queue<(JobId Id, DateTimeOffset Due)> _aging = new();
+    // When each held job moves up a band: its id and the sequence of the add (a job taken and added again, a retry, is
+    // another add: the first add's entry must not promote it).
+    private readonly Queue<(JobId Id, long Sequence, DateTimeOffset Due)> _aging = new();
     private readonly List<Tenant> _skipped = [];
     private readonly IReadOnlyDictionary<string, string> _labels;
     private readonly TimeSpan _declineWindow;
@@ -193,12 +195,13 @@ internal sealed class FairScheduler
         }
 
         var priority = Math.Clamp(job.Priority, JobRequest.MinPriority, JobRequest.MaxPriority);
+        var sequence = ++_sequence;
         if (_options.MaxWait is { } maxWait && priority < JobRequest.MaxPriority)
         {
-            _aging.Enqueue((job.Id, _time.GetUtcNow() + maxWait));
+            _aging.Enqueue((job.Id, sequence, _time.GetUtcNow() + maxWait));
         }
 
-        Insert(new Entry(job, ++_sequence, priority, preferDue));
+        Insert(new Entry(job, sequence, priority, preferDue));
         return Admission.Held;
     }
 
@@ -544,7 +547,7 @@ internal sealed class FairScheduler
         while (_aging.TryPeek(out var head) && head.Due <= now)
         {
             _aging.Dequeue();
-            if (!_pending.TryGetValue(head.Id, out var node) || node.Value.Priority >= JobRequest.MaxPriority)
+            if (!_pending.TryGetValue(head.Id, out var node) || node.Value.Sequence != head.Sequence || node.Value.Priority >= JobRequest.MaxPriority)
             {
                 continue;
             }
@@ -554,7 +557,7 @@ internal sealed class FairScheduler
             Insert(entry with { Priority = entry.Priority + 1 });
             if (entry.Priority + 1 < JobRequest.MaxPriority)
             {
-                _aging.Enqueue((head.Id, now + maxWait));
+                _aging.Enqueue((head.Id, head.Sequence, now + maxWait));
             }
         }
     }

@@ -287,8 +287,9 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         if (_scheduler.NextWake is { } at && at < _timerDue)
         {
             _timerDue = at;
+            // Capped at what a timer takes (~49.7 days): one due later wakes a slot early, which arms it again.
             var delay = at - _time.GetUtcNow();
-            _timer.Change(delay > TimeSpan.Zero ? delay : TimeSpan.FromMilliseconds(1), Timeout.InfiniteTimeSpan);
+            _timer.Change(delay <= TimeSpan.Zero ? TimeSpan.FromMilliseconds(1) : delay > Worker.TimerLimits.Max ? Worker.TimerLimits.Max : delay, Timeout.InfiniteTimeSpan);
         }
     }
 

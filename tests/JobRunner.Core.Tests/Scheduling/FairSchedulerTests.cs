@@ -367,6 +367,30 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void MaxWait_CountsFromTheLatestAdd_OfAJobTakenAndAddedAgain()
+    {
+        _options.MaxWait = TimeSpan.FromMinutes(1);
+        var job = Job(priority: 1);
+        Scheduler.Add(job);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Scheduler.Release(Take());
+
+        // Retried at once: the same job is added again, and waits beside a newer job one band up.
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Scheduler.Add(job with { EnqueuedAt = _time.GetUtcNow() });
+        var higher = Job(priority: 2);
+        Scheduler.Add(higher);
+
+        // A minute after the first add it has waited 58 s: not promoted yet. Two seconds later it is, once.
+        _time.Advance(TimeSpan.FromSeconds(58));
+        Assert.Equal(higher, Take());
+        Scheduler.Add(Job(priority: 2));
+        _time.Advance(TimeSpan.FromSeconds(2));
+        Assert.Equal(job.Id, Take().Id);
+        Assert.Equal(2, Take().Priority);
+    }
+
+    [Fact]
     public void MaxWait_Unset_StrictPriorityStarvesLowerBands()
     {
         var low = Job(priority: 1);

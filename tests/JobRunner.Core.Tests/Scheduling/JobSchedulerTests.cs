@@ -78,6 +78,24 @@ public sealed class JobSchedulerTests : IDisposable
         await waits[0];
     }
 
+    [Fact]
+    public void TakeOrWait_NextWakeBeyondWhatATimerTakes_WaitsInsteadOfThrowing()
+    {
+        // One job a century: after the first, the next token is due far beyond a timer's ~49.7 days.
+        _options.TenantRates["t"] = new RateLimit(PerSecond: 1.0 / (100.0 * 365 * 86_400));
+        var slot = new ReusableSignal();
+        Scheduler.Add([Job(), Job()], new Admission[2]);
+        Assert.True(Scheduler.TakeOrWait(null, slot, out var first, out _));
+
+        Assert.False(Scheduler.TakeOrWait(first, slot, out _, out var wait));
+        Assert.False(wait.IsCompleted);
+
+        // The capped timer wakes the slot early; it finds nothing to take yet and waits again.
+        _time.Advance(TimeSpan.FromDays(50));
+        Assert.True(wait.IsCompleted);
+        Assert.False(Scheduler.TakeOrWait(null, slot, out _, out _));
+    }
+
     private QueuedJob Job(string? key = null) => new()
     {
         Id = JobId.New(_time),
