@@ -263,6 +263,9 @@ internal sealed class FairScheduler
     /// <summary>How many removed nodes are kept for reuse (a held job's node is otherwise an allocation per job).</summary>
     private const int MaxFreeNodes = 1024;
 
+    // Emptied flows a tenant keeps for reuse; past this many flows, an emptied one is dropped.
+    private const int MaxFlowsKept = 16;
+
     private void Insert(Entry entry)
     {
         var job = entry.Job;
@@ -589,6 +592,9 @@ internal sealed class FairScheduler
         }
     }
 
+    /// <summary>Gets how many flows (emptied ones included) the bands' tenants keep; for tests.</summary>
+    internal int FlowCount => _bands.Sum(static b => b.Tenants.Values.Sum(static t => t.Flows.Count));
+
     private sealed class Band
     {
         public Dictionary<string, Tenant> Tenants { get; } = new(StringComparer.Ordinal);
@@ -685,9 +691,18 @@ internal sealed class FairScheduler
         /// <summary>Removes a job's node; the caller has read what it needs from it (the node is reused).</summary>
         public void Remove(LinkedListNode<Entry> node)
         {
-            // An emptied flow is kept: the same workload and key usually come back, and re-creating it would allocate.
-            node.List!.Remove(node);
+            // An emptied flow is kept while the tenant has few (the same workload and key usually come back, and
+            // re-creating it would allocate); past that it goes, so that per-job concurrency keys do not leave the
+            // tenant's scan (one check per flow) and its memory growing for good.
+            var flow = node.List!;
+            flow.Remove(node);
             Count--;
+            if (flow.Count == 0 && Flows.Count > MaxFlowsKept)
+            {
+                var job = node.Value.Job;
+                Flows.Remove((job.Workload, job.ConcurrencyKey, job.Affinity));
+            }
+
             if (freeNodes.Count < MaxFreeNodes)
             {
                 node.Value = default;

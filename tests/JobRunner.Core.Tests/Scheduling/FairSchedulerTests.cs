@@ -391,6 +391,18 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void PerJobConcurrencyKeys_DoNotLeaveFlowsBehind()
+    {
+        for (var i = 0; i < 1_000; i++)
+        {
+            Scheduler.Add(Job(key: $"invoice-{i}"));
+            Scheduler.Release(Take());
+        }
+
+        Assert.InRange(Scheduler.FlowCount, 1, 17);
+    }
+
+    [Fact]
     public void MaxWait_Unset_StrictPriorityStarvesLowerBands()
     {
         var low = Job(priority: 1);
