@@ -838,19 +838,42 @@ internal sealed partial class PostgresJobStore : IJobStore
         const string Message = "Retried by request.";
         var now = _time.GetUtcNow();
         (JobRecord Job, JobState Previous)? changed;
+        var tries = new StrongBox<int>();
+        var committedBefore = new StrongBox<bool>();
         try
         {
-            changed = await _db.RunAsync(_db.Client, (Sql: _requeueSql, Id: id, Now: now), static async (c, s, token) =>
+            changed = await _db.RunAsync(_db.Client, (Store: this, Id: id, Now: now, Tries: tries, CommittedBefore: committedBefore), static async (c, s, token) =>
             {
-                using var command = new NpgsqlCommand(s.Sql, c);
-                command.Parameters.AddWithValue("id", s.Id.Value);
-                command.Parameters.AddWithValue("now", s.Now);
-                command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = Message });
-                var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
-                await using var readerScope = reader.ConfigureAwait(false);
-                return await reader.ReadAsync(token).ConfigureAwait(false)
-                    ? (JobRows.Read(reader), (JobState)reader.GetInt16(JobRows.ColumnCount))
-                    : default((JobRecord, JobState)?);
+                if (s.Tries.Value++ > 0 && s.Store._db.Options.WriteHistory)
+                {
+                    // A retry: the first try may have committed before its reply was lost, and the job may have run and
+                    // finished again since. Its history row (this call's time and message) says so: requeue once only.
+                    using var done = new NpgsqlCommand($"SELECT EXISTS (SELECT FROM {s.Store._db.Schema}.job_history WHERE job_id = @id AND at = @now AND message = @message)", c);
+                    done.Parameters.AddWithValue("id", s.Id.Value);
+                    done.Parameters.AddWithValue("now", s.Now);
+                    done.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = Message });
+                    if ((bool)(await done.ExecuteScalarAsync(token).ConfigureAwait(false))!)
+                    {
+                        s.CommittedBefore.Value = true;
+                        return default((JobRecord, JobState)?);
+                    }
+                }
+
+                (JobRecord, JobState)? requeued;
+                using (var command = new NpgsqlCommand(s.Store._requeueSql, c))
+                {
+                    command.Parameters.AddWithValue("id", s.Id.Value);
+                    command.Parameters.AddWithValue("now", s.Now);
+                    command.Parameters.Add(new("message", NpgsqlDbType.Text) { Value = Message });
+                    var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+                    await using var readerScope = reader.ConfigureAwait(false);
+                    requeued = await reader.ReadAsync(token).ConfigureAwait(false)
+                        ? (JobRows.Read(reader), (JobState)reader.GetInt16(JobRows.ColumnCount))
+                        : null;
+                }
+
+                s.Store.AfterRequeue?.Invoke(s.Tries.Value);
+                return requeued;
             }, cancellationToken).ConfigureAwait(false);
         }
         catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "jobs_dedupe")
@@ -864,9 +887,10 @@ internal sealed partial class PostgresJobStore : IJobStore
         if (changed is not { } done)
         {
             var job = await GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
-            if (job.State is JobState.Queued or JobState.Scheduled && JobRows.ToMicros(job.UpdatedAt) == JobRows.ToMicros(now))
+            if (committedBefore.Value || (job.State is JobState.Queued or JobState.Scheduled && JobRows.ToMicros(job.UpdatedAt) == JobRows.ToMicros(now)))
             {
-                // Our own write: it committed, but its reply was lost and the statement was run again.
+                // Our own write: it committed, but its reply was lost and the statement was run again (without history,
+                // only recognised while the job has not moved on).
                 return job;
             }
 
@@ -876,6 +900,9 @@ internal sealed partial class PostgresJobStore : IJobStore
         PublishState(done.Job, done.Previous, Message);
         return done.Job;
     }
+
+    /// <summary>Called after each try of a manual retry's statement, with the try's number (1 for the first); for tests.</summary>
+    internal Action<int>? AfterRequeue { get; set; }
 
     internal IJobEventBus Events => _events;
 

@@ -569,6 +569,37 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_manual_retry_retried_after_its_reply_was_lost_requeues_once_even_if_the_job_failed_again_meanwhile()
+    {
+        // The retry's back-off runs on the real clock.
+        var (_, store, _, _) = _database.OpenStore(TimeProvider.System);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        await FailAsync();
+
+        // The requeue commits, its reply is lost, and before the call tries again the job runs and fails once more.
+        store.AfterRequeue = tries =>
+        {
+            if (tries == 1)
+            {
+                FailAsync().GetAwaiter().GetResult();
+                throw new NpgsqlException("The connection broke after the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+        var requeued = await store.RequeueAsync(job.Id, default);
+
+        var stored = (await store.GetAsync(job.Id, default))!;
+        Assert.Equal((JobState.Failed, 2), (stored.State, stored.Attempts.Count));
+        Assert.Equal(stored.State, requeued.State);
+        Assert.Equal(1L, await _database.ScalarAsync<long>($"SELECT count(*) FROM {{s}}.job_history WHERE job_id = '{job.Id.Value}' AND message = 'Retried by request.'"));
+
+        async Task FailAsync()
+        {
+            var leased = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!;
+            await store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "boom" }, default);
+        }
+    }
+
+    [Fact]
     public async Task Renewing_a_stale_and_a_current_lease_of_one_job_reports_the_job_lost_and_renews_the_current()
     {
         var (_, store, _, _) = _database.OpenStore(_time);

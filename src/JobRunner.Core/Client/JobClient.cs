@@ -110,8 +110,13 @@ internal sealed class JobClient(
     {
         var job = await store.RequeueAsync(id, cancellationToken).ConfigureAwait(false);
 
-        // The job is Queued in the store: enqueue it whatever the caller's token says, or it would wait in no queue.
-        await queue.EnqueueAsync(QueuedJob.For(job, time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+        // The job is Queued in the store: enqueue it whatever the caller's token says, or it would wait in no queue. (A
+        // store that retried a lost reply may return the job already run since, finished again: nothing to enqueue.)
+        if (!job.State.IsTerminal())
+        {
+            await queue.EnqueueAsync(QueuedJob.For(job, time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+        }
+
         return job;
     }
 
