@@ -92,7 +92,7 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
 
         // The batch, given k2 before k1, waits on k1 (and must not hold k2 meanwhile); then the other writer takes k2.
         var batch = store.InsertManyAsync([k2, k1], default).AsTask();
-        await WaitForLockWaitAsync();
+        await _database.WaitForLockWaitAsync("The batch never waited for the other writer.");
         await InsertKeyAsync(other, "k2");
         await transaction.CommitAsync();
 
@@ -107,15 +107,6 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
                 connection);
             command.Parameters.AddWithValue("key", key);
             await command.ExecuteNonQueryAsync();
-        }
-
-        async Task WaitForLockWaitAsync()
-        {
-            for (var i = 0; await _database.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0; i++)
-            {
-                Assert.True(i < 3000, "The batch never waited for the other writer.");
-                await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
-            }
         }
     }
 

@@ -147,11 +147,7 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
         store.AppendKey = () => key;
         store.TriesBefore = 1;
         var retry = store.AppendAsync(Lease(job, 1, 1), [Line("a")], default).AsTask();
-        for (var i = 0; await _database.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0; i++)
-        {
-            Assert.True(i < 3000, "The retry never waited for the first try.");
-            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
-        }
+        await _database.WaitForLockWaitAsync("The retry never waited for the first try.");
 
         await transaction.CommitAsync();
         var written = await retry.WaitAsync(TimeSpan.FromSeconds(30));

@@ -58,6 +58,16 @@ public sealed class PostgresTestDatabase : IAsyncDisposable
         return (T)(await command.ExecuteScalarAsync())!;
     }
 
+    /// <summary>Waits, bounded, until some session of this database waits for a lock (a statement blocked by another transaction).</summary>
+    public async Task WaitForLockWaitAsync(string failure)
+    {
+        for (var i = 0; await ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0; i++)
+        {
+            Assert.True(i < 3000, failure);
+            await Task.Delay(TimeSpan.FromMilliseconds(10), TimeProvider.System);
+        }
+    }
+
     public async Task ExecuteAsync(string sql)
     {
         await using var connection = new NpgsqlConnection(ConnectionString);
