@@ -18,9 +18,11 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
             errors.Add($"WorkerOptions.Slots is {options.Slots}. Set it to 1 or more: the number of attempts this host runs at once.");
         }
 
-        if (options.LeaseDuration <= TimeSpan.Zero)
+        // Every one of these becomes a timer's due time somewhere (or is added to a date): at most what a timer takes.
+        var max = Worker.TimerLimits.Max;
+        if (options.LeaseDuration <= TimeSpan.Zero || options.LeaseDuration > max)
         {
-            errors.Add($"WorkerOptions.LeaseDuration is {options.LeaseDuration}. Set it to a positive time, e.g. 30 seconds.");
+            errors.Add($"WorkerOptions.LeaseDuration is {options.LeaseDuration}. Set it to a positive time of at most {max.TotalDays:0.#} days, e.g. 30 seconds.");
         }
 
         if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval > options.LeaseDuration / 2)
@@ -28,19 +30,19 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
             errors.Add($"WorkerOptions.HeartbeatInterval is {options.HeartbeatInterval} with a LeaseDuration of {options.LeaseDuration}. Set it above zero and to at most half the lease duration, so that one late heartbeat does not lose the lease.");
         }
 
-        if (options.ReclaimInterval <= TimeSpan.Zero)
+        if (options.ReclaimInterval <= TimeSpan.Zero || options.ReclaimInterval > max)
         {
-            errors.Add($"WorkerOptions.ReclaimInterval is {options.ReclaimInterval}. Set it to a positive time, e.g. 5 seconds.");
+            errors.Add($"WorkerOptions.ReclaimInterval is {options.ReclaimInterval}. Set it to a positive time of at most {max.TotalDays:0.#} days, e.g. 5 seconds.");
         }
 
-        if (options.CancellationGracePeriod < TimeSpan.Zero)
+        if (options.CancellationGracePeriod < TimeSpan.Zero || options.CancellationGracePeriod > max)
         {
-            errors.Add($"WorkerOptions.CancellationGracePeriod is {options.CancellationGracePeriod}. Set it to zero or more.");
+            errors.Add($"WorkerOptions.CancellationGracePeriod is {options.CancellationGracePeriod}. Set it to zero or more, at most {max.TotalDays:0.#} days.");
         }
 
-        if (options.ShutdownGracePeriod < TimeSpan.Zero)
+        if (options.ShutdownGracePeriod < TimeSpan.Zero || options.ShutdownGracePeriod > max)
         {
-            errors.Add($"WorkerOptions.ShutdownGracePeriod is {options.ShutdownGracePeriod}. Set it to zero or more.");
+            errors.Add($"WorkerOptions.ShutdownGracePeriod is {options.ShutdownGracePeriod}. Set it to zero or more, at most {max.TotalDays:0.#} days.");
         }
 
         foreach (var (key, value) in options.Labels)

@@ -19,6 +19,16 @@ internal static class DefinitionResolver
             errors.Add($"Definition name '{definition.Name}' is not valid: {Names.NameRule}.");
         }
 
+        if (definition.Aliases is null)
+        {
+            errors.Add("Aliases is null. Use an empty list for a definition without aliases.");
+        }
+
+        if (definition.Parameters is null)
+        {
+            errors.Add("Parameters is null. Use an empty list for a definition without parameters.");
+        }
+
         foreach (var alias in definition.Aliases ?? [])
         {
             if (!Names.IsValidName(alias) || alias == definition.Name)
@@ -156,8 +166,8 @@ internal static class DefinitionResolver
         {
             case ParameterType.Integer when !long.TryParse(value, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _):
                 return $"'{value}' is not a whole number.";
-            case ParameterType.Number when !double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out _):
-                return $"'{value}' is not a number.";
+            case ParameterType.Number when !double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out var parsed) || !double.IsFinite(parsed):
+                return $"'{value}' is not a finite number.";
             case ParameterType.Boolean when value is not ("true" or "false"):
                 return $"'{value}' is not true or false.";
         }

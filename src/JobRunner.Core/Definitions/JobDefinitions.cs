@@ -3,7 +3,12 @@ using System.Text.Json;
 namespace JobRunner.Definitions;
 
 /// <summary>What a definition run carries as its job input: a reference, never the spec (so no secret is stored with the job).</summary>
-internal sealed record DefinitionRun(string Definition, int Version, IReadOnlyDictionary<string, string> Parameters);
+/// <param name="Definition">The definition's name.</param>
+/// <param name="Version">Its version.</param>
+/// <param name="Parameters">The run's parameters.</param>
+/// <param name="Stored">When that version was stored: a definition deleted and created again under the name has a version of
+/// the same number, stored later (absent in runs submitted before it was recorded).</param>
+internal sealed record DefinitionRun(string Definition, int Version, IReadOnlyDictionary<string, string> Parameters, DateTimeOffset? Stored = null);
 
 /// <summary>The <see cref="IJobDefinitions"/> service: validates, stores, previews and submits runs; reads redact secrets.</summary>
 internal sealed class JobDefinitions(IDefinitionStore store, IJobClient client) : IJobDefinitions
@@ -50,7 +55,7 @@ internal sealed class JobDefinitions(IDefinitionStore store, IJobClient client) 
         {
             [DefinitionLabel] = definition.Name,
         };
-        var request = JobRequest.Create(WorkloadName, new DefinitionRun(definition.Name, definition.Version, values)) with
+        var request = JobRequest.Create(WorkloadName, new DefinitionRun(definition.Name, definition.Version, values, definition.UpdatedAt)) with
         {
             Priority = options.Priority ?? definition.Priority,
             Tenant = options.Tenant,
@@ -67,8 +72,14 @@ internal sealed class JobDefinitions(IDefinitionStore store, IJobClient client) 
     public static async ValueTask<ContainerSpec> ResolveForRunAsync(IDefinitionStore store, WorkloadContext context, CancellationToken cancellationToken)
     {
         var run = context.GetInput<DefinitionRun>();
-        var definition = await store.GetAsync(run.Definition, run.Version, cancellationToken).ConfigureAwait(false)
-            ?? throw new PermanentJobException($"Definition '{run.Definition}' version {run.Version} no longer exists; it was deleted after this run was submitted.");
+        // The very version the run was submitted with: not one of another definition that took the name as an alias,
+        // nor one of a definition created again under the name.
+        var definition = await store.GetAsync(run.Definition, run.Version, cancellationToken).ConfigureAwait(false);
+        if (definition is null || definition.Name != run.Definition || (run.Stored is { } stored && definition.UpdatedAt != stored))
+        {
+            throw new PermanentJobException($"Definition '{run.Definition}' version {run.Version} no longer exists; it was deleted (or deleted and created again) after this run was submitted.");
+        }
+
         return DefinitionResolver.Resolve(definition, run.Parameters).Spec;
     }
 

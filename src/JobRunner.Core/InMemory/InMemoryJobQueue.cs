@@ -63,7 +63,7 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
             wake = TakeWaiter();
         }
 
-        wake?.TrySetResult();
+        Wake(wake);
         return ValueTask.CompletedTask;
     }
 
@@ -214,7 +214,22 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 return;
             }
 
-            waiter.TrySetResult();
+            Wake(waiter);
+        }
+    }
+
+    /// <summary>
+    /// Wakes <paramref name="waiter"/>, taken from the waiters under the lock; if its consumer's cancellation won in
+    /// between, the wake-up goes to the next waiter instead of being lost.
+    /// </summary>
+    private void Wake(TaskCompletionSource? waiter)
+    {
+        while (waiter is not null && !waiter.TrySetResult())
+        {
+            lock (_lock)
+            {
+                waiter = TakeWaiter();
+            }
         }
     }
 

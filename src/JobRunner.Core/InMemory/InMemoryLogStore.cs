@@ -15,8 +15,11 @@ internal sealed class InMemoryLogStore : ILogStore
     private readonly Lock _lock = new();
     private readonly Dictionary<JobId, JobLog> _logs = [];
     private readonly LinkedList<JobId> _order = new();
-    private readonly Dictionary<JobId, (long NextOffset, long Dropped)> _evicted = [];
-    private readonly Queue<JobId> _evictedOrder = new();
+    // What an evicted log leaves behind, by eviction: a log evicted, written to and evicted again is in the order twice,
+    // and only its latest eviction's entry may remove what it left.
+    private readonly Dictionary<JobId, (long NextOffset, long Dropped, long Eviction)> _evicted = [];
+    private readonly Queue<(JobId Job, long Eviction)> _evictedOrder = new();
+    private long _evictions;
     private readonly int _maxLines;
     private readonly int _maxJobs;
 
@@ -49,11 +52,16 @@ internal sealed class InMemoryLogStore : ILogStore
                     var oldest = _order.First!.Value;
                     _order.RemoveFirst();
                     _logs.Remove(oldest, out var gone);
-                    _evicted[oldest] = (gone!.NextOffset, gone.Dropped + gone.Lines.Count);
-                    _evictedOrder.Enqueue(oldest);
+                    var eviction = ++_evictions;
+                    _evicted[oldest] = (gone!.NextOffset, gone.Dropped + gone.Lines.Count, eviction);
+                    _evictedOrder.Enqueue((oldest, eviction));
                     while (_evictedOrder.Count > _maxJobs)
                     {
-                        _evicted.Remove(_evictedOrder.Dequeue());
+                        var (job, at) = _evictedOrder.Dequeue();
+                        if (_evicted.TryGetValue(job, out var left) && left.Eviction == at)
+                        {
+                            _evicted.Remove(job);
+                        }
                     }
                 }
             }

@@ -88,6 +88,22 @@ public sealed class OptionsValidationTests
     }
 
     [Fact]
+    public async Task Start_TimesBeyondWhatATimerTakes_AreRefusedNamingTheLimit()
+    {
+        var e = await StartInvalidAsync(r => r.ConfigureWorker(w =>
+        {
+            w.LeaseDuration = TimeSpan.MaxValue;
+            w.HeartbeatInterval = TimeSpan.FromSeconds(10);
+            w.ReclaimInterval = TimeSpan.FromDays(60);
+            w.CancellationGracePeriod = TimeSpan.MaxValue;
+            w.ShutdownGracePeriod = TimeSpan.FromDays(50);
+        }));
+
+        Assert.Equal(4, e.Failures.Count());
+        Assert.All(e.Failures, f => Assert.Contains("at most 49.7 days", f, StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Start_DuplicateWorkloadName_NamesTheFix()
     {
         var e = await StartInvalidAsync(r => r.AddWorkload<DelegateWorkload>("work"));

@@ -172,4 +172,31 @@ public sealed class JobDefinitionsTests : IAsyncDisposable
         Assert.Contains("no longer exists", job.LastError, StringComparison.Ordinal);
         Assert.Single(job.Attempts);
     }
+
+    [Fact]
+    public async Task Run_DefinitionDeletedAndCreatedAgainBeforeItRuns_FailsInsteadOfRunningTheNewOne()
+    {
+        await Definitions.CreateAsync(Greeter());
+        var run = await Definitions.RunAsync("greeter", new Dictionary<string, string> { ["who"] = "ada" });
+        await Definitions.DeleteAsync("greeter");
+        _host.Time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(1, (await Definitions.CreateAsync(Greeter() with { Description = "another" })).Version);
+        await _host.StartAsync();
+
+        var job = await _host.WaitForStateAsync(run.Id, JobState.Failed);
+
+        Assert.Contains("deleted and created again", job.LastError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Create_NullListsOrANonFiniteNumber_AreValidationErrors()
+    {
+        var e = await Assert.ThrowsAsync<JobValidationException>(() => Definitions.CreateAsync(Greeter() with { Aliases = null!, Parameters = null! }).AsTask());
+        Assert.Contains(e.Errors, x => x.Contains("Aliases is null", StringComparison.Ordinal));
+        Assert.Contains(e.Errors, x => x.Contains("Parameters is null", StringComparison.Ordinal));
+
+        await Definitions.CreateAsync(Greeter() with { Parameters = [.. Greeter().Parameters, new DefinitionParameter("ratio", ParameterType.Number, Default: "1") { Min = 0, Max = 2 }] });
+        var nan = await Assert.ThrowsAsync<JobValidationException>(() => Definitions.RunAsync("greeter", new Dictionary<string, string> { ["who"] = "ada", ["ratio"] = "NaN" }).AsTask());
+        Assert.Contains(nan.Errors, x => x.Contains("'NaN' is not a finite number", StringComparison.Ordinal));
+    }
 }

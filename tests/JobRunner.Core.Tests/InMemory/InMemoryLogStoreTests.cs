@@ -81,6 +81,26 @@ public sealed class InMemoryLogStoreTests
     }
 
     [Fact]
+    public async Task AppendAsync_QuietJobEvictedTwice_StillContinuesItsOffsets()
+    {
+        // Two logs at most. Evicted, written to, evicted again while its first eviction is still in the record of
+        // evictions: that first record, when it leaves, must not take the second eviction's end with it.
+        var quiet = LeaseFor(JobId.New(_time));
+        var busy = LeaseFor(JobId.New(_time));
+        await _logs.AppendAsync(quiet, Lines(_time.GetUtcNow(), LogStream.Output, "a", "b"), default);
+        await _logs.AppendAsync(LeaseFor(JobId.New(_time)), Lines(_time.GetUtcNow(), LogStream.Output, "x"), default);
+        await _logs.AppendAsync(busy, Lines(_time.GetUtcNow(), LogStream.Output, "y"), default);
+        await _logs.AppendAsync(quiet, Lines(_time.GetUtcNow(), LogStream.Output, "c"), default);
+        await _logs.AppendAsync(busy, Lines(_time.GetUtcNow(), LogStream.Output, "y2"), default);
+        await _logs.AppendAsync(LeaseFor(JobId.New(_time)), Lines(_time.GetUtcNow(), LogStream.Output, "z"), default);
+
+        var again = await _logs.AppendAsync(quiet, Lines(_time.GetUtcNow(), LogStream.Output, "d"), default);
+
+        Assert.Equal(3L, Assert.Single(again).Offset);
+        Assert.Equal(3L, (await _logs.ReadAsync(quiet.JobId, new LogQuery(), default)).DroppedLines);
+    }
+
+    [Fact]
     public async Task ReadAsync_UnknownJob_IsEmpty()
     {
         var page = await _logs.ReadAsync(JobId.New(_time), new LogQuery(), default);
