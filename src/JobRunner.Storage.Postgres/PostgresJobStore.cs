@@ -294,7 +294,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             order[i] = i;
         }
 
-        Array.Sort(order, (a, b) => CompareForInsert(batch[a].Request, batch[b].Request));
+        Array.Sort(order, (a, b) => CompareForInsert(batch, a, b));
         for (var i = 0; i < n; i++)
         {
             var job = batch[order[i]].Request;
@@ -348,16 +348,22 @@ internal sealed partial class PostgresJobStore : IJobStore
         return inserted;
     }
 
-    private static int CompareForInsert(JobRecord a, JobRecord b)
+    /// <summary>
+    /// The insert order of two rows of a batch: rows with a dedupe key first, by tenant and key, and within one key in
+    /// submission order (the first submitted holds the key, the others attach to it); rows without a key by id.
+    /// </summary>
+    private static int CompareForInsert(IReadOnlyList<Batcher<JobRecord, SubmitResult>.Item> batch, int i, int j)
     {
-        var byKey = (a.Request.DedupeKey, b.Request.DedupeKey) switch
+        var (a, b) = (batch[i].Request, batch[j].Request);
+        return (a.Request.DedupeKey, b.Request.DedupeKey) switch
         {
-            (null, null) => 0,
+            (null, null) => a.Id.CompareTo(b.Id),
             (null, _) => 1,
             (_, null) => -1,
-            var (x, y) => string.CompareOrdinal(a.Request.Tenant, b.Request.Tenant) is var t and not 0 ? t : string.CompareOrdinal(x, y),
+            var (x, y) => string.CompareOrdinal(a.Request.Tenant, b.Request.Tenant) is var t and not 0 ? t
+                : string.CompareOrdinal(x, y) is var k and not 0 ? k
+                : i.CompareTo(j),
         };
-        return byKey != 0 ? byKey : a.Id.CompareTo(b.Id);
     }
 
     public async ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken)

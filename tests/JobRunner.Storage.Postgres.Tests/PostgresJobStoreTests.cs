@@ -57,6 +57,24 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Within_one_batch_the_first_submit_of_a_dedupe_key_holds_it_whatever_the_ids()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var (first, second) = (Jobs.New(_time, dedupe: "k"), Jobs.New(_time, dedupe: "k"));
+        if (first.Id.CompareTo(second.Id) < 0)
+        {
+            (first, second) = (second, first);
+        }
+
+        // The first submitted has the larger id: rows are ordered by key, and within a key by submission.
+        var submitted = await store.InsertManyAsync([first, second], default);
+
+        Assert.False(submitted[0].Attached);
+        Assert.True(submitted[1].Attached);
+        Assert.Equal(first.Id, submitted[1].Job.Id);
+    }
+
+    [Fact]
     public async Task A_submit_whose_dedupe_holder_finishes_right_after_the_conflict_is_inserted_and_returned()
     {
         var (_, store, _, _) = _database.OpenStore(_time);

@@ -111,8 +111,8 @@ internal sealed class JobClient(
         var job = await store.RequeueAsync(id, cancellationToken).ConfigureAwait(false);
 
         // The job is Queued in the store: enqueue it whatever the caller's token says, or it would wait in no queue. (A
-        // store that retried a lost reply may return the job already run since, finished again: nothing to enqueue.)
-        if (!job.State.IsTerminal())
+        // store that retried a lost reply may return the job already taken since, or finished again: nothing to enqueue.)
+        if (job.State is JobState.Queued or JobState.Scheduled)
         {
             await queue.EnqueueAsync(QueuedJob.For(job, time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
         }

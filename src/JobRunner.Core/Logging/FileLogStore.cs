@@ -106,9 +106,10 @@ internal sealed class FileLogStore : ILogStore
     /// <summary>Drops the least recently used entries that nobody holds now, until at most the cap is left.</summary>
     private void Trim()
     {
-        var entries = _jobs.ToArray();
-        Array.Sort(entries, static (a, b) => a.Value.LastUse.CompareTo(b.Value.LastUse));
-        foreach (var (id, files) in entries)
+        // Sorted by a snapshot of the last uses: appends go on raising them meanwhile.
+        var entries = _jobs.Select(static e => (e.Value.LastUse, e.Key, e.Value)).ToArray();
+        Array.Sort(entries, static (a, b) => a.LastUse.CompareTo(b.LastUse));
+        foreach (var (_, id, files) in entries)
         {
             if (_jobs.Count <= _maxCachedJobs)
             {
