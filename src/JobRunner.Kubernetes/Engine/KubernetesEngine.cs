@@ -134,60 +134,68 @@ internal sealed class KubernetesEngine : IExecutionEngine
             return null;
         }
 
-        const int Page = 10_000;
         try
         {
-            var end = await EndAsync(logs, context.JobId, cancellationToken).ConfigureAwait(false);
-            DateTimeOffset? last = null;
-            var atLast = 0;
-            for (var to = end; to > 0;)
-            {
-                var from = Math.Max(0, to - Page);
-                var page = await logs.ReadAsync(context.JobId, new LogQuery { Offset = from, Limit = (int)(to - from) }, cancellationToken).ConfigureAwait(false);
-                var beforeJob = true;
-                for (var i = page.Entries.Count - 1; i >= 0; i--)
-                {
-                    var entry = page.Entries[i];
-                    if (entry.Offset >= to)
-                    {
-                        continue;
-                    }
-
-                    beforeJob &= entry.Attempt < created;
-                    if (entry.Stream != LogStream.Output || entry.Attempt < created || entry.Attempt >= context.Attempt)
-                    {
-                        continue;
-                    }
-
-                    if (last is not { } l)
-                    {
-                        (last, atLast) = (entry.Timestamp, 1);
-                    }
-                    else if (entry.Timestamp == l)
-                    {
-                        atLast++;
-                    }
-                    else
-                    {
-                        return (l, atLast);
-                    }
-                }
-
-                if (beforeJob && page.Entries.Count > 0)
-                {
-                    break;
-                }
-
-                to = from;
-            }
-
-            return last is { } found ? (found, atLast) : null;
+            return await FindStoredLogEndAsync(logs, context.JobId, created, context.Attempt, 10_000, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             Log.StoredLogUnread(run.Logger, e, context.JobId, run.Name);
             return null;
         }
+    }
+
+    /// <summary>
+    /// The last timestamp of the output lines attempts <paramref name="created"/> to <paramref name="attempt"/> − 1 stored
+    /// in <paramref name="job"/>'s log, and how many lines have it; <see langword="null"/> when they stored none.
+    /// </summary>
+    internal static async Task<(DateTimeOffset Last, int AtLast)?> FindStoredLogEndAsync(ILogStore logs, JobId job, int created, int attempt, int pageSize, CancellationToken cancellationToken)
+    {
+        var end = await EndAsync(logs, job, cancellationToken).ConfigureAwait(false);
+        DateTimeOffset? last = null;
+        var atLast = 0;
+        for (var to = end; to > 0;)
+        {
+            var from = Math.Max(0, to - pageSize);
+            var page = await logs.ReadAsync(job, new LogQuery { Offset = from, Limit = (int)(to - from) }, cancellationToken).ConfigureAwait(false);
+            var beforeJob = true;
+            for (var i = page.Entries.Count - 1; i >= 0; i--)
+            {
+                var entry = page.Entries[i];
+                if (entry.Offset >= to)
+                {
+                    continue;
+                }
+
+                beforeJob &= entry.Attempt < created;
+                if (entry.Stream != LogStream.Output || entry.Attempt < created || entry.Attempt >= attempt)
+                {
+                    continue;
+                }
+
+                if (last is not { } l)
+                {
+                    (last, atLast) = (entry.Timestamp, 1);
+                }
+                else if (entry.Timestamp == l)
+                {
+                    atLast++;
+                }
+                else
+                {
+                    return (l, atLast);
+                }
+            }
+
+            if (beforeJob && page.Entries.Count > 0)
+            {
+                break;
+            }
+
+            to = from;
+        }
+
+        return last is { } found ? (found, atLast) : null;
 
         // The offset after the log's last line.
         static async Task<long> EndAsync(ILogStore logs, JobId job, CancellationToken token)
