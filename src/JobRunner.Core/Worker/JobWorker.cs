@@ -41,6 +41,12 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly int _feedBatch;
     private readonly int _refillAt;
     private int _free;
+
+    // Room lent to the feeder while a slot is idle and every job the worker holds waits (behind a limit, a rate or a
+    // preference): so that it looks past a lookahead full of jobs blocked by one limit to runnable jobs further in the
+    // queue. At most three lookaheads; repaid first as held jobs leave.
+    private readonly int _maxLent;
+    private int _lent;
     private int _feederWaiting;
     private volatile bool _stopping;
     private int _disposed;
@@ -88,6 +94,7 @@ internal sealed partial class JobWorker : BackgroundService
         _free = _options.Slots + lookahead;
         _feedBatch = Math.Min(_options.Slots * 4, 512);
         _refillAt = Math.Clamp(lookahead / 2, 1, _feedBatch);
+        _maxLent = 3 * lookahead;
     }
 
     public IJobStore Store { get; }
@@ -302,12 +309,38 @@ internal sealed partial class JobWorker : BackgroundService
         }
     }
 
-    /// <summary>Gives back the room a held job took, once it left the scheduler.</summary>
+    /// <summary>Gives back the room a held job took, once it left the scheduler: to what was lent first.</summary>
     private void FreeRoom()
     {
+        for (var lent = Volatile.Read(ref _lent); lent > 0; lent = Volatile.Read(ref _lent))
+        {
+            if (Interlocked.CompareExchange(ref _lent, lent - 1, lent) == lent)
+            {
+                return;
+            }
+        }
+
         if (Interlocked.Increment(ref _free) >= _refillAt && Volatile.Read(ref _feederWaiting) == 1)
         {
             WakeFeeder();
+        }
+    }
+
+    /// <summary>
+    /// A slot found nothing it may run among the jobs this worker holds: if the feeder is out of room, lend it a batch's
+    /// worth (up to three lookaheads in all), so that it takes more jobs from the queue, among them perhaps one that runs.
+    /// </summary>
+    private void LendRoom()
+    {
+        for (var lent = Volatile.Read(ref _lent); Volatile.Read(ref _free) < _refillAt && lent < _maxLent; lent = Volatile.Read(ref _lent))
+        {
+            var more = Math.Min(_feedBatch, _maxLent - lent);
+            if (Interlocked.CompareExchange(ref _lent, lent + more, lent) == lent)
+            {
+                Interlocked.Add(ref _free, more);
+                WakeFeeder();
+                return;
+            }
         }
     }
 
@@ -344,6 +377,11 @@ internal sealed partial class JobWorker : BackgroundService
 
             if (!taken)
             {
+                if (_scheduler.PendingCount > 0)
+                {
+                    LendRoom();
+                }
+
                 await wait.ConfigureAwait(false);
                 continue;
             }

@@ -59,6 +59,42 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task LookaheadFullOfJobsBlockedByOneKey_ARunnableJobFurtherInTheQueueStillRuns()
+    {
+        // Two slots and a lookahead of 4: twelve jobs of one key (limit 1) fill what the worker holds, and a job without
+        // a key comes after them in the queue.
+        await using var host = new TestHost(r => r
+            .ConfigureWorker(w => w.Slots = 2)
+            .ConfigureScheduler(s => s.Lookahead = 4));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.Request.ConcurrencyKey is not null)
+            {
+                await release.Task.WaitAsync(ct);
+            }
+        };
+        var keyed = new List<JobId>();
+        for (var i = 0; i < 12; i++)
+        {
+            keyed.Add((await host.Client.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "account-1" })).Id);
+        }
+
+        var free = await host.Client.SubmitAsync(new JobRequest("work"));
+        await host.StartAsync();
+
+        // It runs while the keyed ones still wait (the second slot would otherwise sit idle until they drained).
+        await host.WaitForStateAsync(free.Id, JobState.Succeeded);
+        Assert.Equal(11, (await Task.WhenAll(keyed.Select(id => host.Client.GetAsync(id).AsTask()))).Count(j => j!.State == JobState.Queued));
+
+        release.SetResult();
+        foreach (var id in keyed)
+        {
+            await host.WaitForStateAsync(id, JobState.Succeeded);
+        }
+    }
+
+    [Fact]
     public async Task WorkloadLimit_RunsAtMostThatManyAtOnce()
     {
         await using var host = new TestHost(r => r
