@@ -62,6 +62,9 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
     }
 
+    /// <summary>Gets whether the scheduler holds jobs, read without its lock: a hint, for a slot that found nothing to take.</summary>
+    public bool HoldsJobs => _scheduler.PendingCount > 0;
+
     /// <summary>Gets how many held jobs this worker may not run (they wait to be given back to the queue).</summary>
     public int ParkedCount
     {

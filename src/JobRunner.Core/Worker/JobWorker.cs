@@ -44,7 +44,7 @@ internal sealed partial class JobWorker : BackgroundService
 
     // Room lent to the feeder while a slot is idle and every job the worker holds waits (behind a limit, a rate or a
     // preference): so that it looks past a lookahead full of jobs blocked by one limit to runnable jobs further in the
-    // queue. At most three lookaheads; repaid first as held jobs leave.
+    // queue. At most three lookaheads (or feed batches, if more); repaid first as held jobs leave.
     private readonly int _maxLent;
     private int _lent;
     private int _feederWaiting;
@@ -94,7 +94,7 @@ internal sealed partial class JobWorker : BackgroundService
         _free = _options.Slots + lookahead;
         _feedBatch = Math.Min(_options.Slots * 4, 512);
         _refillAt = Math.Clamp(lookahead / 2, 1, _feedBatch);
-        _maxLent = 3 * lookahead;
+        _maxLent = 3 * Math.Max(lookahead, _feedBatch);
     }
 
     public IJobStore Store { get; }
@@ -228,6 +228,10 @@ internal sealed partial class JobWorker : BackgroundService
                 }
 
                 var got = await _queue.DequeueAsync(buffer.AsMemory(0, Math.Min(free, buffer.Length)), _options.LeaseDuration, stoppingToken).ConfigureAwait(false);
+
+                // The room is taken before the jobs reach the scheduler (and what they did not take given back after):
+                // a slot they wake that finds nothing to run must see the room gone, or it would not lend more.
+                Interlocked.Add(ref _free, -got);
                 _scheduler.Add(buffer.AsSpan(0, got), admissions);
                 var held = 0;
                 for (var i = 0; i < got; i++)
@@ -258,7 +262,7 @@ internal sealed partial class JobWorker : BackgroundService
                     }
                 }
 
-                Interlocked.Add(ref _free, -held);
+                Interlocked.Add(ref _free, got - held);
                 if (duplicates is { Count: > 0 })
                 {
                     await _queue.AcknowledgeAsync(duplicates, CancellationToken.None).ConfigureAwait(false);
@@ -328,7 +332,8 @@ internal sealed partial class JobWorker : BackgroundService
 
     /// <summary>
     /// A slot found nothing it may run among the jobs this worker holds: if the feeder is out of room, lend it a batch's
-    /// worth (up to three lookaheads in all), so that it takes more jobs from the queue, among them perhaps one that runs.
+    /// worth (up to three lookaheads or feed batches in all), so that it takes more jobs from the queue, among them perhaps
+    /// one that runs.
     /// </summary>
     private void LendRoom()
     {
@@ -337,8 +342,11 @@ internal sealed partial class JobWorker : BackgroundService
             var more = Math.Min(_feedBatch, _maxLent - lent);
             if (Interlocked.CompareExchange(ref _lent, lent + more, lent) == lent)
             {
-                Interlocked.Add(ref _free, more);
-                WakeFeeder();
+                if (Interlocked.Add(ref _free, more) >= _refillAt)
+                {
+                    WakeFeeder();
+                }
+
                 return;
             }
         }
@@ -377,7 +385,7 @@ internal sealed partial class JobWorker : BackgroundService
 
             if (!taken)
             {
-                if (_scheduler.PendingCount > 0)
+                if (_scheduler.HoldsJobs)
                 {
                     LendRoom();
                 }
