@@ -246,6 +246,17 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_WithoutProcessGroups_CancelStillStopsTheDescendants()
+    {
+        // The main shell dies at SIGTERM; one child ignores SIGTERM, and the other would outlive its parent by default.
+        var options = new ProcessEngineOptions { UseProcessGroups = false, KillGracePeriod = TimeSpan.FromMilliseconds(300) };
+        var exitCode = await CancelAfterReadyAsync(Sh($"sh -c \"trap '' TERM; sleep 60\" & echo $! >> {_dir}/pids; sleep 60 & echo $! >> {_dir}/pids; echo ready; wait"), options);
+
+        Assert.Equal(143, exitCode);
+        await AssertDeadAsync(Pids("pids"));
+    }
+
+    [Fact]
     public async Task Execute_CancelledAndIgnoringSigterm_IsKilledAfterGrace()
     {
         var exitCode = await CancelAfterReadyAsync(Sh("trap '' TERM; echo ready; while true; do sleep 1; done"), new ProcessEngineOptions { KillGracePeriod = TimeSpan.FromMilliseconds(300) });

@@ -225,7 +225,11 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 
     private async Task StopAsync(System.Diagnostics.Process process, bool groups)
     {
+        // Without a group, the tree as it stands now (Linux) gets the signals a group would: once the main process has
+        // exited, its orphaned descendants could no longer be found.
+        var tree = groups ? [] : ProcessGroup.Descendants(process.Id);
         ProcessGroup.Send(process.Id, ProcessGroup.SigTerm, groups);
+        ProcessGroup.SignalEach(tree, ProcessGroup.SigTerm);
         using var grace = new CancellationTokenSource(_options.KillGracePeriod, _time);
         try
         {
@@ -236,6 +240,9 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             Kill(process, groups);
             await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
         }
+
+        // What is left of the tree goes, as what is left of a group does.
+        ProcessGroup.SignalEach(tree, ProcessGroup.SigKill);
     }
 
     private WorkloadExitException Classify(int exitCode)

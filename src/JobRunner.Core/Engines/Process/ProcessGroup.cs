@@ -45,6 +45,73 @@ internal static partial class ProcessGroup
         }
     }
 
+    /// <summary>
+    /// The descendants of <paramref name="pid"/> as they are now, each with its start time (to tell it from a later
+    /// process that reuses its id); read from <c>/proc</c> on Linux, none elsewhere. For a tree without a group of its own.
+    /// </summary>
+    public static List<(int Pid, long Start)> Descendants(int pid)
+    {
+        var found = new List<(int, long)>();
+        if (!OperatingSystem.IsLinux())
+        {
+            return found;
+        }
+
+        var children = new Dictionary<int, List<(int Pid, long Start)>>();
+        foreach (var directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(directory), out var child) && ReadStat(child) is { } stat)
+            {
+                if (!children.TryGetValue(stat.Parent, out var list))
+                {
+                    children[stat.Parent] = list = [];
+                }
+
+                list.Add((child, stat.Start));
+            }
+        }
+
+        var pending = new Queue<int>([pid]);
+        while (pending.TryDequeue(out var parent))
+        {
+            foreach (var child in children.GetValueOrDefault(parent) ?? [])
+            {
+                found.Add(child);
+                pending.Enqueue(child.Pid);
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>Sends <paramref name="signal"/> to each of <paramref name="processes"/> still running with the same start time.</summary>
+    public static void SignalEach(List<(int Pid, long Start)> processes, int signal)
+    {
+        foreach (var (pid, start) in processes)
+        {
+            if (ReadStat(pid) is { } stat && stat.Start == start)
+            {
+                SignalProcess(pid, signal);
+            }
+        }
+    }
+
+    /// <summary>A process's parent and start time from <c>/proc/{pid}/stat</c>, or <see langword="null"/> when it is gone.</summary>
+    private static (int Parent, long Start)? ReadStat(int pid)
+    {
+        try
+        {
+            // pid (comm) state ppid ... starttime: the command may hold spaces and parentheses, so fields count from the last ')'.
+            var text = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = text[(text.LastIndexOf(')') + 2)..].Split(' ');
+            return (int.Parse(fields[1], System.Globalization.CultureInfo.InvariantCulture), long.Parse(fields[19], System.Globalization.CultureInfo.InvariantCulture));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException or ArgumentOutOfRangeException)
+        {
+            return null;
+        }
+    }
+
     public static string SignalName(int signal) => signal switch
     {
         1 => "SIGHUP",
