@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Data.Common;
 using System.Globalization;
 using System.Net.Sockets;
@@ -97,6 +98,18 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             (Source: source, State: state, Operation: operation),
             cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// As <see cref="RunAsync{T, TState}(NpgsqlDataSource, TState, Func{NpgsqlConnection, TState, CancellationToken, Task{T}}, CancellationToken)"/>,
+    /// telling <paramref name="operation"/> which try it is (1 for the first): a retry of a write may follow a first try
+    /// that committed before its reply was lost, and must find what that try wrote instead of writing it again.
+    /// </summary>
+    public Task<T> RunAsync<T, TState>(NpgsqlDataSource source, TState state, Func<NpgsqlConnection, TState, int, CancellationToken, Task<T>> operation, CancellationToken cancellationToken)
+        => RunAsync(
+            source,
+            (State: state, Operation: operation, Tries: new StrongBox<int>()),
+            static (c, s, token) => s.Operation(c, s.State, ++s.Tries.Value, token),
+            cancellationToken);
 
     /// <summary>Tells every worker (this process at once, others by a coalesced NOTIFY) that jobs may be ready.</summary>
     public void NotifyReady()

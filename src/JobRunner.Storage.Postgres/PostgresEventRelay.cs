@@ -32,7 +32,9 @@ internal sealed class PostgresEventRelay
     /// <summary>The most rows one poll reads; the rest follow at the next poll.</summary>
     internal const int MaxRows = 10_000;
 
-    private const string SnapshotSql = "SELECT pg_snapshot_xmin(c), pg_snapshot_xmax(c), ARRAY(SELECT pg_snapshot_xip(c)) FROM pg_current_snapshot() c";
+    // What Snapshot.Read reads, from the current snapshot c.
+    private const string SnapshotColumns = "pg_snapshot_xmin(c), pg_snapshot_xmax(c), ARRAY(SELECT pg_snapshot_xip(c))";
+    private const string SnapshotSql = $"SELECT {SnapshotColumns} FROM pg_current_snapshot() c";
 
     private static readonly Comparer<Row> s_byId = Comparer<Row>.Create(static (a, b) => a.Id.CompareTo(b.Id));
     private readonly PostgresDatabase _db;
@@ -62,7 +64,7 @@ internal sealed class PostgresEventRelay
         // Where to start: below every row written since @since, and below every transaction still running. The rows since
         // then are found by time (OFFSET 0 keeps min() from walking the xact_id index from its oldest row instead).
         _startSql = $"""
-            SELECT pg_snapshot_xmin(c), pg_snapshot_xmax(c), ARRAY(SELECT pg_snapshot_xip(c)),
+            SELECT {SnapshotColumns},
                    (SELECT min(xact_id) FROM (SELECT xact_id FROM {s}.job_history WHERE at >= @since OFFSET 0) r)
             FROM pg_current_snapshot() c
             """;

@@ -495,7 +495,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         // Two requests for one job in a batch (a second delivery reached another slot) would both read the one row the
         // statement returns, and both run under one fence: the first gets the lease, the others nothing.
-        var (rows, now) = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Key: Random.Shared.NextInt64().ToString("x", CultureInfo.InvariantCulture), Tries: new StrongBox<int>()), static async (c, s, token) =>
+        var (rows, now) = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Key: Random.Shared.NextInt64().ToString("x", CultureInfo.InvariantCulture)), static async (c, s, tries, token) =>
         {
             // Taken in each try: a retry after a long outage must not write an expiry that has already passed.
             var now = s.Store._time.GetUtcNow();
@@ -516,7 +516,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
 
             var granted = new Dictionary<Guid, (JobRecord? Job, JobState Previous, long Fence, Exception? Error)>();
-            if (s.Tries.Value++ > 0)
+            if (tries > 1)
             {
                 // A retry: the first try may have committed before its reply was lost.
                 using var replay = new NpgsqlCommand(s.Store._leaseReplaySql, c);
@@ -540,7 +540,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                 await ReadGrantsAsync(reader, granted, token).ConfigureAwait(false);
             }
 
-            s.Store.AfterLeaseBatch?.Invoke(s.Tries.Value);
+            s.Store.AfterLeaseBatch?.Invoke(tries);
             return (granted, now);
         }, CancellationToken.None).ConfigureAwait(false);
 
@@ -844,13 +844,12 @@ internal sealed partial class PostgresJobStore : IJobStore
         const string Message = "Retried by request.";
         var now = _time.GetUtcNow();
         (JobRecord Job, JobState Previous)? changed;
-        var tries = new StrongBox<int>();
         var committedBefore = new StrongBox<bool>();
         try
         {
-            changed = await _db.RunAsync(_db.Client, (Store: this, Id: id, Now: now, Tries: tries, CommittedBefore: committedBefore), static async (c, s, token) =>
+            changed = await _db.RunAsync(_db.Client, (Store: this, Id: id, Now: now, CommittedBefore: committedBefore), static async (c, s, tries, token) =>
             {
-                if (s.Tries.Value++ > 0 && s.Store._db.Options.WriteHistory)
+                if (tries > 1 && s.Store._db.Options.WriteHistory)
                 {
                     // A retry: the first try may have committed before its reply was lost, and the job may have run and
                     // finished again since. Its history row (this call's time and message) says so: requeue once only.
@@ -878,7 +877,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                         : null;
                 }
 
-                s.Store.AfterRequeue?.Invoke(s.Tries.Value);
+                s.Store.AfterRequeue?.Invoke(tries);
                 return requeued;
             }, cancellationToken).ConfigureAwait(false);
         }

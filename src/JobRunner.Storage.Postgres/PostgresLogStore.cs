@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -8,12 +7,12 @@ namespace JobRunner.Storage.Postgres;
 /// Job logs in PostgreSQL, readable from every host: one row per line, keyed by job and job-wide offset. An append takes
 /// its offsets from the job's row in <c>job_log_heads</c> in the same statement, so concurrent writers (a stale attempt
 /// and its successor) never collide and offsets continue across attempts; its first line carries the append's key, so that
-/// a retry after a lost commit reply returns what the first try wrote instead of writing the lines again. Lines are kept until housekeeping deletes
-/// their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). After each append a NOTIFY goes out on the
-/// attempt-events channel (job, attempt, first offset, line count, not the lines), in its own transaction with others
-/// (<see cref="PostgresDatabase.NotifyAttemptEvent"/>), so that watchers on other hosts get the lines as log events: each
-/// host's listener reads back the lines of the jobs its watchers take (<see cref="PostgresOptions.LogEventsAcrossHosts"/>
-/// turns this off).
+/// a retry after a lost commit reply returns what the first try wrote instead of writing the lines again. Lines are kept
+/// until housekeeping deletes their finished job (<see cref="PostgresOptions.FinishedJobRetention"/>). After each append
+/// a NOTIFY goes out on the attempt-events channel (job, attempt, first offset, line count, not the lines), in its own
+/// transaction with others (<see cref="PostgresDatabase.NotifyAttemptEvent"/>), so that watchers on other hosts get the
+/// lines as log events: each host's listener reads back the lines of the jobs its watchers take
+/// (<see cref="PostgresOptions.LogEventsAcrossHosts"/> turns this off).
 /// </summary>
 internal sealed class PostgresLogStore : ILogStore
 {
@@ -93,18 +92,20 @@ internal sealed class PostgresLogStore : ILogStore
             messages[i] = JobRows.Text(lines[i].Message);
         }
 
-        var state = (Store: this, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Key: AppendKey?.Invoke() ?? Guid.NewGuid(), Tries: new StrongBox<int>(TriesBefore));
-        var (first, tenant, workload) = await _db.RunAsync(_db.Worker, state, static async (c, s, token) =>
+        var state = (Store: this, Lease: lease, Ats: ats, Streams: streams, Messages: messages, Key: AppendKey?.Invoke() ?? Guid.NewGuid());
+        var (first, tenant, workload) = await _db.RunAsync(_db.Worker, state, static async (c, s, tries, token) =>
         {
+            tries += s.Store.TriesBefore;
             while (true)
             {
                 try
                 {
-                    return await AppendOnceAsync(c, s, token).ConfigureAwait(false);
+                    return await AppendOnceAsync(c, s, tries, token).ConfigureAwait(false);
                 }
                 catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation && e.ConstraintName == "job_logs_batch")
                 {
-                    // The first try committed while this retry ran: the next round finds its lines.
+                    // The first try committed while this retry ran: the next round, a retry too, finds its lines.
+                    tries++;
                 }
             }
         }, cancellationToken).ConfigureAwait(false);
@@ -127,9 +128,8 @@ internal sealed class PostgresLogStore : ILogStore
 
         return entries;
 
-        static async Task<(long, string?, string?)> AppendOnceAsync(NpgsqlConnection c, (PostgresLogStore Store, JobLease Lease, DateTimeOffset[] Ats, short[] Streams, string[] Messages, Guid Key, StrongBox<int> Tries) s, CancellationToken token)
+        static async Task<(long, string?, string?)> AppendOnceAsync(NpgsqlConnection c, (PostgresLogStore Store, JobLease Lease, DateTimeOffset[] Ats, short[] Streams, string[] Messages, Guid Key) s, int tries, CancellationToken token)
         {
-            var tries = ++s.Tries.Value;
             using var command = new NpgsqlCommand(tries == 1 ? s.Store._appendSql : s.Store._appendRetrySql, c);
             command.Parameters.Add(new("job", NpgsqlDbType.Uuid) { Value = s.Lease.JobId.Value });
             command.Parameters.Add(new("count", NpgsqlDbType.Bigint) { Value = (long)s.Messages.Length });
