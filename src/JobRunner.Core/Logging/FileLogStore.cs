@@ -144,7 +144,7 @@ internal sealed class FileLogStore : ILogStore
             await foreach (var (line, _) in ReadLinesAsync(path, cancellationToken).ConfigureAwait(false))
             {
                 // Lines before the page are skipped by their offset alone, not parsed.
-                if (!TryReadOffset(line, out var offset) || offset < query.Offset || Parse(line, attempt) is not { } entry)
+                if (!TryReadOffset(line, out var offset) || offset < query.Offset || Parse(line, offset, attempt) is not { } entry)
                 {
                     continue;
                 }
@@ -196,9 +196,9 @@ internal sealed class FileLogStore : ILogStore
             await foreach (var (line, lineEnd) in ReadLinesAsync(path, cancellationToken).ConfigureAwait(false))
             {
                 end = lineEnd;
-                if (Parse(line, attempt) is { } entry)
+                if (TryReadOffset(line, out var offset) && Parse(line, offset, attempt) is not null)
                 {
-                    next = Math.Max(next, entry.Offset + 1);
+                    next = Math.Max(next, offset + 1);
                 }
             }
 
@@ -283,11 +283,11 @@ internal sealed class FileLogStore : ILogStore
         return long.TryParse(tab < 0 ? line : line.AsSpan(0, tab), NumberStyles.None, CultureInfo.InvariantCulture, out offset);
     }
 
-    private static LogEntry? Parse(string line, int attempt)
+    /// <summary>Parses a line whose offset <see cref="TryReadOffset"/> has read.</summary>
+    private static LogEntry? Parse(string line, long offset, int attempt)
     {
         var parts = line.Split('\t', 4);
         if (parts.Length != 4
-            || !long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var offset)
             || !DateTimeOffset.TryParse(parts[1], CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var timestamp))
         {
             return null;
