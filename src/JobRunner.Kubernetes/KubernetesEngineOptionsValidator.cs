@@ -35,7 +35,7 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add("KubernetesEngineOptions.UnschedulableLimit must be zero or more.");
         }
 
-        if (options.OrphanSweepInterval is { } sweep && (sweep <= TimeSpan.Zero || sweep > TimeSpan.FromMilliseconds(0xfffffffe)))
+        if (options.OrphanSweepInterval is { } sweep && (sweep <= TimeSpan.Zero || sweep > TimerLimits.Max))
         {
             errors.Add("KubernetesEngineOptions.OrphanSweepInterval must be positive and at most 49.7 days (what a timer takes), or null to never delete Jobs left running for finished jobs.");
         }

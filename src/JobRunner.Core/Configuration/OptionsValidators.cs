@@ -19,7 +19,7 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
         }
 
         // Every one of these becomes a timer's due time somewhere (or is added to a date): at most what a timer takes.
-        var max = Worker.TimerLimits.Max;
+        var max = TimerLimits.Max;
         if (options.LeaseDuration <= TimeSpan.Zero || options.LeaseDuration > max)
         {
             errors.Add($"WorkerOptions.LeaseDuration is {options.LeaseDuration}. Set it to a positive time of at most {max.TotalDays:0.#} days, e.g. 30 seconds.");

@@ -239,9 +239,9 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
         {
             // A timer holds at most about 49 days: a later due time is reached in steps (OnTimer re-arms).
             var wait = due > now ? due - now : TimeSpan.Zero;
-            if (wait > Worker.TimerLimits.Max)
+            if (wait > TimerLimits.Max)
             {
-                wait = Worker.TimerLimits.Max;
+                wait = TimerLimits.Max;
             }
 
             _timerDue = now + wait;

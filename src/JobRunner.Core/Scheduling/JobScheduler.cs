@@ -292,7 +292,7 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
             _timerDue = at;
             // Capped at what a timer takes (~49.7 days): one due later wakes a slot early, which arms it again.
             var delay = at - _time.GetUtcNow();
-            _timer.Change(delay <= TimeSpan.Zero ? TimeSpan.FromMilliseconds(1) : delay > Worker.TimerLimits.Max ? Worker.TimerLimits.Max : delay, Timeout.InfiniteTimeSpan);
+            _timer.Change(delay <= TimeSpan.Zero ? TimeSpan.FromMilliseconds(1) : delay > TimerLimits.Max ? TimerLimits.Max : delay, Timeout.InfiniteTimeSpan);
         }
     }
 

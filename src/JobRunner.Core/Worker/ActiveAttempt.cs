@@ -5,13 +5,6 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Worker;
 
-/// <summary>The limits of <see cref="ITimer"/> due times on every <see cref="TimeProvider"/>.</summary>
-internal static class TimerLimits
-{
-    /// <summary>The longest due time a timer accepts (0xfffffffe milliseconds, about 49.7 days).</summary>
-    public static readonly TimeSpan Max = TimeSpan.FromMilliseconds(0xfffffffe);
-}
-
 /// <summary>Why the worker stopped an attempt before the workload returned.</summary>
 internal enum StopReason
 {
