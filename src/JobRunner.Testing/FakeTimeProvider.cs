@@ -116,8 +116,6 @@ public sealed class FakeTimeProvider : TimeProvider
 
     private sealed class FakeTimer(FakeTimeProvider owner, TimerCallback callback, object? state) : ITimer
     {
-        private static readonly TimeSpan s_maxDue = TimeSpan.FromMilliseconds(0xfffffffe);
-
         public DateTimeOffset? Due { get; set; }
 
         public TimeSpan? Period { get; private set; }
@@ -125,8 +123,8 @@ public sealed class FakeTimeProvider : TimeProvider
         public bool Change(TimeSpan dueTime, TimeSpan period)
         {
             // The same limits as System.Threading.Timer, so that a fake clock does not hide an out-of-range due time.
-            ArgumentOutOfRangeException.ThrowIfGreaterThan(dueTime, s_maxDue);
-            ArgumentOutOfRangeException.ThrowIfGreaterThan(period, s_maxDue);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(dueTime, TimerLimits.Max);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(period, TimerLimits.Max);
             if (dueTime < TimeSpan.Zero && dueTime != Timeout.InfiniteTimeSpan)
             {
                 throw new ArgumentOutOfRangeException(nameof(dueTime));

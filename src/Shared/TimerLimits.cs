@@ -1,4 +1,5 @@
-// Compiled into each package that arms timers from configured times (Core, Kubernetes): one source, no public type.
+// Compiled into each package that arms timers from configured times (Core, Kubernetes, Testing's fake clock): one
+// source, no public type.
 namespace JobRunner;
 
 /// <summary>The limits of <see cref="ITimer"/> due times on every <see cref="TimeProvider"/>.</summary>
