@@ -18,7 +18,22 @@ internal static class JobRows
 
     public const string QueueColumns = "id, priority, tenant, workload, concurrency_key, enqueued_at, affinity";
 
+    /// <summary>Reads the job of the current row.</summary>
+    /// <exception cref="InvalidDataException">The row cannot be read (written by another version or changed by hand);
+    /// whatever failed inside (a JSON value of the wrong kind, a null where a value belongs, ...) is its inner exception.</exception>
     public static JobRecord Read(NpgsqlDataReader row)
+    {
+        try
+        {
+            return ReadUnchecked(row);
+        }
+        catch (Exception e) when (e is not (InvalidDataException or OutOfMemoryException))
+        {
+            throw new InvalidDataException(e.Message, e);
+        }
+    }
+
+    private static JobRecord ReadUnchecked(NpgsqlDataReader row)
     {
         var labels = row.IsDBNull(8) ? null : ReadLabels(row.GetString(8));
         var request = new JobRequest(row.GetString(2))

@@ -80,7 +80,13 @@ internal static class Migrator
                         "Set PostgresOptions.ApplyMigrations = true on one host (with a user that may create the schema and its tables), or apply the scripts from the package's Migrations folder.");
                 }
 
-                await ExecuteAsync(connection, $"CREATE SCHEMA IF NOT EXISTS {schema}", cancellationToken).ConfigureAwait(false);
+                // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists (a DBA may have
+                // created it and handed it to this user): create it only when it is missing.
+                if (!await ScalarAsync<bool>(connection, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", cancellationToken, db.Options.Schema).ConfigureAwait(false))
+                {
+                    await ExecuteAsync(connection, $"CREATE SCHEMA {schema}", cancellationToken).ConfigureAwait(false);
+                }
+
                 await ExecuteAsync(connection, $"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())", cancellationToken).ConfigureAwait(false);
                 foreach (var (version, name) in s_scripts)
                 {
@@ -112,7 +118,8 @@ internal static class Migrator
 
     private static NpgsqlCommand Command(NpgsqlConnection connection, string sql, object[] parameters)
     {
-        var command = new NpgsqlCommand(sql, connection);
+        // No client-side limit either: the migration turned the server's statement timeout off (see above).
+        var command = new NpgsqlCommand(sql, connection) { CommandTimeout = 0 };
         foreach (var value in parameters)
         {
             command.Parameters.Add(new NpgsqlParameter { Value = value });

@@ -175,7 +175,9 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     public void NotifyAttemptEvent<TState>(JobEventKind kind, JobLease lease, string tenant, string workload, Action<System.Text.Json.Utf8JsonWriter, TState> fields, TState state)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
-        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
+        // Unescaped UTF-8 (at most 3 bytes per UTF-16 unit): the default encoder writes \uXXXX, 6 bytes, for every
+        // non-ASCII character, and a payload over 8,000 bytes fails the NOTIFY of every notice sent with it.
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer, new System.Text.Json.JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             json.WriteStartObject();
             json.WriteString("i", InstanceId);
@@ -188,12 +190,23 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             json.WriteEndObject();
         }
 
+        if (buffer.WrittenCount > MaxNotifyPayloadBytes)
+        {
+            // Cannot happen with the fields written today (a message of at most 2,000 characters); never sent, as it
+            // would fail the whole statement.
+            Log.AttemptNoticeTooLarge(Logger, lease.JobId, buffer.WrittenCount);
+            return;
+        }
+
         _attemptNotices.Enqueue(System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan));
         if (Interlocked.CompareExchange(ref _sendingAttemptNotices, 1, 0) == 0)
         {
             _ = Task.Run(SendAttemptNoticesAsync);
         }
     }
+
+    /// <summary>The largest NOTIFY payload PostgreSQL takes is 7,999 bytes.</summary>
+    internal const int MaxNotifyPayloadBytes = 7_999;
 
     private async Task SendAttemptNoticesAsync()
     {
@@ -295,6 +308,9 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     /// <summary>How many statements each connection prepares automatically, unless the connection string says.</summary>
     internal const int DefaultMaxAutoPrepare = 32;
 
+    /// <summary>How much longer than <see cref="PostgresOptions.StatementTimeout"/> a command waits for the server.</summary>
+    private static readonly TimeSpan CommandTimeoutMargin = TimeSpan.FromSeconds(10);
+
     private NpgsqlDataSource Build(bool synchronousCommit, string applicationName)
     {
         var builder = new NpgsqlDataSourceBuilder(Options.ConnectionString);
@@ -308,6 +324,13 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             // parsing and planning them (single enqueue and drain ~20 % faster). A connection string that sets it wins,
             // e.g. "Max Auto Prepare=0" behind a pooler that cannot keep prepared statements.
             csb.MaxAutoPrepare = DefaultMaxAutoPrepare;
+        }
+
+        if (!given.ContainsKey("Command Timeout") && !given.ContainsKey("CommandTimeout"))
+        {
+            // The client waits a little longer than the server's statement timeout, so that the server's error (which
+            // names the timeout) comes first; Npgsql's default (30 s) would cut a longer StatementTimeout short.
+            csb.CommandTimeout = (int)Math.Min((Options.StatementTimeout + CommandTimeoutMargin).TotalSeconds + 1, int.MaxValue / 1000);
         }
 
         var settings = string.Create(
@@ -332,5 +355,8 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
 
         [LoggerMessage(3, LogLevel.Warning, "PostgreSQL: {Count} notifications for other hosts' watchers (progress, checkpoints and log lines written here) could not be sent; those watchers miss them as events.")]
         public static partial void AttemptNoticeFailed(ILogger logger, int count, Exception exception);
+
+        [LoggerMessage(4, LogLevel.Warning, "PostgreSQL: an event of job {JobId} for other hosts' watchers is {Bytes} bytes, over NOTIFY's limit; it is not sent.")]
+        public static partial void AttemptNoticeTooLarge(ILogger logger, JobId jobId, int bytes);
     }
 }

@@ -98,10 +98,11 @@ internal sealed class PostgresDefinitionStore : IDefinitionStore
     private async Task<JobDefinition> WriteAsync(JobDefinition definition, int? expectedVersion, bool create, CancellationToken cancellationToken)
     {
         var state = (Store: this, Definition: definition, Expected: expectedVersion, Create: create, Now: _db.Time.GetUtcNow());
-        return await _db.RunAsync(_db.Client, state, static async (c, s, token) =>
+        return await _db.RunAsync(_db.Client, state, static async (c, s, tries, token) =>
         {
             var schema = s.Store._db.Schema;
             var name = s.Definition.Name;
+            var body = JsonSerializer.Serialize(s.Definition with { Retry = null, Version = 0, UpdatedAt = default }, s_json);
             var transaction = await c.BeginTransactionAsync(token).ConfigureAwait(false);
             await using var transactionScope = transaction.ConfigureAwait(false);
             using (var command = new NpgsqlCommand(s.Store._lockSql, c, transaction))
@@ -114,6 +115,22 @@ internal sealed class PostgresDefinitionStore : IDefinitionStore
             {
                 command.Parameters.Add(new("name", NpgsqlDbType.Text) { Value = name });
                 latest = await command.ExecuteScalarAsync(token).ConfigureAwait(false) as int?;
+            }
+
+            if (tries > 1 && latest is { } head)
+            {
+                // A retry: the first try may have committed before its reply was lost. Its version is the latest one,
+                // written at this call's time with this body.
+                using var written = new NpgsqlCommand($"SELECT EXISTS (SELECT 1 FROM {schema}.definitions WHERE name = @name AND version = @version AND updated_at = @now AND body = @body::jsonb)", c, transaction);
+                written.Parameters.Add(new("name", NpgsqlDbType.Text) { Value = name });
+                written.Parameters.Add(new("version", NpgsqlDbType.Integer) { Value = head });
+                written.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
+                written.Parameters.Add(new("body", NpgsqlDbType.Text) { Value = body });
+                if ((bool)(await written.ExecuteScalarAsync(token).ConfigureAwait(false))!)
+                {
+                    await transaction.CommitAsync(token).ConfigureAwait(false);
+                    return s.Definition with { Version = head, UpdatedAt = s.Now };
+                }
             }
 
             if (s.Create && (latest is not null || await OwnerOfAliasAsync(c, transaction, schema, name, token).ConfigureAwait(false) is not null))
@@ -153,7 +170,7 @@ internal sealed class PostgresDefinitionStore : IDefinitionStore
             {
                 command.Parameters.Add(new("name", NpgsqlDbType.Text) { Value = name });
                 command.Parameters.Add(new("version", NpgsqlDbType.Integer) { Value = stored.Version });
-                command.Parameters.Add(new("body", NpgsqlDbType.Text) { Value = JsonSerializer.Serialize(stored with { Retry = null, Version = 0, UpdatedAt = default }, s_json) });
+                command.Parameters.Add(new("body", NpgsqlDbType.Text) { Value = body });
                 command.Parameters.Add(new("retry", NpgsqlDbType.Text) { Value = (object?)JobRows.WriteRetry(stored.Retry) ?? DBNull.Value });
                 command.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
                 command.Parameters.Add(new("aliases", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = s.Definition.Aliases.Distinct(StringComparer.Ordinal).ToArray() });
@@ -161,9 +178,13 @@ internal sealed class PostgresDefinitionStore : IDefinitionStore
             }
 
             await transaction.CommitAsync(token).ConfigureAwait(false);
+            s.Store.AfterWrite?.Invoke(tries);
             return stored;
         }, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>Called after each try of a definition write committed, with the try's number (1 for the first); for tests.</summary>
+    internal Action<int>? AfterWrite { get; set; }
 
     private static async Task<string?> OwnerOfAliasAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string schema, string alias, CancellationToken cancellationToken)
     {

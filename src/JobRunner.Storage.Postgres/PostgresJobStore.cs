@@ -20,7 +20,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         "Find why the job kills its worker, then submit it again; PostgresOptions.MaxLeaseExpirations sets the limit.";
 
     /// <summary>What a completion reads back: the columns it may have changed (see <see cref="Completed"/>).</summary>
-    private const string CompletedColumns = "id, state, updated_at, attempt_count, tenant, workload";
+    private const string CompletedColumns = "id, state, updated_at, attempt_count, tenant, workload, fence";
 
     private const string LeaseExpiredMessage = "The lease expired without a heartbeat: the worker stopped or crashed. The job was taken back.";
 
@@ -35,6 +35,8 @@ internal sealed partial class PostgresJobStore : IJobStore
     private readonly string _leaseSql;
     private readonly string _leaseReplaySql;
     private readonly string _completeSql;
+    private readonly string _completeReplaySql;
+    private readonly string _renewSql;
     private readonly string _reclaimSql;
     private readonly string _cancelSql;
     private readonly string _requeueSql;
@@ -107,6 +109,14 @@ internal sealed partial class PostgresJobStore : IJobStore
                 RETURNING j.id, j.state, j.updated_at, j.attempt_count, j.tenant, j.workload, j.fence, j.worker_id, j.last_error){History("u.last_error")}
             SELECT {CompletedColumns} FROM u
             """;
+        // Renewal by job and fence, by id like the lease (see "state + 0" above).
+        _renewSql = $"WITH r AS (SELECT * FROM unnest(@ids, @fences) AS r(id, fence)), locked AS (SELECT j.id FROM {s}.jobs j JOIN r USING (id) ORDER BY j.id FOR UPDATE OF j) UPDATE {s}.jobs j SET lease_expires_at = @expires FROM r JOIN locked USING (id) WHERE j.id = r.id AND j.fence = r.fence AND j.state + 0 = 2 RETURNING j.id, j.fence";
+        // A retried completion batch whose first try committed finds what that try wrote: the attempt's fence, ended at
+        // the batch's time.
+        _completeReplaySql = $"""
+            SELECT {CompletedColumns} FROM {s}.jobs
+            WHERE (id, fence) IN (SELECT * FROM unnest(@ids, @fences)) AND state <> 2 AND updated_at = @now AND attempts -> -1 ->> 'e' = @now_us
+            """;
         _reclaimSql = $"""
             WITH expired AS (
                 SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= @now
@@ -135,7 +145,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                 WHERE j.id = old.id
                 RETURNING j.*, old.previous),
             n AS (
-                SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'j', id, 'a', attempt_count, 't', tenant, 'w', workload, 'r', left(@reason, 2000))::text)
+                SELECT pg_notify(@channel, json_build_object('i', @instance::text, 'j', id, 'a', attempt_count, 't', tenant, 'w', workload, 'r', left(@reason, 1000))::text)
                 FROM u WHERE state = 2){History("@reason")}
             SELECT {JobRows.Columns}, (SELECT count(*) FROM n), previous FROM u
             """;
@@ -574,7 +584,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                     var job = JobRows.Read(reader);
                     granted[id] = (job, (JobState)reader.GetInt16(JobRows.ColumnCount), job.FenceToken, null);
                 }
-                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or InvalidCastException or KeyNotFoundException or ArgumentException or FormatException)
+                catch (InvalidDataException e)
                 {
                     granted[id] = (null, JobState.Queued, reader.GetInt64(17), e);
                 }
@@ -615,7 +625,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
         // By job and fence: one worker may send two leases of one job (a stale attempt and the one leased since), and
         // only the stale one is lost.
-        var renewed = await _db.RunAsync(_db.Worker, (Sql: $"WITH r AS (SELECT * FROM unnest(@ids, @fences) AS r(id, fence)), locked AS (SELECT j.id FROM {_db.Schema}.jobs j JOIN r USING (id) ORDER BY j.id FOR UPDATE OF j) UPDATE {_db.Schema}.jobs j SET lease_expires_at = @expires FROM r JOIN locked USING (id) WHERE j.id = r.id AND j.fence = r.fence AND j.state = 2 RETURNING j.id, j.fence", Leases: leases, Duration: duration, Time: _time), static async (c, s, token) =>
+        var renewed = await _db.RunAsync(_db.Worker, (Sql: _renewSql, Leases: leases, Duration: duration, Time: _time), static async (c, s, token) =>
         {
             // Taken in each try: a retry after a long outage must not write an expiry that has already passed.
             var expires = s.Time.GetUtcNow() + s.Duration;
@@ -627,13 +637,16 @@ internal sealed partial class PostgresJobStore : IJobStore
                 fences[i] = s.Leases[i].FenceToken;
             }
 
-            using var command = new NpgsqlCommand(s.Sql, c);
+            using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly() } };
+            var command = new NpgsqlBatchCommand(s.Sql);
+            batch.BatchCommands.Add(command);
             command.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
             command.Parameters.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
             command.Parameters.Add(new("expires", NpgsqlDbType.TimestampTz) { Value = expires });
             var result = new HashSet<(Guid, long)>();
-            var reader = await command.ExecuteReaderAsync(token).ConfigureAwait(false);
+            var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
             await using var readerScope = reader.ConfigureAwait(false);
+            await reader.NextResultAsync(token).ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
                 result.Add((reader.GetGuid(0), reader.GetInt64(1)));
@@ -730,7 +743,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     private async Task CompleteBatchAsync(IReadOnlyList<Batcher<Completion, Completed>.Item> batch)
     {
         var now = _time.GetUtcNow();
-        var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, token) =>
+        var rows = await _db.RunAsync(_db.Worker, (Store: this, Batch: batch, Now: now), static async (c, s, tries, token) =>
         {
             var n = s.Batch.Count;
             var ids = new Guid[n];
@@ -768,22 +781,40 @@ internal sealed partial class PostgresJobStore : IJobStore
             p.Add(new("exit_codes", NpgsqlDbType.Array | NpgsqlDbType.Integer) { Value = exitCodes });
             p.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
             p.Add(new("now_us", NpgsqlDbType.Bigint) { Value = JobRows.ToMicros(s.Now) });
-            var done = new Dictionary<Guid, Completed>(n);
+            // By job and fence: a stale attempt and the one leased since may complete in one batch, and only the
+            // current one's row comes back.
+            var done = new Dictionary<(Guid, long), Completed>(n);
             var reader = await batch.ExecuteReaderAsync(token).ConfigureAwait(false);
-            await using var readerScope = reader.ConfigureAwait(false);
-            await reader.NextResultAsync(token).ConfigureAwait(false);
-            while (await reader.ReadAsync(token).ConfigureAwait(false))
+            await using (reader.ConfigureAwait(false))
             {
-                done[reader.GetGuid(0)] = Completed.Read(reader);
+                await reader.NextResultAsync(token).ConfigureAwait(false);
+                await ReadCompletedAsync(reader, done, token).ConfigureAwait(false);
             }
 
+            if (tries > 1 && done.Count < n)
+            {
+                // A retry: the first try may have committed before its reply was lost. What it wrote carries this
+                // batch's fence and time; the statement above found those rows no longer running and left them alone.
+                using var replay = new NpgsqlCommand(s.Store._completeReplaySql, c);
+                replay.Parameters.Add(new("ids", NpgsqlDbType.Array | NpgsqlDbType.Uuid) { Value = ids });
+                replay.Parameters.Add(new("fences", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = fences });
+                replay.Parameters.Add(new("now", NpgsqlDbType.TimestampTz) { Value = s.Now });
+                replay.Parameters.Add(new("now_us", NpgsqlDbType.Text) { Value = JobRows.ToMicros(s.Now).ToString(CultureInfo.InvariantCulture) });
+                var replayed = await replay.ExecuteReaderAsync(token).ConfigureAwait(false);
+                await using (replayed.ConfigureAwait(false))
+                {
+                    await ReadCompletedAsync(replayed, done, token).ConfigureAwait(false);
+                }
+            }
+
+            s.Store.AfterCompleteBatch?.Invoke(tries);
             return done;
         }, CancellationToken.None).ConfigureAwait(false);
 
         foreach (var item in batch)
         {
             var lease = item.Request.Lease;
-            if (rows.TryGetValue(lease.JobId.Value, out var row))
+            if (rows.TryGetValue((lease.JobId.Value, lease.FenceToken), out var row))
             {
                 item.TrySetResult(row);
             }
@@ -793,6 +824,17 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
         }
     }
+
+    private static async Task ReadCompletedAsync(NpgsqlDataReader reader, Dictionary<(Guid, long), Completed> done, CancellationToken token)
+    {
+        while (await reader.ReadAsync(token).ConfigureAwait(false))
+        {
+            done[(reader.GetGuid(0), reader.GetInt64(6))] = Completed.Read(reader);
+        }
+    }
+
+    /// <summary>Called after each try of a completion batch, with the try's number (1 for the first); for tests.</summary>
+    internal Action<int>? AfterCompleteBatch { get; set; }
 
     public async ValueTask<JobRecord> RequestCancellationAsync(JobId id, string? reason, CancellationToken cancellationToken)
     {
@@ -942,7 +984,15 @@ internal sealed partial class PostgresJobStore : IJobStore
             await using var readerScope = reader.ConfigureAwait(false);
             while (await reader.ReadAsync(token).ConfigureAwait(false))
             {
-                jobs.Add(JobRows.Read(reader));
+                try
+                {
+                    jobs.Add(JobRows.Read(reader));
+                }
+                catch (InvalidDataException e)
+                {
+                    // Reclaimed with the others (the statement has committed); its next lease fails it.
+                    Log.MalformedRow(s.Store._logger, new JobId(reader.GetGuid(0)), e);
+                }
             }
 
             return jobs;

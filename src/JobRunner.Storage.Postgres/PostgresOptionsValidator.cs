@@ -30,14 +30,15 @@ internal sealed partial class PostgresOptionsValidator : IValidateOptions<Postgr
             errors.Add($"PostgresOptions.Schema '{options.Schema}' is not a valid schema name. Use 1 to 50 lower-case letters, digits or underscores, starting with a letter.");
         }
 
-        Positive(errors, options.StatementTimeout, nameof(options.StatementTimeout));
-        Positive(errors, options.IdleInTransactionTimeout, nameof(options.IdleInTransactionTimeout));
-        Positive(errors, options.PollInterval, nameof(options.PollInterval));
-        Positive(errors, options.HistoryRetention, nameof(options.HistoryRetention));
-        Positive(errors, options.HousekeepingInterval, nameof(options.HousekeepingInterval));
+        // Server settings are whole milliseconds up to int.MaxValue (0 would turn them off); intervals arm timers.
+        Within(errors, options.StatementTimeout, nameof(options.StatementTimeout), MaxServerTimeout);
+        Within(errors, options.IdleInTransactionTimeout, nameof(options.IdleInTransactionTimeout), MaxServerTimeout);
+        Within(errors, options.PollInterval, nameof(options.PollInterval), TimerLimits.Max);
+        Within(errors, options.HistoryRetention, nameof(options.HistoryRetention), MaxRetention);
+        Within(errors, options.HousekeepingInterval, nameof(options.HousekeepingInterval), TimerLimits.Max);
         if (options.EventRelayInterval is { } relay)
         {
-            Positive(errors, relay, nameof(options.EventRelayInterval));
+            Within(errors, relay, nameof(options.EventRelayInterval), TimerLimits.Max);
             if (!options.WriteHistory)
             {
                 errors.Add("PostgresOptions.EventRelayInterval relays state changes from the history, but WriteHistory is false. Set WriteHistory = true, or EventRelayInterval = null to keep events on the host that made the change.");
@@ -46,7 +47,7 @@ internal sealed partial class PostgresOptionsValidator : IValidateOptions<Postgr
 
         if (options.FinishedJobRetention is { } retention)
         {
-            Positive(errors, retention, nameof(options.FinishedJobRetention));
+            Within(errors, retention, nameof(options.FinishedJobRetention), MaxRetention);
         }
 
         if (options.MaxBatchSize is < 1 or > 10_000)
@@ -77,11 +78,17 @@ internal sealed partial class PostgresOptionsValidator : IValidateOptions<Postgr
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 
-    private static void Positive(List<string> errors, TimeSpan value, string name)
+    /// <summary>The longest server-side timeout: PostgreSQL takes whole milliseconds up to int.MaxValue (~24.8 days).</summary>
+    internal static readonly TimeSpan MaxServerTimeout = TimeSpan.FromMilliseconds(int.MaxValue);
+
+    /// <summary>The longest retention: 100 years (a retention is subtracted from the current time).</summary>
+    internal static readonly TimeSpan MaxRetention = TimeSpan.FromDays(36_500);
+
+    private static void Within(List<string> errors, TimeSpan value, string name, TimeSpan max)
     {
-        if (value <= TimeSpan.Zero)
+        if (value < TimeSpan.FromMilliseconds(1) || value > max)
         {
-            errors.Add($"PostgresOptions.{name} is {value}. Use a positive duration.");
+            errors.Add($"PostgresOptions.{name} is {value}. Use 1 ms to {max}.");
         }
     }
 

@@ -1,4 +1,4 @@
-// Compiled into each package that arms timers from configured times (Core, Kubernetes, Testing's fake clock): one
+// Compiled into each package that arms timers from configured times (Core, Kubernetes, PostgreSQL, Testing's fake clock): one
 // source, no public type.
 namespace JobRunner;
 

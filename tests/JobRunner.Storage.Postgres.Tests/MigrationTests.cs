@@ -254,6 +254,43 @@ public sealed class MigrationTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_schema_created_by_an_administrator_migrates_without_CREATE_on_the_database()
+    {
+        var role = "jr_owner_" + Guid.NewGuid().ToString("N")[..8];
+        await _database.ExecuteAsync($"CREATE ROLE {role} LOGIN; REVOKE CREATE ON DATABASE postgres FROM PUBLIC; CREATE SCHEMA {{s}} AUTHORIZATION {role}");
+        try
+        {
+            var builder = new Npgsql.NpgsqlConnectionStringBuilder(_database.ConnectionString) { Username = role };
+            var db = _database.Open(_time, o => o.ConnectionString = builder.ConnectionString);
+
+            await db.EnsureMigratedAsync(default);
+
+            Assert.Equal(Migrator.LatestVersion, await _database.ScalarAsync<int>("SELECT max(version) FROM {s}.schema_migrations"));
+        }
+        finally
+        {
+            await _database.ExecuteAsync($"DROP SCHEMA {{s}} CASCADE; DROP ROLE {role}");
+        }
+    }
+
+    [Theory]
+    [InlineData(nameof(PostgresOptions.StatementTimeout), 25.0 * 24 * 60 * 60 * 1000)] // above int.MaxValue ms
+    [InlineData(nameof(PostgresOptions.IdleInTransactionTimeout), 0.5)] // would round to 0, which turns it off
+    [InlineData(nameof(PostgresOptions.PollInterval), 50.0 * 24 * 60 * 60 * 1000)] // above a timer's limit
+    [InlineData(nameof(PostgresOptions.HousekeepingInterval), 50.0 * 24 * 60 * 60 * 1000)]
+    [InlineData(nameof(PostgresOptions.EventRelayInterval), 0.5)]
+    [InlineData(nameof(PostgresOptions.HistoryRetention), 40_000.0 * 24 * 60 * 60 * 1000)]
+    public void Times_out_of_range_are_rejected_at_start(string option, double milliseconds)
+    {
+        var options = _database.Options();
+        typeof(PostgresOptions).GetProperty(option)!.SetValue(options, TimeSpan.FromMilliseconds(milliseconds));
+
+        var result = new PostgresOptionsValidator().Validate(null, options);
+
+        Assert.Contains(result.Failures ?? [], f => f.StartsWith($"PostgresOptions.{option} is ", StringComparison.Ordinal) && f.Contains("Use 1 ms to", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Bad_options_are_rejected_at_start_naming_each_fix()
     {
         var result = new PostgresOptionsValidator().Validate(null, new PostgresOptions { ConnectionString = "", Schema = "Bad-Name", MaxBatchSize = 0, MaxLeaseExpirations = 0, InsertBatchesInFlight = 0 });

@@ -329,6 +329,29 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_long_progress_message_in_a_non_latin_script_reaches_another_host()
+    {
+        var (_, worker, _, _) = _database.OpenStore(_time);
+        var (apiDb, apiStore, _, apiEvents) = _database.OpenStore(_time);
+        var listener = await ListeningAsync(apiDb, apiStore);
+        using var stop = new CancellationTokenSource();
+        var heard = apiEvents.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.Progress } }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
+
+        // 2,000 characters of three UTF-8 bytes each: 6,000 bytes as written, 12,000 with every character escaped.
+        var message = new string('漢', 2000);
+        var job = (await worker.InsertAsync(Jobs.New(_time), default)).Job;
+        var lease = (await worker.TryAcquireLeaseAsync(job.Id, "w1", TimeSpan.FromSeconds(30), default))!.Lease;
+        await worker.ReportProgressAsync(lease, new JobProgress(0.5, message), default);
+
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(message, heard.Current.Message);
+        await stop.CancelAsync();
+        await listener.StopAsync(default);
+        await heard.DisposeAsync();
+    }
+
+    [Fact]
     public async Task A_failed_or_cancelled_job_is_queued_again_by_request_with_its_attempts_and_dedupe_key()
     {
         var (_, store, _, _) = _database.OpenStore(_time);
@@ -578,6 +601,65 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_completion_retried_after_its_commits_reply_was_lost_is_accepted_and_published()
+    {
+        // The retry's back-off runs on the real clock.
+        var (_, store, _, events) = _database.OpenStore(TimeProvider.System);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var leased = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!;
+        store.AfterCompleteBatch = tries =>
+        {
+            if (tries == 1)
+            {
+                throw new NpgsqlException("The connection broke after the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+        using var stop = new CancellationTokenSource();
+        var heard = events.SubscribeAsync(new JobEventFilter { JobId = job.Id, Kinds = new HashSet<JobEventKind> { JobEventKind.StateChanged } }, stop.Token).GetAsyncEnumerator();
+        var next = heard.MoveNextAsync().AsTask();
+
+        var state = await store.CompleteAttemptAsync(leased.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default);
+
+        Assert.Equal(JobState.Succeeded, state);
+        Assert.True(await next.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(JobState.Succeeded, heard.Current.State);
+        Assert.Single((await store.GetAsync(job.Id, default))!.Attempts);
+        await stop.CancelAsync();
+    }
+
+    [Fact]
+    public async Task Two_attempts_of_one_job_completing_in_one_batch_each_get_their_own_answer()
+    {
+        var (_, store, _, _) = _database.OpenStore(_time);
+        var job = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var stale = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(5), default))!;
+        _time.Advance(TimeSpan.FromSeconds(6));
+        await store.ReclaimExpiredLeasesAsync(default);
+        var current = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!;
+
+        // Both in one batch: the first batch is held until both wait behind it.
+        using var release = new ManualResetEventSlim();
+        var batches = 0;
+        store.AfterCompleteBatch = _ =>
+        {
+            if (Interlocked.Increment(ref batches) == 1)
+            {
+                release.Wait(TimeSpan.FromSeconds(30));
+            }
+        };
+        var other = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        var otherLease = (await store.TryAcquireLeaseAsync(other.Id, "w", TimeSpan.FromSeconds(30), default))!;
+        var first = store.CompleteAttemptAsync(otherLease.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default).AsTask();
+        var old = store.CompleteAttemptAsync(stale.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "stale" }, default).AsTask();
+        var now = store.CompleteAttemptAsync(current.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default).AsTask();
+        release.Set();
+        await first.WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(JobState.Succeeded, await now.WaitAsync(TimeSpan.FromSeconds(30)));
+        await Assert.ThrowsAsync<StaleFenceTokenException>(() => old.WaitAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
     public async Task A_manual_retry_retried_after_its_reply_was_lost_requeues_once_even_if_the_job_failed_again_meanwhile()
     {
         // The retry's back-off runs on the real clock.
@@ -675,13 +757,17 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         Assert.Equal(JobState.Queued, (await store.GetAsync(job.Id, default))!.State);
     }
 
-    [Fact]
-    public async Task A_malformed_row_fails_that_job_only()
+    [Theory]
+    [InlineData("retry = '{\"b\":\"Sometimes\"}'")] // an unknown back-off
+    [InlineData("labels = '[]'")] // JSON of the wrong kind (InvalidOperationException inside)
+    [InlineData("retry = '{\"b\":\"Fixed\",\"m\":\"3\"}'")] // a string where a number belongs
+    [InlineData("attempts = '[{\"n\":\"1\"}]'")]
+    public async Task A_malformed_row_fails_that_job_only(string corruption)
     {
         var (_, store, _, _) = _database.OpenStore(_time);
         var good = (await store.InsertAsync(Jobs.New(_time), default)).Job;
         var bad = (await store.InsertAsync(Jobs.New(_time), default)).Job;
-        await _database.ExecuteAsync($"UPDATE {{s}}.jobs SET retry = '{{\"b\":\"Sometimes\"}}' WHERE id = '{bad.Id}'");
+        await _database.ExecuteAsync($"UPDATE {{s}}.jobs SET {corruption} WHERE id = '{bad.Id}'");
 
         var leases = await Task.WhenAll(
             store.TryAcquireLeaseAsync(good.Id, "w", TimeSpan.FromSeconds(30), default).AsTask(),

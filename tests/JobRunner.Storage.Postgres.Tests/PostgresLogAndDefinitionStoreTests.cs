@@ -251,6 +251,34 @@ public sealed class PostgresLogAndDefinitionStoreTests : IAsyncLifetime
         Assert.Null(await host1.GetAsync("resize", version: 1, default));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_definition_write_retried_after_its_commits_reply_was_lost_writes_one_version(bool update)
+    {
+        // The retry's back-off runs on the real clock.
+        var store = new PostgresDefinitionStore(_database.Open(TimeProvider.System));
+        if (update)
+        {
+            await store.CreateAsync(new JobDefinition { Name = "a", Spec = new ContainerSpec { Image = "i" } }, default);
+        }
+
+        store.AfterWrite = tries =>
+        {
+            if (tries == 1)
+            {
+                throw new NpgsqlException("The connection broke after the commit.", new IOException("Connection reset by peer"));
+            }
+        };
+        var definition = new JobDefinition { Name = "a", Spec = new ContainerSpec { Image = "i2" } };
+
+        var written = update ? await store.UpdateAsync(definition, expectedVersion: 1, default) : await store.CreateAsync(definition, default);
+
+        Assert.Equal(update ? 2 : 1, written.Version);
+        Assert.Equal(update ? 2L : 1L, await _database.ScalarAsync<long>("SELECT count(*) FROM {s}.definitions WHERE name = 'a'"));
+        Assert.Equal("i2", (await store.GetAsync("a", version: null, default))!.Spec.Image);
+    }
+
     [Fact]
     public async Task A_definition_deleted_while_an_update_commits_leaves_no_version_behind()
     {
