@@ -35,6 +35,8 @@ internal sealed class PostgresJobQueue : IJobQueue
     private DateTimeOffset _nextLapse = DateTimeOffset.MaxValue;
     private string? _rotation;
     private long _dequeues;
+    // The wake-up captured before a look that took every ready row it saw (fewer than asked, under the tenant cap).
+    private Task? _exhausted;
 
     /// <summary>Creates the queue.</summary>
     /// <param name="db">The database.</param>
@@ -78,6 +80,15 @@ internal sealed class PostgresJobQueue : IJobQueue
         {
             // Captured before looking, so that a wake-up that arrives while we look is not lost.
             var wake = _db.Ready.Current;
+
+            // The last look took every ready row it saw: until a wake-up since (a new or returned job), or a due time,
+            // another look now would find nothing (and would compete with the lease of what it took).
+            if (Interlocked.Exchange(ref _exhausted, null) is { IsCompleted: false } exhausted)
+            {
+                await WaitAsync(exhausted, dueNow: TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                continue;
+            }
+
             var now = _time.GetUtcNow();
             var until = now + visibility;
             var request = Plan(now, until, buffer.Length);
@@ -117,33 +128,74 @@ internal sealed class PostgresJobQueue : IJobQueue
             Taken(jobs, rotation, until);
             if (jobs.Count > 0)
             {
+                // Fewer than asked, and not stopped by the tenant cap: the look found every ready row it could take.
+                if (jobs.Count < request.Limit && !ReachedTenantCap(jobs, request.MaxTenants))
+                {
+                    Volatile.Write(ref _exhausted, wake);
+                }
+
                 jobs.CopyTo(buffer.Span);
                 return jobs.Count;
             }
 
-            var wait = _db.Options.PollInterval;
-            var nextDue = await _db.RunAsync(_db.Client, _nextDueSql, static async (c, sql, token) =>
-            {
-                using var command = new NpgsqlCommand(sql, c);
-                var value = await command.ExecuteScalarAsync(token).ConfigureAwait(false);
-                return value is DateTime due ? new DateTimeOffset(due, TimeSpan.Zero) : (DateTimeOffset?)null;
-            }, cancellationToken).ConfigureAwait(false);
-            if (nextDue is { } due)
-            {
-                var untilDue = due - _time.GetUtcNow();
-                if (untilDue < wait)
-                {
-                    wait = untilDue > TimeSpan.Zero ? untilDue : TimeSpan.FromMilliseconds(1);
-                }
-            }
+            // Something due now that this look did not take is locked by another transaction: look again soon.
+            await WaitAsync(wake, dueNow: TimeSpan.FromMilliseconds(1), cancellationToken).ConfigureAwait(false);
+        }
+    }
 
-            try
+    /// <summary>Whether the jobs of one dequeue come from as many tenants as one dequeue visits at most.</summary>
+    private static bool ReachedTenantCap(List<QueuedJob> jobs, int maxTenants)
+    {
+        if (jobs.Count < maxTenants)
+        {
+            return false;
+        }
+
+        var tenants = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var job in jobs)
+        {
+            if (tenants.Add(job.Tenant) && tenants.Count >= maxTenants)
             {
-                await wake.WaitAsync(wait, _time, cancellationToken).ConfigureAwait(false);
+                return true;
             }
-            catch (TimeoutException)
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Waits for <paramref name="wake"/>, the next due time (Scheduled rows, lapsing visibilities), or the poll interval;
+    /// <paramref name="dueNow"/> when something is due already.
+    /// </summary>
+    private async Task WaitAsync(Task wake, TimeSpan dueNow, CancellationToken cancellationToken)
+    {
+        var wait = _db.Options.PollInterval;
+        var nextDue = await _db.RunAsync(_db.Client, _nextDueSql, static async (c, sql, token) =>
+        {
+            using var command = new NpgsqlCommand(sql, c);
+            var value = await command.ExecuteScalarAsync(token).ConfigureAwait(false);
+            return value is DateTime due ? new DateTimeOffset(due, TimeSpan.Zero) : (DateTimeOffset?)null;
+        }, cancellationToken).ConfigureAwait(false);
+        if (nextDue is { } due)
+        {
+            var untilDue = due - _time.GetUtcNow();
+            if (untilDue < wait)
             {
+                wait = untilDue > TimeSpan.Zero ? untilDue : dueNow;
             }
+        }
+
+        if (wait <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        try
+        {
+            await wake.WaitAsync(wait, _time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
         }
     }
 
