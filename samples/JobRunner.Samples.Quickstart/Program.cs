@@ -17,12 +17,17 @@ builder.Services.AddJobRunner(runner => runner
 
 using var host = builder.Build();
 var client = host.Services.GetRequiredService<IJobClient>();
+// Written here, read by the watcher's thread: every access takes the lock.
 var expected = new List<(JobId Id, string What, JobState Expected)>();
 
 async Task<JobId> SubmitAsync(string what, JobRequest request, JobState expectedState)
 {
     var result = await client.SubmitAsync(request);
-    expected.Add((result.Id, what, expectedState));
+    lock (expected)
+    {
+        expected.Add((result.Id, what, expectedState));
+    }
+
     return result.Id;
 }
 
@@ -34,7 +39,12 @@ var watcher = Task.Run(async () =>
     {
         await foreach (var e in client.WatchAsync(new JobEventFilter(), stopWatching.Token))
         {
-            var name = expected.Find(x => x.Id == e.JobId).What ?? e.Workload;
+            string name;
+            lock (expected)
+            {
+                name = expected.Find(x => x.Id == e.JobId).What ?? e.Workload;
+            }
+
             var line = e.Kind switch
             {
                 JobEventKind.StateChanged => $"{e.State,-9}{(e.Message is null ? "" : "  " + e.Message)}",
@@ -64,7 +74,11 @@ foreach (var (name, priority, tenant) in new[] { ("low-1", 1, "acme"), ("normal-
 // A dedupe key attaches a second submit to the live job.
 var first = await client.SubmitAsync(JobRequest.Create("greet", new GreetInput("dedupe")) with { DedupeKey = "nightly-report", Priority = 2 });
 var second = await client.SubmitAsync(JobRequest.Create("greet", new GreetInput("dedupe")) with { DedupeKey = "nightly-report", Priority = 2 });
-expected.Add((first.Id, "greet dedupe", JobState.Succeeded));
+lock (expected)
+{
+    expected.Add((first.Id, "greet dedupe", JobState.Succeeded));
+}
+
 Console.WriteLine($"Dedupe: the second submit attached to the first: {second.Attached && second.Id == first.Id}");
 
 // Bad input is a typed error that names the fix, and stores nothing.

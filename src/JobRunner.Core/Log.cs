@@ -46,4 +46,10 @@ internal static partial class Log
 
     [LoggerMessage(14, LogLevel.Error, "Job {JobId}: queueing it again after its lease expired failed; the next sweep does not see it (it is Queued in the store).")]
     public static partial void RequeueFailed(ILogger logger, JobId jobId, Exception exception);
+
+    [LoggerMessage(15, LogLevel.Warning, "Giving {Count} held jobs back to the queue at shutdown failed; they wait until their visibility lapses.")]
+    public static partial void ReturnFailed(ILogger logger, int count, Exception exception);
+
+    [LoggerMessage(16, LogLevel.Warning, "A workload's callback on CheckpointRequested failed at shutdown.")]
+    public static partial void CheckpointRequestFailed(ILogger logger, Exception exception);
 }

@@ -21,6 +21,10 @@ public abstract class DelegatingJobStore : IJobStore
     public virtual ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken) => Inner.InsertAsync(job, cancellationToken);
 
     /// <inheritdoc />
+    public virtual ValueTask<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
+        => Inner.InsertManyAsync(jobs, cancellationToken);
+
+    /// <inheritdoc />
     public virtual ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken) => Inner.GetAsync(id, cancellationToken);
 
     /// <inheritdoc />

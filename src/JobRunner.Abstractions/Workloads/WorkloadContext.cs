@@ -63,6 +63,7 @@ public abstract class WorkloadContext
     /// <typeparam name="T">The checkpoint type.</typeparam>
     /// <param name="checkpoint">The checkpoint, when there is one.</param>
     /// <returns><see langword="true"/> when a checkpoint was saved before.</returns>
+    /// <exception cref="PermanentJobException">The saved checkpoint is not valid JSON for <typeparamref name="T"/> (the job fails without a retry).</exception>
     public bool TryGetCheckpoint<T>(out T? checkpoint)
     {
         if (Checkpoint is not { } raw || raw.IsEmpty)
@@ -71,7 +72,16 @@ public abstract class WorkloadContext
             return false;
         }
 
-        checkpoint = JsonSerializer.Deserialize<T>(raw.Span, SerializerOptions);
+        try
+        {
+            checkpoint = JsonSerializer.Deserialize<T>(raw.Span, SerializerOptions);
+        }
+        catch (JsonException e)
+        {
+            // Every further attempt would read the same bytes: failing again at once beats retrying.
+            throw new PermanentJobException($"Job {JobId}: the checkpoint an earlier attempt saved is not valid JSON for {typeof(T).Name}: {e.Message}. Read it as the type it was saved as, or catch this and start over.", e);
+        }
+
         return true;
     }
 

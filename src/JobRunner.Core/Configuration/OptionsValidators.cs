@@ -136,9 +136,9 @@ internal sealed class ProcessEngineOptionsValidator : IValidateOptions<ProcessEn
     public ValidateOptionsResult Validate(string? name, ProcessEngineOptions options)
     {
         var errors = new List<string>();
-        if (options.KillGracePeriod < TimeSpan.Zero)
+        if (options.KillGracePeriod < TimeSpan.Zero || options.KillGracePeriod > TimerLimits.Max)
         {
-            errors.Add($"ProcessEngineOptions.KillGracePeriod is {options.KillGracePeriod}. Set it to zero or more: how long a process gets between SIGTERM and SIGKILL.");
+            errors.Add($"ProcessEngineOptions.KillGracePeriod is {options.KillGracePeriod}. Set it to zero or more, at most {TimerLimits.Max.TotalDays:0.#} days: how long a process gets between SIGTERM and SIGKILL.");
         }
 
         foreach (var code in options.TransientExitCodes.Intersect(options.PermanentExitCodes))
@@ -153,6 +153,9 @@ internal sealed class ProcessEngineOptionsValidator : IValidateOptions<ProcessEn
 /// <summary>Validates <see cref="SchedulerOptions"/> at host start.</summary>
 internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOptions>
 {
+    /// <summary>The largest lookahead: the worker adds it to its slots and lends up to three times it more.</summary>
+    internal const int MaxLookahead = 1_000_000;
+
     /// <summary>The longest wait the scheduler adds to a time (ten years: far from overflowing a date).</summary>
     private static readonly TimeSpan MaxSchedulerWait = TimeSpan.FromDays(3650);
 
@@ -209,9 +212,9 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
             errors.Add($"SchedulerOptions.PreferenceWait is {options.PreferenceWait}. Set it to zero (no wait for a preferred worker) or more, at most 3,650 days.");
         }
 
-        if (options.Lookahead < 0)
+        if (options.Lookahead is < 0 or > MaxLookahead)
         {
-            errors.Add($"SchedulerOptions.Lookahead is {options.Lookahead}. Set it to 0 or more.");
+            errors.Add($"SchedulerOptions.Lookahead is {options.Lookahead}. Set it to 0 to {MaxLookahead:N0}: the jobs a worker holds beyond its slots to choose among.");
         }
 
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

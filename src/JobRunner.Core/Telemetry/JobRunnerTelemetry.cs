@@ -88,10 +88,12 @@ internal sealed class JobRunnerTelemetry : IDisposable
     {
         if (_wait.Enabled)
         {
-            var since = job.DueAt is { } due && due > job.EnqueuedAt ? due : job.EnqueuedAt;
-            _wait.Record(Math.Max(0, (now - since).TotalSeconds), new("tenant", job.Tenant), new("workload", job.Workload));
+            _wait.Record(Math.Max(0, (now - WaitingSince(job)).TotalSeconds), new("tenant", job.Tenant), new("workload", job.Workload));
         }
     }
+
+    /// <summary>Since when a job waits to run: its due time (retry back-off, not-before time), if later than its enqueue.</summary>
+    private static DateTimeOffset WaitingSince(QueuedJob job) => job.DueAt is { } due && due > job.EnqueuedAt ? due : job.EnqueuedAt;
 
     private static List<Measurement<double>> Held(Scheduling.JobScheduler scheduler, TimeProvider time, bool age)
     {
@@ -99,7 +101,7 @@ internal sealed class JobRunnerTelemetry : IDisposable
         return scheduler.Snapshot()
             .GroupBy(static j => (j.Tenant, j.Workload))
             .Select(g => new Measurement<double>(
-                age ? g.Max(j => (now - j.EnqueuedAt).TotalSeconds) : g.Count(),
+                age ? Math.Max(0, g.Max(j => (now - WaitingSince(j)).TotalSeconds)) : g.Count(),
                 new KeyValuePair<string, object?>("tenant", g.Key.Tenant),
                 new KeyValuePair<string, object?>("workload", g.Key.Workload)))
             .ToList();

@@ -135,7 +135,9 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
     {
         ThrowIfLeaseLost();
         await worker.Checkpoints.SaveAsync(Current, checkpoint, cancellationToken).ConfigureAwait(false);
-        _checkpoint = new(checkpoint);
+
+        // A copy: the caller may reuse its buffer, and Checkpoint must stay what was saved.
+        _checkpoint = new(checkpoint.ToArray());
     }
 
     public override ValueTask ReportProgressAsync(double? fraction, string? message = null, CancellationToken cancellationToken = default)
@@ -303,10 +305,21 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
             // A stop's callbacks still run on the thread pool. A source disposed before they ran never runs them, and a
             // workload abandoned after its grace period (or at once, when its lease was lost) would never see its token
             // cancelled, and would run on: the source is disposed once they ran.
-            _ = cancelling.ContinueWith(static (_, s) => ((CancellationTokenSource)s!).Dispose(), _cts, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // A callback that threw faults that task: observed here, not left to the finalizer.
+            _ = cancelling.ContinueWith(
+                static (t, s) =>
+                {
+                    _ = t.Exception;
+                    ((CancellationTokenSource)s!).Dispose();
+                },
+                _cts,
+                CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
             return null;
         }
 
+        _ = _extras?.Cancelling?.Exception;
         _cts.Dispose();
         return null;
     }

@@ -54,6 +54,8 @@ internal sealed partial class JobWorker : BackgroundService
     private PeriodicTimer? _reclaimTimer;
     private IAsyncEnumerator<JobEvent>? _cancellations;
     private Task<bool> _firstCancellation = Task.FromResult(false);
+    // The latest give-back of parked jobs (see HeartbeatAsync); one at a time.
+    private Task _giveBack = Task.CompletedTask;
 
     public JobWorker(
         IJobStore store,
@@ -696,7 +698,15 @@ internal sealed partial class JobWorker : BackgroundService
         var held = _scheduler.RemoveAll();
         if (held.Count > 0)
         {
-            await _queue.ReturnAsync(held, CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                await _queue.ReturnAsync(held, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // Their visibility lapses instead; the running attempts still get their checkpoint request and grace.
+                Log.ReturnFailed(_logger, held.Count, e);
+            }
         }
 
         var running = ActiveCount;
@@ -705,7 +715,9 @@ internal sealed partial class JobWorker : BackgroundService
             Log.ShuttingDown(_logger, WorkerId, running, _options.ShutdownGracePeriod);
         }
 
-        await _checkpointRequested.CancelAsync().ConfigureAwait(false);
+        // Not awaited: the callbacks are the workloads' (a blocking or throwing one must not stop the shutdown).
+        var requested = Task.Run(_checkpointRequested.Cancel, CancellationToken.None);
+        _ = requested.ContinueWith(static (t, state) => Log.CheckpointRequestFailed((ILogger)state!, t.Exception!), _logger, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         var all = Task.WhenAll(slots);
         if (_options.ShutdownGracePeriod > TimeSpan.Zero)
         {
@@ -763,10 +775,11 @@ internal sealed partial class JobWorker : BackgroundService
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
+                // Taken first, so that the jobs given back are not extended below; given back after the renewal, on
+                // their own, so that their store look-ups (one per job) and the queue's errors never delay a lease.
+                var parked = _giveBack.IsCompleted ? _scheduler.TakeParked() : [];
                 try
                 {
-                    // First, so that the jobs given back are not extended below.
-                    await GiveBackParkedAsync(cancellationToken).ConfigureAwait(false);
                     var leases = new List<JobLease>();
                     var items = _scheduler.Snapshot();
                     foreach (var attempt in Active())
@@ -817,25 +830,27 @@ internal sealed partial class JobWorker : BackgroundService
                 {
                     Log.HeartbeatFailed(_logger, e);
                 }
+
+                if (parked.Count > 0)
+                {
+                    _giveBack = GiveBackParkedAsync(parked, cancellationToken);
+                }
             }
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
         }
+
+        await _giveBack.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
     /// <summary>
     /// Gives the parked jobs (this worker may not run them) back to the queue, so that a capable worker can take them;
     /// jobs that finished or were cancelled meanwhile are acknowledged instead, so they do not circle forever.
     /// </summary>
-    private async Task GiveBackParkedAsync(CancellationToken cancellationToken)
+    private async Task GiveBackParkedAsync(List<QueuedJob> parked, CancellationToken cancellationToken)
     {
-        var parked = _scheduler.TakeParked();
-        if (parked.Count == 0)
-        {
-            return;
-        }
-
+        await Task.Yield();
         List<QueuedJob>? gone = null;
         try
         {
@@ -855,12 +870,20 @@ internal sealed partial class JobWorker : BackgroundService
             Log.HeartbeatFailed(_logger, e);
         }
 
-        if (gone is not null)
+        try
         {
-            await _queue.AcknowledgeAsync(gone, CancellationToken.None).ConfigureAwait(false);
-        }
+            if (gone is not null)
+            {
+                await _queue.AcknowledgeAsync(gone, CancellationToken.None).ConfigureAwait(false);
+            }
 
-        await _queue.ReturnAsync(parked, CancellationToken.None).ConfigureAwait(false);
+            await _queue.ReturnAsync(parked, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // Not returned: their visibility lapses (nothing extends it now), and a capable worker takes them then.
+            Log.HeartbeatFailed(_logger, e);
+        }
     }
 
     private async Task ReclaimAsync(PeriodicTimer timer, CancellationToken cancellationToken)

@@ -90,6 +90,51 @@ public sealed class TelemetryTests
     }
 
     [Fact]
+    public async Task Meter_OldestWait_CountsFromTheDueTime_NotFromTheSubmit()
+    {
+        var tenant = "o" + Guid.NewGuid().ToString("N")[..8];
+        var ages = new ConcurrentQueue<double>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner" && instrument.Name == "jobrunner.scheduler.oldest_wait")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<double>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant" && tag.Value as string == tenant)
+                {
+                    ages.Enqueue(value);
+                }
+            }
+        });
+        listener.Start();
+
+        // One slot, busy: the delayed job, once due, waits in the scheduler.
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = (context, ct) => context.Request.Tenant == tenant ? ValueTask.CompletedTask : new ValueTask(release.Task.WaitAsync(ct));
+        await host.StartAsync();
+        var blocker = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var delayed = await host.SubmitAsync(new JobRequest("work") { Tenant = tenant, NotBefore = host.Time.GetUtcNow().AddMinutes(1) });
+        host.Time.Advance(TimeSpan.FromMinutes(1));
+        await host.WaitForSchedulerAsync(s => s.PendingCount == 1);
+        host.Time.Advance(TimeSpan.FromSeconds(3));
+
+        listener.RecordObservableInstruments();
+
+        Assert.Equal([3.0], ages);
+        release.SetResult();
+        await host.WaitForStateAsync(delayed, JobState.Succeeded);
+        await host.WaitForStateAsync(blocker, JobState.Succeeded);
+    }
+
+    [Fact]
     public async Task ActivitySource_SpanPerAttempt_CarriesCorrelationId()
     {
         var correlation = Guid.NewGuid().ToString("N");

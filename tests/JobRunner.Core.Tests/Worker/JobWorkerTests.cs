@@ -581,6 +581,63 @@ public sealed class JobWorkerTests
         Assert.Equal(0, host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
     }
 
+    [Fact]
+    public async Task Heartbeat_GivingBackParkedJobsHangs_RunningLeasesAreStillRenewed()
+    {
+        HangingLookups? store = null;
+        await using var host = new TestHost(r => r.UseStore(sp => store = new HangingLookups(sp.GetRequiredService<InMemoryJobStore>())));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = (_, ct) => new ValueTask(release.Task.WaitAsync(ct));
+        await host.StartAsync();
+        var running = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        await host.SubmitAsync(new JobRequest("work") { Affinity = "gpu=true" });
+        await host.WaitForSchedulerAsync(s => s.ParkedCount == 1);
+
+        // The give-back looks the parked job up in the store, and that look-up never answers.
+        store!.Hang = true;
+        for (var tick = 0; tick < 2; tick++)
+        {
+            host.Time.Advance(TimeSpan.FromSeconds(10));
+            var renewed = await store.Renewals.Reader.ReadAsync().AsTask().WaitAsync(TestHost.WaitLimit);
+            Assert.Equal(running, Assert.Single(renewed).JobId);
+        }
+
+        store.Hang = false;
+        store.Unblock();
+        release.SetResult();
+        await host.WaitForStateAsync(running, JobState.Succeeded);
+    }
+
+    /// <summary>Look-ups hang while <see cref="Hang"/> is set (until <see cref="Unblock"/>); renewals are reported.</summary>
+    private sealed class HangingLookups(IJobStore inner) : DelegatingJobStore(inner)
+    {
+        private readonly TaskCompletionSource _unblock = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public volatile bool Hang;
+
+        public System.Threading.Channels.Channel<IReadOnlyList<JobLease>> Renewals { get; } = System.Threading.Channels.Channel.CreateUnbounded<IReadOnlyList<JobLease>>();
+
+        public void Unblock() => _unblock.TrySetResult();
+
+        public override async ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken)
+        {
+            if (Hang)
+            {
+                await _unblock.Task.WaitAsync(cancellationToken);
+            }
+
+            return await Inner.GetAsync(id, cancellationToken);
+        }
+
+        public override async ValueTask<IReadOnlyList<JobId>> RenewLeasesAsync(IReadOnlyList<JobLease> leases, TimeSpan duration, CancellationToken cancellationToken)
+        {
+            var lost = await Inner.RenewLeasesAsync(leases, duration, cancellationToken);
+            Renewals.Writer.TryWrite(leases);
+            return lost;
+        }
+    }
+
     /// <summary>Throws on outcome writes while failures are left; otherwise forwards them.</summary>
     private sealed class FailingCompletions(IJobStore inner, int failures) : DelegatingJobStore(inner)
     {

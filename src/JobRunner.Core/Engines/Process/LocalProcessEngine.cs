@@ -38,7 +38,8 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         var spec = await _resolve(context, cancellationToken).ConfigureAwait(false);
         spec.ThrowIfInvalid();
 
-        using var timeout = spec.Timeout is { } limit ? new CancellationTokenSource(limit, _time) : null;
+        // Beyond what a timer can hold (about 49.7 days): in practice no timeout, as for a job's own timeout.
+        using var timeout = spec.Timeout is { } limit && limit <= TimerLimits.Max ? new CancellationTokenSource(limit, _time) : null;
         using var linked = timeout is null ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         var stop = linked?.Token ?? cancellationToken;
 
@@ -143,9 +144,10 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
         {
             await context.LogAsync(message, LogStream.System, CancellationToken.None).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+        catch (Exception)
         {
-            // The log is best effort; the attempt's outcome does not depend on it.
+            // The log is best effort; the attempt's outcome does not depend on it (no token is passed: a cancellation
+            // can only be the store's own, e.g. an HTTP timeout).
         }
     }
 
@@ -187,6 +189,12 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             RedirectStandardError = true,
             WorkingDirectory = spec.WorkingDirectory ?? _options.DefaultWorkingDirectory ?? Environment.CurrentDirectory,
         };
+        if (groups)
+        {
+            // setsid reads options up to "--": a command that starts with '-' is the command.
+            info.ArgumentList.Add("--");
+        }
+
         foreach (var arg in groups ? argv : argv.Skip(1))
         {
             info.ArgumentList.Add(arg);
@@ -202,14 +210,16 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             }
         }
 
-        info.Environment["JOBRUNNER_JOB_ID"] = context.JobId.ToString();
-        info.Environment["JOBRUNNER_ATTEMPT"] = context.Attempt.ToString(CultureInfo.InvariantCulture);
-        info.Environment["JOBRUNNER_FENCE_TOKEN"] = context.FenceToken.ToString(CultureInfo.InvariantCulture);
-        info.Environment["JOBRUNNER_TENANT"] = context.Request.Tenant;
         foreach (var env in spec.Env)
         {
             info.Environment[env.Name] = env.Value;
         }
+
+        // Set last: the spec cannot change what the attempt is (a process that fences its own writes reads its token here).
+        info.Environment["JOBRUNNER_JOB_ID"] = context.JobId.ToString();
+        info.Environment["JOBRUNNER_ATTEMPT"] = context.Attempt.ToString(CultureInfo.InvariantCulture);
+        info.Environment["JOBRUNNER_FENCE_TOKEN"] = context.FenceToken.ToString(CultureInfo.InvariantCulture);
+        info.Environment["JOBRUNNER_TENANT"] = context.Request.Tenant;
 
         try
         {
@@ -355,10 +365,11 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
                 {
                     await context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
                 }
-                catch (Exception e) when (e is not OperationCanceledException)
+                catch (Exception)
                 {
-                    // The lease is gone or the log store failed: keep draining, so that the process never blocks on a
-                    // full pipe; the worker stops the attempt when the lease is lost.
+                    // The lease is gone or the log store failed (a cancellation too can only be the store's own: no
+                    // token is passed): keep draining, so that the process never blocks on a full pipe; the worker
+                    // stops the attempt when the lease is lost.
                 }
             }
         }

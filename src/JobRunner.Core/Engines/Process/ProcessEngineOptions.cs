@@ -29,8 +29,10 @@ public sealed class ProcessEngineOptions
     /// <summary>
     /// Gets or sets whether each process is started in a process group of its own (through <c>setsid</c>), so that
     /// signals reach its whole tree and whatever it leaves behind is killed when it exits. Turning it off saves the
-    /// extra exec of <c>setsid</c> (about 1–3 ms per process): SIGTERM then reaches only the main process, SIGKILL its
-    /// tree as it stands, and background children it leaves behind may outlive the run.
+    /// extra exec of <c>setsid</c> (about 1–3 ms per process): a stop (cancellation, timeout) then sends SIGTERM and
+    /// SIGKILL to the main process and to its descendants as they stand when the stop begins (found through
+    /// <c>/proc</c> on Linux; on macOS only the main process); descendants started during the stop, or left behind at a
+    /// normal exit, may outlive the run. Without <c>/usr/bin/setsid</c> (e.g. macOS) there are no groups either way.
     /// </summary>
     /// <value>The default value is <see langword="true"/>.</value>
     public bool UseProcessGroups { get; set; } = true;
