@@ -23,6 +23,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>SQS's longest visibility timeout.</summary>
     internal static readonly TimeSpan MaxVisibility = TimeSpan.FromHours(12);
 
+    /// <summary>SQS's largest SendMessageBatch: the bodies (and message attributes) of all its entries together.</summary>
+    internal const int MaxBatchBytes = 262_144;
+
     /// <summary>How many receives may be in flight on one band at once (one per waiting consumer).</summary>
     private const int MaxPollsPerBand = 8;
 
@@ -55,7 +58,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         for (var i = 0; i < bands.Length; i++)
         {
             var band = new Band(i, bands[i].MinPriority, QueueName(bands[i].QueueName));
-            band.Sends = new Coalescer<SendEntry>(entries => SendBatchAsync(band, entries), maxConcurrent: 4);
+            band.Sends = new Coalescer<SendEntry>(entries => SendBatchAsync(band, entries), maxConcurrent: 4, static e => Encoding.UTF8.GetByteCount(e.Body), MaxBatchBytes);
             band.Deletes = new Coalescer<string>(handles => DeleteBatchAsync(band, handles), maxConcurrent: 4);
             _bands[i] = band;
         }
@@ -605,7 +608,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>
     /// Sends the entries, and sends again (up to four more times, after 0.2, 0.4, 0.8 and 1.6 s) those SQS failed for a
     /// reason of its own (per entry, with HTTP 200): a submitted job whose enqueue fails stays Queued in the store with no
-    /// message. A resent entry keeps its deduplication id.
+    /// message. A resent entry keeps its deduplication id. A resend that fails as a whole fails only the entries it
+    /// carried: the others were sent.
     /// </summary>
     private async Task<Exception?[]> SendBatchAsync(Band band, SendEntry[] entries)
     {
@@ -627,7 +631,27 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(200 << retry), _time).ConfigureAwait(false);
-            var resent = await SendOnceAsync(band, [.. again.Select(i => entries[i])]).ConfigureAwait(false);
+            var resend = new SendEntry[again.Count];
+            for (var j = 0; j < again.Count; j++)
+            {
+                resend[j] = entries[again[j]];
+            }
+
+            Exception?[] resent;
+            try
+            {
+                resent = await SendOnceAsync(band, resend).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                for (var j = 0; j < again.Count; j++)
+                {
+                    results[again[j]] = e;
+                }
+
+                break;
+            }
+
             for (var j = 0; j < again.Count; j++)
             {
                 results[again[j]] = resent[j];
