@@ -183,6 +183,18 @@ internal sealed class SqsQueueOptionsValidator : IValidateOptions<SqsQueueOption
     }
 }
 
+/// <summary>
+/// Validates <see cref="WorkerOptions"/> at host start when the queue is SQS: the lease is a message's visibility
+/// timeout there, which SQS limits to 12 hours, so a longer lease would fail every receive.
+/// </summary>
+internal sealed class SqsWorkerOptionsValidator : IValidateOptions<WorkerOptions>
+{
+    public ValidateOptionsResult Validate(string? name, WorkerOptions options)
+        => options.LeaseDuration > SqsJobQueue.MaxVisibility
+            ? ValidateOptionsResult.Fail($"WorkerOptions.LeaseDuration is {options.LeaseDuration}, but with the SQS queue the lease is a message's visibility timeout, which SQS limits to 12 hours. Set WorkerOptions.LeaseDuration to 12 hours or less: the heartbeat extends the lease while a job runs.")
+            : ValidateOptionsResult.Success;
+}
+
 /// <summary>Validates <see cref="S3StoreOptions"/> at host start.</summary>
 internal sealed class S3StoreOptionsValidator : IValidateOptions<S3StoreOptions>
 {

@@ -23,6 +23,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>SQS's longest visibility timeout.</summary>
     internal static readonly TimeSpan MaxVisibility = TimeSpan.FromHours(12);
 
+    /// <summary>SQS's longest message retention period (14 days), set on the queues JobRunner creates.</summary>
+    internal const string MaxRetentionSeconds = "1209600";
+
     /// <summary>SQS's largest SendMessageBatch: the bodies (and message attributes) of all its entries together.</summary>
     internal const int MaxBatchBytes = 262_144;
 
@@ -41,7 +44,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly List<QueuedJob> _overflow = [];
     private readonly CancellationTokenSource _disposed = new();
     private readonly CancellationToken _stopping;
-    private readonly Lazy<Task> _started;
+    private Task? _started;
     private string? _deadLetterUrl;
     private int _disposeState;
     private int _waiting;
@@ -64,7 +67,6 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
 
         _stopping = _disposed.Token;
-        _started = new Lazy<Task>(() => ResolveQueuesAsync(_stopping), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>Gets the HTTP calls made so far (for the benchmark).</summary>
@@ -74,8 +76,30 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
     internal string? DeadLetterUrl => _deadLetterUrl;
 
-    /// <summary>Finds (or creates, when allowed) every queue; fails with an error that names the fix.</summary>
-    public Task StartAsync(CancellationToken cancellationToken) => _started.Value.WaitAsync(cancellationToken);
+    /// <summary>
+    /// Finds (or creates, when allowed) every queue; fails with an error that names the fix. Callers share one attempt;
+    /// a failed one is not kept, so the next call (the host's next start, the worker's next dequeue) tries again.
+    /// </summary>
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        var started = Volatile.Read(ref _started);
+        if (started is { IsCompletedSuccessfully: true })
+        {
+            return Task.CompletedTask;
+        }
+
+        lock (_lock)
+        {
+            if (_started is null || _started.IsFaulted || _started.IsCanceled)
+            {
+                _started = Task.Run(() => ResolveQueuesAsync(_stopping), CancellationToken.None);
+            }
+
+            started = _started;
+        }
+
+        return started.WaitAsync(cancellationToken);
+    }
 
     public async ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
     {
@@ -760,6 +784,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         if (_options.DeadLetterQueueName is { } dlqName)
         {
             _deadLetterUrl = await ResolveAsync(dlqName, redriveTo: null, cancellationToken).ConfigureAwait(false);
+            CheckKind(_deadLetterUrl, "SqsQueueOptions.DeadLetterQueueName");
             if (_options.CreateQueues)
             {
                 deadLetterArn = await GetArnAsync(_deadLetterUrl, cancellationToken).ConfigureAwait(false);
@@ -769,12 +794,34 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         foreach (var band in _bands)
         {
             band.Url = await ResolveAsync(band.Name, deadLetterArn, cancellationToken).ConfigureAwait(false);
+            CheckKind(band.Url, _options.Bands.Count == 0 ? "SqsQueueOptions.QueueName" : "SqsQueueOptions.Bands");
         }
 
         // A payload bucket that is not there fails the start, not the first large message.
         if (_payloads is not null)
         {
             await _payloads.EnsureExistsAsync(_options.PayloadStorage.CreateBucket, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Fails the start when a queue is not of the kind <see cref="SqsQueueOptions.Fifo"/> says: a FIFO queue refuses
+    /// messages without a group, a standard queue ones with a group. SQS requires a FIFO queue's name to end in
+    /// <c>.fifo</c> and allows no dot in a standard queue's name, so the name says which kind the queue is.
+    /// </summary>
+    private void CheckKind(string url, string setting)
+    {
+        var isFifo = url.TrimEnd('/').EndsWith(".fifo", StringComparison.Ordinal);
+        if (isFifo != _options.Fifo)
+        {
+            throw new AwsServiceException(
+                "sqs",
+                "QueueKindMismatch",
+                null,
+                transient: false,
+                isFifo
+                    ? $"The SQS queue {url} (from {setting}) is a FIFO queue, but SqsQueueOptions.Fifo is false. Set SqsQueueOptions.Fifo = true, or use a standard queue."
+                    : $"The SQS queue {url} (from {setting}) is a standard queue, but SqsQueueOptions.Fifo is true. Set SqsQueueOptions.Fifo = false, or use a FIFO queue (its name ends in .fifo).");
         }
     }
 
@@ -808,6 +855,10 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 w.WriteString("QueueName", s.name);
                 w.WriteStartObject("Attributes");
+
+                // SQS's longest retention (14 days) instead of its default of 4: the job store, not the queue, decides
+                // when a job is given up, and a message that ages out is a Queued job that never runs.
+                w.WriteString("MessageRetentionPeriod", MaxRetentionSeconds);
                 if (s.Fifo)
                 {
                     w.WriteString("FifoQueue", "true");
