@@ -127,7 +127,13 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var taken = TakeOverflow(buffer.Span);
+            List<QueuedJob>? release = null;
+            var taken = TakeOverflow(buffer.Span, visibility, ref release);
+            if (release is not null)
+            {
+                await ReleaseAsync(release).ConfigureAwait(false);
+            }
+
             if (taken > 0)
             {
                 return taken;
@@ -135,8 +141,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
             // Long polls on every band at once, one more per waiting caller (up to MaxPollsPerBand), so that several
             // consumers keep several receives in flight. A poll still running when this call returns keeps going, and
-            // what it brings back is handed out first next time (unless its visibility lapsed meanwhile).
-            var max = Math.Min(Coalescer<string>.MaxBatch, buffer.Length);
+            // what it brings back is handed out first next time (if enough of its visibility is left). The buffer's
+            // size is shared among the bands, so that what the other bands bring while one answers stays small.
+            var max = Math.Min(Coalescer<string>.MaxBatch, Math.Max(1, (buffer.Length + _bands.Length - 1) / _bands.Length));
             var polls = new List<Task>();
             lock (_lock)
             {
@@ -325,7 +332,14 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         await band.Sends.AddAsync(entry).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private int TakeOverflow(Span<QueuedJob> buffer)
+    /// <summary>
+    /// Hands out received deliveries, highest priority first. A delivery with less than half of
+    /// <paramref name="visibility"/> left (it waited here while another band's poll answered) goes to
+    /// <paramref name="release"/> to be made visible again, so that it is received afresh with a full visibility: the
+    /// worker's first heartbeat (at most half the lease away) would come too late for it. One already lapsed is dropped
+    /// (SQS delivers it again).
+    /// </summary>
+    private int TakeOverflow(Span<QueuedJob> buffer, TimeSpan visibility, ref List<QueuedJob>? release)
     {
         lock (_lock)
         {
@@ -350,8 +364,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 return 0;
             }
 
-            // Highest priority first, oldest first within a priority; drop deliveries whose visibility lapsed (SQS
-            // delivers them again).
+            // Highest priority first, oldest first within a priority.
             _overflow.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
             var now = _time.GetUtcNow();
             var taken = 0;
@@ -360,8 +373,16 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 var job = _overflow[i];
                 var receipt = (SqsReceipt)job.Receipt!;
-                if (receipt.ReceivedAt + receipt.Visibility <= now)
+                var left = receipt.ReceivedAt + receipt.Visibility - now;
+                if (left < visibility / 2)
                 {
+                    // Not handed out: whoever receives the message next holds its S3 body (if any).
+                    ForgetPayloadLocked(receipt);
+                    if (left > TimeSpan.Zero)
+                    {
+                        (release ??= []).Add(job);
+                    }
+
                     continue;
                 }
 
@@ -377,6 +398,19 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
             _overflow.RemoveRange(kept, _overflow.Count - kept);
             return taken;
+        }
+    }
+
+    /// <summary>Makes deliveries that were not handed out visible again; a failure only leaves them to lapse.</summary>
+    private async Task ReleaseAsync(List<QueuedJob> jobs)
+    {
+        try
+        {
+            await ChangeVisibilityAsync(jobs, TimeSpan.Zero, _stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is AwsServiceException or OperationCanceledException)
+        {
+            Log.ReturnFailed(_logger, jobs.Count, e);
         }
     }
 
@@ -410,6 +444,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 w.WriteNumber("WaitTimeSeconds", (long)Math.Ceiling(s.Item4.TotalSeconds));
                 w.WriteStartArray("MessageSystemAttributeNames");
                 w.WriteStringValue("ApproximateReceiveCount");
+                w.WriteStringValue("SentTimestamp");
                 w.WriteEndArray();
             },
             _stopping).ConfigureAwait(false);
@@ -435,7 +470,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
             try
             {
-                if (await ReadAsync(band, handle, body, messageId, receivedAt, visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
+                if (await ReadAsync(band, handle, body, messageId, receivedAt, SentAt(message), visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
                 {
                     ready.Add(job);
                 }
@@ -457,7 +492,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// Turns a message the receive already decoded into a ready job: poison (<c>poison</c> says why) goes to the
     /// dead-letter queue, a body in S3 (<c>pointer</c>) is fetched, a job not due yet waits longer.
     /// </summary>
-    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
+    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, DateTimeOffset? sentAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
     {
         var ct = _stopping;
         if (poison is not null)
@@ -468,11 +503,19 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
         if (pointer is not null)
         {
-            var stored = _payloads is null ? null : await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
+            if (_payloads is null)
+            {
+                // A readable message that this process is not set up for (another host has a payload bucket): a
+                // configuration error, not poison. Left alone, it comes back after its visibility timeout.
+                Log.PayloadBucketMissing(_logger, messageId, band.Url!, pointer);
+                return null;
+            }
+
+            var stored = await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
             string? problem = null;
             if (stored is null || !SqsMessage.TryDecode(Encoding.UTF8.GetString(stored), out job, out _, out problem) || job is null)
             {
-                await DeadLetterAsync(band, handle, body, messageId, _payloads is null ? "the body is in S3 but SqsQueueOptions.LargePayloadBucket is not set" : problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);
+                await DeadLetterAsync(band, handle, body, messageId, problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);
                 return null;
             }
         }
@@ -480,10 +523,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         var now = _time.GetUtcNow();
         if (job.DueAt is { } due && due - now > TimeSpan.FromSeconds(1))
         {
-            // Not due yet (a delay longer than SQS's 15 minutes): send it again with the rest of the delay, or, on a FIFO
-            // queue (no per-message delays), keep it invisible until then. Either way no consumer sees it early.
+            // Not due yet (a delay longer than SQS's 15 minutes): send it again with the rest of the delay. A FIFO queue
+            // has no per-message delays: a young message is kept invisible (in flight) until it is due or for as long
+            // as SQS allows; one older than FifoRefreshAge is sent again (visible at once, and held by whoever receives
+            // it) and deleted, so that SQS's retention period, which counts from the send, never removes it.
             var rest = due - now;
-            if (_options.Fifo)
+            if (_options.Fifo && (sentAt is null || now - sentAt.Value < FifoRefreshAge))
             {
                 await ChangeVisibilityAsync(band, [handle], FifoHold(rest, receivedAt, now), ct).ConfigureAwait(false);
             }
@@ -519,15 +564,39 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     {
         lock (_lock)
         {
-            if (_payloadReceipts.TryGetValue(receipt.PayloadKey!, out var newest) && !ReferenceEquals(newest, receipt))
-            {
-                return false;
-            }
-
-            _payloadReceipts.Remove(receipt.PayloadKey!);
-            return true;
+            return ForgetPayloadLocked(receipt);
         }
     }
+
+    private bool ForgetPayloadLocked(SqsReceipt receipt)
+    {
+        if (receipt.PayloadKey is not { } key)
+        {
+            return false;
+        }
+
+        if (_payloadReceipts.TryGetValue(key, out var newest) && !ReferenceEquals(newest, receipt))
+        {
+            return false;
+        }
+
+        _payloadReceipts.Remove(key);
+        return true;
+    }
+
+    /// <summary>
+    /// How old (from its send) a FIFO message that is not due yet may be and still be held invisible. SQS deletes a message
+    /// when its retention period has passed since the send, in flight or not, so an older one is sent again (a fresh
+    /// copy, whose age starts over) and deleted instead: a held message is at most this plus 12 hours old.
+    /// </summary>
+    internal static readonly TimeSpan FifoRefreshAge = TimeSpan.FromHours(1);
+
+    private static DateTimeOffset? SentAt(JsonElement message)
+        => message.TryGetProperty("Attributes", out var attributes) && attributes.ValueKind == JsonValueKind.Object
+            && attributes.TryGetProperty("SentTimestamp", out var sent) && sent.ValueKind == JsonValueKind.String
+            && long.TryParse(sent.GetString(), NumberStyles.None, CultureInfo.InvariantCulture, out var ms)
+            ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
+            : null;
 
     /// <summary>
     /// How long a FIFO message that is not due yet stays invisible: the rest of its wait, at most what SQS allows. SQS
