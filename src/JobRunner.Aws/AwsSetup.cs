@@ -149,6 +149,15 @@ internal sealed class SqsQueueOptionsValidator : IValidateOptions<SqsQueueOption
             errors.Add($"SqsQueueOptions.LargePayloadThreshold is {options.LargePayloadThreshold}. Set it from 1 to 262,144 bytes (SQS's message limit).");
         }
 
+        if (options.PayloadStorage is null)
+        {
+            errors.Add("SqsQueueOptions.PayloadStorage is null. Leave the default, or set it to a new S3StoreOptions.");
+        }
+        else if (options.PayloadStorage.Prefix is null)
+        {
+            errors.Add("SqsQueueOptions.PayloadStorage.Prefix is null. Set it to \"\" for none, or a prefix such as \"jobrunner/\".");
+        }
+
         if (options.DeadLetterQueueName is { } dlq && string.IsNullOrWhiteSpace(dlq))
         {
             errors.Add("SqsQueueOptions.DeadLetterQueueName is blank. Set a queue name, or null to delete poison messages after logging them.");
