@@ -149,6 +149,15 @@ internal sealed class SqsQueueOptionsValidator : IValidateOptions<SqsQueueOption
             errors.Add($"SqsQueueOptions.LargePayloadThreshold is {options.LargePayloadThreshold}. Set it from 1 to 262,144 bytes (SQS's message limit).");
         }
 
+        if (options.PayloadStorage is null)
+        {
+            errors.Add("SqsQueueOptions.PayloadStorage is null. Leave the default, or set it to a new S3StoreOptions.");
+        }
+        else if (options.PayloadStorage.Prefix is null)
+        {
+            errors.Add("SqsQueueOptions.PayloadStorage.Prefix is null. Set it to \"\" for none, or a prefix such as \"jobrunner/\".");
+        }
+
         if (options.DeadLetterQueueName is { } dlq && string.IsNullOrWhiteSpace(dlq))
         {
             errors.Add("SqsQueueOptions.DeadLetterQueueName is blank. Set a queue name, or null to delete poison messages after logging them.");
@@ -181,6 +190,18 @@ internal sealed class SqsQueueOptionsValidator : IValidateOptions<SqsQueueOption
 
         return false;
     }
+}
+
+/// <summary>
+/// Validates <see cref="WorkerOptions"/> at host start when the queue is SQS: the lease is a message's visibility
+/// timeout there, which SQS limits to 12 hours, so a longer lease would fail every receive.
+/// </summary>
+internal sealed class SqsWorkerOptionsValidator : IValidateOptions<WorkerOptions>
+{
+    public ValidateOptionsResult Validate(string? name, WorkerOptions options)
+        => options.LeaseDuration > SqsJobQueue.MaxVisibility
+            ? ValidateOptionsResult.Fail($"WorkerOptions.LeaseDuration is {options.LeaseDuration}, but with the SQS queue the lease is a message's visibility timeout, which SQS limits to 12 hours. Set WorkerOptions.LeaseDuration to 12 hours or less: the heartbeat extends the lease while a job runs.")
+            : ValidateOptionsResult.Success;
 }
 
 /// <summary>Validates <see cref="S3StoreOptions"/> at host start.</summary>

@@ -31,6 +31,7 @@ public static class JobRunnerBuilderAwsExtensions
         var services = builder.Services;
         services.AddOptions<SqsQueueOptions>().Configure(configure).ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SqsQueueOptions>, SqsQueueOptionsValidator>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WorkerOptions>, SqsWorkerOptionsValidator>());
         services.TryAddSingleton(static sp => AwsSetup.CreateQueue(
             sp.GetRequiredService<IOptions<SqsQueueOptions>>().Value,
             sp.GetService<TimeProvider>() ?? TimeProvider.System,

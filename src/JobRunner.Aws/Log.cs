@@ -16,4 +16,7 @@ internal static partial class Log
 
     [LoggerMessage(4, LogLevel.Warning, "Could not hand {Count} received SQS messages back at shutdown; they become visible again after their visibility timeout.")]
     public static partial void ReturnFailed(ILogger logger, int count, Exception exception);
+
+    [LoggerMessage(5, LogLevel.Error, "SQS message {MessageId} on {QueueUrl} keeps its body in S3 ({PayloadKey}), but this host has no SqsQueueOptions.LargePayloadBucket; the message is left in the queue. Set LargePayloadBucket (and PayloadStorage) on every host that uses the queue.")]
+    public static partial void PayloadBucketMissing(ILogger logger, string? messageId, string queueUrl, string payloadKey);
 }

@@ -8,7 +8,8 @@ namespace JobRunner.Aws.S3;
 /// Checkpoints in S3, one object per fence token: <c>{prefix}checkpoints/{job}/{fence:D19}</c>. Keys sort by fence, the
 /// newest valid object wins (a body whose checksum does not match is skipped), and a writer never touches a key of a
 /// higher fence: a stale writer at worst adds an older object that is never read, and a save that finds a newer one
-/// fails with <see cref="StaleFenceTokenException"/>. Older objects are deleted after a save.
+/// (before its put, or after it: a newer writer may have saved meanwhile) fails with
+/// <see cref="StaleFenceTokenException"/>. Older objects are deleted after a save, best effort: the save is durable by then.
 /// </summary>
 internal sealed class S3CheckpointStore : ICheckpointStore, IDisposable
 {
@@ -34,11 +35,29 @@ internal sealed class S3CheckpointStore : ICheckpointStore, IDisposable
         }
 
         await _bucket.PutAsync(Key(lease.JobId, lease.FenceToken), Encode(lease, checkpoint.Span), cancellationToken).ConfigureAwait(false);
-        foreach (var key in existing)
+
+        // A newer attempt may have listed before this put and saved since: then this checkpoint is never read, and
+        // the caller must hear that its save lost.
+        var after = await _bucket.ListAsync(prefix, startAfter: null, cancellationToken).ConfigureAwait(false);
+        newest = NewestFence(after, prefix);
+        if (newest > lease.FenceToken)
+        {
+            throw new StaleFenceTokenException(lease.JobId, lease.FenceToken, newest, "a newer attempt saved a checkpoint while this one was being saved");
+        }
+
+        foreach (var key in after)
         {
             if (TryFence(key, prefix, out var fence) && fence < lease.FenceToken)
             {
-                await _bucket.DeleteAsync(key, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await _bucket.DeleteAsync(key, cancellationToken).ConfigureAwait(false);
+                }
+                catch (AwsServiceException)
+                {
+                    // The checkpoint is saved; an old object left behind is never read (a newer fence wins on load) and
+                    // goes with the next save's clean-up.
+                }
             }
         }
     }
@@ -46,18 +65,34 @@ internal sealed class S3CheckpointStore : ICheckpointStore, IDisposable
     public async ValueTask<StoredCheckpoint?> LoadAsync(JobId jobId, CancellationToken cancellationToken)
     {
         var prefix = JobPrefix(jobId);
-        var keys = await _bucket.ListAsync(prefix, startAfter: null, cancellationToken).ConfigureAwait(false);
-        for (var i = keys.Count - 1; i >= 0; i--)
+
+        // A save deletes older objects after it writes a newer one: an object listed here can be gone by its GET. When
+        // every listed checkpoint was missing, a newer one was saved meanwhile, so list again (a few times at most).
+        for (var round = 0; round < 3; round++)
         {
-            if (!TryFence(keys[i], prefix, out var fence))
+            var keys = await _bucket.ListAsync(prefix, startAfter: null, cancellationToken).ConfigureAwait(false);
+            var missing = false;
+            for (var i = keys.Count - 1; i >= 0; i--)
             {
-                continue;
+                if (!TryFence(keys[i], prefix, out var fence))
+                {
+                    continue;
+                }
+
+                var body = await _bucket.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                if (body is null)
+                {
+                    missing = true;
+                }
+                else if (TryDecode(body, fence, out var stored))
+                {
+                    return stored;
+                }
             }
 
-            var body = await _bucket.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
-            if (body is not null && TryDecode(body, fence, out var stored))
+            if (!missing)
             {
-                return stored;
+                break;
             }
         }
 

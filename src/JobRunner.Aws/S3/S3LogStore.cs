@@ -12,13 +12,14 @@ namespace JobRunner.Aws.S3;
 /// </summary>
 internal sealed class S3LogStore : ILogStore, IDisposable
 {
-    private const int MaxWriters = 10_000;
     private readonly S3Bucket _bucket;
+    private readonly int _maxWriters;
     private readonly ConcurrentDictionary<JobId, Writer> _writers = new();
 
-    public S3LogStore(S3Bucket bucket)
+    public S3LogStore(S3Bucket bucket, int maxWriters = 10_000)
     {
         _bucket = bucket;
+        _maxWriters = maxWriters;
     }
 
     internal S3Bucket Bucket => _bucket;
@@ -32,13 +33,22 @@ internal sealed class S3LogStore : ILogStore, IDisposable
             return [];
         }
 
-        if (_writers.Count > MaxWriters)
+        if (_writers.Count > _maxWriters)
         {
-            _writers.Clear();
+            EvictIdleWriters();
         }
 
-        var writer = _writers.GetOrAdd(lease.JobId, static _ => new Writer());
-        await writer.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        var writer = AcquireWriter(lease.JobId);
+        try
+        {
+            await writer.Gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            writer.Release();
+            throw;
+        }
+
         try
         {
             if (writer.Fence != lease.FenceToken || writer.Next is null)
@@ -63,6 +73,38 @@ internal sealed class S3LogStore : ILogStore, IDisposable
         finally
         {
             writer.Gate.Release();
+            writer.Release();
+        }
+    }
+
+    /// <summary>The job's writer, counted as in use until <see cref="Writer.Release"/>, so that it is not evicted meanwhile.</summary>
+    private Writer AcquireWriter(JobId jobId)
+    {
+        while (true)
+        {
+            var writer = _writers.GetOrAdd(jobId, static _ => new Writer());
+            if (writer.TryAcquire())
+            {
+                return writer;
+            }
+
+            // Evicted between the lookup and the acquire: it is gone from the map (or about to be), so take a new one.
+            _writers.TryRemove(new KeyValuePair<JobId, Writer>(jobId, writer));
+        }
+    }
+
+    /// <summary>
+    /// Forgets the writers no append is using (their next append reads the end of the log from the listing again). A
+    /// writer in use stays: a second writer for the same job would count from the same offset and overwrite its chunk.
+    /// </summary>
+    private void EvictIdleWriters()
+    {
+        foreach (var (jobId, writer) in _writers)
+        {
+            if (writer.TryEvict())
+            {
+                _writers.TryRemove(new KeyValuePair<JobId, Writer>(jobId, writer));
+            }
         }
     }
 
@@ -226,10 +268,34 @@ internal sealed class S3LogStore : ILogStore, IDisposable
 
     private sealed class Writer
     {
+        // How many appends use the writer (waiting for or holding the gate); -1 once evicted, after which no one may use it.
+        private int _users;
+
         public SemaphoreSlim Gate { get; } = new(1, 1);
 
         public long Fence { get; set; } = -1;
 
         public long? Next { get; set; }
+
+        public bool TryAcquire()
+        {
+            while (true)
+            {
+                var users = Volatile.Read(ref _users);
+                if (users < 0)
+                {
+                    return false;
+                }
+
+                if (Interlocked.CompareExchange(ref _users, users + 1, users) == users)
+                {
+                    return true;
+                }
+            }
+        }
+
+        public void Release() => Interlocked.Decrement(ref _users);
+
+        public bool TryEvict() => Interlocked.CompareExchange(ref _users, -1, 0) == 0;
     }
 }

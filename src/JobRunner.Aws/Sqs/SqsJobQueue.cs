@@ -23,6 +23,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>SQS's longest visibility timeout.</summary>
     internal static readonly TimeSpan MaxVisibility = TimeSpan.FromHours(12);
 
+    /// <summary>SQS's longest message retention period (14 days), set on the queues JobRunner creates.</summary>
+    internal const string MaxRetentionSeconds = "1209600";
+
+    /// <summary>SQS's largest SendMessageBatch: the bodies (and message attributes) of all its entries together.</summary>
+    internal const int MaxBatchBytes = 262_144;
+
     /// <summary>How many receives may be in flight on one band at once (one per waiting consumer).</summary>
     private const int MaxPollsPerBand = 8;
 
@@ -38,7 +44,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly List<QueuedJob> _overflow = [];
     private readonly CancellationTokenSource _disposed = new();
     private readonly CancellationToken _stopping;
-    private readonly Lazy<Task> _started;
+    private Task? _started;
     private string? _deadLetterUrl;
     private int _disposeState;
     private int _waiting;
@@ -55,13 +61,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         for (var i = 0; i < bands.Length; i++)
         {
             var band = new Band(i, bands[i].MinPriority, QueueName(bands[i].QueueName));
-            band.Sends = new Coalescer<SendEntry>(entries => SendBatchAsync(band, entries), maxConcurrent: 4);
+            band.Sends = new Coalescer<SendEntry>(entries => SendBatchAsync(band, entries), maxConcurrent: 4, static e => Encoding.UTF8.GetByteCount(e.Body), MaxBatchBytes);
             band.Deletes = new Coalescer<string>(handles => DeleteBatchAsync(band, handles), maxConcurrent: 4);
             _bands[i] = band;
         }
 
         _stopping = _disposed.Token;
-        _started = new Lazy<Task>(() => ResolveQueuesAsync(_stopping), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>Gets the HTTP calls made so far (for the benchmark).</summary>
@@ -71,8 +76,30 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
     internal string? DeadLetterUrl => _deadLetterUrl;
 
-    /// <summary>Finds (or creates, when allowed) every queue; fails with an error that names the fix.</summary>
-    public Task StartAsync(CancellationToken cancellationToken) => _started.Value.WaitAsync(cancellationToken);
+    /// <summary>
+    /// Finds (or creates, when allowed) every queue; fails with an error that names the fix. Callers share one attempt;
+    /// a failed one is not kept, so the next call (the host's next start, the worker's next dequeue) tries again.
+    /// </summary>
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        var started = Volatile.Read(ref _started);
+        if (started is { IsCompletedSuccessfully: true })
+        {
+            return Task.CompletedTask;
+        }
+
+        lock (_lock)
+        {
+            if (_started is null || _started.IsFaulted || _started.IsCanceled)
+            {
+                _started = Task.Run(() => ResolveQueuesAsync(_stopping), CancellationToken.None);
+            }
+
+            started = _started;
+        }
+
+        return started.WaitAsync(cancellationToken);
+    }
 
     public async ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
     {
@@ -100,7 +127,13 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var taken = TakeOverflow(buffer.Span);
+            List<QueuedJob>? release = null;
+            var taken = TakeOverflow(buffer.Span, visibility, ref release);
+            if (release is not null)
+            {
+                await ReleaseAsync(release).ConfigureAwait(false);
+            }
+
             if (taken > 0)
             {
                 return taken;
@@ -108,8 +141,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
             // Long polls on every band at once, one more per waiting caller (up to MaxPollsPerBand), so that several
             // consumers keep several receives in flight. A poll still running when this call returns keeps going, and
-            // what it brings back is handed out first next time (unless its visibility lapsed meanwhile).
-            var max = Math.Min(Coalescer<string>.MaxBatch, buffer.Length);
+            // what it brings back is handed out first next time (if enough of its visibility is left). The buffer's
+            // size is shared among the bands, so that what the other bands bring while one answers stays small.
+            var max = Math.Min(Coalescer<string>.MaxBatch, Math.Max(1, (buffer.Length + _bands.Length - 1) / _bands.Length));
             var polls = new List<Task>();
             lock (_lock)
             {
@@ -298,7 +332,14 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         await band.Sends.AddAsync(entry).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private int TakeOverflow(Span<QueuedJob> buffer)
+    /// <summary>
+    /// Hands out received deliveries, highest priority first. A delivery with less than half of
+    /// <paramref name="visibility"/> left (it waited here while another band's poll answered) goes to
+    /// <paramref name="release"/> to be made visible again, so that it is received afresh with a full visibility: the
+    /// worker's first heartbeat (at most half the lease away) would come too late for it. One already lapsed is dropped
+    /// (SQS delivers it again).
+    /// </summary>
+    private int TakeOverflow(Span<QueuedJob> buffer, TimeSpan visibility, ref List<QueuedJob>? release)
     {
         lock (_lock)
         {
@@ -323,8 +364,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 return 0;
             }
 
-            // Highest priority first, oldest first within a priority; drop deliveries whose visibility lapsed (SQS
-            // delivers them again).
+            // Highest priority first, oldest first within a priority.
             _overflow.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
             var now = _time.GetUtcNow();
             var taken = 0;
@@ -333,8 +373,16 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 var job = _overflow[i];
                 var receipt = (SqsReceipt)job.Receipt!;
-                if (receipt.ReceivedAt + receipt.Visibility <= now)
+                var left = receipt.ReceivedAt + receipt.Visibility - now;
+                if (left < visibility / 2)
                 {
+                    // Not handed out: whoever receives the message next holds its S3 body (if any).
+                    ForgetPayloadLocked(receipt);
+                    if (left > TimeSpan.Zero)
+                    {
+                        (release ??= []).Add(job);
+                    }
+
                     continue;
                 }
 
@@ -350,6 +398,19 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
             _overflow.RemoveRange(kept, _overflow.Count - kept);
             return taken;
+        }
+    }
+
+    /// <summary>Makes deliveries that were not handed out visible again; a failure only leaves them to lapse.</summary>
+    private async Task ReleaseAsync(List<QueuedJob> jobs)
+    {
+        try
+        {
+            await ChangeVisibilityAsync(jobs, TimeSpan.Zero, _stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is AwsServiceException or OperationCanceledException)
+        {
+            Log.ReturnFailed(_logger, jobs.Count, e);
         }
     }
 
@@ -383,6 +444,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 w.WriteNumber("WaitTimeSeconds", (long)Math.Ceiling(s.Item4.TotalSeconds));
                 w.WriteStartArray("MessageSystemAttributeNames");
                 w.WriteStringValue("ApproximateReceiveCount");
+                w.WriteStringValue("SentTimestamp");
                 w.WriteEndArray();
             },
             _stopping).ConfigureAwait(false);
@@ -408,7 +470,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
             try
             {
-                if (await ReadAsync(band, handle, body, messageId, receivedAt, visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
+                if (await ReadAsync(band, handle, body, messageId, receivedAt, SentAt(message), visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
                 {
                     ready.Add(job);
                 }
@@ -430,7 +492,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// Turns a message the receive already decoded into a ready job: poison (<c>poison</c> says why) goes to the
     /// dead-letter queue, a body in S3 (<c>pointer</c>) is fetched, a job not due yet waits longer.
     /// </summary>
-    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
+    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, DateTimeOffset? sentAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
     {
         var ct = _stopping;
         if (poison is not null)
@@ -441,11 +503,19 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
 
         if (pointer is not null)
         {
-            var stored = _payloads is null ? null : await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
+            if (_payloads is null)
+            {
+                // A readable message that this process is not set up for (another host has a payload bucket): a
+                // configuration error, not poison. Left alone, it comes back after its visibility timeout.
+                Log.PayloadBucketMissing(_logger, messageId, band.Url!, pointer);
+                return null;
+            }
+
+            var stored = await _payloads.GetAsync(pointer, ct).ConfigureAwait(false);
             string? problem = null;
             if (stored is null || !SqsMessage.TryDecode(Encoding.UTF8.GetString(stored), out job, out _, out problem) || job is null)
             {
-                await DeadLetterAsync(band, handle, body, messageId, _payloads is null ? "the body is in S3 but SqsQueueOptions.LargePayloadBucket is not set" : problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);
+                await DeadLetterAsync(band, handle, body, messageId, problem ?? $"the S3 body {pointer} is missing", ct).ConfigureAwait(false);
                 return null;
             }
         }
@@ -453,10 +523,12 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         var now = _time.GetUtcNow();
         if (job.DueAt is { } due && due - now > TimeSpan.FromSeconds(1))
         {
-            // Not due yet (a delay longer than SQS's 15 minutes): send it again with the rest of the delay, or, on a FIFO
-            // queue (no per-message delays), keep it invisible until then. Either way no consumer sees it early.
+            // Not due yet (a delay longer than SQS's 15 minutes): send it again with the rest of the delay. A FIFO queue
+            // has no per-message delays: a young message is kept invisible (in flight) until it is due or for as long
+            // as SQS allows; one older than FifoRefreshAge is sent again (visible at once, and held by whoever receives
+            // it) and deleted, so that SQS's retention period, which counts from the send, never removes it.
             var rest = due - now;
-            if (_options.Fifo)
+            if (_options.Fifo && (sentAt is null || now - sentAt.Value < FifoRefreshAge))
             {
                 await ChangeVisibilityAsync(band, [handle], FifoHold(rest, receivedAt, now), ct).ConfigureAwait(false);
             }
@@ -492,15 +564,39 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     {
         lock (_lock)
         {
-            if (_payloadReceipts.TryGetValue(receipt.PayloadKey!, out var newest) && !ReferenceEquals(newest, receipt))
-            {
-                return false;
-            }
-
-            _payloadReceipts.Remove(receipt.PayloadKey!);
-            return true;
+            return ForgetPayloadLocked(receipt);
         }
     }
+
+    private bool ForgetPayloadLocked(SqsReceipt receipt)
+    {
+        if (receipt.PayloadKey is not { } key)
+        {
+            return false;
+        }
+
+        if (_payloadReceipts.TryGetValue(key, out var newest) && !ReferenceEquals(newest, receipt))
+        {
+            return false;
+        }
+
+        _payloadReceipts.Remove(key);
+        return true;
+    }
+
+    /// <summary>
+    /// How old (from its send) a FIFO message that is not due yet may be and still be held invisible. SQS deletes a message
+    /// when its retention period has passed since the send, in flight or not, so an older one is sent again (a fresh
+    /// copy, whose age starts over) and deleted instead: a held message is at most this plus 12 hours old.
+    /// </summary>
+    internal static readonly TimeSpan FifoRefreshAge = TimeSpan.FromHours(1);
+
+    private static DateTimeOffset? SentAt(JsonElement message)
+        => message.TryGetProperty("Attributes", out var attributes) && attributes.ValueKind == JsonValueKind.Object
+            && attributes.TryGetProperty("SentTimestamp", out var sent) && sent.ValueKind == JsonValueKind.String
+            && long.TryParse(sent.GetString(), NumberStyles.None, CultureInfo.InvariantCulture, out var ms)
+            ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
+            : null;
 
     /// <summary>
     /// How long a FIFO message that is not due yet stays invisible: the rest of its wait, at most what SQS allows. SQS
@@ -605,7 +701,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// <summary>
     /// Sends the entries, and sends again (up to four more times, after 0.2, 0.4, 0.8 and 1.6 s) those SQS failed for a
     /// reason of its own (per entry, with HTTP 200): a submitted job whose enqueue fails stays Queued in the store with no
-    /// message. A resent entry keeps its deduplication id.
+    /// message. A resent entry keeps its deduplication id. A resend that fails as a whole fails only the entries it
+    /// carried: the others were sent.
     /// </summary>
     private async Task<Exception?[]> SendBatchAsync(Band band, SendEntry[] entries)
     {
@@ -627,7 +724,27 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(200 << retry), _time).ConfigureAwait(false);
-            var resent = await SendOnceAsync(band, [.. again.Select(i => entries[i])]).ConfigureAwait(false);
+            var resend = new SendEntry[again.Count];
+            for (var j = 0; j < again.Count; j++)
+            {
+                resend[j] = entries[again[j]];
+            }
+
+            Exception?[] resent;
+            try
+            {
+                resent = await SendOnceAsync(band, resend).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                for (var j = 0; j < again.Count; j++)
+                {
+                    results[again[j]] = e;
+                }
+
+                break;
+            }
+
             for (var j = 0; j < again.Count; j++)
             {
                 results[again[j]] = resent[j];
@@ -736,6 +853,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         if (_options.DeadLetterQueueName is { } dlqName)
         {
             _deadLetterUrl = await ResolveAsync(dlqName, redriveTo: null, cancellationToken).ConfigureAwait(false);
+            CheckKind(_deadLetterUrl, "SqsQueueOptions.DeadLetterQueueName");
             if (_options.CreateQueues)
             {
                 deadLetterArn = await GetArnAsync(_deadLetterUrl, cancellationToken).ConfigureAwait(false);
@@ -745,12 +863,34 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         foreach (var band in _bands)
         {
             band.Url = await ResolveAsync(band.Name, deadLetterArn, cancellationToken).ConfigureAwait(false);
+            CheckKind(band.Url, _options.Bands.Count == 0 ? "SqsQueueOptions.QueueName" : "SqsQueueOptions.Bands");
         }
 
         // A payload bucket that is not there fails the start, not the first large message.
         if (_payloads is not null)
         {
             await _payloads.EnsureExistsAsync(_options.PayloadStorage.CreateBucket, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Fails the start when a queue is not of the kind <see cref="SqsQueueOptions.Fifo"/> says: a FIFO queue refuses
+    /// messages without a group, a standard queue ones with a group. SQS requires a FIFO queue's name to end in
+    /// <c>.fifo</c> and allows no dot in a standard queue's name, so the name says which kind the queue is.
+    /// </summary>
+    private void CheckKind(string url, string setting)
+    {
+        var isFifo = url.TrimEnd('/').EndsWith(".fifo", StringComparison.Ordinal);
+        if (isFifo != _options.Fifo)
+        {
+            throw new AwsServiceException(
+                "sqs",
+                "QueueKindMismatch",
+                null,
+                transient: false,
+                isFifo
+                    ? $"The SQS queue {url} (from {setting}) is a FIFO queue, but SqsQueueOptions.Fifo is false. Set SqsQueueOptions.Fifo = true, or use a standard queue."
+                    : $"The SQS queue {url} (from {setting}) is a standard queue, but SqsQueueOptions.Fifo is true. Set SqsQueueOptions.Fifo = false, or use a FIFO queue (its name ends in .fifo).");
         }
     }
 
@@ -784,6 +924,10 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 w.WriteString("QueueName", s.name);
                 w.WriteStartObject("Attributes");
+
+                // SQS's longest retention (14 days) instead of its default of 4: the job store, not the queue, decides
+                // when a job is given up, and a message that ages out is a Queued job that never runs.
+                w.WriteString("MessageRetentionPeriod", MaxRetentionSeconds);
                 if (s.Fifo)
                 {
                     w.WriteString("FifoQueue", "true");

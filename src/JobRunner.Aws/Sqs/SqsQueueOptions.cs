@@ -18,8 +18,9 @@ public sealed class SqsQueueOptions
     /// <value>The default value is <see langword="null"/>.</value>
     public AWSCredentials? Credentials { get; set; }
 
-    /// <summary>Gets or sets the name of the queue when there is one band (all priorities), or the prefix of the band queues'
-    /// names. A FIFO queue's name ends in <c>.fifo</c>, which is added when <see cref="Fifo"/> is set.</summary>
+    /// <summary>Gets or sets the name (or full URL) of the queue when <see cref="Bands"/> is empty (one queue for all
+    /// priorities). It is not used when <see cref="Bands"/> has bands: each band names its own queue. A FIFO queue's name
+    /// ends in <c>.fifo</c>, which is added to a name (not a URL) when <see cref="Fifo"/> is set.</summary>
     /// <value>The default value is <c>jobrunner</c>.</value>
     public string QueueName { get; set; } = "jobrunner";
 
@@ -31,8 +32,16 @@ public sealed class SqsQueueOptions
     /// <value>The default value is empty.</value>
     public IList<SqsPriorityBand> Bands { get; } = [];
 
-    /// <summary>Gets or sets whether the queues are FIFO queues: the tenant is the message group, so one tenant's jobs
-    /// leave in order and do not hold up other tenants.</summary>
+    /// <summary>
+    /// Gets or sets whether the queues are FIFO queues. The tenant is the message group: one tenant's jobs are delivered
+    /// in the order they were sent, and one tenant's jobs do not hold up another tenant's. SQS delivers no message of a
+    /// group while another message of that group is in flight, and a message stays in flight while its job runs (its
+    /// visibility is the lease), so a tenant's jobs run one receive at a time (a receive can bring several of them): a
+    /// long-running job holds up its tenant's later jobs until it ends. Use a standard queue (the default) for jobs of
+    /// one tenant to run side by side. A job that is not due yet is held in flight (there are no per-message delays on
+    /// FIFO queues) in a group of its own, sent again about every 12 hours; SQS limits how many messages a FIFO queue
+    /// may have in flight, and receives stop when it is reached, so keep many far-off scheduled jobs on standard queues.
+    /// </summary>
     /// <value>The default value is <see langword="false"/>.</value>
     public bool Fifo { get; set; }
 
@@ -78,9 +87,14 @@ public sealed class SqsQueueOptions
     /// <value>The default value is 256,000 (just under SQS's 256 KiB limit).</value>
     public int LargePayloadThreshold { get; set; } = 256_000;
 
-    /// <summary>Gets or sets the S3 settings used for large payloads (endpoint, path style); the region and credentials default to the queue's.</summary>
-    /// <value>The default value is a new <see cref="S3StoreOptions"/>.</value>
-    public S3StoreOptions PayloadStorage { get; set; } = new();
+    /// <summary>
+    /// Gets or sets the S3 settings used for large payloads (endpoint, path style, prefix, region, credentials); its
+    /// <see cref="S3StoreOptions.Bucket"/> is not used (<see cref="LargePayloadBucket"/> is). A <see langword="null"/>
+    /// <see cref="S3StoreOptions.Region"/> or <see cref="S3StoreOptions.Credentials"/> means the queue's. Note that a
+    /// new <see cref="S3StoreOptions"/> takes its region from <c>AWS_REGION</c>, which then wins over the queue's.
+    /// </summary>
+    /// <value>The default value is an <see cref="S3StoreOptions"/> with no region and no credentials: the queue's.</value>
+    public S3StoreOptions PayloadStorage { get; set; } = new() { Region = null };
 }
 
 /// <summary>One priority band of the SQS queue: the priorities from <paramref name="MinPriority"/> up to the next band's go to one queue.</summary>

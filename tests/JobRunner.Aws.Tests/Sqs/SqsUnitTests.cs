@@ -243,6 +243,23 @@ public sealed class SqsUnitTests
     }
 
     [Fact]
+    public void Options_PayloadStorage_TakesTheQueuesRegionByDefault_EvenWithAwsRegionSet()
+    {
+        // A new S3StoreOptions reads AWS_REGION; the payload storage's default must not, or it would win over the queue's.
+        Assert.Null(new SqsQueueOptions().PayloadStorage.Region);
+    }
+
+    [Fact]
+    public void Options_PayloadStorageMissing_NamesTheFix_InsteadOfFailingLater()
+    {
+        var none = new SqsQueueOptions { Region = "us-east-1", PayloadStorage = null! };
+        var noPrefix = new SqsQueueOptions { Region = "us-east-1", PayloadStorage = new S3StoreOptions { Prefix = null! } };
+
+        Assert.Equal(["SqsQueueOptions.PayloadStorage is null. Leave the default, or set it to a new S3StoreOptions."], new SqsQueueOptionsValidator().Validate(null, none).Failures);
+        Assert.Equal(["SqsQueueOptions.PayloadStorage.Prefix is null. Set it to \"\" for none, or a prefix such as \"jobrunner/\"."], new SqsQueueOptionsValidator().Validate(null, noPrefix).Failures);
+    }
+
+    [Fact]
     public void Options_UnknownRegionWithAnEmulator_IsAllowed()
     {
         var options = new SqsQueueOptions { Region = "local", ServiceUrl = new Uri("http://127.0.0.1:1") };
