@@ -44,7 +44,7 @@ internal static partial class Log
     [LoggerMessage(13, LogLevel.Warning, "Job {JobId}: acknowledging its delivery failed; the queue delivers it again, and the store refuses the second run.")]
     public static partial void AcknowledgeFailed(ILogger logger, JobId jobId, Exception exception);
 
-    [LoggerMessage(14, LogLevel.Error, "Job {JobId}: queueing it again after its lease expired failed; the next sweep does not see it (it is Queued in the store).")]
+    [LoggerMessage(14, LogLevel.Error, "Job {JobId}: queueing it again after its lease expired failed, also after retries for about 30 s; the next sweep does not see it (it is Queued in the store).")]
     public static partial void RequeueFailed(ILogger logger, JobId jobId, Exception exception);
 
     [LoggerMessage(15, LogLevel.Warning, "Giving {Count} held jobs back to the queue at shutdown failed; they wait until their visibility lapses.")]
@@ -52,4 +52,7 @@ internal static partial class Log
 
     [LoggerMessage(16, LogLevel.Warning, "A workload's callback on CheckpointRequested failed at shutdown.")]
     public static partial void CheckpointRequestFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(17, LogLevel.Warning, "Job {JobId}: queueing it again after its lease expired failed; retrying in {Delay}.")]
+    public static partial void RequeueRetrying(ILogger logger, JobId jobId, TimeSpan delay, Exception exception);
 }

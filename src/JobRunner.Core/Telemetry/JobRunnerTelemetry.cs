@@ -17,6 +17,7 @@ internal sealed class JobRunnerTelemetry : IDisposable
     public const string Name = "JobRunner";
 
     private readonly Meter _meter;
+    private readonly bool _ownsMeter;
     private readonly Counter<long> _submitted;
     private readonly Counter<long> _started;
     private readonly Counter<long> _completed;
@@ -24,10 +25,14 @@ internal sealed class JobRunnerTelemetry : IDisposable
     private readonly UpDownCounter<long> _active;
     private readonly Histogram<double> _wait;
 
-    public JobRunnerTelemetry(IJobQueue queue, Scheduling.JobScheduler scheduler, TimeProvider time)
+    public JobRunnerTelemetry(IJobQueue queue, Scheduling.JobScheduler scheduler, TimeProvider time, IMeterFactory? meters = null)
     {
         var version = typeof(JobRunnerTelemetry).Assembly.GetName().Version?.ToString();
-        _meter = new Meter(Name, version);
+
+        // From the host's factory when it has one (the generic host does): two hosts in one process then publish
+        // through two meters a listener can tell apart (Meter.Scope), each disposed with its host's container.
+        _ownsMeter = meters is null;
+        _meter = meters?.Create(new MeterOptions(Name) { Version = version }) ?? new Meter(Name, version);
         ActivitySource = new ActivitySource(Name, version);
         _submitted = _meter.CreateCounter<long>("jobrunner.jobs.submitted", "{job}", "Jobs submitted.");
         _started = _meter.CreateCounter<long>("jobrunner.jobs.started", "{attempt}", "Attempts started.");
@@ -109,7 +114,11 @@ internal sealed class JobRunnerTelemetry : IDisposable
 
     public void Dispose()
     {
-        _meter.Dispose();
+        if (_ownsMeter)
+        {
+            _meter.Dispose();
+        }
+
         ActivitySource.Dispose();
     }
 

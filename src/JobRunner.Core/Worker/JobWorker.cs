@@ -917,13 +917,33 @@ internal sealed partial class JobWorker : BackgroundService
             // The store already made them Queued: each is enqueued whatever the others do and whether or not the
             // worker is stopping, or it would wait in no queue.
             Log.Reclaimed(_logger, job.Id);
+            await RequeueReclaimedAsync(QueuedJob.For(job, now)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Enqueues a reclaimed job, retrying with the completion write's back-off (1, 2, 4, ... 16 s): its old delivery may
+    /// be gone (the attempt that lost the lease acknowledged it), and with a queue that keeps its own messages (SQS) a
+    /// Queued job without one would wait forever.
+    /// </summary>
+    private async Task RequeueReclaimedAsync(QueuedJob job)
+    {
+        for (var delay = TimeSpan.FromSeconds(1); ; delay *= 2)
+        {
             try
             {
-                await _queue.EnqueueAsync(QueuedJob.For(job, now), CancellationToken.None).ConfigureAwait(false);
+                await _queue.EnqueueAsync(job, CancellationToken.None).ConfigureAwait(false);
+                return;
+            }
+            catch (Exception e) when (delay <= MaxCompletionRetryDelay)
+            {
+                Log.RequeueRetrying(_logger, job.Id, delay, e);
+                await Task.Delay(delay, Time).ConfigureAwait(false);
             }
             catch (Exception e)
             {
                 Log.RequeueFailed(_logger, job.Id, e);
+                return;
             }
         }
     }

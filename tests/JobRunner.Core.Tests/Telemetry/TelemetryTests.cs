@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using JobRunner.Tests.Support;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Tests.Telemetry;
 
@@ -132,6 +133,32 @@ public sealed class TelemetryTests
         release.SetResult();
         await host.WaitForStateAsync(delayed, JobState.Succeeded);
         await host.WaitForStateAsync(blocker, JobState.Succeeded);
+    }
+
+    [Fact]
+    public void Meter_ComesFromTheHostsMeterFactory_WhenItHasOne()
+    {
+        var services = new ServiceCollection();
+        services.AddMetrics();
+        services.AddJobRunner(static _ => { });
+        using var provider = services.BuildServiceProvider();
+        var factory = provider.GetRequiredService<IMeterFactory>();
+        var scopes = new ConcurrentQueue<object?>();
+        using var listener = new MeterListener
+        {
+            InstrumentPublished = (instrument, _) =>
+            {
+                if (instrument.Meter.Name == "JobRunner")
+                {
+                    scopes.Enqueue(instrument.Meter.Scope);
+                }
+            },
+        };
+        listener.Start();
+
+        _ = provider.GetRequiredService<JobRunner.Telemetry.JobRunnerTelemetry>();
+
+        Assert.Contains(factory, scopes);
     }
 
     [Fact]

@@ -609,6 +609,62 @@ public sealed class JobWorkerTests
         await host.WaitForStateAsync(running, JobState.Succeeded);
     }
 
+    [Fact]
+    public async Task Reclaim_EnqueueFailsTwice_IsRetried_AndTheJobRuns()
+    {
+        FailingEnqueues? queue = null;
+        await using var host = new TestHost(r => r.UseQueue(sp => queue = new FailingEnqueues(sp.GetRequiredService<InMemoryJobQueue>())));
+        await host.StartAsync();
+
+        // A worker that died holding the job (its delivery gone): its lease expires, and the sweep queues the job again.
+        var store = host.Services.GetRequiredService<IJobStore>();
+        var now = host.Time.GetUtcNow();
+        var job = new JobRecord { Id = JobId.New(host.Time), Request = new JobRequest("work"), State = JobState.Queued, CreatedAt = now, UpdatedAt = now };
+        await store.InsertAsync(job, default);
+        Assert.NotNull(await store.TryAcquireLeaseAsync(job.Id, "dead-worker", TimeSpan.FromSeconds(30), default));
+        queue!.FailuresLeft = 2;
+        host.Time.Advance(TimeSpan.FromSeconds(35));
+
+        // Two failed enqueues, each followed by a back-off on the host's clock, which moves on a second at a time.
+        var done = host.WaitForStateAsync(job.Id, JobState.Succeeded);
+        while (!done.IsCompleted)
+        {
+            host.Time.Advance(TimeSpan.FromSeconds(1));
+            await Task.WhenAny(done, Task.Delay(TimeSpan.FromMilliseconds(20), TimeProvider.System));
+        }
+
+        await done;
+        Assert.Equal(2, queue.Failures.Reader.Count);
+        Assert.Single(host.Behavior.Started);
+    }
+
+    /// <summary>Fails enqueues while <see cref="FailuresLeft"/> is above zero; forwards everything else.</summary>
+    private sealed class FailingEnqueues(IJobQueue inner) : IJobQueue
+    {
+        public int FailuresLeft;
+
+        public System.Threading.Channels.Channel<bool> Failures { get; } = System.Threading.Channels.Channel.CreateUnbounded<bool>();
+
+        public ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
+        {
+            if (Interlocked.Decrement(ref FailuresLeft) >= 0)
+            {
+                Failures.Writer.TryWrite(true);
+                throw new IOException("The queue cannot be reached.");
+            }
+
+            return inner.EnqueueAsync(job, cancellationToken);
+        }
+
+        public ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken) => inner.DequeueAsync(buffer, visibility, cancellationToken);
+
+        public ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.AcknowledgeAsync(jobs, cancellationToken);
+
+        public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.ReturnAsync(jobs, cancellationToken);
+
+        public ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken) => inner.ExtendAsync(jobs, visibility, cancellationToken);
+    }
+
     /// <summary>Look-ups hang while <see cref="Hang"/> is set (until <see cref="Unblock"/>); renewals are reported.</summary>
     private sealed class HangingLookups(IJobStore inner) : DelegatingJobStore(inner)
     {
