@@ -20,7 +20,10 @@ public abstract class DelegatingJobStore : IJobStore
     /// <inheritdoc />
     public virtual ValueTask<SubmitResult> InsertAsync(JobRecord job, CancellationToken cancellationToken) => Inner.InsertAsync(job, cancellationToken);
 
-    /// <inheritdoc />
+    /// <summary>Forwards a bulk insert to <see cref="Inner"/> as one call (not through <see cref="InsertAsync"/>): override both to observe every insert.</summary>
+    /// <param name="jobs">The jobs.</param>
+    /// <param name="cancellationToken">Cancels the insert.</param>
+    /// <returns>One result per job, in order.</returns>
     public virtual ValueTask<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
         => Inner.InsertManyAsync(jobs, cancellationToken);
 

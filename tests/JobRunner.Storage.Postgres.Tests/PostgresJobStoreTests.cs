@@ -637,19 +637,22 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
         await store.ReclaimExpiredLeasesAsync(default);
         var current = (await store.TryAcquireLeaseAsync(job.Id, "w", TimeSpan.FromSeconds(30), default))!;
 
-        // Both in one batch: the first batch is held until both wait behind it.
+        // Both in one batch: the first batch is held, in flight, until both wait behind it.
         using var release = new ManualResetEventSlim();
+        var inFlight = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var batches = 0;
         store.AfterCompleteBatch = _ =>
         {
             if (Interlocked.Increment(ref batches) == 1)
             {
+                inFlight.SetResult();
                 release.Wait(TimeSpan.FromSeconds(30));
             }
         };
         var other = (await store.InsertAsync(Jobs.New(_time), default)).Job;
         var otherLease = (await store.TryAcquireLeaseAsync(other.Id, "w", TimeSpan.FromSeconds(30), default))!;
         var first = store.CompleteAttemptAsync(otherLease.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default).AsTask();
+        await inFlight.Task.WaitAsync(TimeSpan.FromSeconds(30));
         var old = store.CompleteAttemptAsync(stale.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "stale" }, default).AsTask();
         var now = store.CompleteAttemptAsync(current.Lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default).AsTask();
         release.Set();

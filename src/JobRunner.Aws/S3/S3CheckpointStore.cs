@@ -66,9 +66,11 @@ internal sealed class S3CheckpointStore : ICheckpointStore, IDisposable
     {
         var prefix = JobPrefix(jobId);
 
-        // A save deletes older objects after it writes a newer one: an object listed here can be gone by its GET. When
-        // every listed checkpoint was missing, a newer one was saved meanwhile, so list again (a few times at most).
-        for (var round = 0; round < 3; round++)
+        // A save deletes older objects after it writes a newer one: an object listed here can be gone by its GET. Then a
+        // newer one was saved meanwhile, so list again rather than take an older one (a leftover of a failed clean-up);
+        // the last of three rounds takes the newest it can read.
+        const int Rounds = 3;
+        for (var round = 0; round < Rounds; round++)
         {
             var keys = await _bucket.ListAsync(prefix, startAfter: null, cancellationToken).ConfigureAwait(false);
             var missing = false;
@@ -83,6 +85,10 @@ internal sealed class S3CheckpointStore : ICheckpointStore, IDisposable
                 if (body is null)
                 {
                     missing = true;
+                    if (round < Rounds - 1)
+                    {
+                        break;
+                    }
                 }
                 else if (TryDecode(body, fence, out var stored))
                 {

@@ -131,7 +131,8 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             var taken = TakeOverflow(buffer.Span, visibility, ref release);
             if (release is not null)
             {
-                await ReleaseAsync(release).ConfigureAwait(false);
+                // In the background: the jobs taken must not spend their visibility waiting for it.
+                _ = ReleaseAsync(release);
             }
 
             if (taken > 0)
@@ -373,12 +374,14 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             {
                 var job = _overflow[i];
                 var receipt = (SqsReceipt)job.Receipt!;
-                var left = receipt.ReceivedAt + receipt.Visibility - now;
-                if (left < visibility / 2)
+                // Lapsed for sure counts from when the receive was sent; what is left after waiting here, from when its
+                // answer arrived (a long poll's wait before it answers is no time spent here).
+                var lapsed = receipt.ReceivedAt + receipt.Visibility <= now;
+                if (lapsed || receipt.ArrivedAt + receipt.Visibility - now < visibility / 2)
                 {
                     // Not handed out: whoever receives the message next holds its S3 body (if any).
                     ForgetPayloadLocked(receipt);
-                    if (left > TimeSpan.Zero)
+                    if (!lapsed)
                     {
                         (release ??= []).Add(job);
                     }
@@ -408,8 +411,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         {
             await ChangeVisibilityAsync(jobs, TimeSpan.Zero, _stopping).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is AwsServiceException or OperationCanceledException)
+        catch (Exception e)
         {
+            // Run in the background: nothing else observes it.
             Log.ReturnFailed(_logger, jobs.Count, e);
         }
     }
@@ -448,6 +452,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
                 w.WriteEndArray();
             },
             _stopping).ConfigureAwait(false);
+        var arrivedAt = _time.GetUtcNow();
 
         if (!response.RootElement.TryGetProperty("Messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
         {
@@ -463,14 +468,14 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             if (valid && pointer is null && !(decoded.DueAt is { } due && due - receivedAt > TimeSpan.FromSeconds(1)))
             {
                 // The common case, without a task: a dispatch body that is due.
-                ready.Add(decoded with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, PayloadKey: null) });
+                ready.Add(decoded with { Receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, PayloadKey: null, arrivedAt) });
                 continue;
             }
 
             var messageId = message.TryGetProperty("MessageId", out var id) ? id.GetString() : null;
             try
             {
-                if (await ReadAsync(band, handle, body, messageId, receivedAt, SentAt(message), visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
+                if (await ReadAsync(band, handle, body, messageId, (receivedAt, arrivedAt), SentAt(message), visibility, problem, decoded, pointer).ConfigureAwait(false) is { } job)
                 {
                     ready.Add(job);
                 }
@@ -492,8 +497,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// Turns a message the receive already decoded into a ready job: poison (<c>poison</c> says why) goes to the
     /// dead-letter queue, a body in S3 (<c>pointer</c>) is fetched, a job not due yet waits longer.
     /// </summary>
-    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, DateTimeOffset receivedAt, DateTimeOffset? sentAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
+    private async Task<QueuedJob?> ReadAsync(Band band, string handle, string body, string? messageId, (DateTimeOffset Sent, DateTimeOffset Arrived) receive, DateTimeOffset? sentAt, TimeSpan visibility, string? poison, QueuedJob job, string? pointer)
     {
+        var receivedAt = receive.Sent;
         var ct = _stopping;
         if (poison is not null)
         {
@@ -534,7 +540,9 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             }
             else
             {
-                var entry = new SendEntry(body, rest, job.Tenant, job.Id, Delayed: true, now.ToUnixTimeMilliseconds());
+                // Deduplicated by the message it replaces (its send time): if the delete below fails, the old message
+                // comes back and is sent again, and SQS (FIFO) drops that second copy within its five minutes.
+                var entry = new SendEntry(body, rest, job.Tenant, job.Id, Delayed: true, (sentAt ?? now).ToUnixTimeMilliseconds());
                 await band.Sends.AddAsync(entry).ConfigureAwait(false);
                 await band.Deletes.AddAsync(handle).ConfigureAwait(false);
             }
@@ -542,7 +550,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
             return null;
         }
 
-        var receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer);
+        var receipt = new SqsReceipt(band.Index, handle, receivedAt, visibility, pointer, receive.Arrived);
         if (pointer is not null)
         {
             lock (_lock)

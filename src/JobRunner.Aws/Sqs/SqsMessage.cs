@@ -188,7 +188,9 @@ internal static class SqsMessage
 /// <summary>The delivery handle of a received message, kept in <see cref="QueuedJob.Receipt"/>.</summary>
 /// <param name="Band">The index of the band (queue) it came from.</param>
 /// <param name="Handle">The SQS receipt handle.</param>
-/// <param name="ReceivedAt">When it was received.</param>
+/// <param name="ReceivedAt">When its receive was sent (its visibility started no earlier).</param>
 /// <param name="Visibility">The visibility it was received with.</param>
 /// <param name="PayloadKey">The S3 key of an offloaded body, deleted with the message.</param>
-internal sealed record SqsReceipt(int Band, string Handle, DateTimeOffset ReceivedAt, TimeSpan Visibility, string? PayloadKey);
+/// <param name="ArrivedAt">When the receive's answer arrived (a long poll may wait up to 20 s before it answers; the
+/// visibility started about then).</param>
+internal sealed record SqsReceipt(int Band, string Handle, DateTimeOffset ReceivedAt, TimeSpan Visibility, string? PayloadKey, DateTimeOffset ArrivedAt);

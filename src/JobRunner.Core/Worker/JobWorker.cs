@@ -830,10 +830,14 @@ internal sealed partial class JobWorker : BackgroundService
                 {
                     Log.HeartbeatFailed(_logger, e);
                 }
-
-                if (parked.Count > 0)
+                finally
                 {
-                    _giveBack = GiveBackParkedAsync(parked, cancellationToken);
+                    // Also when the worker stops during this tick: these jobs are no longer in the scheduler, so the
+                    // shutdown's return of held jobs does not see them.
+                    if (parked.Count > 0)
+                    {
+                        _giveBack = GiveBackParkedAsync(parked, cancellationToken);
+                    }
                 }
             }
         }
@@ -864,10 +868,14 @@ internal sealed partial class JobWorker : BackgroundService
                 }
             }
         }
-        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception e)
         {
-            // The store is unreachable: give them all back; a worker that leases one finds out.
-            Log.HeartbeatFailed(_logger, e);
+            // The store is unreachable, or the worker stops: give the rest back unchecked; a worker that leases one finds
+            // out.
+            if (!cancellationToken.IsCancellationRequested)
+            {
+                Log.HeartbeatFailed(_logger, e);
+            }
         }
 
         try

@@ -68,6 +68,31 @@ public sealed class S3CheckpointStoreUnitTests
         Assert.Equal(data, loaded.Data.ToArray());
     }
 
+    [Fact]
+    public async Task CheckpointLoad_NewestListedDeletedBeforeItsRead_DoesNotTakeAnOlderLeftover()
+    {
+        // Fence 3 is a leftover of a failed clean-up; 10 is deleted by a save of 15 between the listing and the read.
+        var s3 = Substitute.For<IAmazonS3>();
+        using var store = new S3CheckpointStore(new S3Bucket(s3, "state", "", ownsClient: false));
+        var job = JobId.New(TimeProvider.System);
+        s3.ListObjectsV2Async(Arg.Any<ListObjectsV2Request>(), Arg.Any<CancellationToken>())
+            .Returns(Listing(store.Key(job, 3), store.Key(job, 10)), Listing(store.Key(job, 3), store.Key(job, 15)));
+        s3.GetObjectAsync("state", store.Key(job, 10), Arg.Any<CancellationToken>())
+            .ThrowsAsync(new AmazonS3Exception("gone") { StatusCode = HttpStatusCode.NotFound, ErrorCode = "NoSuchKey" });
+        s3.GetObjectAsync("state", store.Key(job, 3), Arg.Any<CancellationToken>()).Returns(_ => Checkpoint(3, [1]));
+        s3.GetObjectAsync("state", store.Key(job, 15), Arg.Any<CancellationToken>()).Returns(_ => Checkpoint(15, [9]));
+
+        var loaded = await store.LoadAsync(job, CancellationToken.None);
+
+        Assert.Equal(15, loaded!.FenceToken);
+    }
+
+    private static GetObjectResponse Checkpoint(long fence, byte[] data)
+    {
+        var body = Encoding.ASCII.GetBytes($"JRCP1 {fence} 2 {Convert.ToHexStringLower(SHA256.HashData(data))}\n").Concat(data).ToArray();
+        return new GetObjectResponse { ResponseStream = new MemoryStream(body), ContentLength = body.Length };
+    }
+
     private static ListObjectsV2Response Listing(params string[] keys)
         => new() { S3Objects = keys.Select(k => new S3Object { Key = k }).ToList(), IsTruncated = false };
 }
