@@ -518,6 +518,71 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds()
+    {
+        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1");
+        var context = new TestContext { FailWrites = static _ => new InvalidOperationException("the log store is down") };
+
+        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+    }
+
+    [Fact]
+    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["lost"] };
+        var failed = 0;
+        var context = new TestContext
+        {
+            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? new InvalidOperationException("the log store is down") : null,
+        };
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await K8sTest.UntilAsync(() => Volatile.Read(ref failed) > 0, "The first output line was never written.");
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "kept");
+        await context.WaitForLineAsync("kept", LogStream.Output);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(["kept"], context.Output);
+    }
+
+    [Fact]
+    public async Task Execute_LogStreamResetManyTimesWhileThePodRuns_KeepsReconnecting()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        var context = new TestContext();
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync(": running");
+
+        // Each connection delivers a line, then is reset (more resets than the stream once allowed per pod).
+        var expected = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            var line = $"line {i}";
+            expected.Add(line);
+            test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", line);
+            await context.WaitForLineAsync(line, LogStream.Output);
+            test.Server.BreakLogStreams();
+        }
+
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "last");
+        await context.WaitForLineAsync("last", LogStream.Output);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal([.. expected, "last"], context.Output);
+    }
+
+    [Fact]
     public async Task Execute_WatchExpiresMidRun_RelistsAndFinishes()
     {
         await using var test = await K8sTest.StartAsync();
