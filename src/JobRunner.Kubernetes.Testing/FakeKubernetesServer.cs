@@ -125,6 +125,15 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         }
     }
 
+    /// <summary>Drops the faults <see cref="InjectFault"/> set up that have not been used yet: matching requests are answered again.</summary>
+    public void ClearFaults()
+    {
+        lock (_lock)
+        {
+            _faults.Clear();
+        }
+    }
+
     /// <summary>Compacts the watch history: every open watch gets a 410 <c>Expired</c> ERROR event and is closed, and a watch from an older resourceVersion gets the same.</summary>
     public void ExpireWatches()
     {

@@ -34,6 +34,9 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     // waits for the next try, so that attempts fail with the API's message instead of waiting forever.
     private TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>How many lists in a row (each with the client's own retries) may fail before the waiting attempts fail.</summary>
+    internal const int FailuresBeforeListed = 3;
+
     private Task? _loops;
     private int _relists;
     private int _reconnects;
@@ -200,16 +203,19 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             catch (Exception e)
 #pragma warning restore CA1031
             {
-                if (!listed && e is KubernetesApiException { IsTransient: false } refused)
+                failures++;
+                if (!listed && (e is KubernetesApiException { IsTransient: false } || failures >= FailuresBeforeListed))
                 {
-                    // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials):
-                    // the attempts waiting for the watch fail with the API's message; the watch keeps trying.
+                    // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials),
+                    // or failing again and again (the server cannot be reached: DNS, TLS, connection refused; 504s): the
+                    // attempts waiting for the watch fail with the last error; the watch keeps trying.
                     ref var synced = ref isJobs ? ref _jobsSynced : ref _podsSynced;
                     var waiting = Interlocked.Exchange(ref synced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-                    waiting.TrySetException(refused);
+                    waiting.TrySetException(e is HttpRequestException unreachable
+                        ? new KubernetesApiException(0, "Unreachable", $"Kubernetes API: could not list {kind} in namespace '{_namespace}': the API server at {_client.BaseAddress} cannot be reached ({unreachable.Message}). Check the server address, DNS, the network path and the certificate authority.", innerException: e)
+                        : e);
                 }
 
-                failures++;
                 var delay = TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(failures, 8)), 10_000));
                 Log.WatchFailed(_logger, e, kind, _namespace, delay);
                 try

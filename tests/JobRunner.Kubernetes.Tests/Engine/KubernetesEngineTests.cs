@@ -284,6 +284,43 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_ServerUnreachable_FailsTheAttemptTransiently_NamingTheServer()
+    {
+        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once.
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        var options = new KubernetesEngineOptions { Server = new Uri($"http://127.0.0.1:{port}"), Namespace = "jobs" };
+        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new HurriedTime());
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.True(error.IsTransient);
+        Assert.Contains("cannot be reached", error.Message, StringComparison.Ordinal);
+        Assert.Contains($"127.0.0.1:{port}", error.Message, StringComparison.Ordinal);
+        Assert.IsType<HttpRequestException>(error.InnerException);
+    }
+
+    [Fact]
+    public async Task Execute_ListsAnswer504Repeatedly_FailsTheAttempt_AndALaterAttemptRunsOnceTheServerAnswers()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(504, count: 1000, match: static r => r.Method == "GET" && !r.IsWatch);
+        var host = test.Host(new HurriedTime());
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        Assert.Equal(504, error.StatusCode);
+        Assert.Equal(0, test.Posts);
+
+        // The watch kept trying; once the server answers, the next attempt runs.
+        test.Server.ClearFaults();
+        var context = new TestContext();
+        await host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
     public async Task Execute_JobDeletedAsSoonAsItFinished_IsJudgedByItsLastState()
     {
         // TtlAfterFinished = 0: the TTL controller deletes each Job (and its pod) the moment it finishes, so the watch
