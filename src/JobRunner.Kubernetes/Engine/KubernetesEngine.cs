@@ -355,9 +355,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private volatile bool _jobGone;
     private DateTimeOffset? _pullSince;
     private DateTimeOffset? _unschedulableSince;
+    private DateTimeOffset? _startSince;
     private DateTimeOffset? _noPodSince;
     private DateTimeOffset? _podGraceUntil;
     private bool _listedPods;
+    private bool _reportedSuspended;
     private Task? _logs;
     private string? _lastReported;
 
@@ -570,7 +572,17 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (pod is not null)
         {
             _noPodSince = null;
-            CheckStuck(pod, main, now);
+            await CheckStuckAsync(pod, main, now, cancellationToken).ConfigureAwait(false);
+        }
+        else if (job is not null && IsSuspended(job))
+        {
+            // Held back by a queueing controller (Kueue): no pod is expected until it is admitted, however long that takes.
+            _noPodSince = null;
+            if (!_reportedSuspended)
+            {
+                _reportedSuspended = true;
+                await KubernetesEngine.TryLogAsync(Context, Logger, $"Kubernetes Job {Name} is suspended (held by a queue such as Kueue); waiting for it to be admitted.").ConfigureAwait(false);
+            }
         }
         else if (job is not null)
         {
@@ -602,7 +614,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    private void CheckStuck(KubePod pod, ContainerStatus? main, DateTimeOffset now)
+    /// <summary>Whether the Job is suspended (<c>spec.suspend</c>, or its <c>Suspended</c> condition), as Kueue keeps a Job it has not admitted yet.</summary>
+    internal static bool IsSuspended(KubeJob job)
+        => job.Spec?.Suspend == true || job.Status?.Conditions?.Exists(static c => c.Type == "Suspended" && c.Status == "True") == true;
+
+    private async Task CheckStuckAsync(KubePod pod, ContainerStatus? main, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var waiting = main?.State?.Waiting;
         if (waiting?.Reason is "InvalidImageName" or "ErrImageNeverPull")
@@ -623,18 +639,57 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             _pullSince = null;
         }
 
-        var scheduled = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
-        if (scheduled is { Status: "False", Reason: "Unschedulable" })
+        // A scheduled container that does not start for a reason other than its image: a Secret or ConfigMap it refers to
+        // is missing (CreateContainerConfigError), the runtime cannot create or run it, or it stays in ContainerCreating
+        // (a volume that cannot be mounted, a network that cannot be set up). The kubelet would keep trying forever.
+        var scheduled = pod.Spec?.NodeName is { Length: > 0 } || pod.Status?.Conditions?.Exists(static c => c.Type == "PodScheduled" && c.Status == "True") == true;
+        if (waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && waiting?.Reason is "ContainerCreating" or "PodInitializing"))
+        {
+            _startSince ??= now;
+            if (now - _startSince >= Options.ContainerStartLimit)
+            {
+                var configuration = waiting.Reason is "CreateContainerConfigError" or "CreateContainerError";
+                var hint = waiting.Reason switch
+                {
+                    "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
+                    "ContainerCreating" or "PodInitializing" => "Check the pod's volumes (Secrets, ConfigMaps, persistent volumes) and the node",
+                    _ => "Check ContainerSpec.Command and the container's settings against the image",
+                };
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+            }
+        }
+        else
+        {
+            _startSince = null;
+        }
+
+        var unschedulable = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
+        if (unschedulable is { Status: "False", Reason: "Unschedulable" })
         {
             _unschedulableSince ??= now;
             if (now - _unschedulableSince >= Options.UnschedulableLimit)
             {
-                FailPermanently(new WorkloadExitException(null, ExitReason.Unschedulable, isTransient: true, $"Pod {pod.Metadata.Name} could not be scheduled for {Options.UnschedulableLimit}: {scheduled.Message}. Check the node selector, tolerations and resources against the cluster's nodes, or raise KubernetesEngineOptions.UnschedulableLimit."));
+                FailPermanently(new WorkloadExitException(null, ExitReason.Unschedulable, isTransient: true, $"Pod {pod.Metadata.Name} could not be scheduled for {Options.UnschedulableLimit}: {unschedulable.Message}. Check the node selector, tolerations and resources against the cluster's nodes, or raise KubernetesEngineOptions.UnschedulableLimit."));
             }
         }
         else
         {
             _unschedulableSince = null;
+        }
+    }
+
+    /// <summary>The pod's warning events (e.g. FailedMount and why), as ": reason: message; …", or empty.</summary>
+    private async Task<string> PodEventsAsync(string pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var events = await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false);
+            var warnings = events.Items.Where(static e => e.Type == "Warning").TakeLast(3).Select(static e => $"{e.Reason}: {e.Message}").ToList();
+            return warnings.Count == 0 ? "" : "; events: " + string.Join("; ", warnings);
+        }
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException)
+        {
+            return "";
         }
     }
 
@@ -652,6 +707,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (_unschedulableSince is { } unschedulable && (due is null || unschedulable + Options.UnschedulableLimit < due))
         {
             due = unschedulable + Options.UnschedulableLimit;
+        }
+
+        if (_startSince is { } start && (due is null || start + Options.ContainerStartLimit < due))
+        {
+            due = start + Options.ContainerStartLimit;
         }
 
         if (_noPodSince is { } noPod && (due is null || noPod + Options.UnschedulableLimit < due))

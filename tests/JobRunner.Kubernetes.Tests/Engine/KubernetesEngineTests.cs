@@ -140,6 +140,57 @@ public sealed class KubernetesEngineTests
         Assert.Contains(test.Server.Requests, r => r.Method == "DELETE" && r.Body.Contains("\"propagationPolicy\":\"Background\"", StringComparison.Ordinal));
     }
 
+    [Theory]
+    [InlineData("CreateContainerConfigError", false, "secret \"db-password\" not found")]
+    [InlineData("CreateContainerError", false, "CreateContainerError")]
+    [InlineData("RunContainerError", true, "RunContainerError")]
+    [InlineData("ContainerCreating", true, "FailedMount: MountVolume.SetUp failed")]
+    public async Task Execute_ContainerThatNeverStartsPastTheLimit_FailsNamingTheReason_AndDeletesTheJob(string reason, bool transient, string quoted)
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { StuckWaiting = reason };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync($"waiting: {reason}");
+        if (reason == "ContainerCreating")
+        {
+            // Every pod passes through ContainerCreating: wait for the kubelet's event that says this one is stuck.
+            await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Any(static n => n.StartsWith("jr-", StringComparison.Ordinal)) && test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never reported the mount failure.");
+        }
+
+        Assert.False(run.IsCompleted);
+        time.Advance(TimeSpan.FromMinutes(15));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.Equal(transient, error.IsTransient);
+        Assert.Contains($"did not start in 00:15:00 ({reason}", error.Message, StringComparison.Ordinal);
+        Assert.Contains(quoted, error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_JobSuspendedByAQueue_IsNotFailedAsCreatingNoPod_AndRunsOnceAdmitted()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { Suspended = true, Logs = ["admitted"] };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        // Held back by the queue for longer than the no-pod limit, then admitted.
+        await context.WaitForLineAsync("is suspended");
+        time.Advance(TimeSpan.FromMinutes(11));
+        test.Server.ResumeJob("jobs", $"jr-{context.JobId}-1");
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.Equal(["admitted"], context.Output);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+    }
+
     [Fact]
     public async Task Execute_InvalidImageName_FailsPermanentlyAtOnce()
     {
