@@ -165,13 +165,24 @@ internal sealed class KubernetesConnection
         }
     }
 
-    public HttpMessageHandler CreateHandler(TimeProvider time, ILogger logger)
+    /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
+    public const int RequestConnections = 64;
+
+    /// <param name="time">The clock.</param>
+    /// <param name="logger">The logger.</param>
+    /// <param name="maxConnectionsPerServer">
+    /// The pool's connection limit: <see cref="RequestConnections"/> for plain requests; <see cref="int.MaxValue"/> for
+    /// watches and log streams, which hold a connection each for as long as they run (their number is bounded by the
+    /// attempts running), so that they never wait for one another nor take the plain requests' connections.
+    /// </param>
+    public HttpMessageHandler CreateHandler(TimeProvider time, ILogger logger, int maxConnectionsPerServer = RequestConnections)
     {
         var sockets = new SocketsHttpHandler
         {
             PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
-            MaxConnectionsPerServer = 64,
+            MaxConnectionsPerServer = maxConnectionsPerServer,
             EnableMultipleHttp2Connections = true,
+            ConnectTimeout = TimeSpan.FromSeconds(30),
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {

@@ -278,4 +278,46 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         Assert.True(error.IsTransient);
         Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Watch_NoResponseHeadersWithinTheTimeLimit_ThrowsTransientTimeout()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(503, count: 100, retryAfterSeconds: 30, match: static r => r.IsWatch);
+        var client = new KubernetesApiClient(_http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        await using var watch = client.WatchAsync(KubernetesApiClient.JobsPath("ns"), null, null, CancellationToken.None).GetAsyncEnumerator();
+        var next = watch.MoveNextAsync().AsTask();
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(30));
+        time.Fake.Advance(TimeSpan.FromSeconds(20));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => next.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(504, error.StatusCode);
+        Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Request_AsksForHttp2OrLower()
+    {
+        using var capture = new CaptureHandler();
+        using var http = new HttpClient(capture) { BaseAddress = new Uri("https://kubernetes.example") };
+
+        await new KubernetesApiClient(http, TimeProvider.System).ListJobsAsync("ns", null, CancellationToken.None);
+
+        Assert.Equal(System.Net.HttpVersion.Version20, capture.Version);
+        Assert.Equal(HttpVersionPolicy.RequestVersionOrLower, capture.Policy);
+    }
+
+    private sealed class CaptureHandler : HttpMessageHandler
+    {
+        public Version? Version { get; private set; }
+
+        public HttpVersionPolicy? Policy { get; private set; }
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            (Version, Policy) = (request.Version, request.VersionPolicy);
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent("""{"metadata":{},"items":[]}""", System.Text.Encoding.UTF8, "application/json") });
+        }
+    }
 }

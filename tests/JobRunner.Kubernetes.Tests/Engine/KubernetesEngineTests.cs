@@ -774,6 +774,31 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Host_MoreLongLivedStreamsThanThePlainRequestsConnectionLimit_DoNotStarveThePlainRequests()
+    {
+        // On HTTP/1.1 (the fake server is plain http) every open watch or followed log holds a connection.
+        await using var test = await K8sTest.StartAsync();
+        var host = test.Host();
+        var (client, _) = await host.ConnectAsync(CancellationToken.None);
+        using var stop = new CancellationTokenSource();
+        var streams = Enumerable.Range(0, Kubernetes.Connection.KubernetesConnection.RequestConnections + 6)
+            .Select(_ => Task.Run(async () =>
+            {
+                await foreach (var e in client.WatchAsync(Kubernetes.Client.KubernetesApiClient.JobsPath("jobs"), null, null, stop.Token))
+                {
+                }
+            }))
+            .ToList();
+
+        await K8sTest.UntilAsync(() => test.Server.OpenWatches >= streams.Count, "Not every stream got a connection.");
+        var jobs = await client.ListJobsAsync("jobs", null, CancellationToken.None).WaitAsync(K8sTest.Limit);
+
+        Assert.Empty(jobs.Items);
+        await stop.CancelAsync();
+        await Task.WhenAll(streams).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing | ConfigureAwaitOptions.ContinueOnCapturedContext);
+    }
+
+    [Fact]
     public async Task Execute_CreateThrottled_WaitsRetryAfterThenSubmitsOnce()
     {
         await using var test = await K8sTest.StartAsync();
