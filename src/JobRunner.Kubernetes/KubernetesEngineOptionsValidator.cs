@@ -56,9 +56,9 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add($"KubernetesEngineOptions.ImagePullPolicy '{options.ImagePullPolicy}' is invalid: use Always, IfNotPresent, Never, or null for the cluster's default.");
         }
 
-        if (options.ServiceAccountName is { } account && !KubeNames.IsDnsLabel(account))
+        if (options.ServiceAccountName is { } account && !KubeNames.IsDnsSubdomain(account))
         {
-            errors.Add($"KubernetesEngineOptions.ServiceAccountName '{account}' is not a valid name.");
+            errors.Add($"KubernetesEngineOptions.ServiceAccountName '{account}' is not a valid name: use at most 253 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit.");
         }
 
         if (options.Server is { } server && server.Scheme != Uri.UriSchemeHttps && server.Scheme != Uri.UriSchemeHttp)

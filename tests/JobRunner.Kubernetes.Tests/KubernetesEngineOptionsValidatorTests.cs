@@ -39,4 +39,16 @@ public sealed class KubernetesEngineOptionsValidatorTests
     {
         Assert.True(new KubernetesEngineOptionsValidator().Validate(null, With(property, s_timerMax)).Succeeded);
     }
+
+    [Theory]
+    [InlineData("ci.runner", true)]
+    [InlineData("build-bot", true)]
+    [InlineData("Bad_Name", false)]
+    [InlineData("trailing.", false)]
+    public void Validate_ServiceAccountName_IsADnsSubdomain(string name, bool valid)
+    {
+        var options = new KubernetesEngineOptions { Server = new Uri("http://127.0.0.1:1"), ServiceAccountName = name };
+
+        Assert.Equal(valid, new KubernetesEngineOptionsValidator().Validate(null, options).Succeeded);
+    }
 }

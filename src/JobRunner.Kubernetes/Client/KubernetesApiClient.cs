@@ -63,11 +63,13 @@ internal sealed class KubernetesApiClient
     {
         try
         {
+            // The answer is a Status when the Job is gone at once, but the Job itself (with its deletionTimestamp) when a
+            // finalizer holds it: either way a success, so the body is not read.
             await SendAsync(
                 HttpMethod.Delete,
                 $"{JobsPath(ns)}/{name}",
                 Body(new DeleteOptions { PropagationPolicy = "Background" }, KubeJson.Default.DeleteOptions),
-                KubeJson.Default.KubeStatus,
+                (JsonTypeInfo<KubeStatus>?)null,
                 $"delete Job '{name}' in namespace '{ns}'",
                 cancellationToken).ConfigureAwait(false);
             return true;
@@ -209,7 +211,8 @@ internal sealed class KubernetesApiClient
         return content;
     }
 
-    private async Task<T> SendAsync<T>(HttpMethod method, string path, ByteArrayContent? body, JsonTypeInfo<T> type, string what, CancellationToken cancellationToken)
+    // A null type ignores the answer's body (and returns default).
+    private async Task<T> SendAsync<T>(HttpMethod method, string path, ByteArrayContent? body, JsonTypeInfo<T>? type, string what, CancellationToken cancellationToken)
     {
         // Plain requests (not watches or log streams) get a time limit of their own, retries included.
         using var timeout = new CancellationTokenSource(RequestTimeout, _time);
@@ -217,6 +220,11 @@ internal sealed class KubernetesApiClient
         try
         {
             using var response = await SendRawAsync(_http, method, path, body, HttpCompletionOption.ResponseContentRead, what, linked.Token).ConfigureAwait(false);
+            if (type is null)
+            {
+                return default!;
+            }
+
             var stream = await response.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
             await using (stream.ConfigureAwait(false))
             {

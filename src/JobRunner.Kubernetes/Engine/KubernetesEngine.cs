@@ -787,6 +787,13 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             return null;
         }
 
+        if (terminated.Reason == "ContainerStatusUnknown")
+        {
+            // The kubelet lost the container (its node went away or was restarted) and reports exit code 137: not the
+            // workload's failure, any more than an eviction.
+            return new WorkloadExitException(terminated.ExitCode, ExitReason.Evicted, isTransient: true, $"Pod {name}: the container's state was lost ({terminated.Reason}: {terminated.Message}), e.g. its node went away.");
+        }
+
         if (terminated.Reason == "OOMKilled")
         {
             return new WorkloadExitException(terminated.ExitCode, ExitReason.OutOfMemory, isTransient: true, $"Pod {name}: the container ran out of memory (OOMKilled) at its limit of {Spec.Resources.MemoryMb} Mi. Raise ContainerSpec.Resources.MemoryMb if it keeps happening.");

@@ -308,8 +308,20 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         Assert.Equal(HttpVersionPolicy.RequestVersionOrLower, capture.Policy);
     }
 
+    [Fact]
+    public async Task DeleteJob_AnsweredWithTheJobItself_Succeeds()
+    {
+        // A finalizer holds the Job: the server answers 200 with the Job (deletionTimestamp set), not a Status.
+        using var capture = new CaptureHandler { Body = """{"kind":"Job","apiVersion":"batch/v1","metadata":{"name":"j","deletionTimestamp":"2026-01-01T00:00:00Z","finalizers":["example.com/hold"]},"spec":{},"status":{"active":1}}""" };
+        using var http = new HttpClient(capture) { BaseAddress = new Uri("https://kubernetes.example") };
+
+        Assert.True(await new KubernetesApiClient(http, TimeProvider.System).DeleteJobAsync("ns", "j", CancellationToken.None));
+    }
+
     private sealed class CaptureHandler : HttpMessageHandler
     {
+        public string Body { get; init; } = """{"metadata":{},"items":[]}""";
+
         public Version? Version { get; private set; }
 
         public HttpVersionPolicy? Policy { get; private set; }
@@ -317,7 +329,7 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
         {
             (Version, Policy) = (request.Version, request.VersionPolicy);
-            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent("""{"metadata":{},"items":[]}""", System.Text.Encoding.UTF8, "application/json") });
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent(Body, System.Text.Encoding.UTF8, "application/json") });
         }
     }
 }

@@ -120,6 +120,20 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_ContainerStatusUnknown_IsTransientLikeAnEviction()
+    {
+        // The kubelet lost the container (its node went away): exit code 137, reason ContainerStatusUnknown.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { ExitCode = 137, TerminationReason = "ContainerStatusUnknown" };
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.Evicted, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("ContainerStatusUnknown", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Execute_ImagePullBackOffPastTheLimit_FailsPermanentlyAndDeletesTheJob()
     {
         await using var test = await K8sTest.StartAsync();
