@@ -37,6 +37,9 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     /// <summary>How many lists in a row (each with the client's own retries) may fail before the waiting attempts fail.</summary>
     internal const int FailuresBeforeListed = 3;
 
+    /// <summary>A watch closed sooner than this counts as closed at once: the next one waits a little.</summary>
+    internal static readonly TimeSpan BriefWatch = TimeSpan.FromSeconds(1);
+
     private Task? _loops;
     private int _relists;
     private int _reconnects;
@@ -162,6 +165,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         var kind = isJobs ? "Jobs" : "pods";
         string? resourceVersion = null;
         var failures = 0;
+        var brief = 0; // watches in a row that the server closed at once or that delivered nothing
         var listed = false;
         while (!stop.IsCancellationRequested)
         {
@@ -180,15 +184,28 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                     failures = 0;
                 }
 
+                var opened = _time.GetTimestamp();
+                var delivered = 0;
                 await foreach (var e in _client.WatchAsync(path, KubeNames.ManagedSelector, resourceVersion, stop).ConfigureAwait(false))
                 {
                     failures = 0;
+                    delivered++;
                     resourceVersion = (isJobs ? Apply(e, KubeJson.Default.KubeJob) : Apply(e, KubeJson.Default.KubePod)) ?? resourceVersion;
                 }
 
                 // The server closed the watch (its timeout, a restart, a proxy): continue from the last version seen.
                 Interlocked.Increment(ref _reconnects);
                 Log.WatchClosed(_logger, kind, _namespace, resourceVersion);
+                if (delivered == 0 || _time.GetElapsedTime(opened) < BriefWatch)
+                {
+                    // Closed at once, or with nothing in it (a proxy that ends every stream): do not spin on the server.
+                    brief++;
+                    await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(brief, 7)), 10_000)), _time, stop).ConfigureAwait(false);
+                }
+                else
+                {
+                    brief = 0;
+                }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {

@@ -318,6 +318,39 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         Assert.True(await new KubernetesApiClient(http, TimeProvider.System).DeleteJobAsync("ns", "j", CancellationToken.None));
     }
 
+    [Fact]
+    public async Task NamespaceWatch_ClosedAtOnceByTheServer_WaitsBeforeOpeningItAgain()
+    {
+        // Lists answer empty; every watch is answered with an empty body, closed at once (as a misbehaving proxy does).
+        using var handler = new ClosingWatchHandler();
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://kubernetes.example") };
+        var time = new TimerSignal();
+        await using var watch = new Kubernetes.Engine.NamespaceWatch(new KubernetesApiClient(http, time), "ns", time, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+
+        await watch.StartAsync(CancellationToken.None).WaitAsync(K8sTest.Limit);
+        await time.WaitForTimerAsync(TimeSpan.FromMilliseconds(200));
+
+        // Without a pause, the loops would have opened watches without end by now; with one, each waits on the clock.
+        Assert.InRange(Volatile.Read(ref handler.Watches), 1, 4);
+    }
+
+    private sealed class ClosingWatchHandler : HttpMessageHandler
+    {
+        public int Watches;
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var watch = request.RequestUri!.Query.Contains("watch=true", StringComparison.Ordinal);
+            if (watch)
+            {
+                Interlocked.Increment(ref Watches);
+            }
+
+            var body = watch ? "" : """{"metadata":{"resourceVersion":"1"},"items":[]}""";
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") });
+        }
+    }
+
     private sealed class CaptureHandler : HttpMessageHandler
     {
         public string Body { get; init; } = """{"metadata":{},"items":[]}""";
