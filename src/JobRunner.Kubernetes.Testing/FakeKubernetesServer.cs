@@ -125,6 +125,15 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         }
     }
 
+    /// <summary>Drops the faults <see cref="InjectFault"/> set up that have not been used yet: matching requests are answered again.</summary>
+    public void ClearFaults()
+    {
+        lock (_lock)
+        {
+            _faults.Clear();
+        }
+    }
+
     /// <summary>Compacts the watch history: every open watch gets a 410 <c>Expired</c> ERROR event and is closed, and a watch from an older resourceVersion gets the same.</summary>
     public void ExpireWatches()
     {
@@ -275,6 +284,20 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             {
                 job.DeadlineExceeded = true;
                 job.Stop.TrySetResult();
+            }
+        }
+    }
+
+    /// <summary>Admits a Job held back by <see cref="FakePodScript.Suspended"/>, as Kueue does: it is resumed and its pod is created.</summary>
+    /// <param name="namespace">The namespace.</param>
+    /// <param name="jobName">The Job's name.</param>
+    public void ResumeJob(string @namespace, string jobName)
+    {
+        lock (_lock)
+        {
+            if (_running.TryGetValue((@namespace, jobName), out var job))
+            {
+                job.Resumed.TrySetResult();
             }
         }
     }
@@ -867,6 +890,39 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             script = FakePodScript.Exit(1, "the fake's PodBehavior threw");
         }
 
+        if (script.Suspended)
+        {
+            // As Kueue's webhook sets spec.suspend on create, and the Job controller then says so in a condition.
+            lock (_lock)
+            {
+                if (_objects.TryGetValue(("jobs", job.Namespace, job.Name), out var stored))
+                {
+                    var next = (JsonObject)stored.DeepClone();
+                    next["spec"]!["suspend"] = true;
+                    next["status"] = new JsonObject { ["conditions"] = new JsonArray(Condition("Suspended", "True", "JobSuspended", "Job suspended", Timestamp())) };
+                    Put("jobs", job.Namespace, job.Name, next, "MODIFIED");
+                }
+            }
+
+            await ((Task)Task.WhenAny(job.Stop.Task, job.Resumed.Task)).WaitAsync(deleted).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            if (deleted.IsCancellationRequested || !job.Resumed.Task.IsCompleted)
+            {
+                job.PodName = null;
+                return;
+            }
+
+            lock (_lock)
+            {
+                if (_objects.TryGetValue(("jobs", job.Namespace, job.Name), out var stored))
+                {
+                    var next = (JsonObject)stored.DeepClone();
+                    next["spec"]!["suspend"] = false;
+                    next["status"] = new JsonObject { ["conditions"] = new JsonArray(Condition("Suspended", "False", "JobResumed", "Job resumed", Timestamp())) };
+                    Put("jobs", job.Namespace, job.Name, next, "MODIFIED");
+                }
+            }
+        }
+
         if (script.PodCreationRefused is { } refusal)
         {
             // The Job controller cannot create the pod: the Job stays active with none, and says why in an event.
@@ -931,6 +987,25 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             };
         });
         AddEvent(job.Namespace, podName, "Normal", "Scheduled", $"Successfully assigned {job.Namespace}/{podName} to {node}", "default-scheduler");
+
+        if (script.StuckWaiting is { } stuck)
+        {
+            var (message, eventReason, eventMessage) = stuck switch
+            {
+                "CreateContainerConfigError" => ("secret \"db-password\" not found", "Failed", "Error: secret \"db-password\" not found"),
+                "ContainerCreating" => ((string?)null, "FailedMount", "MountVolume.SetUp failed for volume \"data\" : configmap \"settings\" not found"),
+                _ => ($"failed to create containerd task: {stuck}", "Failed", $"Error: {stuck}"),
+            };
+            if (message is not null)
+            {
+                SetWaiting(job, podName, containerName, image, stuck, message);
+            }
+
+            AddEvent(job.Namespace, podName, "Warning", eventReason, eventMessage, "kubelet");
+            await WaitAsync(job, null, deleted, forever: true).ConfigureAwait(false);
+            await FinishStoppedAsync(job, podName, containerName, image, log, running: false).ConfigureAwait(false);
+            return;
+        }
 
         if (script.ImagePullFails || script.InvalidImageName)
         {
@@ -1395,6 +1470,8 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         public bool DeadlineExceeded { get; set; }
 
         public bool Orphaned { get; set; }
+
+        public TaskCompletionSource Resumed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     private sealed record HistoryEntry(long ResourceVersion, string Resource, string Namespace, JsonObject Object, string Line);

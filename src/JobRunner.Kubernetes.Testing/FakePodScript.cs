@@ -59,6 +59,21 @@ public sealed class FakePodScript
     /// <value>The default value is <see langword="null"/>: the pod is created.</value>
     public string? PodCreationRefused { get; init; }
 
+    /// <summary>
+    /// Gets whether the Job is held back, as Kueue holds a Job it has not admitted: <c>spec.suspend</c> is true, the
+    /// Job has the condition Suspended=True, and no pod is created (until the Job is deleted).
+    /// </summary>
+    /// <value>The default value is <see langword="false"/>.</value>
+    public bool Suspended { get; init; }
+
+    /// <summary>
+    /// Gets the reason the scheduled container waits in for good instead of starting, with a Warning event of the
+    /// kubelet: e.g. <c>CreateContainerConfigError</c> (a missing Secret), <c>CreateContainerError</c>,
+    /// <c>RunContainerError</c>, or <c>ContainerCreating</c> (a volume that cannot be mounted: event FailedMount).
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: the container starts.</value>
+    public string? StuckWaiting { get; init; }
+
     /// <summary>Gets whether the kubelet evicts the pod once it runs (node pressure).</summary>
     /// <value>The default value is <see langword="false"/>.</value>
     public bool Evicted { get; init; }

@@ -45,6 +45,16 @@ public sealed class KubernetesEngineOptions
     public TimeSpan ImagePullBackOffLimit { get; set; } = TimeSpan.FromMinutes(5);
 
     /// <summary>
+    /// Gets or sets how long a scheduled pod's container may wait to start for a reason other than its image before the
+    /// attempt fails and the Job is deleted: <c>CreateContainerConfigError</c> (a Secret or ConfigMap it refers to is
+    /// missing) and <c>CreateContainerError</c> fail permanently; <c>RunContainerError</c> and a pod stuck in
+    /// <c>ContainerCreating</c> (a volume that cannot be mounted) fail transiently. Pulling a large image also shows as
+    /// <c>ContainerCreating</c>: keep this longer than the slowest pull.
+    /// </summary>
+    /// <value>The default value is 15 minutes.</value>
+    public TimeSpan ContainerStartLimit { get; set; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>
     /// Gets or sets how long a pod may stay unschedulable, or a Job may stay without any pod (the cluster refuses to create
     /// it: PodSecurity, a ResourceQuota, a missing service account; the error quotes the Job's events), before the attempt
     /// fails (transiently, so it is retried) and the Job is deleted.

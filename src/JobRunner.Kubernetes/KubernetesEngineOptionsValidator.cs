@@ -25,14 +25,20 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add("KubernetesEngineOptions.TtlAfterFinished must be zero or more seconds.");
         }
 
-        if (options.ImagePullBackOffLimit < TimeSpan.Zero)
+        // Each limit arms a timer: at most what a timer takes.
+        if (options.ImagePullBackOffLimit < TimeSpan.Zero || options.ImagePullBackOffLimit > TimerLimits.Max)
         {
-            errors.Add("KubernetesEngineOptions.ImagePullBackOffLimit must be zero or more; zero fails an attempt at the first image pull error.");
+            errors.Add("KubernetesEngineOptions.ImagePullBackOffLimit must be zero or more and at most 49.7 days (what a timer takes); zero fails an attempt at the first image pull error.");
         }
 
-        if (options.UnschedulableLimit < TimeSpan.Zero)
+        if (options.ContainerStartLimit < TimeSpan.Zero || options.ContainerStartLimit > TimerLimits.Max)
         {
-            errors.Add("KubernetesEngineOptions.UnschedulableLimit must be zero or more.");
+            errors.Add("KubernetesEngineOptions.ContainerStartLimit must be zero or more and at most 49.7 days (what a timer takes).");
+        }
+
+        if (options.UnschedulableLimit < TimeSpan.Zero || options.UnschedulableLimit > TimerLimits.Max)
+        {
+            errors.Add("KubernetesEngineOptions.UnschedulableLimit must be zero or more and at most 49.7 days (what a timer takes).");
         }
 
         if (options.OrphanSweepInterval is { } sweep && (sweep <= TimeSpan.Zero || sweep > TimerLimits.Max))
@@ -50,9 +56,9 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add($"KubernetesEngineOptions.ImagePullPolicy '{options.ImagePullPolicy}' is invalid: use Always, IfNotPresent, Never, or null for the cluster's default.");
         }
 
-        if (options.ServiceAccountName is { } account && !KubeNames.IsDnsLabel(account))
+        if (options.ServiceAccountName is { } account && !KubeNames.IsDnsSubdomain(account))
         {
-            errors.Add($"KubernetesEngineOptions.ServiceAccountName '{account}' is not a valid name.");
+            errors.Add($"KubernetesEngineOptions.ServiceAccountName '{account}' is not a valid name: use at most 253 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit.");
         }
 
         if (options.Server is { } server && server.Scheme != Uri.UriSchemeHttps && server.Scheme != Uri.UriSchemeHttp)

@@ -39,4 +39,10 @@ internal static partial class Log
 
     [LoggerMessage(12, LogLevel.Warning, "Looking for Kubernetes Jobs left running for finished jobs failed; looking again at the next interval.")]
     public static partial void SweepFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(13, LogLevel.Warning, "Job {JobId}: could not write a line to the job's log; the attempt goes on without it.")]
+    public static partial void SystemLogFailed(ILogger logger, Exception exception, JobId jobId);
+
+    [LoggerMessage(14, LogLevel.Warning, "Job {JobId}: could not store {Count} output lines of pod {Pod}; they are lost, the stream goes on.")]
+    public static partial void LogLinesLost(ILogger logger, Exception exception, JobId jobId, int count, string pod);
 }

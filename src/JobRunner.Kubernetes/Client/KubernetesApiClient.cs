@@ -20,15 +20,25 @@ internal sealed class KubernetesApiClient
     private static readonly MediaTypeWithQualityHeaderValue s_accept = new("application/json");
 
     private readonly HttpClient _http;
+    private readonly HttpClient _streams;
     private readonly TimeProvider _time;
     private readonly int _maxRetries;
 
     /// <summary>Gets or sets the time limit of a plain request (not a watch or a log stream), retries included.</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
-    public KubernetesApiClient(HttpClient http, TimeProvider time, int maxRetries = 5)
+    /// <param name="http">Sends the plain requests.</param>
+    /// <param name="time">The clock of back-offs and time limits.</param>
+    /// <param name="maxRetries">How many times a transient failure is retried.</param>
+    /// <param name="streams">
+    /// Sends the long-lived requests (watches, followed logs), each of which holds an HTTP/1.1 connection for its life:
+    /// on a connection pool of their own they cannot use up the connections the plain requests need. Defaults to
+    /// <paramref name="http"/>.
+    /// </param>
+    public KubernetesApiClient(HttpClient http, TimeProvider time, int maxRetries = 5, HttpClient? streams = null)
     {
         _http = http;
+        _streams = streams ?? http;
         _time = time;
         _maxRetries = maxRetries;
     }
@@ -53,11 +63,13 @@ internal sealed class KubernetesApiClient
     {
         try
         {
+            // The answer is a Status when the Job is gone at once, but the Job itself (with its deletionTimestamp) when a
+            // finalizer holds it: either way a success, so the body is not read.
             await SendAsync(
                 HttpMethod.Delete,
                 $"{JobsPath(ns)}/{name}",
                 Body(new DeleteOptions { PropagationPolicy = "Background" }, KubeJson.Default.DeleteOptions),
-                KubeJson.Default.KubeStatus,
+                (JsonTypeInfo<KubeStatus>?)null,
                 $"delete Job '{name}' in namespace '{ns}'",
                 cancellationToken).ConfigureAwait(false);
             return true;
@@ -101,7 +113,7 @@ internal sealed class KubernetesApiClient
         {
             try
             {
-                var response = await SendRawAsync(HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, $"read the log of pod '{pod}' in namespace '{ns}'", cancellationToken).ConfigureAwait(false);
+                var response = await SendStreamAsync(follow ? _streams : _http, path, $"read the log of pod '{pod}' in namespace '{ns}'", cancellationToken).ConfigureAwait(false);
                 return await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (KubernetesApiException e) when (e.StatusCode == 400 && attempt < waitingRetries && IsWaitingToStart(e.Message))
@@ -126,7 +138,7 @@ internal sealed class KubernetesApiClient
             ("resourceVersion", resourceVersion),
             ("timeoutSeconds", ((int)timeout.TotalSeconds).ToString(CultureInfo.InvariantCulture)),
             ("watch", "true"));
-        using var response = await SendRawAsync(HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, $"watch {collectionPath}", cancellationToken).ConfigureAwait(false);
+        using var response = await SendStreamAsync(_streams, path, $"watch {collectionPath}", cancellationToken).ConfigureAwait(false);
         var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
         {
@@ -199,14 +211,20 @@ internal sealed class KubernetesApiClient
         return content;
     }
 
-    private async Task<T> SendAsync<T>(HttpMethod method, string path, ByteArrayContent? body, JsonTypeInfo<T> type, string what, CancellationToken cancellationToken)
+    // A null type ignores the answer's body (and returns default).
+    private async Task<T> SendAsync<T>(HttpMethod method, string path, ByteArrayContent? body, JsonTypeInfo<T>? type, string what, CancellationToken cancellationToken)
     {
         // Plain requests (not watches or log streams) get a time limit of their own, retries included.
         using var timeout = new CancellationTokenSource(RequestTimeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         try
         {
-            using var response = await SendRawAsync(method, path, body, HttpCompletionOption.ResponseContentRead, what, linked.Token).ConfigureAwait(false);
+            using var response = await SendRawAsync(_http, method, path, body, HttpCompletionOption.ResponseContentRead, what, linked.Token).ConfigureAwait(false);
+            if (type is null)
+            {
+                return default!;
+            }
+
             var stream = await response.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
             await using (stream.ConfigureAwait(false))
             {
@@ -219,20 +237,37 @@ internal sealed class KubernetesApiClient
         }
     }
 
-    private async Task<HttpResponseMessage> SendRawAsync(HttpMethod method, string path, ByteArrayContent? body, HttpCompletionOption completion, string what, CancellationToken cancellationToken)
+    /// <summary>Opens a stream (a watch, a log): its headers must arrive within <see cref="RequestTimeout"/>, its body may take as long as it runs.</summary>
+    private async Task<HttpResponseMessage> SendStreamAsync(HttpClient http, string path, string what, CancellationToken cancellationToken)
+    {
+        using var timeout = new CancellationTokenSource(RequestTimeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        try
+        {
+            return await SendRawAsync(http, HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, what, linked.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException e) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw new KubernetesApiException(504, "Timeout", $"Kubernetes API: could not {what}: no answer within {RequestTimeout}. Check that the API server at {_http.BaseAddress} is reachable.", innerException: e);
+        }
+    }
+
+    private async Task<HttpResponseMessage> SendRawAsync(HttpClient http, HttpMethod method, string path, ByteArrayContent? body, HttpCompletionOption completion, string what, CancellationToken cancellationToken)
     {
         try
         {
             for (var attempt = 0; ; attempt++)
             {
-                using var request = new HttpRequestMessage(method, path);
+                // HTTP/2 when the server offers it (ALPN, https): every request and stream is multiplexed on one
+                // connection, as client-go does. Plain http stays on HTTP/1.1.
+                using var request = new HttpRequestMessage(method, path) { Version = HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionOrLower };
                 request.Headers.Accept.Add(s_accept);
                 request.Headers.UserAgent.ParseAdd(UserAgent);
                 request.Content = body;
                 HttpResponseMessage response;
                 try
                 {
-                    response = await _http.SendAsync(request, completion, cancellationToken).ConfigureAwait(false);
+                    response = await http.SendAsync(request, completion, cancellationToken).ConfigureAwait(false);
                 }
                 catch (HttpRequestException e) when (attempt < _maxRetries)
                 {

@@ -55,6 +55,9 @@ internal sealed class JobSpec
 
     public int? TtlSecondsAfterFinished { get; set; }
 
+    /// <summary>Set by a queueing controller (Kueue) that holds the Job back until it admits it; no pod is made meanwhile.</summary>
+    public bool? Suspend { get; set; }
+
     public PodTemplateSpec Template { get; set; } = new();
 }
 

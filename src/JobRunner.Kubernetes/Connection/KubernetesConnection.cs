@@ -165,13 +165,24 @@ internal sealed class KubernetesConnection
         }
     }
 
-    public HttpMessageHandler CreateHandler(TimeProvider time, ILogger logger)
+    /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
+    public const int RequestConnections = 64;
+
+    /// <param name="time">The clock.</param>
+    /// <param name="logger">The logger.</param>
+    /// <param name="maxConnectionsPerServer">
+    /// The pool's connection limit: <see cref="RequestConnections"/> for plain requests; <see cref="int.MaxValue"/> for
+    /// watches and log streams, which hold a connection each for as long as they run (their number is bounded by the
+    /// attempts running), so that they never wait for one another nor take the plain requests' connections.
+    /// </param>
+    public HttpMessageHandler CreateHandler(TimeProvider time, ILogger logger, int maxConnectionsPerServer = RequestConnections)
     {
         var sockets = new SocketsHttpHandler
         {
             PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
-            MaxConnectionsPerServer = 64,
+            MaxConnectionsPerServer = maxConnectionsPerServer,
             EnableMultipleHttp2Connections = true,
+            ConnectTimeout = TimeSpan.FromSeconds(30),
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {
@@ -355,7 +366,7 @@ internal sealed class ExecToken : ITokenSource
                 return token;
             }
 
-            var credential = await RunAsync(cancellationToken).ConfigureAwait(false);
+            var credential = await RunAsync(time, cancellationToken).ConfigureAwait(false);
 
             _token = credential.Status?.Token ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} returned no status.token.");
             _expires = credential.Status.ExpirationTimestamp;
@@ -367,7 +378,10 @@ internal sealed class ExecToken : ITokenSource
         }
     }
 
-    private async Task<ExecCredential> RunAsync(CancellationToken cancellationToken)
+    /// <summary>How long the plugin may run (client-go has no limit; a plugin that hangs would hold the gate, so every request, forever).</summary>
+    internal static readonly TimeSpan TimeLimit = TimeSpan.FromSeconds(60);
+
+    private async Task<ExecCredential> RunAsync(TimeProvider time, CancellationToken cancellationToken)
     {
         var info = new ProcessStartInfo(Command) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var arg in Args)
@@ -394,23 +408,51 @@ internal sealed class ExecToken : ITokenSource
 
         using (process)
         {
-            var output = process.StandardOutput.ReadToEndAsync(cancellationToken);
-            var error = process.StandardError.ReadToEndAsync(cancellationToken);
-            await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
-            if (process.ExitCode != 0)
+            using var limit = new CancellationTokenSource(TimeLimit, time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, limit.Token);
+            var output = process.StandardOutput.ReadToEndAsync(linked.Token);
+            var error = process.StandardError.ReadToEndAsync(linked.Token);
+            string text;
+            try
             {
-                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} exited with code {process.ExitCode}: {(await error.ConfigureAwait(false)).Trim()}");
+                await process.WaitForExitAsync(linked.Token).ConfigureAwait(false);
+                if (process.ExitCode != 0)
+                {
+                    throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} exited with code {process.ExitCode}: {(await error.ConfigureAwait(false)).Trim()}");
+                }
+
+                // A process it started may still hold the output open: the limit covers the read too.
+                text = await output.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // Timed out or cancelled: the plugin (and whatever it started) must not outlive the wait.
+                Kill(process);
+                cancellationToken.ThrowIfCancellationRequested();
+                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
             }
 
             try
             {
-                var credential = JsonSerializer.Deserialize(await output.ConfigureAwait(false), KubeJson.Default.ExecCredential);
+                var credential = JsonSerializer.Deserialize(text, KubeJson.Default.ExecCredential);
                 return credential is { Kind: "ExecCredential" } ? credential : throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not print an ExecCredential.");
             }
             catch (JsonException e)
             {
                 throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} printed invalid JSON: {e.Message}");
             }
+        }
+    }
+
+    private static void Kill(Process process)
+    {
+        try
+        {
+            process.Kill(entireProcessTree: true);
+        }
+        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or NotSupportedException)
+        {
+            // It exited meanwhile, or cannot be killed: nothing more to do.
         }
     }
 }

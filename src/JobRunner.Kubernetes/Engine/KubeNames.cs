@@ -16,6 +16,9 @@ internal static partial class KubeNames
 
     public static bool IsDnsLabel(string? value) => value is { Length: > 0 and <= 63 } && DnsLabel().IsMatch(value);
 
+    /// <summary>A DNS-1123 subdomain (the names of most objects, service accounts among them): at most 253 characters.</summary>
+    public static bool IsDnsSubdomain(string? value) => value is { Length: > 0 and <= 253 } && DnsSubdomain().IsMatch(value);
+
     public static bool IsLabelValue(string? value) => value is not null && value.Length <= 63 && (value.Length == 0 || LabelValue().IsMatch(value));
 
     /// <summary>A qualified name: an optional DNS-1123 subdomain prefix and '/', then a name of 1–63 characters.</summary>

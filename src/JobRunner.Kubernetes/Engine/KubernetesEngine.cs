@@ -54,7 +54,7 @@ internal sealed class KubernetesEngine : IExecutionEngine
             if (context.CheckpointRequested.IsCancellationRequested)
             {
                 // A graceful stop: the Job keeps running and the next owner re-attaches to it by its checkpointed name.
-                await TryLogAsync(context, $"Leaving Kubernetes Job {run.Name} running; the next owner of the job re-attaches to it.").ConfigureAwait(false);
+                await TryLogAsync(context, run.Logger, $"Leaving Kubernetes Job {run.Name} running; the next owner of the job re-attaches to it.").ConfigureAwait(false);
             }
             else if (await HoldsLeaseAsync(context, $"Stopping: deleting Kubernetes Job {run.Name}.").ConfigureAwait(false))
             {
@@ -114,7 +114,7 @@ internal sealed class KubernetesEngine : IExecutionEngine
         }
 
         Log.Adopted(run.Logger, context.JobId, previous.Job, complete ? "finished, from the checkpoint" : "running, from the checkpoint");
-        await TryLogAsync(context, $"Re-attached to Kubernetes Job {previous.Job} in namespace {run.Namespace} (it is {(complete ? "complete" : "still running")}).").ConfigureAwait(false);
+        await TryLogAsync(context, run.Logger, $"Re-attached to Kubernetes Job {previous.Job} in namespace {run.Namespace} (it is {(complete ? "complete" : "still running")}).").ConfigureAwait(false);
         return previous.Job;
     }
 
@@ -249,7 +249,7 @@ internal sealed class KubernetesEngine : IExecutionEngine
         catch (KubernetesApiException e) when (e.IsAlreadyExists)
         {
             Log.Adopted(run.Logger, context.JobId, name, "409 AlreadyExists");
-            await TryLogAsync(context, $"Kubernetes Job {name} already exists (a second submit of this attempt); adopted it.").ConfigureAwait(false);
+            await TryLogAsync(context, run.Logger, $"Kubernetes Job {name} already exists (a second submit of this attempt); adopted it.").ConfigureAwait(false);
         }
         catch
         {
@@ -282,7 +282,11 @@ internal sealed class KubernetesEngine : IExecutionEngine
         }
     }
 
-    internal static async Task TryLogAsync(WorkloadContext context, string message)
+    /// <summary>
+    /// Writes <paramref name="message"/> to the attempt's log, best effort: the attempt's outcome (and whether its Job is
+    /// deleted) never depends on the log store. A failure other than cancellation is logged and swallowed.
+    /// </summary>
+    internal static async Task TryLogAsync(WorkloadContext context, ILogger logger, string message)
     {
         try
         {
@@ -291,6 +295,10 @@ internal sealed class KubernetesEngine : IExecutionEngine
         catch (StaleFenceTokenException)
         {
             // The lease is gone; the attempt is ending anyway.
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Log.SystemLogFailed(logger, e, context.JobId);
         }
     }
 
@@ -347,9 +355,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private volatile bool _jobGone;
     private DateTimeOffset? _pullSince;
     private DateTimeOffset? _unschedulableSince;
+    private DateTimeOffset? _startSince;
     private DateTimeOffset? _noPodSince;
     private DateTimeOffset? _podGraceUntil;
     private bool _listedPods;
+    private bool _reportedSuspended;
     private Task? _logs;
     private string? _lastReported;
 
@@ -453,7 +463,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         try
         {
             await _client.DeleteJobAsync(Namespace, Name, timeout.Token).ConfigureAwait(false);
-            await KubernetesEngine.TryLogAsync(Context, $"Deleted Kubernetes Job {Name}: {why.TrimEnd('.')}.").ConfigureAwait(false);
+            await KubernetesEngine.TryLogAsync(Context, Logger, $"Deleted Kubernetes Job {Name}: {why.TrimEnd('.')}.").ConfigureAwait(false);
         }
         catch (KubernetesApiException e) when (e.IsNotFound)
         {
@@ -562,7 +572,17 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (pod is not null)
         {
             _noPodSince = null;
-            CheckStuck(pod, main, now);
+            await CheckStuckAsync(pod, main, now, cancellationToken).ConfigureAwait(false);
+        }
+        else if (job is not null && IsSuspended(job))
+        {
+            // Held back by a queueing controller (Kueue): no pod is expected until it is admitted, however long that takes.
+            _noPodSince = null;
+            if (!_reportedSuspended)
+            {
+                _reportedSuspended = true;
+                await KubernetesEngine.TryLogAsync(Context, Logger, $"Kubernetes Job {Name} is suspended (held by a queue such as Kueue); waiting for it to be admitted.").ConfigureAwait(false);
+            }
         }
         else if (job is not null)
         {
@@ -594,7 +614,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    private void CheckStuck(KubePod pod, ContainerStatus? main, DateTimeOffset now)
+    /// <summary>Whether the Job is suspended (<c>spec.suspend</c>, or its <c>Suspended</c> condition), as Kueue keeps a Job it has not admitted yet.</summary>
+    internal static bool IsSuspended(KubeJob job)
+        => job.Spec?.Suspend == true || job.Status?.Conditions?.Exists(static c => c.Type == "Suspended" && c.Status == "True") == true;
+
+    private async Task CheckStuckAsync(KubePod pod, ContainerStatus? main, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var waiting = main?.State?.Waiting;
         if (waiting?.Reason is "InvalidImageName" or "ErrImageNeverPull")
@@ -615,18 +639,57 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             _pullSince = null;
         }
 
-        var scheduled = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
-        if (scheduled is { Status: "False", Reason: "Unschedulable" })
+        // A scheduled container that does not start for a reason other than its image: a Secret or ConfigMap it refers to
+        // is missing (CreateContainerConfigError), the runtime cannot create or run it, or it stays in ContainerCreating
+        // (a volume that cannot be mounted, a network that cannot be set up). The kubelet would keep trying forever.
+        var scheduled = pod.Spec?.NodeName is { Length: > 0 } || pod.Status?.Conditions?.Exists(static c => c.Type == "PodScheduled" && c.Status == "True") == true;
+        if (waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && waiting?.Reason is "ContainerCreating" or "PodInitializing"))
+        {
+            _startSince ??= now;
+            if (now - _startSince >= Options.ContainerStartLimit)
+            {
+                var configuration = waiting.Reason is "CreateContainerConfigError" or "CreateContainerError";
+                var hint = waiting.Reason switch
+                {
+                    "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
+                    "ContainerCreating" or "PodInitializing" => "Check the pod's volumes (Secrets, ConfigMaps, persistent volumes) and the node",
+                    _ => "Check ContainerSpec.Command and the container's settings against the image",
+                };
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+            }
+        }
+        else
+        {
+            _startSince = null;
+        }
+
+        var unschedulable = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
+        if (unschedulable is { Status: "False", Reason: "Unschedulable" })
         {
             _unschedulableSince ??= now;
             if (now - _unschedulableSince >= Options.UnschedulableLimit)
             {
-                FailPermanently(new WorkloadExitException(null, ExitReason.Unschedulable, isTransient: true, $"Pod {pod.Metadata.Name} could not be scheduled for {Options.UnschedulableLimit}: {scheduled.Message}. Check the node selector, tolerations and resources against the cluster's nodes, or raise KubernetesEngineOptions.UnschedulableLimit."));
+                FailPermanently(new WorkloadExitException(null, ExitReason.Unschedulable, isTransient: true, $"Pod {pod.Metadata.Name} could not be scheduled for {Options.UnschedulableLimit}: {unschedulable.Message}. Check the node selector, tolerations and resources against the cluster's nodes, or raise KubernetesEngineOptions.UnschedulableLimit."));
             }
         }
         else
         {
             _unschedulableSince = null;
+        }
+    }
+
+    /// <summary>The pod's warning events (e.g. FailedMount and why), as ": reason: message; …", or empty.</summary>
+    private async Task<string> PodEventsAsync(string pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var events = await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false);
+            var warnings = events.Items.Where(static e => e.Type == "Warning").TakeLast(3).Select(static e => $"{e.Reason}: {e.Message}").ToList();
+            return warnings.Count == 0 ? "" : "; events: " + string.Join("; ", warnings);
+        }
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException)
+        {
+            return "";
         }
     }
 
@@ -644,6 +707,11 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (_unschedulableSince is { } unschedulable && (due is null || unschedulable + Options.UnschedulableLimit < due))
         {
             due = unschedulable + Options.UnschedulableLimit;
+        }
+
+        if (_startSince is { } start && (due is null || start + Options.ContainerStartLimit < due))
+        {
+            due = start + Options.ContainerStartLimit;
         }
 
         if (_noPodSince is { } noPod && (due is null || noPod + Options.UnschedulableLimit < due))
@@ -686,7 +754,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         if (line != _lastReported)
         {
             _lastReported = line;
-            await KubernetesEngine.TryLogAsync(Context, line).ConfigureAwait(false);
+            await KubernetesEngine.TryLogAsync(Context, Logger, line).ConfigureAwait(false);
         }
     }
 
@@ -719,6 +787,13 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             return null;
         }
 
+        if (terminated.Reason == "ContainerStatusUnknown")
+        {
+            // The kubelet lost the container (its node went away or was restarted) and reports exit code 137: not the
+            // workload's failure, any more than an eviction.
+            return new WorkloadExitException(terminated.ExitCode, ExitReason.Evicted, isTransient: true, $"Pod {name}: the container's state was lost ({terminated.Reason}: {terminated.Message}), e.g. its node went away.");
+        }
+
         if (terminated.Reason == "OOMKilled")
         {
             return new WorkloadExitException(terminated.ExitCode, ExitReason.OutOfMemory, isTransient: true, $"Pod {name}: the container ran out of memory (OOMKilled) at its limit of {Spec.Resources.MemoryMb} Mi. Raise ContainerSpec.Resources.MemoryMb if it keeps happening.");
@@ -749,17 +824,30 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
+    /// <summary>How many connections in a row may end without a line once the container is done, before the stream gives up.</summary>
+    internal const int LogReconnectsAfterExit = 3;
+
+    /// <summary>The longest pause between two log connections that delivered nothing.</summary>
+    internal static readonly TimeSpan MaxLogBackoff = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Streams the pod's log into the job's log for as long as the container runs: a connection that breaks or is closed
+    /// early is opened again from the last line, at once after one that delivered lines, else after a pause that doubles
+    /// (to <see cref="MaxLogBackoff"/>). A line that the log store refuses is lost, not the stream.
+    /// </summary>
     private async Task PumpLogsAsync(string pod, CancellationToken stop)
     {
         // A re-attached run goes on after the lines earlier attempts stored.
         DateTimeOffset? last = StoredLogEnd?.Last;
         var seenAtLast = StoredLogEnd?.AtLast ?? 0;
+        var idle = 0; // connections in a row that delivered no line
         try
         {
-            for (var connection = 0; connection < 4 && !stop.IsCancellationRequested; connection++)
+            while (!stop.IsCancellationRequested)
             {
                 var skip = seenAtLast;
                 var batch = new List<LogLine>(64);
+                var delivered = 0;
                 var broke = false;
                 try
                 {
@@ -790,19 +878,20 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
                                 last = stamp;
                             }
 
+                            delivered++;
                             batch.Add(new LogLine(time ?? Time.GetUtcNow(), LogStream.Output, text));
                             pending = reader.ReadLineAsync(stop).AsTask();
 
                             // Hand over whatever has arrived, a batch at a time.
                             if (!pending.IsCompleted || batch.Count >= 256)
                             {
-                                await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                                await StoreAsync(batch, pod).ConfigureAwait(false);
                                 batch = new List<LogLine>(64);
                             }
                         }
                     }
                 }
-                catch (Exception e) when (e is IOException or HttpRequestException && !stop.IsCancellationRequested && connection < 3)
+                catch (Exception e) when ((e is IOException or HttpRequestException or KubernetesApiException { IsTransient: true }) && !stop.IsCancellationRequested)
                 {
                     // The connection was reset mid-stream (an API server restart, a proxy): reconnect from the last line.
                     Log.LogStreamFailed(Logger, e, Context.JobId, pod);
@@ -811,23 +900,43 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
 
                 if (batch.Count > 0)
                 {
-                    await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+                    await StoreAsync(batch, pod).ConfigureAwait(false);
                 }
 
-                if (broke)
+                idle = delivered > 0 ? 0 : idle + 1;
+                if (!broke && _containerDone.Task.IsCompleted)
                 {
-                    continue;
+                    return; // The stream ends when the container exits.
                 }
 
-                // The stream ends when the container exits; otherwise the connection was closed: reconnect from the last line.
-                try
+                if (_containerDone.Task.IsCompleted && idle > LogReconnectsAfterExit)
                 {
-                    await _containerDone.Task.WaitAsync(TimeSpan.FromSeconds(5), Time, stop).ConfigureAwait(false);
+                    await KubernetesEngine.TryLogAsync(Context, Logger, $"The log stream of pod {pod} ended early: {LogReconnectsAfterExit + 1} connections after the container exited delivered nothing.").ConfigureAwait(false);
                     return;
                 }
-                catch (TimeoutException)
+
+                // A connection closed while the container runs (a server timeout, a proxy) is opened again; one that
+                // ended normally waits a few seconds for the container's exit first, as the stream's end usually means it.
+                var pause = idle == 0 ? TimeSpan.Zero : TimeSpan.FromMilliseconds(Math.Min(500 * (1L << Math.Min(idle - 1, 10)), MaxLogBackoff.TotalMilliseconds));
+                if (!broke && pause < TimeSpan.FromSeconds(5))
                 {
-                    // Continue with a new connection.
+                    pause = TimeSpan.FromSeconds(5);
+                }
+
+                if (pause > TimeSpan.Zero)
+                {
+                    try
+                    {
+                        await _containerDone.Task.WaitAsync(pause, Time, stop).ConfigureAwait(false);
+                        if (!broke)
+                        {
+                            return;
+                        }
+                    }
+                    catch (TimeoutException)
+                    {
+                        // Continue with a new connection.
+                    }
                 }
             }
         }
@@ -835,10 +944,24 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         {
             // The attempt ended.
         }
-        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or IOException or StaleFenceTokenException)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
+            // The API refused the stream for good (the pod is gone), or the lease is lost: the attempt goes on without it.
             Log.LogStreamFailed(Logger, e, Context.JobId, pod);
-            await KubernetesEngine.TryLogAsync(Context, $"The log stream of pod {pod} ended early: {e.Message}").ConfigureAwait(false);
+            await KubernetesEngine.TryLogAsync(Context, Logger, $"The log stream of pod {pod} ended early: {e.Message}").ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stores a batch of the pod's lines; a store failure loses them (logged), a lost lease ends the stream.</summary>
+    private async Task StoreAsync(List<LogLine> batch, string pod)
+    {
+        try
+        {
+            await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or StaleFenceTokenException))
+        {
+            Log.LogLinesLost(Logger, e, Context.JobId, batch.Count, pod);
         }
     }
 

@@ -16,7 +16,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
     private readonly IJobStore? _store;
     private readonly CancellationTokenSource _stop = new();
     private readonly Lock _sweepStart = new();
-    private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http)? _connection;
+    private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http, HttpClient Streams)? _connection;
     private Task? _sweeps;
     private int _disposed;
 
@@ -53,9 +53,12 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
             if (_connection is null)
             {
                 var connection = KubernetesConnection.Resolve(Options, Environment.GetEnvironmentVariable);
+                // Two pools: watches and followed logs hold a connection each for their life on HTTP/1.1, so they get
+                // a pool without a limit, and cannot starve the creates, deletes and lists of the other.
                 var http = new HttpClient(connection.CreateHandler(Time, Logger)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
-                var client = new KubernetesApiClient(http, Time);
-                _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http);
+                var streams = new HttpClient(connection.CreateHandler(Time, Logger, int.MaxValue)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
+                var client = new KubernetesApiClient(http, Time, streams: streams);
+                _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http, streams);
             }
 
             return (_connection.Value.Client, _connection.Value.Watch);
@@ -171,6 +174,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         {
             await connection.Watch.DisposeAsync().ConfigureAwait(false);
             connection.Http.Dispose();
+            connection.Streams.Dispose();
         }
 
         _connect.Dispose();

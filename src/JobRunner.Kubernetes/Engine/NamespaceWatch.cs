@@ -34,6 +34,12 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     // waits for the next try, so that attempts fail with the API's message instead of waiting forever.
     private TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>How many lists in a row (each with the client's own retries) may fail before the waiting attempts fail.</summary>
+    internal const int FailuresBeforeListed = 3;
+
+    /// <summary>A watch closed sooner than this counts as closed at once: the next one waits a little.</summary>
+    internal static readonly TimeSpan BriefWatch = TimeSpan.FromSeconds(1);
+
     private Task? _loops;
     private int _relists;
     private int _reconnects;
@@ -159,6 +165,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         var kind = isJobs ? "Jobs" : "pods";
         string? resourceVersion = null;
         var failures = 0;
+        var brief = 0; // watches in a row that the server closed at once or that delivered nothing
         var listed = false;
         while (!stop.IsCancellationRequested)
         {
@@ -177,15 +184,28 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                     failures = 0;
                 }
 
+                var opened = _time.GetTimestamp();
+                var delivered = 0;
                 await foreach (var e in _client.WatchAsync(path, KubeNames.ManagedSelector, resourceVersion, stop).ConfigureAwait(false))
                 {
                     failures = 0;
+                    delivered++;
                     resourceVersion = (isJobs ? Apply(e, KubeJson.Default.KubeJob) : Apply(e, KubeJson.Default.KubePod)) ?? resourceVersion;
                 }
 
                 // The server closed the watch (its timeout, a restart, a proxy): continue from the last version seen.
                 Interlocked.Increment(ref _reconnects);
                 Log.WatchClosed(_logger, kind, _namespace, resourceVersion);
+                if (delivered == 0 || _time.GetElapsedTime(opened) < BriefWatch)
+                {
+                    // Closed at once, or with nothing in it (a proxy that ends every stream): do not spin on the server.
+                    brief++;
+                    await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(brief, 7)), 10_000)), _time, stop).ConfigureAwait(false);
+                }
+                else
+                {
+                    brief = 0;
+                }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -200,16 +220,19 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             catch (Exception e)
 #pragma warning restore CA1031
             {
-                if (!listed && e is KubernetesApiException { IsTransient: false } refused)
+                failures++;
+                if (!listed && (e is KubernetesApiException { IsTransient: false } || failures >= FailuresBeforeListed))
                 {
-                    // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials):
-                    // the attempts waiting for the watch fail with the API's message; the watch keeps trying.
+                    // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials),
+                    // or failing again and again (the server cannot be reached: DNS, TLS, connection refused; 504s): the
+                    // attempts waiting for the watch fail with the last error; the watch keeps trying.
                     ref var synced = ref isJobs ? ref _jobsSynced : ref _podsSynced;
                     var waiting = Interlocked.Exchange(ref synced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-                    waiting.TrySetException(refused);
+                    waiting.TrySetException(e is HttpRequestException unreachable
+                        ? new KubernetesApiException(0, "Unreachable", $"Kubernetes API: could not list {kind} in namespace '{_namespace}': the API server at {_client.BaseAddress} cannot be reached ({unreachable.Message}). Check the server address, DNS, the network path and the certificate authority.", innerException: e)
+                        : e);
                 }
 
-                failures++;
                 var delay = TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(failures, 8)), 10_000));
                 Log.WatchFailed(_logger, e, kind, _namespace, delay);
                 try

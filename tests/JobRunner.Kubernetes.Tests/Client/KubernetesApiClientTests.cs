@@ -278,4 +278,91 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
         Assert.True(error.IsTransient);
         Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Watch_NoResponseHeadersWithinTheTimeLimit_ThrowsTransientTimeout()
+    {
+        var time = new TimerSignal();
+        _server.InjectFault(503, count: 100, retryAfterSeconds: 30, match: static r => r.IsWatch);
+        var client = new KubernetesApiClient(_http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        await using var watch = client.WatchAsync(KubernetesApiClient.JobsPath("ns"), null, null, CancellationToken.None).GetAsyncEnumerator();
+        var next = watch.MoveNextAsync().AsTask();
+        await time.WaitForTimerAsync(TimeSpan.FromSeconds(30));
+        time.Fake.Advance(TimeSpan.FromSeconds(20));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => next.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(504, error.StatusCode);
+        Assert.Contains("no answer within", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Request_AsksForHttp2OrLower()
+    {
+        using var capture = new CaptureHandler();
+        using var http = new HttpClient(capture) { BaseAddress = new Uri("https://kubernetes.example") };
+
+        await new KubernetesApiClient(http, TimeProvider.System).ListJobsAsync("ns", null, CancellationToken.None);
+
+        Assert.Equal(System.Net.HttpVersion.Version20, capture.Version);
+        Assert.Equal(HttpVersionPolicy.RequestVersionOrLower, capture.Policy);
+    }
+
+    [Fact]
+    public async Task DeleteJob_AnsweredWithTheJobItself_Succeeds()
+    {
+        // A finalizer holds the Job: the server answers 200 with the Job (deletionTimestamp set), not a Status.
+        using var capture = new CaptureHandler { Body = """{"kind":"Job","apiVersion":"batch/v1","metadata":{"name":"j","deletionTimestamp":"2026-01-01T00:00:00Z","finalizers":["example.com/hold"]},"spec":{},"status":{"active":1}}""" };
+        using var http = new HttpClient(capture) { BaseAddress = new Uri("https://kubernetes.example") };
+
+        Assert.True(await new KubernetesApiClient(http, TimeProvider.System).DeleteJobAsync("ns", "j", CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task NamespaceWatch_ClosedAtOnceByTheServer_WaitsBeforeOpeningItAgain()
+    {
+        // Lists answer empty; every watch is answered with an empty body, closed at once (as a misbehaving proxy does).
+        using var handler = new ClosingWatchHandler();
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://kubernetes.example") };
+        var time = new TimerSignal();
+        await using var watch = new Kubernetes.Engine.NamespaceWatch(new KubernetesApiClient(http, time), "ns", time, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+
+        await watch.StartAsync(CancellationToken.None).WaitAsync(K8sTest.Limit);
+        await time.WaitForTimerAsync(TimeSpan.FromMilliseconds(200));
+
+        // Without a pause, the loops would have opened watches without end by now; with one, each waits on the clock.
+        Assert.InRange(Volatile.Read(ref handler.Watches), 1, 4);
+    }
+
+    private sealed class ClosingWatchHandler : HttpMessageHandler
+    {
+        public int Watches;
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var watch = request.RequestUri!.Query.Contains("watch=true", StringComparison.Ordinal);
+            if (watch)
+            {
+                Interlocked.Increment(ref Watches);
+            }
+
+            var body = watch ? "" : """{"metadata":{"resourceVersion":"1"},"items":[]}""";
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") });
+        }
+    }
+
+    private sealed class CaptureHandler : HttpMessageHandler
+    {
+        public string Body { get; init; } = """{"metadata":{},"items":[]}""";
+
+        public Version? Version { get; private set; }
+
+        public HttpVersionPolicy? Policy { get; private set; }
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            (Version, Policy) = (request.Version, request.VersionPolicy);
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent(Body, System.Text.Encoding.UTF8, "application/json") });
+        }
+    }
 }

@@ -207,6 +207,64 @@ public sealed class ConnectionTests : IDisposable
         Assert.Equal(["Bearer token-1", "Bearer token-1", "Bearer token-2"], server.Requests.Select(static r => r.Headers["Authorization"]).TakeLast(3));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Kubeconfig_ExecPluginThatHangs_IsKilledWithWhatItStarted_AtTheTimeLimitOrOnCancel(bool cancel)
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var pids = Path.Combine(_dir, "pids");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            sleep 600 &
+            echo "$$ $!" > '{{{pids}}}'
+            wait
+            """);
+        var path = ExecKubeconfig(server, script, "");
+        var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
+        var time = new TimerSignal();
+        using var cancellation = new CancellationTokenSource();
+
+        var token = connection.Token!.GetTokenAsync(time, NullLogger.Instance, cancellation.Token).AsTask();
+        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
+        var started = File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse).ToList();
+        if (cancel)
+        {
+            await cancellation.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => token.WaitAsync(K8sTest.Limit));
+        }
+        else
+        {
+            await time.WaitForTimerAsync(ExecToken.TimeLimit);
+            time.Fake.Advance(ExecToken.TimeLimit);
+            var error = await Assert.ThrowsAsync<KubeconfigException>(() => token.WaitAsync(K8sTest.Limit));
+            Assert.Contains("did not finish within 60 s", error.Message, StringComparison.Ordinal);
+        }
+
+        // The plugin and the sleep it started are gone (reaped, or at most zombies waiting for it).
+        await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child is still running.");
+
+        static bool IsAlive(int pid)
+        {
+            var stat = $"/proc/{pid}/stat";
+            if (!File.Exists(stat))
+            {
+                return false;
+            }
+
+            try
+            {
+                var text = File.ReadAllText(stat);
+                return text[(text.LastIndexOf(')') + 2)..][0] != 'Z';
+            }
+            catch (IOException)
+            {
+                return false;
+            }
+        }
+    }
+
     [Fact]
     public async Task InCluster_UsesTheServiceAccountAndRereadsTheRotatedToken()
     {

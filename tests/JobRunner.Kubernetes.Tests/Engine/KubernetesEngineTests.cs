@@ -120,6 +120,20 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_ContainerStatusUnknown_IsTransientLikeAnEviction()
+    {
+        // The kubelet lost the container (its node went away): exit code 137, reason ContainerStatusUnknown.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { ExitCode = 137, TerminationReason = "ContainerStatusUnknown" };
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.Evicted, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("ContainerStatusUnknown", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Execute_ImagePullBackOffPastTheLimit_FailsPermanentlyAndDeletesTheJob()
     {
         await using var test = await K8sTest.StartAsync();
@@ -138,6 +152,66 @@ public sealed class KubernetesEngineTests
         Assert.Contains("could not be pulled", error.Message, StringComparison.Ordinal);
         Assert.Empty(test.Server.Names("jobs", "jobs"));
         Assert.Contains(test.Server.Requests, r => r.Method == "DELETE" && r.Body.Contains("\"propagationPolicy\":\"Background\"", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("CreateContainerConfigError", false, "secret \"db-password\" not found")]
+    [InlineData("CreateContainerError", false, "CreateContainerError")]
+    [InlineData("RunContainerError", true, "RunContainerError")]
+    [InlineData("ContainerCreating", true, "FailedMount: MountVolume.SetUp failed")]
+    public async Task Execute_ContainerThatNeverStartsPastTheLimit_FailsNamingTheReason_AndDeletesTheJob(string reason, bool transient, string quoted)
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { StuckWaiting = reason };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync($"waiting: {reason}");
+        if (reason == "ContainerCreating")
+        {
+            // Every pod passes through ContainerCreating: wait for the kubelet's event that says this one is stuck.
+            await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Any(static n => n.StartsWith("jr-", StringComparison.Ordinal)) && test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never reported the mount failure.");
+        }
+
+        Assert.False(run.IsCompleted);
+        time.Advance(TimeSpan.FromMinutes(15));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.Equal(transient, error.IsTransient);
+        Assert.Contains($"did not start in 00:15:00 ({reason}", error.Message, StringComparison.Ordinal);
+        Assert.Contains(quoted, error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_JobSuspendedByAQueue_IsNotFailedAsCreatingNoPod_AndRunsOnceAdmitted()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => new FakePodScript { Suspended = true, Logs = ["admitted"] };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        // Held back by the queue for longer than the no-pod limit, then admitted.
+        await context.WaitForLineAsync("is suspended");
+        time.Advance(TimeSpan.FromMinutes(11));
+        test.Server.ResumeJob("jobs", $"jr-{context.JobId}-1");
+
+        // The run then waits on the fake clock here and there (a pod's last state, a log stream's reconnect): move it in
+        // steps far shorter than any limit until the attempt finishes.
+        for (var i = 0; i < 300 && !run.IsCompleted; i++)
+        {
+            time.Advance(TimeSpan.FromSeconds(1));
+            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(20), TimeProvider.System));
+        }
+
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.Equal(["admitted"], context.Output);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
     }
 
     [Fact]
@@ -280,6 +354,43 @@ public sealed class KubernetesEngineTests
         // The watch kept trying; with the permission in place the next attempt runs.
         var context = new TestContext();
         await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
+    public async Task Execute_ServerUnreachable_FailsTheAttemptTransiently_NamingTheServer()
+    {
+        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once.
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        var options = new KubernetesEngineOptions { Server = new Uri($"http://127.0.0.1:{port}"), Namespace = "jobs" };
+        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new HurriedTime());
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+
+        Assert.True(error.IsTransient);
+        Assert.Contains("cannot be reached", error.Message, StringComparison.Ordinal);
+        Assert.Contains($"127.0.0.1:{port}", error.Message, StringComparison.Ordinal);
+        Assert.IsType<HttpRequestException>(error.InnerException);
+    }
+
+    [Fact]
+    public async Task Execute_ListsAnswer504Repeatedly_FailsTheAttempt_AndALaterAttemptRunsOnceTheServerAnswers()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(504, count: 1000, match: static r => r.Method == "GET" && !r.IsWatch);
+        var host = test.Host(new HurriedTime());
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        Assert.Equal(504, error.StatusCode);
+        Assert.Equal(0, test.Posts);
+
+        // The watch kept trying; once the server answers, the next attempt runs.
+        test.Server.ClearFaults();
+        var context = new TestContext();
+        await host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
         Assert.Equal(0, context.ExitCode);
     }
 
@@ -518,6 +629,71 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds()
+    {
+        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1");
+        var context = new TestContext { FailWrites = static _ => new InvalidOperationException("the log store is down") };
+
+        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+    }
+
+    [Fact]
+    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["lost"] };
+        var failed = 0;
+        var context = new TestContext
+        {
+            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? new InvalidOperationException("the log store is down") : null,
+        };
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await K8sTest.UntilAsync(() => Volatile.Read(ref failed) > 0, "The first output line was never written.");
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "kept");
+        await context.WaitForLineAsync("kept", LogStream.Output);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(["kept"], context.Output);
+    }
+
+    [Fact]
+    public async Task Execute_LogStreamResetManyTimesWhileThePodRuns_KeepsReconnecting()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var release = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        var context = new TestContext();
+        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync(": running");
+
+        // Each connection delivers a line, then is reset (more resets than the stream once allowed per pod).
+        var expected = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            var line = $"line {i}";
+            expected.Add(line);
+            test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", line);
+            await context.WaitForLineAsync(line, LogStream.Output);
+            test.Server.BreakLogStreams();
+        }
+
+        test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "last");
+        await context.WaitForLineAsync("last", LogStream.Output);
+        release.SetResult();
+        await run.WaitAsync(K8sTest.Limit);
+
+        Assert.Equal([.. expected, "last"], context.Output);
+    }
+
+    [Fact]
     public async Task Execute_WatchExpiresMidRun_RelistsAndFinishes()
     {
         await using var test = await K8sTest.StartAsync();
@@ -618,6 +794,31 @@ public sealed class KubernetesEngineTests
         Assert.Equal(20, test.Posts);
         Assert.Equal(20, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
         Assert.Equal(2, test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && !r.Path.EndsWith("/log", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Host_MoreLongLivedStreamsThanThePlainRequestsConnectionLimit_DoNotStarveThePlainRequests()
+    {
+        // On HTTP/1.1 (the fake server is plain http) every open watch or followed log holds a connection.
+        await using var test = await K8sTest.StartAsync();
+        var host = test.Host();
+        var (client, _) = await host.ConnectAsync(CancellationToken.None);
+        using var stop = new CancellationTokenSource();
+        var streams = Enumerable.Range(0, Kubernetes.Connection.KubernetesConnection.RequestConnections + 6)
+            .Select(_ => Task.Run(async () =>
+            {
+                await foreach (var e in client.WatchAsync(Kubernetes.Client.KubernetesApiClient.JobsPath("jobs"), null, null, stop.Token))
+                {
+                }
+            }))
+            .ToList();
+
+        await K8sTest.UntilAsync(() => test.Server.OpenWatches >= streams.Count, "Not every stream got a connection.");
+        var jobs = await client.ListJobsAsync("jobs", null, CancellationToken.None).WaitAsync(K8sTest.Limit);
+
+        Assert.Empty(jobs.Items);
+        await stop.CancelAsync();
+        await Task.WhenAll(streams).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing | ConfigureAwaitOptions.ContinueOnCapturedContext);
     }
 
     [Fact]

@@ -47,6 +47,9 @@ public sealed class TestContext : WorkloadContext
 
     public IEnumerable<string> Output => _lines.Where(static l => l.Stream == LogStream.Output).Select(static l => l.Message);
 
+    /// <summary>Gets or sets what a write throws instead of storing the lines (a log store's failure); <see langword="null"/> to store them.</summary>
+    public Func<IReadOnlyList<LogLine>, Exception?>? FailWrites { get; set; }
+
     public void RequestCheckpoint() => _checkpointRequested.Cancel();
 
     /// <summary>From now on every write is refused as a worker's attempt refuses them once its lease was lost.</summary>
@@ -92,6 +95,11 @@ public sealed class TestContext : WorkloadContext
     public override async ValueTask LogAsync(IReadOnlyList<LogLine> lines, CancellationToken cancellationToken = default)
     {
         ThrowIfLeaseLost();
+        if (FailWrites?.Invoke(lines) is { } failure)
+        {
+            throw failure;
+        }
+
         if (_logs is not null)
         {
             await _logs.AppendAsync(new JobLease(JobId, "worker", FenceToken, Attempt, DateTimeOffset.MaxValue), lines, cancellationToken);
