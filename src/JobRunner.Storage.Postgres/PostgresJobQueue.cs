@@ -37,6 +37,7 @@ internal sealed class PostgresJobQueue : IJobQueue
     private long _dequeues;
     // The wake-up captured before a look that took every ready row it saw (fewer than asked, under the tenant cap).
     private Task? _exhausted;
+    private int _looks;
 
     /// <summary>Creates the queue.</summary>
     /// <param name="db">The database.</param>
@@ -92,6 +93,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             var now = _time.GetUtcNow();
             var until = now + visibility;
             var request = Plan(now, until, buffer.Length);
+            Interlocked.Increment(ref _looks);
             var (jobs, rotation) = await _db.RunAsync(_db.Worker, request, static async (c, s, token) =>
             {
                 using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Relaxed) } };
@@ -198,6 +200,9 @@ internal sealed class PostgresJobQueue : IJobQueue
         {
         }
     }
+
+    /// <summary>Gets how many dequeue statements this queue ran (for tests).</summary>
+    internal int Looks => Volatile.Read(ref _looks);
 
     /// <summary>Gets how many of the jobs this queue handed out are neither acknowledged nor returned, per tenant (for tests).</summary>
     internal int InFlight(string tenant)

@@ -151,6 +151,27 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task After_a_dequeue_that_took_every_ready_job_the_next_waits_for_a_wake_up_instead_of_looking_again()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
+        await Insert(store);
+        var buffer = new QueuedJob[4];
+        Assert.Equal(1, await queue.DequeueAsync(buffer, Visibility, default));
+
+        // Fewer than asked: the next call waits (the wake-up it waits for was captured before the first look).
+        var waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync();
+        Assert.Equal(1, queue.Looks);
+        var next = Jobs.New(_time);
+        await store.InsertAsync(next, default);
+        await queue.EnqueueAsync(QueuedJob.For(next, _time.GetUtcNow()), default);
+
+        Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(next.Id, buffer[0].Id);
+        Assert.Equal(2, queue.Looks);
+    }
+
+    [Fact]
     public async Task Dequeue_gives_a_tenant_its_jobs_while_another_tenant_floods_the_same_band()
     {
         var (_, store, queue, _) = _database.OpenStore(_time);
