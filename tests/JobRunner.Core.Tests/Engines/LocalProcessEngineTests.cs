@@ -257,6 +257,22 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_HostShutdownRequestsACheckpoint_TheProcessGetsSigtermAndTheRunEndsAsCancelled()
+    {
+        var context = new RecordingContext();
+        using var engine = Engine(Sh("trap 'echo checkpointed; exit 3' TERM; echo ready; while true; do sleep 1; done"));
+        var run = engine.ExecuteAsync(context, CancellationToken.None).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await context.CheckpointRequests.CancelAsync();
+
+        // A release, not a failure: the worker queues the job again (Interrupted) instead of counting a failed attempt.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(Limit));
+        Assert.Equal(3, context.ExitCode);
+        Assert.Contains("checkpointed", context.Output(LogStream.Output));
+    }
+
+    [Fact]
     public async Task Execute_CancelledAndIgnoringSigterm_IsKilledAfterGrace()
     {
         var exitCode = await CancelAfterReadyAsync(Sh("trap '' TERM; echo ready; while true; do sleep 1; done"), new ProcessEngineOptions { KillGracePeriod = TimeSpan.FromMilliseconds(300) });

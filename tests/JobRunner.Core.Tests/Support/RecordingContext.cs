@@ -19,7 +19,10 @@ public sealed class RecordingContext(TimeProvider? time = null) : WorkloadContex
 
     public override ReadOnlyMemory<byte>? Checkpoint => null;
 
-    public override CancellationToken CheckpointRequested => CancellationToken.None;
+    public override CancellationToken CheckpointRequested => CheckpointRequests.Token;
+
+    /// <summary>Gets the source of <see cref="CheckpointRequested"/> (a host shutdown).</summary>
+    public CancellationTokenSource CheckpointRequests { get; } = new();
 
     public override IServiceProvider Services => throw new NotSupportedException();
 

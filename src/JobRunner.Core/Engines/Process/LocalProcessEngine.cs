@@ -40,8 +40,10 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 
         // Beyond what a timer can hold (about 49.7 days): in practice no timeout, as for a job's own timeout.
         using var timeout = spec.Timeout is { } limit && limit <= TimerLimits.Max ? new CancellationTokenSource(limit, _time) : null;
-        using var linked = timeout is null ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
-        var stop = linked?.Token ?? cancellationToken;
+        // A host shutdown's checkpoint request stops the process too (SIGTERM, then SIGKILL after the grace period), as a
+        // workload in the process would stop at it: the run is then a release (queued again, not a failed attempt).
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout?.Token ?? default, context.CheckpointRequested);
+        var stop = linked.Token;
 
         var groups = ProcessGroup.IsSupported && _options.UseProcessGroups;
         using var process = Start(context, spec, groups);
@@ -110,12 +112,16 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             context.ReportExitCode(exitCode);
             if (stopped)
             {
-                if (timeout is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested)
+                if (timeout is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested && !context.CheckpointRequested.IsCancellationRequested)
                 {
                     throw new JobTimeoutException(context.JobId, spec.Timeout!.Value);
                 }
 
-                throw new OperationCanceledException("The process was stopped.", cancellationToken);
+                throw new OperationCanceledException(
+                    context.CheckpointRequested.IsCancellationRequested && !cancellationToken.IsCancellationRequested
+                        ? "The process was stopped: the host is shutting down."
+                        : "The process was stopped.",
+                    cancellationToken);
             }
 
             if (exitCode != 0)
