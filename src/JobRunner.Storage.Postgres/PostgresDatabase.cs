@@ -18,8 +18,7 @@ namespace JobRunner.Storage.Postgres;
 /// </summary>
 internal sealed partial class PostgresDatabase : IAsyncDisposable
 {
-    private readonly Lock _migrationLock = new();
-    private Task? _migration;
+    private readonly SharedStart _migration;
     private int _notifyState; // 0 idle, 1 a NOTIFY in flight, 2 in flight and another requested
 
     // Attempt-event notifications waiting to be sent, and whether a sender runs (0 no, 1 yes).
@@ -38,6 +37,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         Client = Build(synchronousCommit: true, applicationName: "jobrunner");
         Worker = Options.SynchronousCommitForWorkers ? Client : Build(synchronousCommit: false, applicationName: "jobrunner-worker");
         Pipeline = Options.MaxRetries == 0 ? ResiliencePipeline.Empty : BuildRetryPipeline(time);
+        _migration = new SharedStart(() => Migrator.RunAsync(this, CancellationToken.None));
     }
 
     public PostgresOptions Options { get; }
@@ -241,24 +241,8 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         while (!_attemptNotices.IsEmpty && Interlocked.CompareExchange(ref _sendingAttemptNotices, 1, 0) == 0);
     }
 
-    public Task EnsureMigratedAsync(CancellationToken cancellationToken)
-    {
-        var migration = Volatile.Read(ref _migration);
-        if (migration is { IsCompletedSuccessfully: true })
-        {
-            return Task.CompletedTask;
-        }
-
-        lock (_migrationLock)
-        {
-            if (_migration is null || _migration.IsFaulted || _migration.IsCanceled)
-            {
-                _migration = Migrator.RunAsync(this, CancellationToken.None);
-            }
-
-            return _migration.WaitAsync(cancellationToken);
-        }
-    }
+    /// <summary>Applies the migrations once for every caller (again after a failure: see <see cref="SharedStart"/>).</summary>
+    public Task EnsureMigratedAsync(CancellationToken cancellationToken) => _migration.WaitAsync(cancellationToken);
 
     /// <summary>Turns a failure to reach or use the database at start into an error that names the fix.</summary>
     public PostgresStorageException Explain(Exception e)

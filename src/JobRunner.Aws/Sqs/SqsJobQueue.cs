@@ -44,7 +44,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     private readonly List<QueuedJob> _overflow = [];
     private readonly CancellationTokenSource _disposed = new();
     private readonly CancellationToken _stopping;
-    private Task? _started;
+    private readonly SharedStart _started;
     private string? _deadLetterUrl;
     private int _disposeState;
     private int _waiting;
@@ -67,6 +67,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
         }
 
         _stopping = _disposed.Token;
+        _started = new SharedStart(() => Task.Run(() => ResolveQueuesAsync(_stopping), CancellationToken.None));
     }
 
     /// <summary>Gets the HTTP calls made so far (for the benchmark).</summary>
@@ -80,26 +81,7 @@ internal sealed class SqsJobQueue : IJobQueue, IAsyncDisposable
     /// Finds (or creates, when allowed) every queue; fails with an error that names the fix. Callers share one attempt;
     /// a failed one is not kept, so the next call (the host's next start, the worker's next dequeue) tries again.
     /// </summary>
-    public Task StartAsync(CancellationToken cancellationToken)
-    {
-        var started = Volatile.Read(ref _started);
-        if (started is { IsCompletedSuccessfully: true })
-        {
-            return Task.CompletedTask;
-        }
-
-        lock (_lock)
-        {
-            if (_started is null || _started.IsFaulted || _started.IsCanceled)
-            {
-                _started = Task.Run(() => ResolveQueuesAsync(_stopping), CancellationToken.None);
-            }
-
-            started = _started;
-        }
-
-        return started.WaitAsync(cancellationToken);
-    }
+    public Task StartAsync(CancellationToken cancellationToken) => _started.WaitAsync(cancellationToken);
 
     public async ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
     {
