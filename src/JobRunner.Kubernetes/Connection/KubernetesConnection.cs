@@ -165,6 +165,12 @@ internal sealed class KubernetesConnection
         }
     }
 
+    /// <summary>How long an HTTP/2 connection may be silent before it is pinged.</summary>
+    internal static readonly TimeSpan KeepAlivePingDelay = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a ping may go unanswered before the HTTP/2 connection counts as dead and is closed.</summary>
+    internal static readonly TimeSpan KeepAlivePingTimeout = TimeSpan.FromSeconds(15);
+
     /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
     public const int RequestConnections = 64;
 
@@ -183,6 +189,13 @@ internal sealed class KubernetesConnection
             MaxConnectionsPerServer = maxConnectionsPerServer,
             EnableMultipleHttp2Connections = true,
             ConnectTimeout = TimeSpan.FromSeconds(30),
+
+            // On HTTP/2 every request and stream of the pool shares one connection: one whose peer vanished without a
+            // reset (a node or load balancer gone) would be reused, watch reconnects included, until the kernel gives
+            // up (~15 minutes). Pings find it dead within KeepAlivePingDelay + KeepAlivePingTimeout. (HTTP/1.1 ignores them.)
+            KeepAlivePingDelay = KeepAlivePingDelay,
+            KeepAlivePingTimeout = KeepAlivePingTimeout,
+            KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {

@@ -308,6 +308,20 @@ public sealed class ConnectionTests : IDisposable
         Assert.Equal("Bearer direct", server.Requests[^1].Headers["Authorization"]);
     }
 
+    [Theory]
+    [InlineData(64)]
+    [InlineData(int.MaxValue)]
+    public void Handler_PingsHttp2Connections_SoThatADeadPeerIsNotReusedForMinutes(int connections)
+    {
+        // Both pools (plain requests, and watches and log streams) multiplex on one HTTP/2 connection.
+        using var handler = Resolve(new KubernetesEngineOptions { Server = new Uri("https://10.0.0.1:6443") }).CreateHandler(TimeProvider.System, NullLogger.Instance, connections);
+
+        var sockets = Assert.IsType<SocketsHttpHandler>(((DelegatingHandler)handler).InnerHandler);
+        Assert.Equal(TimeSpan.FromSeconds(30), sockets.KeepAlivePingDelay);
+        Assert.Equal(TimeSpan.FromSeconds(15), sockets.KeepAlivePingTimeout);
+        Assert.Equal(HttpKeepAlivePingPolicy.Always, sockets.KeepAlivePingPolicy);
+    }
+
     private static async Task ListOnceAsync(KubernetesConnection connection)
     {
         using var http = new HttpClient(connection.CreateHandler(TimeProvider.System, NullLogger.Instance)) { BaseAddress = connection.Server };
