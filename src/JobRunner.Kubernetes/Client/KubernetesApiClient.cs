@@ -277,6 +277,19 @@ internal sealed class KubernetesApiClient
                     await Task.Delay(Backoff(attempt, null), _time, cancellationToken).ConfigureAwait(false);
                     continue;
                 }
+                catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested && e.InnerException is TimeoutException)
+                {
+                    // The handler's ConnectTimeout: no connection could be opened. A connection failure like any other
+                    // (not the caller's cancellation), so it is retried; past the retries the server is unreachable.
+                    request.Content = null;
+                    if (attempt >= _maxRetries)
+                    {
+                        throw new KubernetesApiException(0, "Unreachable", $"Kubernetes API: could not {what}: the API server at {_http.BaseAddress} cannot be reached ({e.InnerException.Message}). Check the server address, DNS, the network path and the firewall.", innerException: e);
+                    }
+
+                    await Task.Delay(Backoff(attempt, null), _time, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
 
                 // The content is reused by a retry, so the request must not dispose it.
                 request.Content = null;
