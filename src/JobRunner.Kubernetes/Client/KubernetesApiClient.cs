@@ -113,7 +113,9 @@ internal sealed class KubernetesApiClient
         {
             try
             {
-                var response = await SendStreamAsync(follow ? _streams : _http, path, $"read the log of pod '{pod}' in namespace '{ns}'", cancellationToken).ConfigureAwait(false);
+                // A followed log's headers come with its first line (the kubelet writes nothing before): a container
+                // silent for a while is not an unanswered request, so only the connect timeout applies.
+                var response = await SendStreamAsync(follow ? _streams : _http, path, $"read the log of pod '{pod}' in namespace '{ns}'", headerLimit: !follow, cancellationToken).ConfigureAwait(false);
                 return await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (KubernetesApiException e) when (e.StatusCode == 400 && attempt < waitingRetries && IsWaitingToStart(e.Message))
@@ -138,7 +140,7 @@ internal sealed class KubernetesApiClient
             ("resourceVersion", resourceVersion),
             ("timeoutSeconds", ((int)timeout.TotalSeconds).ToString(CultureInfo.InvariantCulture)),
             ("watch", "true"));
-        using var response = await SendStreamAsync(_streams, path, $"watch {collectionPath}", cancellationToken).ConfigureAwait(false);
+        using var response = await SendStreamAsync(_streams, path, $"watch {collectionPath}", headerLimit: true, cancellationToken).ConfigureAwait(false);
         var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
         {
@@ -237,9 +239,17 @@ internal sealed class KubernetesApiClient
         }
     }
 
-    /// <summary>Opens a stream (a watch, a log): its headers must arrive within <see cref="RequestTimeout"/>, its body may take as long as it runs.</summary>
-    private async Task<HttpResponseMessage> SendStreamAsync(HttpClient http, string path, string what, CancellationToken cancellationToken)
+    /// <summary>
+    /// Opens a stream (a watch, a log): its body may take as long as it runs; with <paramref name="headerLimit"/> its
+    /// headers must arrive within <see cref="RequestTimeout"/>.
+    /// </summary>
+    private async Task<HttpResponseMessage> SendStreamAsync(HttpClient http, string path, string what, bool headerLimit, CancellationToken cancellationToken)
     {
+        if (!headerLimit)
+        {
+            return await SendRawAsync(http, HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, what, cancellationToken).ConfigureAwait(false);
+        }
+
         using var timeout = new CancellationTokenSource(RequestTimeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         try

@@ -297,6 +297,39 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task FollowedLog_HeadersLaterThanTheTimeLimit_IsNotCut()
+    {
+        // The kubelet sends a followed log's headers with its first line: a container silent for its first minute.
+        using var handler = new SilentLogHandler();
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://kubernetes.example") };
+        var time = new TimerSignal();
+        var client = new KubernetesApiClient(http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        var open = client.OpenLogAsync("ns", "pod", "main", follow: true, null, 0, CancellationToken.None);
+        await handler.Called.Task.WaitAsync(K8sTest.Limit);
+        time.Fake.Advance(TimeSpan.FromSeconds(61));
+        Assert.False(open.IsCompleted);
+        handler.Answer.SetResult();
+        using var reader = new StreamReader(await open.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal("2026-01-01T00:00:00Z first", await reader.ReadLineAsync());
+    }
+
+    private sealed class SilentLogHandler : HttpMessageHandler
+    {
+        public TaskCompletionSource Called { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            Called.TrySetResult();
+            await Answer.Task.WaitAsync(cancellationToken);
+            return new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent("2026-01-01T00:00:00Z first\n") };
+        }
+    }
+
+    [Fact]
     public async Task Request_AsksForHttp2OrLower()
     {
         using var capture = new CaptureHandler();
