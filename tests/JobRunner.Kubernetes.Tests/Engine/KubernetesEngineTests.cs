@@ -360,13 +360,14 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_ServerUnreachable_FailsTheAttemptTransiently_NamingTheServer()
     {
-        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once.
+        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once, the clock moving
+        // on by them, until the server has been unreachable for minutes.
         var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();
         var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
         listener.Stop();
         var options = new KubernetesEngineOptions { Server = new Uri($"http://127.0.0.1:{port}"), Namespace = "jobs" };
-        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new HurriedTime());
+        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new JumpingTime());
 
         var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
 
@@ -381,7 +382,7 @@ public sealed class KubernetesEngineTests
     {
         await using var test = await K8sTest.StartAsync();
         test.Server.InjectFault(504, count: 1000, match: static r => r.Method == "GET" && !r.IsWatch);
-        var host = test.Host(new HurriedTime());
+        var host = test.Host(new JumpingTime());
 
         var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
         Assert.Equal(504, error.StatusCode);
@@ -392,6 +393,20 @@ public sealed class KubernetesEngineTests
         var context = new TestContext();
         await host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
         Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
+    public async Task Execute_ListsFailForLessThanTheUnreachableLimit_TheAttemptWaitsAndRuns()
+    {
+        // An API server restart: three lists of pods in a row fail (each after the client's retries), some 20 s in all.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(504, count: 18, match: static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch);
+        var context = new TestContext();
+
+        await test.Host(new JumpingTime()).CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.True(test.Server.CountRequests(static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch) > 18);
     }
 
     [Fact]
