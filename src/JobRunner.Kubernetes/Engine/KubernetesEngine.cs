@@ -276,7 +276,9 @@ internal sealed class KubernetesEngine : IExecutionEngine
         {
             return false;
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning disable CA1031 // Any other failure (the store's own time limit included: no token is passed) counts as held.
+        catch (Exception)
+#pragma warning restore CA1031
         {
             return true;
         }
@@ -284,7 +286,8 @@ internal sealed class KubernetesEngine : IExecutionEngine
 
     /// <summary>
     /// Writes <paramref name="message"/> to the attempt's log, best effort: the attempt's outcome (and whether its Job is
-    /// deleted) never depends on the log store. A failure other than cancellation is logged and swallowed.
+    /// deleted) never depends on the log store. Any failure is logged and swallowed: no token is passed, so a cancellation
+    /// is the store's own (its time limit), not the attempt's.
     /// </summary>
     internal static async Task TryLogAsync(WorkloadContext context, ILogger logger, string message)
     {
@@ -296,7 +299,9 @@ internal sealed class KubernetesEngine : IExecutionEngine
         {
             // The lease is gone; the attempt is ending anyway.
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning disable CA1031 // Best effort: see above.
+        catch (Exception e)
+#pragma warning restore CA1031
         {
             Log.SystemLogFailed(logger, e, context.JobId);
         }
@@ -952,14 +957,17 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    /// <summary>Stores a batch of the pod's lines; a store failure loses them (logged), a lost lease ends the stream.</summary>
+    /// <summary>
+    /// Stores a batch of the pod's lines; a store failure loses them (logged), a lost lease ends the stream. No token is
+    /// passed, so a cancellation is the store's own (its time limit): a failure like any other.
+    /// </summary>
     private async Task StoreAsync(List<LogLine> batch, string pod)
     {
         try
         {
             await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not (OperationCanceledException or StaleFenceTokenException))
+        catch (Exception e) when (e is not StaleFenceTokenException)
         {
             Log.LogLinesLost(Logger, e, Context.JobId, batch.Count, pod);
         }

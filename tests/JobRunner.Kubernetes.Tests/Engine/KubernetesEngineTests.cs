@@ -643,13 +643,16 @@ public sealed class KubernetesEngineTests
         Assert.Equal(reset ? 2 : 1, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
     }
 
-    [Fact]
-    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds(bool timesOut)
     {
-        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails.
+        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails,
+        // with an error or with the store's own time limit (a cancellation, though the engine passes no token).
         await using var test = await K8sTest.StartAsync();
         test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1");
-        var context = new TestContext { FailWrites = static _ => new InvalidOperationException("the log store is down") };
+        var context = new TestContext { FailWrites = _ => StoreFailure(timesOut) };
 
         await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
 
@@ -657,8 +660,13 @@ public sealed class KubernetesEngineTests
         Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
     }
 
-    [Fact]
-    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed()
+    private static Exception StoreFailure(bool timesOut)
+        => timesOut ? new TaskCanceledException("The request was canceled due to the configured HttpClient.Timeout of 100 seconds elapsing.", new TimeoutException()) : new InvalidOperationException("the log store is down");
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed(bool timesOut)
     {
         await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
@@ -666,7 +674,7 @@ public sealed class KubernetesEngineTests
         var failed = 0;
         var context = new TestContext
         {
-            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? new InvalidOperationException("the log store is down") : null,
+            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? StoreFailure(timesOut) : null,
         };
         var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
 
