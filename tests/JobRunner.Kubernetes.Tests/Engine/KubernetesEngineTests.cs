@@ -186,6 +186,54 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_ImagePullLongerThanTheStartLimit_IsWaitedFor()
+    {
+        // A huge image: the kubelet pulls it for longer than the limit, the container waiting in ContainerCreating.
+        await using var test = await K8sTest.StartAsync();
+        var pulled = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("the image is still being pulled");
+        pulled.SetResult();
+        await context.WaitForLineAsync(": running");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
+    public async Task Execute_InitContainersRunningLongerThanTheStartLimit_AreNotCounted()
+    {
+        // While init containers run, the container waits in PodInitializing and the pod is not Initialized yet.
+        await using var test = await K8sTest.StartAsync();
+        var initialized = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { InitializeUntil = initialized.Task, RunUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: PodInitializing");
+        time.Advance(TimeSpan.FromMinutes(15));
+        initialized.SetResult();
+        await context.WaitForLineAsync(": running");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
     public async Task Execute_JobSuspendedByAQueue_IsNotFailedAsCreatingNoPod_AndRunsOnceAdmitted()
     {
         await using var test = await K8sTest.StartAsync();
