@@ -988,6 +988,32 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         });
         AddEvent(job.Namespace, podName, "Normal", "Scheduled", $"Successfully assigned {job.Namespace}/{podName} to {node}", "default-scheduler");
 
+        if (script.InitializeUntil is { } initializing)
+        {
+            SetInitialized(job, podName, "False", "ContainersNotInitialized", "containers with incomplete status: [init]");
+            SetWaiting(job, podName, containerName, image, "PodInitializing", "");
+            await WaitAsync(job, initializing, deleted).ConfigureAwait(false);
+            if (deleted.IsCancellationRequested || job.Stop.Task.IsCompleted)
+            {
+                await FinishStoppedAsync(job, podName, containerName, image, log, running: false).ConfigureAwait(false);
+                return;
+            }
+
+            // The init containers are done; the container is being created (still PodInitializing, as the kubelet says).
+            SetInitialized(job, podName, "True", null, null);
+        }
+
+        if (script.PullUntil is { } pulling)
+        {
+            AddEvent(job.Namespace, podName, "Normal", "Pulling", $"Pulling image \"{image}\"", "kubelet");
+            await WaitAsync(job, pulling, deleted).ConfigureAwait(false);
+            if (deleted.IsCancellationRequested || job.Stop.Task.IsCompleted)
+            {
+                await FinishStoppedAsync(job, podName, containerName, image, log, running: false).ConfigureAwait(false);
+                return;
+            }
+        }
+
         if (script.StuckWaiting is { } stuck)
         {
             var (message, eventReason, eventMessage) = stuck switch
@@ -1026,7 +1052,7 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         }
 
         // Running.
-        AddEvent(job.Namespace, podName, "Normal", "Pulled", $"Container image \"{image}\" already present on machine", "kubelet");
+        AddEvent(job.Namespace, podName, "Normal", "Pulled", script.PullUntil is null ? $"Container image \"{image}\" already present on machine" : $"Successfully pulled image \"{image}\"", "kubelet");
         AddEvent(job.Namespace, podName, "Normal", "Started", $"Started container {containerName}", "kubelet");
         var started = Timestamp();
         UpdatePod(job, podName, p =>
@@ -1258,6 +1284,20 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             ["finishedAt"] = finished,
         },
     };
+
+    private void SetInitialized(RunningJob job, string podName, string status, string? reason, string? message)
+        => UpdatePod(job, podName, p =>
+        {
+            foreach (var condition in p["status"]!["conditions"]!.AsArray())
+            {
+                if (condition!["type"]!.GetValue<string>() == "Initialized")
+                {
+                    condition["status"] = status;
+                    condition["reason"] = reason;
+                    condition["message"] = message;
+                }
+            }
+        });
 
     private void SetWaiting(RunningJob job, string podName, string containerName, string image, string reason, string message)
         => UpdatePod(job, podName, p => p["status"]!["containerStatuses"] = new JsonArray(ContainerStatus(containerName, image, new JsonObject { ["waiting"] = new JsonObject { ["reason"] = reason, ["message"] = message } }, false)));

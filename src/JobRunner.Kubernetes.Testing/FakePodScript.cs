@@ -74,6 +74,20 @@ public sealed class FakePodScript
     /// <value>The default value is <see langword="null"/>: the container starts.</value>
     public string? StuckWaiting { get; init; }
 
+    /// <summary>
+    /// Gets a task until which the pod's init containers run: the pod's <c>Initialized</c> condition is False
+    /// (<c>ContainersNotInitialized</c>) and the container waits in <c>PodInitializing</c>; then Initialized is True.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: no init containers.</value>
+    public Task? InitializeUntil { get; init; }
+
+    /// <summary>
+    /// Gets a task until which the kubelet pulls the image: the container waits in <c>ContainerCreating</c> (the kubelet's
+    /// reason for a pull), with a <c>Pulling</c> event; then a <c>Pulled</c> event, and the container starts.
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>: the image is present on the node.</value>
+    public Task? PullUntil { get; init; }
+
     /// <summary>Gets whether the kubelet evicts the pod once it runs (node pressure).</summary>
     /// <value>The default value is <see langword="false"/>.</value>
     public bool Evicted { get; init; }

@@ -49,7 +49,9 @@ public sealed class KubernetesEngineOptions
     /// attempt fails and the Job is deleted: <c>CreateContainerConfigError</c> (a Secret or ConfigMap it refers to is
     /// missing) and <c>CreateContainerError</c> fail permanently; <c>RunContainerError</c> and a pod stuck in
     /// <c>ContainerCreating</c> (a volume that cannot be mounted) fail transiently. Pulling a large image also shows as
-    /// <c>ContainerCreating</c>: keep this longer than the slowest pull.
+    /// <c>ContainerCreating</c>: when the limit is reached while the kubelet's latest <c>Pulling</c> event has no
+    /// <c>Pulled</c> or failure after it, the limit starts over instead. <c>PodInitializing</c> counts only once the
+    /// pod's init containers are done (its <c>Initialized</c> condition). Must be positive.
     /// </summary>
     /// <value>The default value is 15 minutes.</value>
     public TimeSpan ContainerStartLimit { get; set; } = TimeSpan.FromMinutes(15);

@@ -31,9 +31,10 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add("KubernetesEngineOptions.ImagePullBackOffLimit must be zero or more and at most 49.7 days (what a timer takes); zero fails an attempt at the first image pull error.");
         }
 
-        if (options.ContainerStartLimit < TimeSpan.Zero || options.ContainerStartLimit > TimerLimits.Max)
+        // Every container waits in ContainerCreating for a moment: zero would fail nearly every attempt.
+        if (options.ContainerStartLimit <= TimeSpan.Zero || options.ContainerStartLimit > TimerLimits.Max)
         {
-            errors.Add("KubernetesEngineOptions.ContainerStartLimit must be zero or more and at most 49.7 days (what a timer takes).");
+            errors.Add("KubernetesEngineOptions.ContainerStartLimit must be positive and at most 49.7 days (what a timer takes); every container waits to start for a moment.");
         }
 
         if (options.UnschedulableLimit < TimeSpan.Zero || options.UnschedulableLimit > TimerLimits.Max)

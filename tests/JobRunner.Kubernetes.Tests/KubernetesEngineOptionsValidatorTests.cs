@@ -10,7 +10,6 @@ public sealed class KubernetesEngineOptionsValidatorTests
         { nameof(KubernetesEngineOptions.ImagePullBackOffLimit), s_timerMax + TimeSpan.FromMilliseconds(1) },
         { nameof(KubernetesEngineOptions.UnschedulableLimit), TimeSpan.MaxValue },
         { nameof(KubernetesEngineOptions.UnschedulableLimit), TimeSpan.FromDays(50) },
-        { nameof(KubernetesEngineOptions.ContainerStartLimit), TimeSpan.MaxValue },
     };
 
     private static KubernetesEngineOptions With(string property, TimeSpan value)
@@ -38,6 +37,20 @@ public sealed class KubernetesEngineOptionsValidatorTests
     public void Validate_LimitOfExactlyTheTimerMaximum_Succeeds(string property)
     {
         Assert.True(new KubernetesEngineOptionsValidator().Validate(null, With(property, s_timerMax)).Succeeded);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-1)]
+    [InlineData(0xfffffffeL + 1)]
+    public void Validate_ContainerStartLimit_MustBePositive_AndWhatATimerTakes(long milliseconds)
+    {
+        // Zero would fail nearly every attempt: every container waits in ContainerCreating for a moment.
+        var result = new KubernetesEngineOptionsValidator().Validate(null, With(nameof(KubernetesEngineOptions.ContainerStartLimit), TimeSpan.FromMilliseconds(milliseconds)));
+
+        Assert.True(result.Failed);
+        var failure = Assert.Single(result.Failures!);
+        Assert.StartsWith("KubernetesEngineOptions.ContainerStartLimit must be positive and at most 49.7 days", failure, StringComparison.Ordinal);
     }
 
     [Theory]

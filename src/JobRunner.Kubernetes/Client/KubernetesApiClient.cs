@@ -113,7 +113,9 @@ internal sealed class KubernetesApiClient
         {
             try
             {
-                var response = await SendStreamAsync(follow ? _streams : _http, path, $"read the log of pod '{pod}' in namespace '{ns}'", cancellationToken).ConfigureAwait(false);
+                // A followed log's headers come with its first line (the kubelet writes nothing before): a container
+                // silent for a while is not an unanswered request, so only the connect timeout applies.
+                var response = await SendStreamAsync(follow ? _streams : _http, path, $"read the log of pod '{pod}' in namespace '{ns}'", headerLimit: !follow, cancellationToken).ConfigureAwait(false);
                 return await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (KubernetesApiException e) when (e.StatusCode == 400 && attempt < waitingRetries && IsWaitingToStart(e.Message))
@@ -138,7 +140,7 @@ internal sealed class KubernetesApiClient
             ("resourceVersion", resourceVersion),
             ("timeoutSeconds", ((int)timeout.TotalSeconds).ToString(CultureInfo.InvariantCulture)),
             ("watch", "true"));
-        using var response = await SendStreamAsync(_streams, path, $"watch {collectionPath}", cancellationToken).ConfigureAwait(false);
+        using var response = await SendStreamAsync(_streams, path, $"watch {collectionPath}", headerLimit: true, cancellationToken).ConfigureAwait(false);
         var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
         {
@@ -237,9 +239,17 @@ internal sealed class KubernetesApiClient
         }
     }
 
-    /// <summary>Opens a stream (a watch, a log): its headers must arrive within <see cref="RequestTimeout"/>, its body may take as long as it runs.</summary>
-    private async Task<HttpResponseMessage> SendStreamAsync(HttpClient http, string path, string what, CancellationToken cancellationToken)
+    /// <summary>
+    /// Opens a stream (a watch, a log): its body may take as long as it runs; with <paramref name="headerLimit"/> its
+    /// headers must arrive within <see cref="RequestTimeout"/>.
+    /// </summary>
+    private async Task<HttpResponseMessage> SendStreamAsync(HttpClient http, string path, string what, bool headerLimit, CancellationToken cancellationToken)
     {
+        if (!headerLimit)
+        {
+            return await SendRawAsync(http, HttpMethod.Get, path, null, HttpCompletionOption.ResponseHeadersRead, what, cancellationToken).ConfigureAwait(false);
+        }
+
         using var timeout = new CancellationTokenSource(RequestTimeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         try
@@ -274,6 +284,19 @@ internal sealed class KubernetesApiClient
                     // The connection failed before an answer: safe to repeat (a repeated create answers 409 and is adopted).
                     _ = e;
                     request.Content = null;
+                    await Task.Delay(Backoff(attempt, null), _time, cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
+                catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested && e.InnerException is TimeoutException)
+                {
+                    // The handler's ConnectTimeout: no connection could be opened. A connection failure like any other
+                    // (not the caller's cancellation), so it is retried; past the retries the server is unreachable.
+                    request.Content = null;
+                    if (attempt >= _maxRetries)
+                    {
+                        throw new KubernetesApiException(0, "Unreachable", $"Kubernetes API: could not {what}: the API server at {_http.BaseAddress} cannot be reached ({e.InnerException.Message}). Check the server address, DNS, the network path and the firewall.", innerException: e);
+                    }
+
                     await Task.Delay(Backoff(attempt, null), _time, cancellationToken).ConfigureAwait(false);
                     continue;
                 }

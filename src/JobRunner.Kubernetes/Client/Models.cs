@@ -247,6 +247,9 @@ internal sealed class KubeEvent
     public int? Count { get; set; }
 
     public DateTimeOffset? LastTimestamp { get; set; }
+
+    /// <summary>Gets or sets when it happened, for events written through events.k8s.io (no lastTimestamp).</summary>
+    public DateTimeOffset? EventTime { get; set; }
 }
 
 internal sealed class ObjectReference

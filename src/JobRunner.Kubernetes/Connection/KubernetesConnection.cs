@@ -165,6 +165,12 @@ internal sealed class KubernetesConnection
         }
     }
 
+    /// <summary>How long an HTTP/2 connection may be silent before it is pinged.</summary>
+    internal static readonly TimeSpan KeepAlivePingDelay = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a ping may go unanswered before the HTTP/2 connection counts as dead and is closed.</summary>
+    internal static readonly TimeSpan KeepAlivePingTimeout = TimeSpan.FromSeconds(15);
+
     /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
     public const int RequestConnections = 64;
 
@@ -183,6 +189,13 @@ internal sealed class KubernetesConnection
             MaxConnectionsPerServer = maxConnectionsPerServer,
             EnableMultipleHttp2Connections = true,
             ConnectTimeout = TimeSpan.FromSeconds(30),
+
+            // On HTTP/2 every request and stream of the pool shares one connection: one whose peer vanished without a
+            // reset (a node or load balancer gone) would be reused, watch reconnects included, until the kernel gives
+            // up (~15 minutes). Pings find it dead within KeepAlivePingDelay + KeepAlivePingTimeout. (HTTP/1.1 ignores them.)
+            KeepAlivePingDelay = KeepAlivePingDelay,
+            KeepAlivePingTimeout = KeepAlivePingTimeout,
+            KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {
@@ -315,18 +328,24 @@ internal sealed class FileToken(string path, TimeSpan refresh) : ITokenSource
 /// (kind <c>ExecCredential</c>, spec.interactive false), reads the ExecCredential it prints, and keeps the token until
 /// its <c>expirationTimestamp</c>.
 /// </summary>
-#pragma warning disable CA1001 // The gate lives as long as the connection, which lives as long as the host.
 internal sealed class ExecToken : ITokenSource
-#pragma warning restore CA1001
 {
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly Lock _lock = new();
     private string? _token;
     private DateTimeOffset? _expires;
+    private Task<string>? _running; // the plugin's run that the callers wait for, if any
 
     public bool Invalidate(string token)
     {
         // The next request runs the plugin again (client-go does the same on a 401).
-        Interlocked.CompareExchange(ref _token, null, token);
+        lock (_lock)
+        {
+            if (_token == token)
+            {
+                _token = null;
+            }
+        }
+
         return true;
     }
 
@@ -356,32 +375,66 @@ internal sealed class ExecToken : ITokenSource
         return new ExecToken { Command = command, Args = args, Env = env, ApiVersion = apiVersion, Where = where };
     }
 
+    /// <summary>
+    /// The token kept, or the one the plugin's run gives: one run at a time, shared by the callers. A caller's
+    /// cancellation (its request's time limit) ends only its own wait: the run goes on, under <see cref="TimeLimit"/>
+    /// alone, for the others and the next caller.
+    /// </summary>
     public async ValueTask<string> GetTokenAsync(TimeProvider time, ILogger logger, CancellationToken cancellationToken)
     {
-        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
+        Task<string> running;
+        lock (_lock)
         {
             if (_token is { } token && (_expires is null || _expires > time.GetUtcNow() + TimeSpan.FromSeconds(10)))
             {
                 return token;
             }
 
-            var credential = await RunAsync(time, cancellationToken).ConfigureAwait(false);
+            running = _running ?? Start(time);
+        }
 
-            _token = credential.Status?.Token ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} returned no status.token.");
-            _expires = credential.Status.ExpirationTimestamp;
-            return _token;
+        return await running.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Starts a run. Call under the lock.</summary>
+    private Task<string> Start(TimeProvider time)
+    {
+        // Started on the pool, so that it cannot finish (and clear _running) before it is stored: that waits for the lock.
+        var running = Task.Run(() => RefreshAsync(time), CancellationToken.None);
+        _running = running;
+
+        // Every caller may have given up waiting: its failure is then observed here.
+        _ = running.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        return running;
+    }
+
+    private async Task<string> RefreshAsync(TimeProvider time)
+    {
+        try
+        {
+            var credential = await RunAsync(time).ConfigureAwait(false);
+            var token = credential.Status?.Token ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} returned no status.token.");
+            lock (_lock)
+            {
+                _token = token;
+                _expires = credential.Status.ExpirationTimestamp;
+            }
+
+            return token;
         }
         finally
         {
-            _gate.Release();
+            lock (_lock)
+            {
+                _running = null;
+            }
         }
     }
 
-    /// <summary>How long the plugin may run (client-go has no limit; a plugin that hangs would hold the gate, so every request, forever).</summary>
+    /// <summary>How long the plugin may run (client-go has no limit; a plugin that hangs would hold every request forever).</summary>
     internal static readonly TimeSpan TimeLimit = TimeSpan.FromSeconds(60);
 
-    private async Task<ExecCredential> RunAsync(TimeProvider time, CancellationToken cancellationToken)
+    private async Task<ExecCredential> RunAsync(TimeProvider time)
     {
         var info = new ProcessStartInfo(Command) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var arg in Args)
@@ -408,14 +461,14 @@ internal sealed class ExecToken : ITokenSource
 
         using (process)
         {
+            // Its own limit only: the callers' tokens end their waits, not the run.
             using var limit = new CancellationTokenSource(TimeLimit, time);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, limit.Token);
-            var output = process.StandardOutput.ReadToEndAsync(linked.Token);
-            var error = process.StandardError.ReadToEndAsync(linked.Token);
+            var output = process.StandardOutput.ReadToEndAsync(limit.Token);
+            var error = process.StandardError.ReadToEndAsync(limit.Token);
             string text;
             try
             {
-                await process.WaitForExitAsync(linked.Token).ConfigureAwait(false);
+                await process.WaitForExitAsync(limit.Token).ConfigureAwait(false);
                 if (process.ExitCode != 0)
                 {
                     throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} exited with code {process.ExitCode}: {(await error.ConfigureAwait(false)).Trim()}");
@@ -426,9 +479,8 @@ internal sealed class ExecToken : ITokenSource
             }
             catch (OperationCanceledException)
             {
-                // Timed out or cancelled: the plugin (and whatever it started) must not outlive the wait.
+                // Timed out: the plugin (and whatever it started) must not outlive the limit.
                 Kill(process);
-                cancellationToken.ThrowIfCancellationRequested();
                 throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
             }
 

@@ -276,7 +276,9 @@ internal sealed class KubernetesEngine : IExecutionEngine
         {
             return false;
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning disable CA1031 // Any other failure (the store's own time limit included: no token is passed) counts as held.
+        catch (Exception)
+#pragma warning restore CA1031
         {
             return true;
         }
@@ -284,7 +286,8 @@ internal sealed class KubernetesEngine : IExecutionEngine
 
     /// <summary>
     /// Writes <paramref name="message"/> to the attempt's log, best effort: the attempt's outcome (and whether its Job is
-    /// deleted) never depends on the log store. A failure other than cancellation is logged and swallowed.
+    /// deleted) never depends on the log store. Any failure is logged and swallowed: no token is passed, so a cancellation
+    /// is the store's own (its time limit), not the attempt's.
     /// </summary>
     internal static async Task TryLogAsync(WorkloadContext context, ILogger logger, string message)
     {
@@ -296,7 +299,9 @@ internal sealed class KubernetesEngine : IExecutionEngine
         {
             // The lease is gone; the attempt is ending anyway.
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning disable CA1031 // Best effort: see above.
+        catch (Exception e)
+#pragma warning restore CA1031
         {
             Log.SystemLogFailed(logger, e, context.JobId);
         }
@@ -642,20 +647,34 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         // A scheduled container that does not start for a reason other than its image: a Secret or ConfigMap it refers to
         // is missing (CreateContainerConfigError), the runtime cannot create or run it, or it stays in ContainerCreating
         // (a volume that cannot be mounted, a network that cannot be set up). The kubelet would keep trying forever.
+        // PodInitializing counts only once the init containers are done (the Initialized condition): before, they run.
         var scheduled = pod.Spec?.NodeName is { Length: > 0 } || pod.Status?.Conditions?.Exists(static c => c.Type == "PodScheduled" && c.Status == "True") == true;
-        if (waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && waiting?.Reason is "ContainerCreating" or "PodInitializing"))
+        var initialized = pod.Status?.Conditions?.Exists(static c => c.Type == "Initialized" && c.Status == "True") == true;
+        var creating = waiting?.Reason == "ContainerCreating" || (waiting?.Reason == "PodInitializing" && initialized);
+        if (waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && creating))
         {
             _startSince ??= now;
             if (now - _startSince >= Options.ContainerStartLimit)
             {
-                var configuration = waiting.Reason is "CreateContainerConfigError" or "CreateContainerError";
-                var hint = waiting.Reason switch
+                var events = await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false);
+                if (creating && IsPulling(events))
                 {
-                    "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
-                    "ContainerCreating" or "PodInitializing" => "Check the pod's volumes (Secrets, ConfigMaps, persistent volumes) and the node",
-                    _ => "Check ContainerSpec.Command and the container's settings against the image",
-                };
-                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+                    // An image pull still under way (a large image) shows as ContainerCreating too: not stuck, so the
+                    // limit starts over, and the attempt fails only if the pull ends and the container still does not start.
+                    _startSince = now;
+                    await KubernetesEngine.TryLogAsync(Context, Logger, $"Pod {pod.Metadata.Name}: the image is still being pulled after {Options.ContainerStartLimit}; waiting for the pull.").ConfigureAwait(false);
+                }
+                else
+                {
+                    var configuration = waiting!.Reason is "CreateContainerConfigError" or "CreateContainerError";
+                    var hint = waiting.Reason switch
+                    {
+                        "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
+                        "ContainerCreating" or "PodInitializing" => "Check the pod's events: a volume that cannot be mounted (Secrets, ConfigMaps, persistent volumes), the network, the container runtime or the node",
+                        _ => "Check ContainerSpec.Command and the container's settings against the image",
+                    };
+                    FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){Warnings(events)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+                }
             }
         }
         else
@@ -678,19 +697,50 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    /// <summary>The pod's warning events (e.g. FailedMount and why), as ": reason: message; …", or empty.</summary>
-    private async Task<string> PodEventsAsync(string pod, CancellationToken cancellationToken)
+    /// <summary>The pod's events, or <see langword="null"/> when they cannot be listed.</summary>
+    private async Task<List<KubeEvent>?> PodEventsAsync(string pod, CancellationToken cancellationToken)
     {
         try
         {
-            var events = await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false);
-            var warnings = events.Items.Where(static e => e.Type == "Warning").TakeLast(3).Select(static e => $"{e.Reason}: {e.Message}").ToList();
-            return warnings.Count == 0 ? "" : "; events: " + string.Join("; ", warnings);
+            return (await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false)).Items;
         }
         catch (Exception e) when (e is KubernetesApiException or HttpRequestException)
         {
-            return "";
+            return null;
         }
+    }
+
+    /// <summary>The warning events (e.g. FailedMount and why), as "; events: reason: message; …", or empty.</summary>
+    private static string Warnings(List<KubeEvent>? events)
+    {
+        var warnings = events?.Where(static e => e.Type == "Warning").TakeLast(3).Select(static e => $"{e.Reason}: {e.Message}").ToList();
+        return warnings is not { Count: > 0 } ? "" : "; events: " + string.Join("; ", warnings);
+    }
+
+    /// <summary>
+    /// Whether the kubelet is pulling an image: its latest <c>Pulling</c> event has no <c>Pulled</c> or failure
+    /// (<c>Failed</c>, <c>BackOff</c>) at the same time or later. Event times have a resolution of a second: a tie counts
+    /// as finished.
+    /// </summary>
+    internal static bool IsPulling(List<KubeEvent>? events)
+    {
+        if (events is null)
+        {
+            return false;
+        }
+
+        DateTimeOffset? pulling = null;
+        foreach (var e in events)
+        {
+            if (e.Reason == "Pulling" && When(e) is { } at && (pulling is null || at > pulling))
+            {
+                pulling = at;
+            }
+        }
+
+        return pulling is { } since && !events.Exists(e => e.Reason is "Pulled" or "Failed" or "BackOff" && When(e) >= since);
+
+        static DateTimeOffset? When(KubeEvent e) => e.LastTimestamp ?? e.EventTime ?? e.Metadata.CreationTimestamp;
     }
 
     /// <summary>The attempt gives up on a Job the cluster would keep trying: delete it, then fail with <paramref name="error"/>.</summary>
@@ -952,14 +1002,17 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    /// <summary>Stores a batch of the pod's lines; a store failure loses them (logged), a lost lease ends the stream.</summary>
+    /// <summary>
+    /// Stores a batch of the pod's lines; a store failure loses them (logged), a lost lease ends the stream. No token is
+    /// passed, so a cancellation is the store's own (its time limit): a failure like any other.
+    /// </summary>
     private async Task StoreAsync(List<LogLine> batch, string pod)
     {
         try
         {
             await Context.LogAsync(batch, CancellationToken.None).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not (OperationCanceledException or StaleFenceTokenException))
+        catch (Exception e) when (e is not StaleFenceTokenException)
         {
             Log.LogLinesLost(Logger, e, Context.JobId, batch.Count, pod);
         }

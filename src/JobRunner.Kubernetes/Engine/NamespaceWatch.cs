@@ -34,8 +34,11 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     // waits for the next try, so that attempts fail with the API's message instead of waiting forever.
     private TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    /// <summary>How many lists in a row (each with the client's own retries) may fail before the waiting attempts fail.</summary>
-    internal const int FailuresBeforeListed = 3;
+    /// <summary>
+    /// How long lists may keep failing (counted from the first failure in a row) before the attempts waiting for them
+    /// fail: long enough for an API server's restart, or a host that starts before the server is up.
+    /// </summary>
+    internal static readonly TimeSpan UnreachableLimit = TimeSpan.FromMinutes(2);
 
     /// <summary>A watch closed sooner than this counts as closed at once: the next one waits a little.</summary>
     internal static readonly TimeSpan BriefWatch = TimeSpan.FromSeconds(1);
@@ -165,6 +168,7 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         var kind = isJobs ? "Jobs" : "pods";
         string? resourceVersion = null;
         var failures = 0;
+        long failingSince = 0; // when the failures in a row began
         var brief = 0; // watches in a row that the server closed at once or that delivered nothing
         var listed = false;
         while (!stop.IsCancellationRequested)
@@ -220,11 +224,15 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             catch (Exception e)
 #pragma warning restore CA1031
             {
-                failures++;
-                if (!listed && (e is KubernetesApiException { IsTransient: false } || failures >= FailuresBeforeListed))
+                if (failures++ == 0)
+                {
+                    failingSince = _time.GetTimestamp();
+                }
+
+                if (!listed && (e is KubernetesApiException { IsTransient: false } || _time.GetElapsedTime(failingSince) >= UnreachableLimit))
                 {
                     // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials),
-                    // or failing again and again (the server cannot be reached: DNS, TLS, connection refused; 504s): the
+                    // or failing for minutes (the server cannot be reached: DNS, TLS, connection refused; 504s): the
                     // attempts waiting for the watch fail with the last error; the watch keeps trying.
                     ref var synced = ref isJobs ? ref _jobsSynced : ref _podsSynced;
                     var waiting = Interlocked.Exchange(ref synced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));

@@ -297,6 +297,39 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task FollowedLog_HeadersLaterThanTheTimeLimit_IsNotCut()
+    {
+        // The kubelet sends a followed log's headers with its first line: a container silent for its first minute.
+        using var handler = new SilentLogHandler();
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://kubernetes.example") };
+        var time = new TimerSignal();
+        var client = new KubernetesApiClient(http, time) { RequestTimeout = TimeSpan.FromSeconds(20) };
+
+        var open = client.OpenLogAsync("ns", "pod", "main", follow: true, null, 0, CancellationToken.None);
+        await handler.Called.Task.WaitAsync(K8sTest.Limit);
+        time.Fake.Advance(TimeSpan.FromSeconds(61));
+        Assert.False(open.IsCompleted);
+        handler.Answer.SetResult();
+        using var reader = new StreamReader(await open.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal("2026-01-01T00:00:00Z first", await reader.ReadLineAsync());
+    }
+
+    private sealed class SilentLogHandler : HttpMessageHandler
+    {
+        public TaskCompletionSource Called { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            Called.TrySetResult();
+            await Answer.Task.WaitAsync(cancellationToken);
+            return new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent("2026-01-01T00:00:00Z first\n") };
+        }
+    }
+
+    [Fact]
     public async Task Request_AsksForHttp2OrLower()
     {
         using var capture = new CaptureHandler();
@@ -348,6 +381,66 @@ public sealed class KubernetesApiClientTests : IAsyncLifetime
 
             var body = watch ? "" : """{"metadata":{"resourceVersion":"1"},"items":[]}""";
             return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") });
+        }
+    }
+
+    [Fact]
+    public async Task ConnectTimeout_IsRetriedLikeAConnectionFailure()
+    {
+        // SocketsHttpHandler.ConnectTimeout throws a TaskCanceledException (inner TimeoutException), not an HttpRequestException.
+        using var handler = new ConnectTimeoutHandler { Failures = 2 };
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://10.9.8.7:6443") };
+
+        var list = await new KubernetesApiClient(http, new HurriedTime()).ListJobsAsync("ns", null, CancellationToken.None).WaitAsync(K8sTest.Limit);
+
+        Assert.Empty(list.Items);
+        Assert.Equal(3, handler.Calls);
+    }
+
+    [Fact]
+    public async Task ConnectTimeout_PastTheRetries_IsUnreachableNamingTheServer()
+    {
+        using var handler = new ConnectTimeoutHandler { Failures = int.MaxValue };
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://10.9.8.7:6443") };
+
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => new KubernetesApiClient(http, new HurriedTime(), maxRetries: 2).ListJobsAsync("ns", null, CancellationToken.None).WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(0, error.StatusCode);
+        Assert.Equal("Unreachable", error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("https://10.9.8.7:6443", error.Message, StringComparison.Ordinal);
+        Assert.Equal(3, handler.Calls);
+    }
+
+    [Fact]
+    public async Task ConnectTimeout_WhenTheCallerCancelled_IsTheCallersCancellation()
+    {
+        using var cancel = new CancellationTokenSource();
+        using var handler = new ConnectTimeoutHandler { Failures = int.MaxValue, OnCall = cancel.Cancel };
+        using var http = new HttpClient(handler) { BaseAddress = new Uri("https://10.9.8.7:6443") };
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => new KubernetesApiClient(http, new HurriedTime()).ListJobsAsync("ns", null, cancel.Token).WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(1, handler.Calls);
+    }
+
+    private sealed class ConnectTimeoutHandler : HttpMessageHandler
+    {
+        public int Failures { get; init; }
+
+        public Action? OnCall { get; init; }
+
+        public int Calls;
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            OnCall?.Invoke();
+            if (Interlocked.Increment(ref Calls) <= Failures)
+            {
+                throw new TaskCanceledException("The connection attempt timed out.", new TimeoutException("A connection could not be established within 30 seconds."));
+            }
+
+            return Task.FromResult(new HttpResponseMessage(System.Net.HttpStatusCode.OK) { Content = new StringContent("""{"metadata":{"resourceVersion":"1"},"items":[]}""", System.Text.Encoding.UTF8, "application/json") });
         }
     }
 

@@ -186,27 +186,70 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_ImagePullLongerThanTheStartLimit_IsWaitedFor()
+    {
+        // A huge image: the kubelet pulls it for longer than the limit, the container waiting in ContainerCreating.
+        await using var test = await K8sTest.StartAsync();
+        var pulled = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("the image is still being pulled");
+        pulled.SetResult();
+        await context.WaitForLineAsync(": running");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
+    public async Task Execute_InitContainersRunningLongerThanTheStartLimit_AreNotCounted()
+    {
+        // While init containers run, the container waits in PodInitializing and the pod is not Initialized yet.
+        await using var test = await K8sTest.StartAsync();
+        var initialized = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { InitializeUntil = initialized.Task, RunUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: PodInitializing");
+        time.Advance(TimeSpan.FromMinutes(15));
+        initialized.SetResult();
+        await context.WaitForLineAsync(": running");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
     public async Task Execute_JobSuspendedByAQueue_IsNotFailedAsCreatingNoPod_AndRunsOnceAdmitted()
     {
         await using var test = await K8sTest.StartAsync();
         test.Server.PodBehavior = static _ => new FakePodScript { Suspended = true, Logs = ["admitted"] };
         var time = new FakeTimeProvider();
         var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(4)).ExecuteAsync(context, CancellationToken.None).AsTask();
 
-        // Held back by the queue for longer than the no-pod limit, then admitted.
+        // Held back by the queue for longer than the no-pod limit, then admitted. (Less than the 6 minutes after which a
+        // silent watch counts as dead: a watch reopened after one that delivered nothing would wait on the fake clock.)
         await context.WaitForLineAsync("is suspended");
-        time.Advance(TimeSpan.FromMinutes(11));
+        time.Advance(TimeSpan.FromMinutes(5));
         test.Server.ResumeJob("jobs", $"jr-{context.JobId}-1");
 
-        // The run then waits on the fake clock here and there (a pod's last state, a log stream's reconnect): move it in
-        // steps far shorter than any limit until the attempt finishes.
-        for (var i = 0; i < 300 && !run.IsCompleted; i++)
-        {
-            time.Advance(TimeSpan.FromSeconds(1));
-            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(20), TimeProvider.System));
-        }
-
+        // From here on every step is driven by the watch (the pod runs, its log ends, the Job completes): the fake clock
+        // stays where it is.
         await run.WaitAsync(K8sTest.Limit);
 
         Assert.Equal(0, context.ExitCode);
@@ -360,13 +403,14 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_ServerUnreachable_FailsTheAttemptTransiently_NamingTheServer()
     {
-        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once.
+        // Nothing listens on the port: every connection is refused. The back-off pauses pass at once, the clock moving
+        // on by them, until the server has been unreachable for minutes.
         var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();
         var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
         listener.Stop();
         var options = new KubernetesEngineOptions { Server = new Uri($"http://127.0.0.1:{port}"), Namespace = "jobs" };
-        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new HurriedTime());
+        await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new JumpingTime());
 
         var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
 
@@ -381,7 +425,7 @@ public sealed class KubernetesEngineTests
     {
         await using var test = await K8sTest.StartAsync();
         test.Server.InjectFault(504, count: 1000, match: static r => r.Method == "GET" && !r.IsWatch);
-        var host = test.Host(new HurriedTime());
+        var host = test.Host(new JumpingTime());
 
         var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
         Assert.Equal(504, error.StatusCode);
@@ -392,6 +436,20 @@ public sealed class KubernetesEngineTests
         var context = new TestContext();
         await host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
         Assert.Equal(0, context.ExitCode);
+    }
+
+    [Fact]
+    public async Task Execute_ListsFailForLessThanTheUnreachableLimit_TheAttemptWaitsAndRuns()
+    {
+        // An API server restart: three lists of pods in a row fail (each after the client's retries), some 20 s in all.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.InjectFault(504, count: 18, match: static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch);
+        var context = new TestContext();
+
+        await test.Host(new JumpingTime()).CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+
+        Assert.Equal(0, context.ExitCode);
+        Assert.True(test.Server.CountRequests(static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch) > 18);
     }
 
     [Fact]
@@ -628,13 +686,16 @@ public sealed class KubernetesEngineTests
         Assert.Equal(reset ? 2 : 1, test.Server.CountRequests(static r => r.Path.EndsWith("/log", StringComparison.Ordinal)));
     }
 
-    [Fact]
-    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Execute_LogStoreFailsEveryWrite_TheAttemptStillSucceeds(bool timesOut)
     {
-        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails.
+        // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails,
+        // with an error or with the store's own time limit (a cancellation, though the engine passes no token).
         await using var test = await K8sTest.StartAsync();
         test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1");
-        var context = new TestContext { FailWrites = static _ => new InvalidOperationException("the log store is down") };
+        var context = new TestContext { FailWrites = _ => StoreFailure(timesOut) };
 
         await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
 
@@ -642,8 +703,13 @@ public sealed class KubernetesEngineTests
         Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
     }
 
-    [Fact]
-    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed()
+    private static Exception StoreFailure(bool timesOut)
+        => timesOut ? new TaskCanceledException("The request was canceled due to the configured HttpClient.Timeout of 100 seconds elapsing.", new TimeoutException()) : new InvalidOperationException("the log store is down");
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed(bool timesOut)
     {
         await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
@@ -651,7 +717,7 @@ public sealed class KubernetesEngineTests
         var failed = 0;
         var context = new TestContext
         {
-            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? new InvalidOperationException("the log store is down") : null,
+            FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? StoreFailure(timesOut) : null,
         };
         var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
 
