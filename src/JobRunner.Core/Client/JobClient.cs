@@ -120,6 +120,19 @@ internal sealed class JobClient(
         return job;
     }
 
+    /// <summary>
+    /// Whether a state change the subscription buffered happened before <paramref name="snapshot"/> was read (it would
+    /// end the watch on a state the job has left, e.g. a Failed buffered before a concurrent RetryAsync queued it again).
+    /// Told by attempts, not by timestamps (hosts' clocks differ): an attempt older than the snapshot's last is over; so
+    /// is its last when the snapshot is Queued or Scheduled, and that attempt cannot succeed or fail afterwards.
+    /// </summary>
+    private static bool IsBefore(JobEvent jobEvent, JobRecord snapshot)
+        => jobEvent.Kind == JobEventKind.StateChanged
+            && (jobEvent.Attempt < snapshot.Attempts.Count
+                || (jobEvent.Attempt == snapshot.Attempts.Count
+                    && snapshot.State is JobState.Queued or JobState.Scheduled
+                    && jobEvent.State is JobState.Succeeded or JobState.Failed));
+
     public async IAsyncEnumerable<JobEvent> WatchAsync(JobId id, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         // Subscribe before reading the snapshot, so no change falls between the two.
@@ -135,6 +148,11 @@ internal sealed class JobClient(
 
             await foreach (var jobEvent in stream.ConfigureAwait(false))
             {
+                if (IsBefore(jobEvent, job))
+                {
+                    continue;
+                }
+
                 yield return jobEvent;
                 if (jobEvent.Kind == JobEventKind.StateChanged && jobEvent.State.IsTerminal())
                 {

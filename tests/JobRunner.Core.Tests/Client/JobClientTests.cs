@@ -197,6 +197,60 @@ public sealed class JobClientTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task WatchAsync_FailedAndRetriedBetweenSubscribeAndSnapshot_DoesNotEndOnTheStaleFailure()
+    {
+        // The watch subscribes, then reads the job: in between, attempt 1 fails and a RetryAsync queues the job again.
+        RetryBeforeRead? store = null;
+        await using var host = new TestHost(r => r.UseStore(sp => store = new RetryBeforeRead(sp.GetRequiredService<InMemoryJobStore>())));
+        var fail = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (context, ct) =>
+        {
+            if (context.Attempt == 1)
+            {
+                await fail.Task.WaitAsync(ct);
+                throw new PermanentJobException("attempt 1 fails");
+            }
+        };
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        store!.BeforeRead = async () =>
+        {
+            fail.SetResult();
+            await host.WaitForStateAsync(id, JobState.Failed);
+            await host.Client.RetryAsync(id);
+        };
+
+        var events = new List<JobEvent>();
+        using var stop = new CancellationTokenSource(TestHost.WaitLimit);
+        await foreach (var e in host.Client.WatchAsync(id, stop.Token))
+        {
+            events.Add(e);
+        }
+
+        Assert.Equal(JobState.Succeeded, events[^1].State);
+        Assert.DoesNotContain(events, e => e.State == JobState.Failed);
+    }
+
+    /// <summary>Runs <see cref="BeforeRead"/> once, before the next read of a job.</summary>
+    private sealed class RetryBeforeRead(IJobStore inner) : JobRunner.Testing.DelegatingJobStore(inner)
+    {
+        public Func<Task>? BeforeRead { get; set; }
+
+        public override async ValueTask<JobRecord?> GetAsync(JobId id, CancellationToken cancellationToken)
+        {
+            if (BeforeRead is { } before && Interlocked.Exchange(ref _once, 1) == 0)
+            {
+                await before();
+            }
+
+            return await Inner.GetAsync(id, cancellationToken);
+        }
+
+        private int _once;
+    }
+
+    [Fact]
     public async Task RetryAsync_FailedJob_RunsAgainFromItsCheckpoint_AndSucceeds()
     {
         // The first attempt checkpoints and fails for good (no retries left); the retried one resumes and succeeds.
