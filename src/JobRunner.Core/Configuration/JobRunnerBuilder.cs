@@ -231,7 +231,7 @@ public sealed class JobRunnerBuilder
     private static IExecutionEngine CreateProcessEngine(IServiceProvider services, Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve)
         => services.GetService<IContainerEngineProvider>() is { } provider
             ? provider.CreateEngine(resolve)
-            : new LocalProcessEngine(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>());
+            : new LocalProcessEngine(resolve, services.GetRequiredService<IOptions<ProcessEngineOptions>>().Value, services.GetRequiredService<TimeProvider>(), services.GetRequiredService<IOptions<WorkerOptions>>().Value.ShutdownGracePeriod);
 
     private JobRunnerBuilder Add(string name, Type? workloadType, Func<IServiceProvider, IExecutionEngine> engineFactory, Action<WorkloadOptions>? configure)
     {

@@ -257,8 +257,25 @@ public sealed class LocalProcessEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task Execute_HostShutdownWithAGraceLongerThanTheKillGrace_AProcessThatFinishesMeanwhileSucceeds()
+    {
+        // SIGTERM would come 50 s after the request (60 s of shutdown grace less 10 s of kill grace): the process ends first.
+        var context = new RecordingContext();
+        using var engine = new LocalProcessEngine((_, _) => ValueTask.FromResult(Sh("echo ready; sleep 1; echo finished")), new ProcessEngineOptions(), TimeProvider.System, shutdownGracePeriod: TimeSpan.FromSeconds(60));
+        var run = engine.ExecuteAsync(context, CancellationToken.None).AsTask();
+        await Task.WhenAny(run, context.WaitForLineAsync("ready")).WaitAsync(Limit);
+
+        await context.CheckpointRequests.CancelAsync();
+
+        await run.WaitAsync(Limit);
+        Assert.Equal(0, context.ExitCode);
+        Assert.Contains("finished", context.Output(LogStream.Output));
+    }
+
+    [Fact]
     public async Task Execute_HostShutdownRequestsACheckpoint_TheProcessGetsSigtermAndTheRunEndsAsCancelled()
     {
+        // With the defaults (shutdown grace and kill grace both 10 s) SIGTERM comes at once.
         var context = new RecordingContext();
         using var engine = Engine(Sh("trap 'echo checkpointed; exit 3' TERM; echo ready; while true; do sleep 1; done"));
         var run = engine.ExecuteAsync(context, CancellationToken.None).AsTask();

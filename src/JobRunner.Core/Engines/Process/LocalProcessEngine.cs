@@ -23,13 +23,20 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
     private readonly Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> _resolve;
     private readonly ProcessEngineOptions _options;
     private readonly TimeProvider _time;
+    private readonly TimeSpan _shutdownGracePeriod;
     private readonly ConcurrentDictionary<int, bool> _running = new();
 
-    public LocalProcessEngine(Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve, ProcessEngineOptions options, TimeProvider time)
+    /// <param name="resolve">Resolves an attempt's spec.</param>
+    /// <param name="options">The engine's options.</param>
+    /// <param name="time">The clock.</param>
+    /// <param name="shutdownGracePeriod">The worker's <see cref="WorkerOptions.ShutdownGracePeriod"/>: a process is sent
+    /// SIGTERM <see cref="ProcessEngineOptions.KillGracePeriod"/> before it ends.</param>
+    public LocalProcessEngine(Func<WorkloadContext, CancellationToken, ValueTask<ContainerSpec>> resolve, ProcessEngineOptions options, TimeProvider time, TimeSpan shutdownGracePeriod = default)
     {
         _resolve = resolve;
         _options = options;
         _time = time;
+        _shutdownGracePeriod = shutdownGracePeriod;
         AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
     }
 
@@ -40,11 +47,23 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
 
         // Beyond what a timer can hold (about 49.7 days): in practice no timeout, as for a job's own timeout.
         using var timeout = spec.Timeout is { } limit && limit <= TimerLimits.Max ? new CancellationTokenSource(limit, _time) : null;
-        // A host shutdown's checkpoint request stops the process too (SIGTERM, then SIGKILL after the grace period), as a
-        // workload in the process would stop at it: the run is then a release (queued again, not a failed attempt).
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout?.Token ?? default, context.CheckpointRequested);
+        // At a host shutdown (the worker's checkpoint request) the process gets SIGTERM KillGracePeriod before the worker's
+        // ShutdownGracePeriod ends (at once when the kill grace is the longer, as with the defaults): one that finishes
+        // before then succeeds, and one that does not is stopped gracefully within the grace. The run is then a release
+        // (queued again, its attempt not counted as failed).
+        using var shutdown = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _time);
+        using var onShutdown = context.CheckpointRequested.Register(
+            static s =>
+            {
+                var (source, delay) = ((CancellationTokenSource, TimeSpan))s!;
+                source.CancelAfter(delay > TimeSpan.Zero ? delay : TimeSpan.Zero);
+            },
+            (shutdown, _shutdownGracePeriod - _options.KillGracePeriod));
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout?.Token ?? default, shutdown.Token);
         var stop = linked.Token;
 
+        // Not started at all when it would be stopped at once (the host is stopping, or the attempt was cancelled).
+        stop.ThrowIfCancellationRequested();
         var groups = ProcessGroup.IsSupported && _options.UseProcessGroups;
         using var process = Start(context, spec, groups);
         _running.TryAdd(process.Id, groups);
@@ -76,13 +95,16 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
                 TaskScheduler.Default);
 
             var stopped = false;
+            var timedOut = false;
             try
             {
                 await process.WaitForExitAsync(stop).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
+                // What stopped it, as it stood then (a shutdown during the stop does not make a timeout a release).
                 stopped = true;
+                timedOut = timeout is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested && !shutdown.IsCancellationRequested;
                 await StopAsync(process, groups).ConfigureAwait(false);
             }
 
@@ -112,13 +134,13 @@ internal sealed class LocalProcessEngine : IExecutionEngine, IDisposable
             context.ReportExitCode(exitCode);
             if (stopped)
             {
-                if (timeout is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested && !context.CheckpointRequested.IsCancellationRequested)
+                if (timedOut)
                 {
                     throw new JobTimeoutException(context.JobId, spec.Timeout!.Value);
                 }
 
                 throw new OperationCanceledException(
-                    context.CheckpointRequested.IsCancellationRequested && !cancellationToken.IsCancellationRequested
+                    shutdown.IsCancellationRequested && !cancellationToken.IsCancellationRequested
                         ? "The process was stopped: the host is shutting down."
                         : "The process was stopped.",
                     cancellationToken);
