@@ -1014,6 +1014,17 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
             }
         }
 
+        if (script.InitStuckWaiting is { } initStuck)
+        {
+            SetInitialized(job, podName, "False", "ContainersNotInitialized", "containers with incomplete status: [init]");
+            SetWaiting(job, podName, containerName, image, "PodInitializing", "");
+            UpdatePod(job, podName, p => p["status"]!["initContainerStatuses"] = new JsonArray(ContainerStatus("init", image, new JsonObject { ["waiting"] = new JsonObject { ["reason"] = initStuck, ["message"] = $"init container: {initStuck}" } }, false)));
+            AddEvent(job.Namespace, podName, "Warning", initStuck == "ContainerCreating" ? "FailedMount" : "BackOff", $"init container: {initStuck}", "kubelet");
+            await WaitAsync(job, null, deleted, forever: true).ConfigureAwait(false);
+            await FinishStoppedAsync(job, podName, containerName, image, log, running: false).ConfigureAwait(false);
+            return;
+        }
+
         if (script.StuckWaiting is { } stuck)
         {
             var (message, eventReason, eventMessage) = stuck switch

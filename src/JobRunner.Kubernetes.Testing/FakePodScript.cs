@@ -82,6 +82,14 @@ public sealed class FakePodScript
     public Task? InitializeUntil { get; init; }
 
     /// <summary>
+    /// Gets the reason the pod's init container <c>init</c> waits in for good (the pod stays uninitialized and its container
+    /// in <c>PodInitializing</c>), with a Warning event of the kubelet: e.g. <c>ImagePullBackOff</c>,
+    /// <c>CrashLoopBackOff</c>, or <c>ContainerCreating</c> (a volume that cannot be mounted: event FailedMount).
+    /// </summary>
+    /// <value>The default value is <see langword="null"/>.</value>
+    public string? InitStuckWaiting { get; init; }
+
+    /// <summary>
     /// Gets a task until which the kubelet pulls the image: the container waits in <c>ContainerCreating</c> (the kubelet's
     /// reason for a pull), with a <c>Pulling</c> event; then a <c>Pulled</c> event, and the container starts.
     /// </summary>

@@ -175,6 +175,8 @@ internal sealed class PodStatus
     public List<Condition>? Conditions { get; set; }
 
     public List<ContainerStatus>? ContainerStatuses { get; set; }
+
+    public List<ContainerStatus>? InitContainerStatuses { get; set; }
 }
 
 internal sealed class ContainerStatus

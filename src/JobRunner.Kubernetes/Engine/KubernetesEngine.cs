@@ -650,8 +650,20 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         // PodInitializing counts only once the init containers are done (the Initialized condition): before, they run.
         var scheduled = pod.Spec?.NodeName is { Length: > 0 } || pod.Status?.Conditions?.Exists(static c => c.Type == "PodScheduled" && c.Status == "True") == true;
         var initialized = pod.Status?.Conditions?.Exists(static c => c.Type == "Initialized" && c.Status == "True") == true;
+
+        // While the init containers run, the one that does not start (or keeps crashing) is what waits: it counts as the
+        // container would. One that runs, or has finished, is progress.
+        var initWaiting = !initialized && waiting?.Reason == "PodInitializing"
+            ? pod.Status?.InitContainerStatuses?.Find(static s => s.State?.Terminated is not { ExitCode: 0 })?.State?.Waiting
+            : null;
+        var initStuck = initWaiting?.Reason is "ContainerCreating" or "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" or "CrashLoopBackOff" or "ErrImagePull" or "ImagePullBackOff" or "InvalidImageName";
+        if (initStuck)
+        {
+            waiting = initWaiting;
+        }
+
         var creating = waiting?.Reason == "ContainerCreating" || (waiting?.Reason == "PodInitializing" && initialized);
-        if (waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && creating))
+        if (initStuck || waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && creating))
         {
             _startSince ??= now;
             if (now - _startSince >= Options.ContainerStartLimit)
@@ -667,7 +679,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
                 else
                 {
                     var configuration = waiting!.Reason is "CreateContainerConfigError" or "CreateContainerError";
-                    var hint = waiting.Reason switch
+                    var hint = initStuck ? "An init container of the pod does not start or keeps failing: check its image, command and the pod's volumes" : waiting.Reason switch
                     {
                         "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
                         "ContainerCreating" or "PodInitializing" => "Check the pod's events: a volume that cannot be mounted (Secrets, ConfigMaps, persistent volumes), the network, the container runtime or the node",

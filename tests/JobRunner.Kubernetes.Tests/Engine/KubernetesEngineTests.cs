@@ -185,6 +185,34 @@ public sealed class KubernetesEngineTests
         Assert.Empty(test.Server.Names("jobs", "jobs"));
     }
 
+    [Theory]
+    [InlineData("CrashLoopBackOff")]
+    [InlineData("ImagePullBackOff")]
+    [InlineData("ContainerCreating")]
+    public async Task Execute_InitContainerThatNeverStartsPastTheLimit_FailsNamingIt_AndDeletesTheJob(string reason)
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { InitStuckWaiting = reason };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await context.WaitForLineAsync("waiting: PodInitializing");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never reported the init container.");
+
+        // The limit counts from when the engine saw the init container wait, which may follow the event by a moment.
+        for (var i = 0; i < 5 && !run.IsCompleted; i++)
+        {
+            time.Advance(TimeSpan.FromMinutes(15));
+            await Task.WhenAny(run, Task.Delay(TimeSpan.FromSeconds(1), TimeProvider.System));
+        }
+
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.Contains($"did not start in 00:15:00 ({reason}", error.Message, StringComparison.Ordinal);
+        Assert.Contains("An init container", error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
     [Fact]
     public async Task Execute_ImagePullLongerThanTheStartLimit_IsWaitedFor()
     {
