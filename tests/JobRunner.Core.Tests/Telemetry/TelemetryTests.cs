@@ -56,17 +56,15 @@ public sealed class TelemetryTests
         Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
     }
 
-    [Fact]
-    public async Task Meter_RecordsQueueWaitPerTenant()
+    /// <summary>Starts a listener that collects <paramref name="instrument"/>'s measurements of <paramref name="tenant"/>.</summary>
+    private static MeterListener Listen(string instrument, string tenant, ConcurrentQueue<double> values)
     {
-        var tenant = "w" + Guid.NewGuid().ToString("N")[..8];
-        var waits = new ConcurrentQueue<double>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
+        var listener = new MeterListener();
+        listener.InstrumentPublished = (published, l) =>
         {
-            if (instrument.Meter.Name == "JobRunner" && instrument.Name == "jobrunner.queue.wait")
+            if (published.Meter.Name == "JobRunner" && published.Name == instrument)
             {
-                l.EnableMeasurementEvents(instrument);
+                l.EnableMeasurementEvents(published);
             }
         };
         listener.SetMeasurementEventCallback<double>((_, value, tags, _) =>
@@ -75,11 +73,20 @@ public sealed class TelemetryTests
             {
                 if (tag.Key == "tenant" && tag.Value as string == tenant)
                 {
-                    waits.Enqueue(value);
+                    values.Enqueue(value);
                 }
             }
         });
         listener.Start();
+        return listener;
+    }
+
+    [Fact]
+    public async Task Meter_RecordsQueueWaitPerTenant()
+    {
+        var tenant = "w" + Guid.NewGuid().ToString("N")[..8];
+        var waits = new ConcurrentQueue<double>();
+        using var listener = Listen("jobrunner.queue.wait", tenant, waits);
 
         await using var host = new TestHost();
         var id = await host.SubmitAsync(new JobRequest("work") { Tenant = tenant });
@@ -95,25 +102,7 @@ public sealed class TelemetryTests
     {
         var tenant = "o" + Guid.NewGuid().ToString("N")[..8];
         var ages = new ConcurrentQueue<double>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Name == "JobRunner" && instrument.Name == "jobrunner.scheduler.oldest_wait")
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<double>((_, value, tags, _) =>
-        {
-            foreach (var tag in tags)
-            {
-                if (tag.Key == "tenant" && tag.Value as string == tenant)
-                {
-                    ages.Enqueue(value);
-                }
-            }
-        });
-        listener.Start();
+        using var listener = Listen("jobrunner.scheduler.oldest_wait", tenant, ages);
 
         // One slot, busy: the delayed job, once due, waits in the scheduler.
         await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
