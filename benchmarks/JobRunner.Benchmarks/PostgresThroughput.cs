@@ -295,6 +295,9 @@ internal static class PostgresThroughput
                 connectionString += ";Max Auto Prepare=" + prepare;
             }
 
+            // Further connection string settings to probe, e.g. ";No Reset On Close=true".
+            connectionString += Environment.GetEnvironmentVariable("BENCH_CONNECTION") ?? string.Empty;
+
             var builder = Microsoft.Extensions.Hosting.Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
             builder.Services.AddSingleton<StartSignal>();
             builder.Services.AddJobRunner(r => r

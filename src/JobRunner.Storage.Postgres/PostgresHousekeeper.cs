@@ -60,13 +60,15 @@ internal sealed class PostgresHousekeeper
         var held = await _db.RunAsync(_db.Client, run, static async (c, run, token) =>
         {
             var self = run.Keeper;
-            if (!await ScalarAsync<bool>(c, "SELECT pg_try_advisory_lock(hashtext(@key))", token, ("key", self._lockKey)).ConfigureAwait(false))
-            {
-                return false;
-            }
-
+            bool? held = null; // unknown until the try-lock answers
             try
             {
+                held = await ScalarAsync<bool>(c, "SELECT pg_try_advisory_lock(hashtext(@key))", token, ("key", self._lockKey)).ConfigureAwait(false);
+                if (held == false)
+                {
+                    return false;
+                }
+
                 var options = self._db.Options;
                 await self.DeleteHistoryAsync(c, run, run.Now - options.HistoryRetention, token).ConfigureAwait(false);
                 if (options.FinishedJobRetention is { } retention)
@@ -76,16 +78,39 @@ internal sealed class PostgresHousekeeper
             }
             finally
             {
-                // A broken connection has released the lock already; closing a pooled one does not.
-                if (c.FullState == System.Data.ConnectionState.Open)
+                if (held != false)
                 {
-                    await ScalarAsync<bool>(c, "SELECT pg_advisory_unlock(hashtext(@key))", CancellationToken.None, ("key", self._lockKey)).ConfigureAwait(false);
+                    await ReleaseLockAsync(c, self._lockKey).ConfigureAwait(false);
                 }
             }
 
             return true;
         }, cancellationToken).ConfigureAwait(false);
         return held ? (run.History, run.Jobs) : null;
+    }
+
+    /// <summary>
+    /// Gives the session-level lock back (also when the try-lock's answer was lost: not holding it only draws a server
+    /// warning). Pooled connections are not reset on close (see <see cref="PostgresDatabase"/>), so a connection that
+    /// could not give it back must not be used again: its pool is cleared, which closes it when it is returned.
+    /// </summary>
+    private static async Task ReleaseLockAsync(NpgsqlConnection c, string key)
+    {
+        // A broken connection has released the lock already.
+        if (c.FullState != System.Data.ConnectionState.Open)
+        {
+            return;
+        }
+
+        try
+        {
+            await ScalarAsync<bool>(c, "SELECT pg_advisory_unlock(hashtext(@key))", CancellationToken.None, ("key", key)).ConfigureAwait(false);
+        }
+        catch
+        {
+            NpgsqlConnection.ClearPool(c);
+            throw;
+        }
     }
 
     private async Task DeleteHistoryAsync(NpgsqlConnection c, Run run, DateTimeOffset before, CancellationToken token)

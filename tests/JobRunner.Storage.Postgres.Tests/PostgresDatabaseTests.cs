@@ -21,6 +21,22 @@ public sealed class PostgresDatabaseTests
             Assert.Equal(expected, new NpgsqlConnectionStringBuilder(db.Worker.ConnectionString).MaxAutoPrepare);
         }
     }
+
+    [Theory]
+    [InlineData("Host=127.0.0.1;Database=jobs", true)]
+    [InlineData("Host=127.0.0.1;Database=jobs;No Reset On Close=false", false)]
+    [InlineData("Host=127.0.0.1;Database=jobs;NoResetOnClose=false", false)]
+    public async Task Pooled_connections_are_not_reset_unless_the_connection_string_says_otherwise(string connectionString, bool expected)
+    {
+        foreach (var durable in new[] { true, false })
+        {
+            var options = new PostgresOptions { ConnectionString = connectionString, SynchronousCommitForWorkers = durable };
+            await using var db = new PostgresDatabase(Microsoft.Extensions.Options.Options.Create(options), new FakeTimeProvider());
+
+            Assert.Equal(expected, new NpgsqlConnectionStringBuilder(db.Client.ConnectionString).NoResetOnClose);
+            Assert.Equal(expected, new NpgsqlConnectionStringBuilder(db.Worker.ConnectionString).NoResetOnClose);
+        }
+    }
 }
 
 /// <summary>How durably a batch commits (<see cref="JobRows.IndexPathsOnly"/>), read back inside the batch's transaction.</summary>
