@@ -205,7 +205,19 @@ internal sealed partial class PostgresBackgroundService : BackgroundService
     {
         if (e.Channel == _db.ReadyChannel)
         {
-            _db.Ready.Set();
+            // Another host queued these jobs (an offer), or something may be ready (a plain wake-up).
+            switch (_db.ReadOffers(e.Payload))
+            {
+                case null:
+                    _db.Ready.Set();
+                    break;
+                case { Count: > 0 } offers:
+                    _db.Ready.Offer(offers);
+                    break;
+                default:
+                    break; // this process offered them to its own workers already
+            }
+
             return;
         }
 

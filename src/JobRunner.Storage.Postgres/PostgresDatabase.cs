@@ -21,6 +21,11 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     private readonly SharedStart _migration;
     private int _notifyState; // 0 idle, 1 a NOTIFY in flight, 2 in flight and another requested
 
+    // What the next wake-up NOTIFY offers: the jobs queued since the last one, unless it must be plain.
+    private readonly Lock _outgoingLock = new();
+    private List<QueuedJob>? _outgoing;
+    private bool _outgoingPlain;
+
     // Attempt-event notifications waiting to be sent, and whether a sender runs (0 no, 1 yes).
     private readonly System.Collections.Concurrent.ConcurrentQueue<string> _attemptNotices = new();
     private int _sendingAttemptNotices;
@@ -111,10 +116,35 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             static (c, s, token) => s.Operation(c, s.State, ++s.Tries.Value, token),
             cancellationToken);
 
-    /// <summary>Tells every worker (this process at once, others by a coalesced NOTIFY) that jobs may be ready.</summary>
-    public void NotifyReady()
+    /// <summary>
+    /// Tells every worker (this process at once, others by a coalesced NOTIFY) that jobs may be ready: with
+    /// <paramref name="job"/>, that this job was just queued (an offer, see <see cref="WakeSignal"/>), which a NOTIFY
+    /// carries to the other hosts when it has at most <see cref="MaxOffersPerNotify"/> such jobs and nothing else.
+    /// </summary>
+    /// <param name="job">The job just queued, or <see langword="null"/> for a plain wake-up.</param>
+    public void NotifyReady(QueuedJob? job = null)
     {
-        Ready.Set();
+        lock (_outgoingLock)
+        {
+            if (job is null || job.DueAt is not null || _outgoing?.Count >= MaxOffersPerNotify)
+            {
+                _outgoingPlain = true;
+            }
+            else
+            {
+                (_outgoing ??= []).Add(job);
+            }
+        }
+
+        if (job is null)
+        {
+            Ready.Set();
+        }
+        else
+        {
+            Ready.Offer([job]);
+        }
+
         while (true)
         {
             var state = Volatile.Read(ref _notifyState);
@@ -135,18 +165,30 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         }
     }
 
+    /// <summary>How many offered jobs one wake-up NOTIFY carries at most; more make it a plain one.</summary>
+    internal const int MaxOffersPerNotify = 8;
+
     private async Task SendNotificationsAsync()
     {
         // One NOTIFY in flight at a time; requests that arrive meanwhile are folded into the next one.
         do
         {
             Volatile.Write(ref _notifyState, 1);
+            string payload;
+            lock (_outgoingLock)
+            {
+                payload = _outgoingPlain || _outgoing is null ? "" : WriteOffers(_outgoing);
+                _outgoing = null;
+                _outgoingPlain = false;
+            }
+
             try
             {
-                await RunAsync(Client, ReadyChannel, static async (c, channel, token) =>
+                await RunAsync(Client, (Channel: ReadyChannel, Payload: payload), static async (c, s, token) =>
                 {
-                    using var command = new NpgsqlCommand("SELECT pg_notify($1, '')", c);
-                    command.Parameters.Add(new NpgsqlParameter { Value = channel });
+                    using var command = new NpgsqlCommand("SELECT pg_notify($1, $2)", c);
+                    command.Parameters.Add(new NpgsqlParameter { Value = s.Channel });
+                    command.Parameters.Add(new NpgsqlParameter { Value = s.Payload });
                     await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
                     return 0;
                 }, CancellationToken.None).ConfigureAwait(false);
@@ -158,6 +200,88 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             }
         }
         while (Interlocked.CompareExchange(ref _notifyState, 0, 1) != 1);
+    }
+
+    /// <summary>The payload of a wake-up NOTIFY that offers <paramref name="jobs"/>; empty (a plain wake-up) when too large.</summary>
+    internal string WriteOffers(List<QueuedJob> jobs)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer, new System.Text.Json.JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            json.WriteStartObject();
+            json.WriteString("i", InstanceId);
+            json.WriteStartArray("o");
+            foreach (var job in jobs)
+            {
+                json.WriteStartObject();
+                json.WriteString("j", job.Id.Value);
+                json.WriteNumber("p", job.Priority);
+                json.WriteString("t", job.Tenant);
+                json.WriteString("w", job.Workload);
+                if (job.ConcurrencyKey is { } key)
+                {
+                    json.WriteString("k", key);
+                }
+
+                if (job.Affinity is { } affinity)
+                {
+                    json.WriteString("a", affinity);
+                }
+
+                json.WriteNumber("e", job.EnqueuedAt.UtcTicks);
+                json.WriteEndObject();
+            }
+
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+
+        return buffer.WrittenCount > MaxNotifyPayloadBytes ? "" : System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    /// <summary>
+    /// Reads the jobs a wake-up NOTIFY of another host offers (see <see cref="NotifyReady"/>).
+    /// </summary>
+    /// <param name="payload">The payload.</param>
+    /// <returns>The jobs; empty when the NOTIFY came from this process; <see langword="null"/> for a plain wake-up.</returns>
+    public List<QueuedJob>? ReadOffers(string payload)
+    {
+        if (string.IsNullOrEmpty(payload))
+        {
+            return null;
+        }
+
+        try
+        {
+            using var document = System.Text.Json.JsonDocument.Parse(payload);
+            var root = document.RootElement;
+            if (root.GetProperty("i").GetString() == InstanceId)
+            {
+                return [];
+            }
+
+            var jobs = new List<QueuedJob>();
+            foreach (var offer in root.GetProperty("o").EnumerateArray())
+            {
+                jobs.Add(new QueuedJob
+                {
+                    Id = new JobId(offer.GetProperty("j").GetGuid()),
+                    Priority = offer.GetProperty("p").GetInt32(),
+                    Tenant = offer.GetProperty("t").GetString()!,
+                    Workload = offer.GetProperty("w").GetString()!,
+                    ConcurrencyKey = offer.TryGetProperty("k", out var key) ? key.GetString() : null,
+                    Affinity = offer.TryGetProperty("a", out var affinity) ? affinity.GetString() : null,
+                    EnqueuedAt = new DateTimeOffset(offer.GetProperty("e").GetInt64(), TimeSpan.Zero),
+                });
+            }
+
+            return jobs.Count > 0 ? jobs : null;
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException or FormatException or ArgumentException)
+        {
+            // Not a payload this version writes: look.
+            return null;
+        }
     }
 
     /// <summary>

@@ -27,6 +27,8 @@ internal sealed class PostgresJobQueue : IJobQueue
     // visibility: a delivery whose visibility lapsed without an extension was dropped by its consumer.
     private readonly Dictionary<QueuedJob, DateTimeOffset> _inFlight = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<string, TenantFlow> _tenants = new(StringComparer.Ordinal);
+    // The ids of deliveries that were offers: unlike a look's, their rows are not hidden, so looks leave them out.
+    private readonly HashSet<JobId> _offered = [];
     private readonly TimeProvider _time;
     private readonly string _dequeueSql;
     private readonly string _nextDueSql;
@@ -35,9 +37,11 @@ internal sealed class PostgresJobQueue : IJobQueue
     private DateTimeOffset _nextLapse = DateTimeOffset.MaxValue;
     private string? _rotation;
     private long _dequeues;
-    // The wake-up captured before a look that took every ready row it saw (fewer than asked, under the tenant cap).
-    private Task? _exhausted;
+    // The wake-up captured before a look that took every ready row it saw (fewer than asked, under the tenant cap), or
+    // before taking offers.
+    private Exhausted? _exhausted;
     private int _looks;
+    private int _offersTaken;
 
     /// <summary>Creates the queue.</summary>
     /// <param name="db">The database.</param>
@@ -65,8 +69,8 @@ internal sealed class PostgresJobQueue : IJobQueue
 
     public ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
     {
-        // The row is already ready (the store wrote it so): wake the workers.
-        _db.NotifyReady();
+        // The row is already ready (the store wrote it so): wake the workers, offering them the job.
+        _db.NotifyReady(job);
         return ValueTask.CompletedTask;
     }
 
@@ -79,16 +83,36 @@ internal sealed class PostgresJobQueue : IJobQueue
 
         while (true)
         {
-            // Captured before looking, so that a wake-up that arrives while we look is not lost.
-            var wake = _db.Ready.Current;
-
             // The last look took every ready row it saw: until a wake-up since (a new or returned job), or a due time,
             // another look now would find nothing (and would compete with the lease of what it took).
-            if (Interlocked.Exchange(ref _exhausted, null) is { IsCompleted: false } exhausted)
+            if (Interlocked.Exchange(ref _exhausted, null) is { } exhausted)
             {
-                await WaitAsync(exhausted, dueNow: TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
-                continue;
+                if (!exhausted.Wake.IsCompleted)
+                {
+                    await WaitAsync(exhausted.Wake, dueNow: TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                    if (!exhausted.Wake.IsCompleted)
+                    {
+                        continue; // a due time or the poll interval: look
+                    }
+                }
+
+                var offered = TakeOffers(buffer, visibility, exhausted);
+                if (offered > 0)
+                {
+                    return offered;
+                }
+
+                if (offered < 0)
+                {
+                    continue; // that look took every job offered since: wait again
+                }
             }
+
+            // Captured before looking, so that a wake-up that arrives while it looks is not lost. The look finds what
+            // was offered so far.
+            var wake = _db.Ready.Current;
+            var plain = _db.Ready.PlainCount;
+            _db.Ready.TakeOffers();
 
             var now = _time.GetUtcNow();
             var until = now + visibility;
@@ -133,7 +157,7 @@ internal sealed class PostgresJobQueue : IJobQueue
                 // Fewer than asked, and not stopped by the tenant cap: the look found every ready row it could take.
                 if (jobs.Count < request.Limit && !ReachedTenantCap(jobs, request.MaxTenants))
                 {
-                    Volatile.Write(ref _exhausted, wake);
+                    Volatile.Write(ref _exhausted, new Exhausted(wake, plain, jobs));
                 }
 
                 jobs.CopyTo(buffer.Span);
@@ -142,8 +166,62 @@ internal sealed class PostgresJobQueue : IJobQueue
 
             // Something due now that this look did not take is locked by another transaction: look again soon.
             await WaitAsync(wake, dueNow: TimeSpan.FromMilliseconds(1), cancellationToken).ConfigureAwait(false);
+            if (wake.IsCompleted && TakeOffers(buffer, visibility, new Exhausted(wake, plain, null)) is var offeredNow and > 0)
+            {
+                return offeredNow;
+            }
         }
     }
+
+    /// <summary>
+    /// After <paramref name="last"/>'s wake-up came: when only offers (see <see cref="WakeSignal"/>) came since, the jobs
+    /// offered are every ready job that look did not see, so they are taken into <paramref name="buffer"/> (highest
+    /// priority first) without looking again: one round trip less from submit to start. They are not hidden from other
+    /// workers; the lease decides which one runs a job. Jobs that look took (offered while it looked) are left out.
+    /// </summary>
+    /// <returns>
+    /// How many jobs were taken; 0 when a look must decide (a plain wake-up, no offers, more than the buffer holds);
+    /// -1 when that look took every job offered since (the wait goes on).
+    /// </returns>
+    private int TakeOffers(Memory<QueuedJob> buffer, TimeSpan visibility, Exhausted last)
+    {
+        // Captured before taking, like a look's.
+        var wake = _db.Ready.Current;
+        var plain = _db.Ready.PlainCount;
+        if (plain != last.Plain)
+        {
+            return 0;
+        }
+
+        var offers = _db.Ready.TakeOffers();
+        if (offers is null || offers.Count > buffer.Length)
+        {
+            return 0;
+        }
+
+        if (last.Seen is { } seen && offers.RemoveAll(o => seen.Exists(j => j.Id == o.Id)) > 0 && offers.Count == 0)
+        {
+            Volatile.Write(ref _exhausted, last with { Wake = wake });
+            return -1;
+        }
+
+        offers.Sort(static (a, b) => b.Priority != a.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
+        string? rotation;
+        lock (_lock)
+        {
+            _dequeues++;
+            rotation = _rotation;
+        }
+
+        Taken(offers, rotation, _time.GetUtcNow() + visibility, offered: true);
+        Interlocked.Increment(ref _offersTaken);
+        Volatile.Write(ref _exhausted, new Exhausted(wake, plain, null));
+        offers.CopyTo(buffer.Span);
+        return offers.Count;
+    }
+
+    /// <summary>Gets how many times this queue took offered jobs instead of looking (for tests).</summary>
+    internal int OffersTaken => Volatile.Read(ref _offersTaken);
 
     /// <summary>Whether the jobs of one dequeue come from as many tenants as one dequeue visits at most.</summary>
     private static bool ReachedTenantCap(List<QueuedJob> jobs, int maxTenants)
@@ -308,11 +386,27 @@ internal sealed class PostgresJobQueue : IJobQueue
     }
 
     /// <summary>Counts the jobs a dequeue handed out, and keeps where the next one starts.</summary>
-    private void Taken(List<QueuedJob> jobs, string? rotation, DateTimeOffset until)
+    /// <param name="jobs">The jobs; a look's lose those this worker holds as offers (a look does not know them).</param>
+    /// <param name="rotation">Where the next look's walk over the tenants starts.</param>
+    /// <param name="until">Their visibility.</param>
+    /// <param name="offered">Whether they were offered rather than looked for (see <see cref="TakeOffers"/>).</param>
+    private void Taken(List<QueuedJob> jobs, string? rotation, DateTimeOffset until, bool offered = false)
     {
         lock (_lock)
         {
             _rotation = rotation;
+            if (offered)
+            {
+                foreach (var job in jobs)
+                {
+                    _offered.Add(job.Id);
+                }
+            }
+            else if (_offered.Count > 0)
+            {
+                jobs.RemoveAll(job => _offered.Contains(job.Id));
+            }
+
             foreach (var job in jobs)
             {
                 _inFlight[job] = until;
@@ -342,7 +436,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             {
                 if (job is not null && _inFlight.Remove(job))
                 {
-                    Release(job.Tenant);
+                    Release(job);
                 }
             }
         }
@@ -357,7 +451,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             if (until <= now)
             {
                 _inFlight.Remove(job);
-                Release(job.Tenant);
+                Release(job);
             }
             else if (until < next)
             {
@@ -368,11 +462,16 @@ internal sealed class PostgresJobQueue : IJobQueue
         _nextLapse = next;
     }
 
-    private void Release(string tenant)
+    private void Release(QueuedJob job)
     {
-        if (_tenants.TryGetValue(tenant, out var flow))
+        if (_tenants.TryGetValue(job.Tenant, out var flow))
         {
             flow.InFlight--;
+        }
+
+        if (_offered.Count > 0)
+        {
+            _offered.Remove(job.Id);
         }
     }
 
@@ -396,6 +495,12 @@ internal sealed class PostgresJobQueue : IJobQueue
             return await command.ExecuteNonQueryAsync(token).ConfigureAwait(false);
         }, cancellationToken);
     }
+
+    /// <summary>
+    /// A wake-up captured before a look that found every ready row (or before taking offers), with the count of plain
+    /// wake-ups then, and the jobs that look took.
+    /// </summary>
+    private sealed record Exhausted(Task Wake, long Plain, List<QueuedJob>? Seen);
 
     private sealed record DequeueRequest(
         string Sql, DateTimeOffset Now, DateTimeOffset Until, int Limit, string? After, string[] Tenants, int[] Wants, int MaxTenants);

@@ -37,6 +37,31 @@ public sealed class PostgresDatabaseTests
             Assert.Equal(expected, new NpgsqlConnectionStringBuilder(db.Worker.ConnectionString).NoResetOnClose);
         }
     }
+
+    [Fact]
+    public async Task A_wake_up_notify_carries_the_jobs_it_offers_to_other_hosts_only()
+    {
+        await using var a = new PostgresDatabase(Microsoft.Extensions.Options.Options.Create(new PostgresOptions { ConnectionString = "Host=127.0.0.1" }), new FakeTimeProvider());
+        await using var b = new PostgresDatabase(Microsoft.Extensions.Options.Options.Create(new PostgresOptions { ConnectionString = "Host=127.0.0.1" }), new FakeTimeProvider());
+        var at = new DateTimeOffset(2026, 11, 23, 8, 0, 0, 123, TimeSpan.Zero).AddTicks(4567);
+        List<QueuedJob> jobs =
+        [
+            new() { Id = JobId.New(TimeProvider.System), Priority = 7, Tenant = "acme", Workload = "resize", EnqueuedAt = at },
+            new() { Id = JobId.New(TimeProvider.System), Priority = 1, Tenant = "テナント", Workload = "w\"x", ConcurrencyKey = "k1", Affinity = "gpu=true", EnqueuedAt = at.AddSeconds(1) },
+        ];
+
+        var payload = a.WriteOffers(jobs);
+
+        Assert.Equal(jobs, b.ReadOffers(payload));
+        Assert.Empty(a.ReadOffers(payload)!);
+        Assert.Null(b.ReadOffers(""));
+        Assert.Null(b.ReadOffers("{\"i\":\"x\"}"));
+        Assert.Null(b.ReadOffers("not json"));
+
+        // Over NOTIFY's payload limit: a plain wake-up instead.
+        jobs.Add(jobs[0] with { Affinity = new string('a', PostgresDatabase.MaxNotifyPayloadBytes) });
+        Assert.Equal("", a.WriteOffers(jobs));
+    }
 }
 
 /// <summary>How durably a batch commits (<see cref="JobRows.IndexPathsOnly"/>), read back inside the batch's transaction.</summary>

@@ -144,16 +144,21 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         await storeA.InsertAsync(record, default);
         await queueA.EnqueueAsync(QueuedJob.For(record, _time.GetUtcNow()), default);
 
-        // No clock advance: only the NOTIFY can wake it (the poll interval is an hour).
+        // No clock advance: only the NOTIFY can wake it (the poll interval is an hour). It offers the job, which B takes
+        // without a second look: its only look found nothing, and nothing but that offer came since.
         Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(record.Id, buffer[0].Id);
+        Assert.Equal(record.Request.Workload, buffer[0].Workload);
+        Assert.Equal(1, queueB.Looks);
+        Assert.Equal(1, queueB.OffersTaken);
+        Assert.NotNull(await storeB.TryAcquireLeaseAsync(record.Id, "w1", TimeSpan.FromMinutes(1), default));
         await listener.StopAsync(default);
     }
 
     [Fact]
     public async Task After_a_dequeue_that_took_every_ready_job_the_next_waits_for_a_wake_up_instead_of_looking_again()
     {
-        var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
+        var (db, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
         await Insert(store);
         var buffer = new QueuedJob[4];
         Assert.Equal(1, await queue.DequeueAsync(buffer, Visibility, default));
@@ -166,9 +171,46 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         await store.InsertAsync(next, default);
         await queue.EnqueueAsync(QueuedJob.For(next, _time.GetUtcNow()), default);
 
+        // The enqueue offered the job: taken without a second look.
         Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(next.Id, buffer[0].Id);
+        Assert.Equal(1, queue.Looks);
+        Assert.Equal(1, queue.OffersTaken);
+
+        // A job made ready without an offer (a plain wake-up, as returns and other hosts' large batches send) besides an
+        // offered one: the offer is not all there is, so the next call looks.
+        var unannounced = await Insert(store);
+        var offered = Jobs.New(_time);
+        await store.InsertAsync(offered, default);
+        await queue.EnqueueAsync(QueuedJob.For(offered, _time.GetUtcNow()), default);
+        db.Ready.Set();
+
+        Assert.Equal(2, await queue.DequeueAsync(buffer, Visibility, default));
+        Assert.Equal(new[] { unannounced, offered.Id }.Order(), buffer.Take(2).Select(j => j.Id).Order());
         Assert.Equal(2, queue.Looks);
+        Assert.Equal(1, queue.OffersTaken);
+    }
+
+    [Fact]
+    public async Task A_job_offered_while_a_look_took_it_is_not_handed_out_again()
+    {
+        var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
+        var first = Jobs.New(_time);
+        await store.InsertAsync(first, default);
+        var buffer = new QueuedJob[4];
+        Assert.Equal(1, await queue.DequeueAsync(buffer, Visibility, default));
+
+        // The look took the job before its enqueue offered it (the enqueue follows the insert's commit).
+        var waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync();
+        await queue.EnqueueAsync(QueuedJob.For(first, _time.GetUtcNow()), default);
+        var next = Jobs.New(_time);
+        await store.InsertAsync(next, default);
+        await queue.EnqueueAsync(QueuedJob.For(next, _time.GetUtcNow()), default);
+
+        Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(next.Id, buffer[0].Id);
+        Assert.Equal(1, queue.Looks);
     }
 
     [Fact]
