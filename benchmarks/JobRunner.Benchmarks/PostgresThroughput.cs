@@ -174,10 +174,13 @@ internal static class PostgresThroughput
         var latencies = new double[samples];
         var submits = new double[samples];
         var rests = new double[samples];
+        var at0 = Stopwatch.GetTimestamp();
+        var offsets = new double[samples];
         for (var i = 0; i < samples; i++)
         {
             var signal = started.Next();
             var before = Stopwatch.GetTimestamp();
+            offsets[i] = Stopwatch.GetElapsedTime(at0, before).TotalMilliseconds;
             await client.SubmitAsync(new JobRequest("noop"));
             var submitted = Stopwatch.GetTimestamp();
             var at = await signal.WaitAsync(TimeSpan.FromSeconds(30));
@@ -186,6 +189,12 @@ internal static class PostgresThroughput
             rests[i] = at > submitted ? Stopwatch.GetElapsedTime(submitted, at).TotalMilliseconds : 0;
             // Idle between samples: the worker waits for the NOTIFY again.
             await Task.Delay(TimeSpan.FromMilliseconds(5), TimeProvider.System);
+        }
+
+        // BENCH_DUMP=file: each sample as "ms since the round began, latency, submit call" (to look at the tail's timing).
+        if (verbose && Environment.GetEnvironmentVariable("BENCH_DUMP") is { Length: > 0 } dump)
+        {
+            await File.AppendAllLinesAsync(dump, Enumerable.Range(0, samples).Select(i => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{offsets[i]:F1},{latencies[i]:F3},{submits[i]:F3}")));
         }
 
         if (verbose)

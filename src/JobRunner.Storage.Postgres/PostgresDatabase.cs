@@ -126,7 +126,7 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
     {
         lock (_outgoingLock)
         {
-            if (job is null || job.DueAt is not null || _outgoing?.Count >= MaxOffersPerNotify)
+            if (job is null || !WakeSignal.IsOfferable(job) || _outgoing?.Count >= MaxOffersPerNotify)
             {
                 _outgoingPlain = true;
             }
@@ -174,16 +174,23 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
         do
         {
             Volatile.Write(ref _notifyState, 1);
-            string payload;
+            List<QueuedJob>? offers;
+            bool plain;
             lock (_outgoingLock)
             {
-                payload = _outgoingPlain || _outgoing is null ? "" : WriteOffers(_outgoing);
+                (offers, plain) = (_outgoing, _outgoingPlain);
                 _outgoing = null;
                 _outgoingPlain = false;
             }
 
+            if (offers is null && !plain)
+            {
+                continue; // sent with the last one
+            }
+
             try
             {
+                var payload = plain ? "" : WriteOffers(offers!);
                 await RunAsync(Client, (Channel: ReadyChannel, Payload: payload), static async (c, s, token) =>
                 {
                     using var command = new NpgsqlCommand("SELECT pg_notify($1, $2)", c);
@@ -263,12 +270,13 @@ internal sealed partial class PostgresDatabase : IAsyncDisposable
             var jobs = new List<QueuedJob>();
             foreach (var offer in root.GetProperty("o").EnumerateArray())
             {
+                var priority = offer.GetProperty("p").GetInt32();
                 jobs.Add(new QueuedJob
                 {
                     Id = new JobId(offer.GetProperty("j").GetGuid()),
-                    Priority = offer.GetProperty("p").GetInt32(),
-                    Tenant = offer.GetProperty("t").GetString()!,
-                    Workload = offer.GetProperty("w").GetString()!,
+                    Priority = priority is >= 1 and <= 10 ? priority : throw new FormatException("An offer's priority is out of range."),
+                    Tenant = offer.GetProperty("t").GetString() ?? throw new FormatException("An offer without a tenant."),
+                    Workload = offer.GetProperty("w").GetString() ?? throw new FormatException("An offer without a workload."),
                     ConcurrencyKey = offer.TryGetProperty("k", out var key) ? key.GetString() : null,
                     Affinity = offer.TryGetProperty("a", out var affinity) ? affinity.GetString() : null,
                     EnqueuedAt = new DateTimeOffset(offer.GetProperty("e").GetInt64(), TimeSpan.Zero),

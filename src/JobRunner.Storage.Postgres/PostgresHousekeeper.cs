@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -10,7 +11,7 @@ namespace JobRunner.Storage.Postgres;
 /// <see cref="Chunk"/> rows at a time; finished jobs in groups whose logs hold at most <see cref="Chunk"/> lines
 /// together (from <c>job_log_heads</c>), a job with a longer log first losing its lines <see cref="Chunk"/> at a time.
 /// </summary>
-internal sealed class PostgresHousekeeper
+internal sealed partial class PostgresHousekeeper
 {
     private readonly PostgresDatabase _db;
     private readonly string _lockKey;
@@ -80,7 +81,7 @@ internal sealed class PostgresHousekeeper
             {
                 if (held != false)
                 {
-                    await ReleaseLockAsync(c, self._lockKey).ConfigureAwait(false);
+                    await self.ReleaseLockAsync(c).ConfigureAwait(false);
                 }
             }
 
@@ -91,10 +92,10 @@ internal sealed class PostgresHousekeeper
 
     /// <summary>
     /// Gives the session-level lock back (also when the try-lock's answer was lost: not holding it only draws a server
-    /// warning). Pooled connections are not reset on close (see <see cref="PostgresDatabase"/>), so a connection that
-    /// could not give it back must not be used again: its pool is cleared, which closes it when it is returned.
+    /// warning). Pooled connections are not reset on close (see <see cref="PostgresDatabase"/>), so when that fails the
+    /// data source's pool is cleared: the connection is closed when it is returned, and the lock with it.
     /// </summary>
-    private static async Task ReleaseLockAsync(NpgsqlConnection c, string key)
+    private async Task ReleaseLockAsync(NpgsqlConnection c)
     {
         // A broken connection has released the lock already.
         if (c.FullState != System.Data.ConnectionState.Open)
@@ -104,12 +105,12 @@ internal sealed class PostgresHousekeeper
 
         try
         {
-            await ScalarAsync<bool>(c, "SELECT pg_advisory_unlock(hashtext(@key))", CancellationToken.None, ("key", key)).ConfigureAwait(false);
+            await ScalarAsync<bool>(c, "SELECT pg_advisory_unlock(hashtext(@key))", CancellationToken.None, ("key", _lockKey)).ConfigureAwait(false);
         }
-        catch
+        catch (Exception e) when (e is NpgsqlException or InvalidOperationException or TimeoutException)
         {
-            NpgsqlConnection.ClearPool(c);
-            throw;
+            _db.Client.Clear();
+            Log.UnlockFailed(_db.Logger, e);
         }
     }
 
@@ -217,5 +218,11 @@ internal sealed class PostgresHousekeeper
         public long History { get; set; }
 
         public long Jobs { get; set; }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(30, LogLevel.Warning, "PostgreSQL: housekeeping could not give its lock back; the connection pool is cleared so that the lock goes with its connection.")]
+        public static partial void UnlockFailed(ILogger logger, Exception exception);
     }
 }

@@ -27,8 +27,6 @@ internal sealed class PostgresJobQueue : IJobQueue
     // visibility: a delivery whose visibility lapsed without an extension was dropped by its consumer.
     private readonly Dictionary<QueuedJob, DateTimeOffset> _inFlight = new(ReferenceEqualityComparer.Instance);
     private readonly Dictionary<string, TenantFlow> _tenants = new(StringComparer.Ordinal);
-    // The ids of deliveries that were offers: unlike a look's, their rows are not hidden, so looks leave them out.
-    private readonly HashSet<JobId> _offered = [];
     private readonly TimeProvider _time;
     private readonly string _dequeueSql;
     private readonly string _nextDueSql;
@@ -42,6 +40,14 @@ internal sealed class PostgresJobQueue : IJobQueue
     private Exhausted? _exhausted;
     private int _looks;
     private int _offersTaken;
+    // When this queue last asked for the next due time (UTC ticks), that due time (MaxValue for none), and the count of
+    // plain wake-ups then: offers replace a look only for a short while after, and never once something is due.
+    private long _lastCheck = long.MinValue;
+    private long _knownDue = long.MaxValue;
+    private long _plainAtCheck = -1;
+
+    /// <summary>How long after a look or a next-due query offers may replace a look (see <see cref="TakeOffers"/>).</summary>
+    internal static readonly TimeSpan OfferWindow = TimeSpan.FromMilliseconds(100);
 
     /// <summary>Creates the queue.</summary>
     /// <param name="db">The database.</param>
@@ -59,7 +65,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             SELECT least(
                 (SELECT min(w.ready_at) FROM generate_series(1, 10) AS b(priority)
                  CROSS JOIN LATERAL (SELECT ready_at FROM {s}.jobs WHERE state = 1 AND NOT due AND priority = b.priority ORDER BY ready_at LIMIT 1) w),
-                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)))
+                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE (state = 0 OR (state = 1 AND due))))
             """;
         // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.
         const string Locked = "(SELECT id FROM {0}.jobs WHERE id = ANY(@ids) AND state IN (0, 1) ORDER BY id FOR UPDATE) l";
@@ -89,10 +95,24 @@ internal sealed class PostgresJobQueue : IJobQueue
             {
                 if (!exhausted.Wake.IsCompleted)
                 {
-                    await WaitAsync(exhausted.Wake, dueNow: TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
-                    if (!exhausted.Wake.IsCompleted)
+                    if (exhausted.Offered && KnowsNextDue(_time.GetUtcNow()) is { } trusted)
                     {
-                        continue; // a due time or the poll interval: look
+                        // Offers were taken, and only offers came since the last next-due query: what it said holds, and
+                        // asking again now would find the offered jobs due until their leases are written (and look).
+                        await WaitForWakeAsync(exhausted.Wake, trusted, cancellationToken).ConfigureAwait(false);
+                        if (!exhausted.Wake.IsCompleted)
+                        {
+                            Volatile.Write(ref _exhausted, exhausted with { Offered = false });
+                            continue; // ask again
+                        }
+                    }
+                    else
+                    {
+                        await WaitAsync(exhausted.Wake, dueNow: TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                        if (!exhausted.Wake.IsCompleted)
+                        {
+                            continue; // a due time or the poll interval: look
+                        }
                     }
                 }
 
@@ -100,11 +120,6 @@ internal sealed class PostgresJobQueue : IJobQueue
                 if (offered > 0)
                 {
                     return offered;
-                }
-
-                if (offered < 0)
-                {
-                    continue; // that look took every job offered since: wait again
                 }
             }
 
@@ -118,6 +133,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             var until = now + visibility;
             var request = Plan(now, until, buffer.Length);
             Interlocked.Increment(ref _looks);
+
             var (jobs, rotation) = await _db.RunAsync(_db.Worker, request, static async (c, s, token) =>
             {
                 using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Relaxed) } };
@@ -157,7 +173,7 @@ internal sealed class PostgresJobQueue : IJobQueue
                 // Fewer than asked, and not stopped by the tenant cap: the look found every ready row it could take.
                 if (jobs.Count < request.Limit && !ReachedTenantCap(jobs, request.MaxTenants))
                 {
-                    Volatile.Write(ref _exhausted, new Exhausted(wake, plain, jobs));
+                    Volatile.Write(ref _exhausted, new Exhausted(wake, plain, Offered: false));
                 }
 
                 jobs.CopyTo(buffer.Span);
@@ -166,7 +182,7 @@ internal sealed class PostgresJobQueue : IJobQueue
 
             // Something due now that this look did not take is locked by another transaction: look again soon.
             await WaitAsync(wake, dueNow: TimeSpan.FromMilliseconds(1), cancellationToken).ConfigureAwait(false);
-            if (wake.IsCompleted && TakeOffers(buffer, visibility, new Exhausted(wake, plain, null)) is var offeredNow and > 0)
+            if (wake.IsCompleted && TakeOffers(buffer, visibility, new Exhausted(wake, plain, Offered: false)) is var offeredNow and > 0)
             {
                 return offeredNow;
             }
@@ -175,20 +191,21 @@ internal sealed class PostgresJobQueue : IJobQueue
 
     /// <summary>
     /// After <paramref name="last"/>'s wake-up came: when only offers (see <see cref="WakeSignal"/>) came since, the jobs
-    /// offered are every ready job that look did not see, so they are taken into <paramref name="buffer"/> (highest
-    /// priority first) without looking again: one round trip less from submit to start. They are not hidden from other
-    /// workers; the lease decides which one runs a job. Jobs that look took (offered while it looked) are left out.
+    /// offered are every ready job that look did not see (a job made ready otherwise sends a plain wake-up, and one that
+    /// falls due is known from the next-due query), so they are taken into <paramref name="buffer"/> (highest priority
+    /// first) without looking again: one round trip less from submit to start. Only while the last next-due query holds
+    /// (see <see cref="KnowsNextDue"/>), so that due rows are not put off by a stream of offers, and a worker that was
+    /// busy for a while looks rather than take stale offers. Offered jobs are not hidden from other workers (nor from this
+    /// one's looks): the lease decides which delivery runs a job, the others find it taken.
     /// </summary>
-    /// <returns>
-    /// How many jobs were taken; 0 when a look must decide (a plain wake-up, no offers, more than the buffer holds);
-    /// -1 when that look took every job offered since (the wait goes on).
-    /// </returns>
+    /// <returns>How many jobs were taken; 0 when a look must decide (a plain wake-up, no offers, more than the buffer holds, a due time or the window passed).</returns>
     private int TakeOffers(Memory<QueuedJob> buffer, TimeSpan visibility, Exhausted last)
     {
         // Captured before taking, like a look's.
         var wake = _db.Ready.Current;
         var plain = _db.Ready.PlainCount;
-        if (plain != last.Plain)
+        var now = _time.GetUtcNow();
+        if (plain != last.Plain || KnowsNextDue(now) is null)
         {
             return 0;
         }
@@ -199,13 +216,6 @@ internal sealed class PostgresJobQueue : IJobQueue
             return 0;
         }
 
-        if (last.Seen is { } seen && offers.RemoveAll(o => seen.Exists(j => j.Id == o.Id)) > 0 && offers.Count == 0)
-        {
-            Volatile.Write(ref _exhausted, last with { Wake = wake });
-            return -1;
-        }
-
-        offers.Sort(static (a, b) => b.Priority != a.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
         string? rotation;
         lock (_lock)
         {
@@ -213,11 +223,23 @@ internal sealed class PostgresJobQueue : IJobQueue
             rotation = _rotation;
         }
 
-        Taken(offers, rotation, _time.GetUtcNow() + visibility, offered: true);
+        offers.Sort(static (a, b) => b.Priority != a.Priority ? b.Priority.CompareTo(a.Priority) : a.EnqueuedAt.CompareTo(b.EnqueuedAt));
+        Taken(offers, rotation, now + visibility);
         Interlocked.Increment(ref _offersTaken);
-        Volatile.Write(ref _exhausted, new Exhausted(wake, plain, null));
+        Volatile.Write(ref _exhausted, new Exhausted(wake, plain, Offered: true));
         offers.CopyTo(buffer.Span);
         return offers.Count;
+    }
+
+    /// <summary>
+    /// Whether the last next-due query still holds at <paramref name="now"/>: within <see cref="OfferWindow"/> of it, no
+    /// plain wake-up since, and the due time it found not reached.
+    /// </summary>
+    /// <returns>How long it holds, or <see langword="null"/>.</returns>
+    private TimeSpan? KnowsNextDue(DateTimeOffset now)
+    {
+        var left = Math.Min(Volatile.Read(ref _knownDue), Volatile.Read(ref _lastCheck) + OfferWindow.Ticks) - now.UtcTicks;
+        return left > 0 && _db.Ready.PlainCount == Volatile.Read(ref _plainAtCheck) ? TimeSpan.FromTicks(left) : null;
     }
 
     /// <summary>Gets how many times this queue took offered jobs instead of looking (for tests).</summary>
@@ -250,12 +272,17 @@ internal sealed class PostgresJobQueue : IJobQueue
     private async Task WaitAsync(Task wake, TimeSpan dueNow, CancellationToken cancellationToken)
     {
         var wait = _db.Options.PollInterval;
+        var asked = _time.GetUtcNow();
+        var plain = _db.Ready.PlainCount;
         var nextDue = await _db.RunAsync(_db.Client, _nextDueSql, static async (c, sql, token) =>
         {
             using var command = new NpgsqlCommand(sql, c);
             var value = await command.ExecuteScalarAsync(token).ConfigureAwait(false);
             return value is DateTime due ? new DateTimeOffset(due, TimeSpan.Zero) : (DateTimeOffset?)null;
         }, cancellationToken).ConfigureAwait(false);
+        Volatile.Write(ref _knownDue, nextDue?.UtcTicks ?? long.MaxValue);
+        Volatile.Write(ref _plainAtCheck, plain);
+        Volatile.Write(ref _lastCheck, asked.UtcTicks);
         if (nextDue is { } due)
         {
             var untilDue = due - _time.GetUtcNow();
@@ -265,14 +292,20 @@ internal sealed class PostgresJobQueue : IJobQueue
             }
         }
 
-        if (wait <= TimeSpan.Zero)
+        await WaitForWakeAsync(wake, wait, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Waits for <paramref name="wake"/> at most <paramref name="limit"/>.</summary>
+    private async Task WaitForWakeAsync(Task wake, TimeSpan limit, CancellationToken cancellationToken)
+    {
+        if (limit <= TimeSpan.Zero)
         {
             return;
         }
 
         try
         {
-            await wake.WaitAsync(wait, _time, cancellationToken).ConfigureAwait(false);
+            await wake.WaitAsync(limit, _time, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {
@@ -386,27 +419,11 @@ internal sealed class PostgresJobQueue : IJobQueue
     }
 
     /// <summary>Counts the jobs a dequeue handed out, and keeps where the next one starts.</summary>
-    /// <param name="jobs">The jobs; a look's lose those this worker holds as offers (a look does not know them).</param>
-    /// <param name="rotation">Where the next look's walk over the tenants starts.</param>
-    /// <param name="until">Their visibility.</param>
-    /// <param name="offered">Whether they were offered rather than looked for (see <see cref="TakeOffers"/>).</param>
-    private void Taken(List<QueuedJob> jobs, string? rotation, DateTimeOffset until, bool offered = false)
+    private void Taken(List<QueuedJob> jobs, string? rotation, DateTimeOffset until)
     {
         lock (_lock)
         {
             _rotation = rotation;
-            if (offered)
-            {
-                foreach (var job in jobs)
-                {
-                    _offered.Add(job.Id);
-                }
-            }
-            else if (_offered.Count > 0)
-            {
-                jobs.RemoveAll(job => _offered.Contains(job.Id));
-            }
-
             foreach (var job in jobs)
             {
                 _inFlight[job] = until;
@@ -469,10 +486,6 @@ internal sealed class PostgresJobQueue : IJobQueue
             flow.InFlight--;
         }
 
-        if (_offered.Count > 0)
-        {
-            _offered.Remove(job.Id);
-        }
     }
 
     private Task<int> UpdateAsync(string sql, IReadOnlyList<QueuedJob> jobs, DateTimeOffset? until, CancellationToken cancellationToken)
@@ -497,10 +510,10 @@ internal sealed class PostgresJobQueue : IJobQueue
     }
 
     /// <summary>
-    /// A wake-up captured before a look that found every ready row (or before taking offers), with the count of plain
-    /// wake-ups then, and the jobs that look took.
+    /// A wake-up captured before a look that found every ready row, or before taking offers (<paramref name="Offered"/>),
+    /// with the count of plain wake-ups then.
     /// </summary>
-    private sealed record Exhausted(Task Wake, long Plain, List<QueuedJob>? Seen);
+    private sealed record Exhausted(Task Wake, long Plain, bool Offered);
 
     private sealed record DequeueRequest(
         string Sql, DateTimeOffset Now, DateTimeOffset Until, int Limit, string? After, string[] Tenants, int[] Wants, int MaxTenants);

@@ -30,7 +30,7 @@ internal sealed class WakeSignal
         Wake();
     }
 
-    /// <summary>Wakes the waiter with jobs that were just queued; a job not ready now is a plain wake-up instead.</summary>
+    /// <summary>Wakes the waiter with jobs that were just queued; a job that is not offerable is a plain wake-up instead.</summary>
     /// <param name="jobs">The jobs.</param>
     public void Offer(IReadOnlyList<QueuedJob> jobs)
     {
@@ -38,7 +38,7 @@ internal sealed class WakeSignal
         {
             foreach (var job in jobs)
             {
-                if (job.DueAt is not null || _offers?.Count >= MaxOffers)
+                if (!IsOfferable(job) || _offers?.Count >= MaxOffers)
                 {
                     Interlocked.Increment(ref _plain);
                 }
@@ -51,6 +51,12 @@ internal sealed class WakeSignal
 
         Wake();
     }
+
+    /// <summary>
+    /// Whether <paramref name="job"/> can be offered: ready now, and without an affinity (a job only some workers may run
+    /// would be taken by every idle worker, and given back by those that may not run it).
+    /// </summary>
+    public static bool IsOfferable(QueuedJob job) => job.DueAt is null && job.Affinity is null;
 
     /// <summary>Takes the jobs offered so far.</summary>
     /// <returns>The jobs, or <see langword="null"/> when there are none.</returns>

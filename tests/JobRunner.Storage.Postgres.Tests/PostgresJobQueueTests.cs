@@ -177,6 +177,21 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
         Assert.Equal(1, queue.Looks);
         Assert.Equal(1, queue.OffersTaken);
 
+        // Until its lease is written the offered job's row is ready, so the next call does not ask for the next due time
+        // (that would find it due now, and look): only offers came since the last time it asked.
+        using (var stop = new CancellationTokenSource())
+        {
+            var timers = _time.TimerCount;
+            var idle = queue.DequeueAsync(buffer, Visibility, stop.Token).AsTask();
+            await WaitForTimerAsync(timers);
+            Assert.Equal(1, queue.Looks);
+            Assert.False(idle.IsCompleted);
+            await stop.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => idle);
+        }
+
+        Assert.NotNull(await store.TryAcquireLeaseAsync(next.Id, "w1", TimeSpan.FromMinutes(1), default));
+
         // A job made ready without an offer (a plain wake-up, as returns and other hosts' large batches send) besides an
         // offered one: the offer is not all there is, so the next call looks.
         var unannounced = await Insert(store);
@@ -192,25 +207,62 @@ public sealed class PostgresJobQueueTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_job_offered_while_a_look_took_it_is_not_handed_out_again()
+    public async Task Offers_do_not_put_off_a_job_that_falls_due_nor_one_only_some_workers_may_run()
     {
         var (_, store, queue, _) = _database.OpenStore(_time, o => o.PollInterval = TimeSpan.FromHours(1));
-        var first = Jobs.New(_time);
-        await store.InsertAsync(first, default);
+        await Insert(store);
         var buffer = new QueuedJob[4];
         Assert.Equal(1, await queue.DequeueAsync(buffer, Visibility, default));
+        var due = await Insert(store, priority: 9, dueAt: _time.GetUtcNow().AddSeconds(10));
 
-        // The look took the job before its enqueue offered it (the enqueue follows the insert's commit).
+        // The next call asks for the next due time (the retry above, in 10 s) and waits; an offer comes.
         var waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
         await WaitForTimerAsync();
-        await queue.EnqueueAsync(QueuedJob.For(first, _time.GetUtcNow()), default);
-        var next = Jobs.New(_time);
-        await store.InsertAsync(next, default);
-        await queue.EnqueueAsync(QueuedJob.For(next, _time.GetUtcNow()), default);
+        Assert.Equal(1, await Offer(store, queue, waiting));
+        Assert.Equal(1, queue.OffersTaken);
+        Assert.NotNull(await store.TryAcquireLeaseAsync(buffer[0].Id, "w1", TimeSpan.FromHours(1), default));
 
+        // The due time passes while no call waits; another offer: the due job is looked for with it.
+        _time.Advance(TimeSpan.FromSeconds(10));
+        var offered = await Offer(store, queue);
+        Assert.Equal(2, await queue.DequeueAsync(buffer, Visibility, default));
+        Assert.Equal(new[] { due, offered }, buffer.Take(2).Select(j => j.Id));
+        Assert.Equal(2, queue.Looks);
+
+        // A while after the last time it asked (a busy worker), offers are not trusted either.
+        var timers = _time.TimerCount;
+        waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync(timers);
+        _time.Advance(PostgresJobQueue.OfferWindow);
+        Assert.Equal(1, await Offer(store, queue, waiting));
+        Assert.Equal(3, queue.Looks);
+        Assert.Equal(1, queue.OffersTaken);
+
+        // A job with an affinity is not offered (every idle worker would take it, and some give it back): a plain wake-up.
+        timers = _time.TimerCount;
+        waiting = queue.DequeueAsync(buffer, Visibility, default).AsTask();
+        await WaitForTimerAsync(timers);
+        var picky = Jobs.New(_time) with { Request = new JobRequest("work") { Affinity = "gpu" } };
+        await store.InsertAsync(picky, default);
+        await queue.EnqueueAsync(QueuedJob.For(picky, _time.GetUtcNow()), default);
         Assert.Equal(1, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
-        Assert.Equal(next.Id, buffer[0].Id);
-        Assert.Equal(1, queue.Looks);
+        Assert.Equal(picky.Id, buffer[0].Id);
+        Assert.Equal(1, queue.OffersTaken);
+    }
+
+    /// <summary>Inserts a job and enqueues it (offering it), then awaits <paramref name="waiting"/> if given.</summary>
+    private async Task<int> Offer(PostgresJobStore store, PostgresJobQueue queue, Task<int> waiting)
+    {
+        await Offer(store, queue);
+        return await waiting.WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    private async Task<JobId> Offer(PostgresJobStore store, PostgresJobQueue queue)
+    {
+        var job = Jobs.New(_time);
+        await store.InsertAsync(job, default);
+        await queue.EnqueueAsync(QueuedJob.For(job, _time.GetUtcNow()), default);
+        return job.Id;
     }
 
     [Fact]
