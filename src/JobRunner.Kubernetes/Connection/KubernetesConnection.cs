@@ -1,6 +1,8 @@
 using System.Diagnostics;
+using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Security;
+using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
@@ -171,6 +173,15 @@ internal sealed class KubernetesConnection
     /// <summary>How long a ping may go unanswered before the HTTP/2 connection counts as dead and is closed.</summary>
     internal static readonly TimeSpan KeepAlivePingTimeout = TimeSpan.FromSeconds(15);
 
+    /// <summary>How long a TCP connection may be idle before the kernel probes its peer (SO_KEEPALIVE).</summary>
+    internal static readonly TimeSpan TcpKeepAliveTime = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long the kernel waits between two unanswered keep-alive probes.</summary>
+    internal static readonly TimeSpan TcpKeepAliveInterval = TimeSpan.FromSeconds(10);
+
+    /// <summary>How many keep-alive probes may go unanswered before the kernel closes the connection.</summary>
+    internal const int TcpKeepAliveRetryCount = 3;
+
     /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
     public const int RequestConnections = 64;
 
@@ -196,6 +207,11 @@ internal sealed class KubernetesConnection
             KeepAlivePingDelay = KeepAlivePingDelay,
             KeepAlivePingTimeout = KeepAlivePingTimeout,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+
+            // HTTP/1.1 has no pings: a followed log (no header limit, as a quiet container sends nothing) or a watch on a
+            // connection whose peer vanished would wait forever. TCP keep-alive makes the kernel find such a connection
+            // dead after TcpKeepAliveTime + TcpKeepAliveRetryCount * TcpKeepAliveInterval (about 60 s) of silence.
+            ConnectCallback = static (context, cancellationToken) => ConnectAsync(context.DnsEndPoint, cancellationToken),
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {
@@ -221,6 +237,34 @@ internal sealed class KubernetesConnection
         }
 
         return new AuthHandler(this, time, logger) { InnerHandler = sockets };
+    }
+
+    /// <summary>Opens a TCP connection as SocketsHttpHandler does (dual-mode, no Nagle), with keep-alive probes on.</summary>
+    internal static async ValueTask<Stream> ConnectAsync(DnsEndPoint endPoint, CancellationToken cancellationToken)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            try
+            {
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, (int)TcpKeepAliveTime.TotalSeconds);
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, (int)TcpKeepAliveInterval.TotalSeconds);
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, TcpKeepAliveRetryCount);
+            }
+            catch (Exception e) when (e is SocketException or PlatformNotSupportedException)
+            {
+                // A platform without the tuning options: keep-alive stays on with the system's timings.
+            }
+
+            await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
     }
 
     private static bool Validate(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection authority)

@@ -326,6 +326,48 @@ public sealed class ConnectionTests : IDisposable
         Assert.Equal(HttpKeepAlivePingPolicy.Always, sockets.KeepAlivePingPolicy);
     }
 
+    [Theory]
+    [InlineData(64)]
+    [InlineData(int.MaxValue)]
+    public void Handler_OpensItsOwnConnections_SoThatTcpKeepAliveIsOn(int connections)
+    {
+        // HTTP/1.1 has no pings: a followed log waiting on a connection whose peer vanished is found by TCP keep-alive.
+        using var handler = Resolve(new KubernetesEngineOptions { Server = new Uri("https://10.0.0.1:6443") }).CreateHandler(TimeProvider.System, NullLogger.Instance, connections);
+
+        var sockets = Assert.IsType<SocketsHttpHandler>(((DelegatingHandler)handler).InnerHandler);
+        Assert.NotNull(sockets.ConnectCallback);
+    }
+
+    [Fact]
+    public async Task Connect_SetsTcpKeepAlive_30sIdle_10sBetweenProbes_3Probes()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        var accepted = listener.AcceptSocketAsync();
+
+        await using var stream = await KubernetesConnection.ConnectAsync(new System.Net.DnsEndPoint("127.0.0.1", port), CancellationToken.None);
+        using var server = await accepted.WaitAsync(K8sTest.Limit);
+
+        var socket = Assert.IsType<System.Net.Sockets.NetworkStream>(stream).Socket;
+        Assert.True(socket.Connected);
+        Assert.True(socket.NoDelay);
+        Assert.NotEqual(0, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.KeepAlive)!);
+        Assert.Equal(30, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveTime)!);
+        Assert.Equal(10, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveInterval)!);
+        Assert.Equal(3, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveRetryCount)!);
+    }
+
+    [Fact]
+    public async Task Handler_RequestsGoThroughItsOwnConnections()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+
+        await ListOnceAsync(Resolve(new KubernetesEngineOptions { Server = server.BaseAddress }));
+
+        Assert.Single(server.Requests);
+    }
+
     private static async Task ListOnceAsync(KubernetesConnection connection)
     {
         using var http = new HttpClient(connection.CreateHandler(TimeProvider.System, NullLogger.Instance)) { BaseAddress = connection.Server };
