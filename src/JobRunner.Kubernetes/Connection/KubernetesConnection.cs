@@ -372,9 +372,11 @@ internal sealed class FileToken(string path, TimeSpan refresh) : ITokenSource
 /// (kind <c>ExecCredential</c>, spec.interactive false), reads the ExecCredential it prints, and keeps the token until
 /// its <c>expirationTimestamp</c>.
 /// </summary>
-internal sealed class ExecToken : ITokenSource
+internal sealed class ExecToken : ITokenSource, IAsyncDisposable
 {
     private readonly Lock _lock = new();
+    private readonly CancellationTokenSource _stop = new(); // cancelled on dispose: a run in flight is killed
+    private bool _disposed;
     private string? _token;
     private DateTimeOffset? _expires;
     private Task<string>? _running; // the plugin's run that the callers wait for, if any
@@ -434,10 +436,38 @@ internal sealed class ExecToken : ITokenSource
                 return token;
             }
 
+            ObjectDisposedException.ThrowIf(_disposed, this);
             running = _running ?? Start(time);
         }
 
         return await running.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops for good (the host stops): a run in flight is killed with the processes it started, and waited for; its
+    /// callers get a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        Task<string>? running;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            running = _running;
+        }
+
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (running is not null)
+        {
+            await ((Task)running).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        _stop.Dispose();
     }
 
     /// <summary>Starts a run. Call under the lock.</summary>
@@ -505,8 +535,9 @@ internal sealed class ExecToken : ITokenSource
 
         using (process)
         {
-            // Its own limit only: the callers' tokens end their waits, not the run.
-            using var limit = new CancellationTokenSource(TimeLimit, time);
+            // Its own limit and the disposal only: the callers' tokens end their waits, not the run.
+            using var timeLimit = new CancellationTokenSource(TimeLimit, time);
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(timeLimit.Token, _stop.Token);
             var output = process.StandardOutput.ReadToEndAsync(limit.Token);
             var error = process.StandardError.ReadToEndAsync(limit.Token);
             string text;
@@ -523,9 +554,11 @@ internal sealed class ExecToken : ITokenSource
             }
             catch (OperationCanceledException)
             {
-                // Timed out: the plugin (and whatever it started) must not outlive the limit.
+                // Timed out, or the host stops: the plugin (and whatever it started) must not outlive either.
                 Kill(process);
-                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
+                throw _stop.IsCancellationRequested
+                    ? new KubeconfigException($"The exec credential plugin '{Command}' of {Where} was killed: the Kubernetes engine was disposed (the host stops) while it ran.")
+                    : new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
             }
 
             try

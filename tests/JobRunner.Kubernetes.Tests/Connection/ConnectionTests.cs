@@ -1,6 +1,7 @@
 using System.Text;
 using JobRunner.Kubernetes.Client;
 using JobRunner.Kubernetes.Connection;
+using JobRunner.Kubernetes.Engine;
 using JobRunner.Kubernetes.Testing;
 using JobRunner.Kubernetes.Tests.Support;
 using JobRunner.Testing;
@@ -248,24 +249,57 @@ public sealed class ConnectionTests : IDisposable
 
         // The plugin and the sleep it started are gone (reaped, or at most zombies waiting for it).
         await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child is still running.");
+    }
 
-        static bool IsAlive(int pid)
+    [Fact]
+    public async Task Kubeconfig_ExecPluginInFlight_IsKilledWithWhatItStarted_WhenTheEngineHostIsDisposed()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var pids = Path.Combine(_dir, "pids");
+        var runs = Path.Combine(_dir, "runs");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            echo run >> '{{{runs}}}'
+            sleep 600 &
+            echo "$$ $!" > '{{{pids}}}'
+            wait
+            """);
+        var path = ExecKubeconfig(server, script, "");
+
+        // A fake clock that never moves: the plugin's own time limit never ends the run, only the disposal can.
+        var host = new KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { KubeconfigPath = path }), new FakeTimeProvider());
+        var (client, _) = await host.ConnectAsync(CancellationToken.None);
+        var list = client.ListJobsAsync("default", null, CancellationToken.None);
+        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
+        var started = File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse).ToList();
+
+        await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
+
+        await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child outlived the host.");
+        var error = await Assert.ThrowsAsync<KubeconfigException>(() => list.WaitAsync(K8sTest.Limit));
+        Assert.Contains("was killed: the Kubernetes engine was disposed", error.Message, StringComparison.Ordinal);
+        Assert.Single(File.ReadAllLines(runs));
+        Assert.Empty(server.Requests);
+    }
+
+    /// <summary>Whether the process runs (a zombie waiting to be reaped does not).</summary>
+    private static bool IsAlive(int pid)
+    {
+        var stat = $"/proc/{pid}/stat";
+        if (!File.Exists(stat))
         {
-            var stat = $"/proc/{pid}/stat";
-            if (!File.Exists(stat))
-            {
-                return false;
-            }
+            return false;
+        }
 
-            try
-            {
-                var text = File.ReadAllText(stat);
-                return text[(text.LastIndexOf(')') + 2)..][0] != 'Z';
-            }
-            catch (IOException)
-            {
-                return false;
-            }
+        try
+        {
+            var text = File.ReadAllText(stat);
+            return text[(text.LastIndexOf(')') + 2)..][0] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 
