@@ -25,7 +25,7 @@ public sealed class KubernetesEngineOptions
     public bool InCluster { get; set; }
 
     /// <summary>Gets or sets the kubeconfig file.</summary>
-    /// <value>The default value is <see langword="null"/>: the first file of <c>KUBECONFIG</c>, else <c>~/.kube/config</c>.</value>
+    /// <value>The default value is <see langword="null"/>: the files of <c>KUBECONFIG</c> (merged as kubectl merges them), else <c>~/.kube/config</c>.</value>
     public string? KubeconfigPath { get; set; }
 
     /// <summary>Gets or sets the kubeconfig context to use.</summary>

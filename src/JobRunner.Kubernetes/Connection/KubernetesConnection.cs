@@ -51,10 +51,18 @@ internal sealed class KubernetesConnection
             return InCluster(options, environment, serviceAccountDirectory);
         }
 
-        var path = options.KubeconfigPath
-            ?? environment("KUBECONFIG")?.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries).FirstOrDefault()
-            ?? System.IO.Path.Combine(environment("HOME") ?? "~", ".kube", "config");
-        return FromKubeconfig(Kubeconfig.Load(path), options.Context);
+        if (options.KubeconfigPath is { } path)
+        {
+            return FromKubeconfig(Kubeconfig.Load(path), options.Context);
+        }
+
+        // KUBECONFIG may list several files: merged as kubectl merges them.
+        if (environment("KUBECONFIG")?.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) is { Length: > 0 } paths)
+        {
+            return FromKubeconfig(Kubeconfig.LoadMerged(paths), options.Context);
+        }
+
+        return FromKubeconfig(Kubeconfig.Load(System.IO.Path.Combine(environment("HOME") ?? "~", ".kube", "config")), options.Context);
     }
 
     public static KubernetesConnection InCluster(KubernetesEngineOptions options, Func<string, string?> environment, string directory)
@@ -93,8 +101,9 @@ internal sealed class KubernetesConnection
     {
         var (name, cluster, user) = config.Select(context);
         var where = $"context '{name}' of kubeconfig '{config.Path}'";
-        var baseDirectory = Path.GetDirectoryName(Path.GetFullPath(config.Path)) ?? ".";
-        string Resolve(string file) => Path.IsPathRooted(file) ? file : Path.Combine(baseDirectory, file);
+        // Relative paths are relative to the file that defines the entry (with KUBECONFIG, the files may differ).
+        string Resolve(YamlMappingNode entry, string file)
+            => Path.IsPathRooted(file) ? file : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(config.FileOf(entry))) ?? ".", file);
 
         var serverText = Kubeconfig.Scalar(cluster, "server");
         if (string.IsNullOrEmpty(serverText) || !Uri.TryCreate(serverText, UriKind.Absolute, out var server))
@@ -113,7 +122,7 @@ internal sealed class KubernetesConnection
             else if (Kubeconfig.Scalar(cluster, "certificate-authority") is { Length: > 0 } caFile)
             {
                 ca = [];
-                ca.ImportFromPemFile(Resolve(caFile));
+                ca.ImportFromPemFile(Resolve(cluster, caFile));
             }
 
             X509Certificate2? clientCertificate = null;
@@ -123,9 +132,9 @@ internal sealed class KubernetesConnection
             var keyFile = Kubeconfig.Scalar(user, "client-key");
             if (certData is not null || certFile is not null)
             {
-                var certPem = certData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(certData)) : File.ReadAllText(Resolve(certFile!));
+                var certPem = certData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(certData)) : File.ReadAllText(Resolve(user, certFile!));
                 var keyPem = keyData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(keyData))
-                    : keyFile is not null ? File.ReadAllText(Resolve(keyFile))
+                    : keyFile is not null ? File.ReadAllText(Resolve(user, keyFile))
                     : throw new KubeconfigException($"The user of {where} has a client certificate but no client-key(-data). Add the key.");
                 clientCertificate = X509Certificate2.CreateFromPem(certPem, keyPem);
             }
@@ -137,7 +146,7 @@ internal sealed class KubernetesConnection
             }
             else if (Kubeconfig.Scalar(user, "tokenFile") is { Length: > 0 } tokenFile)
             {
-                token = new FileToken(Resolve(tokenFile), TimeSpan.FromMinutes(1));
+                token = new FileToken(Resolve(user, tokenFile), TimeSpan.FromMinutes(1));
             }
             else if (Kubeconfig.Child(user, "exec") is YamlMappingNode exec)
             {

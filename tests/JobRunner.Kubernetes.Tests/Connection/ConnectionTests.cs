@@ -303,6 +303,100 @@ public sealed class ConnectionTests : IDisposable
         }
     }
 
+    /// <summary>Two kubeconfig files in directories of their own, as KUBECONFIG lists them (a missing file first).</summary>
+    private (string First, string Second, string List) TwoKubeconfigs()
+    {
+        var one = Directory.CreateDirectory(Path.Combine(_dir, "one")).FullName;
+        var two = Directory.CreateDirectory(Path.Combine(_dir, "two")).FullName;
+        var first = Path.Combine(one, "config");
+        var second = Path.Combine(two, "config");
+        File.WriteAllText(first, """
+            apiVersion: v1
+            kind: Config
+            current-context: prod
+            clusters:
+            - name: shared
+              cluster:
+                server: https://one.example:6443
+            contexts:
+            - name: prod
+              context:
+                cluster: shared
+                user: robot
+            - name: with-ca
+              context:
+                cluster: private
+                user: robot
+            """);
+        File.WriteAllText(second, """
+            apiVersion: v1
+            kind: Config
+            current-context: staging
+            clusters:
+            - name: shared
+              cluster:
+                server: https://two.example:6443
+            - name: private
+              cluster:
+                server: https://private.example:6443
+                certificate-authority: ca.crt
+            users:
+            - name: robot
+              user:
+                token: from-second
+            contexts:
+            - name: prod
+              context:
+                cluster: private
+                user: robot
+            - name: staging
+              context:
+                cluster: private
+                user: robot
+            """);
+        var list = string.Join(Path.PathSeparator, Path.Combine(_dir, "missing", "config"), first, second);
+        return (first, second, list);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_SeveralFilesInKUBECONFIG_AreMergedAsKubectlDoes_FirstToSetAValueWins()
+    {
+        var (first, second, list) = TwoKubeconfigs();
+
+        var connection = Resolve(new KubernetesEngineOptions(), new Dictionary<string, string> { ["KUBECONFIG"] = list });
+
+        // current-context and the context 'prod' and cluster 'shared' from the first file; the user only the second has.
+        Assert.Equal(new Uri("https://one.example:6443"), connection.Server);
+        Assert.Equal("from-second", await connection.Token!.GetTokenAsync(TimeProvider.System, NullLogger.Instance, CancellationToken.None));
+        Assert.Equal($"context 'prod' of kubeconfig '{first}{Path.PathSeparator}{second}'", connection.Description);
+    }
+
+    [Fact]
+    public void Kubeconfig_SeveralFilesInKUBECONFIG_RelativePathsStayRelativeToTheFileThatDefinesThem()
+    {
+        var (_, second, list) = TwoKubeconfigs();
+        using var key = System.Security.Cryptography.ECDsa.Create();
+        using var ca = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=second-ca", key, System.Security.Cryptography.HashAlgorithmName.SHA256)
+            .CreateSelfSigned(DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch.AddYears(100));
+        File.WriteAllText(Path.Combine(Path.GetDirectoryName(second)!, "ca.crt"), ca.ExportCertificatePem());
+
+        var connection = Resolve(new KubernetesEngineOptions { Context = "with-ca" }, new Dictionary<string, string> { ["KUBECONFIG"] = list });
+
+        Assert.Equal(new Uri("https://private.example:6443"), connection.Server);
+        Assert.Equal("CN=second-ca", Assert.Single(connection.CertificateAuthority!).Subject);
+    }
+
+    [Fact]
+    public void Kubeconfig_NoFileOfKUBECONFIGExists_NamesThemAndTheFix()
+    {
+        var missing = string.Join(Path.PathSeparator, Path.Combine(_dir, "a"), Path.Combine(_dir, "b"));
+
+        var error = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions(), new Dictionary<string, string> { ["KUBECONFIG"] = missing }));
+
+        Assert.Contains($"'{Path.Combine(_dir, "a")}', '{Path.Combine(_dir, "b")}'", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Set KUBECONFIG", error.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task InCluster_UsesTheServiceAccountAndRereadsTheRotatedToken()
     {
