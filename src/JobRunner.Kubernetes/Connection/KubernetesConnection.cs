@@ -239,7 +239,7 @@ internal sealed class KubernetesConnection
             }
             else if (CertificateAuthority is { } authority)
             {
-                ssl.RemoteCertificateValidationCallback = (_, certificate, _, errors) => Validate(certificate, errors, authority);
+                ssl.RemoteCertificateValidationCallback = (_, certificate, chain, errors) => Validate(certificate, chain, errors, authority);
             }
 
             sockets.SslOptions = ssl;
@@ -276,7 +276,13 @@ internal sealed class KubernetesConnection
         }
     }
 
-    private static bool Validate(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection authority)
+    /// <summary>
+    /// Validates the server's certificate against the cluster's CA bundle as client-go does: every certificate of the
+    /// bundle is trusted (self-signed roots as trust roots; the others, intermediates, also link the chain), and the
+    /// intermediates the server sent complete it. A chain that reaches an intermediate of the bundle whose root the
+    /// bundle lacks is trusted too (Go's certificate pools anchor there), if nothing but that missing root is wrong.
+    /// </summary>
+    internal static bool Validate(X509Certificate? certificate, X509Chain? presented, SslPolicyErrors errors, X509Certificate2Collection authority)
     {
         if (certificate is null || (errors & (SslPolicyErrors.RemoteCertificateNameMismatch | SslPolicyErrors.RemoteCertificateNotAvailable)) != 0)
         {
@@ -284,12 +290,87 @@ internal sealed class KubernetesConnection
         }
 
         using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.CustomTrustStore.AddRange(authority);
+        var policy = chain.ChainPolicy;
+        policy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        policy.RevocationMode = X509RevocationMode.NoCheck;
+        foreach (var ca in authority)
+        {
+            (IsSelfIssued(ca) ? policy.CustomTrustStore : policy.ExtraStore).Add(ca);
+        }
+
+        if (presented is not null)
+        {
+            // What the server sent after its certificate (SslStream puts it in the chain it built).
+            policy.ExtraStore.AddRange(presented.ChainPolicy.ExtraStore);
+            for (var i = 1; i < presented.ChainElements.Count; i++)
+            {
+                policy.ExtraStore.Add(presented.ChainElements[i].Certificate);
+            }
+        }
+
         using var leaf = new X509Certificate2(certificate);
-        return chain.Build(leaf);
+        return chain.Build(leaf) || ReachesTheBundle(chain, authority);
     }
+
+    /// <summary>
+    /// Whether the chain, which does not end at a trusted root, reaches a certificate of the bundle with nothing wrong up
+    /// to it but the missing root (<see cref="X509ChainStatusFlags.UntrustedRoot"/>, <see cref="X509ChainStatusFlags.PartialChain"/>).
+    /// </summary>
+    private static bool ReachesTheBundle(X509Chain chain, X509Certificate2Collection authority)
+    {
+        const X509ChainStatusFlags MissingRoot = X509ChainStatusFlags.UntrustedRoot | X509ChainStatusFlags.PartialChain;
+        var elements = chain.ChainElements;
+        for (var k = 0; k < elements.Count; k++)
+        {
+            if (Flags(elements[k].ChainElementStatus) is var flags && (flags & ~MissingRoot) != 0)
+            {
+                return false;
+            }
+
+            if (!InBundle(elements[k].Certificate))
+            {
+                continue;
+            }
+
+            // Anchored at element k: what is wrong above it does not matter, anything else the chain reports does.
+            var above = X509ChainStatusFlags.NoError;
+            for (var i = k + 1; i < elements.Count; i++)
+            {
+                above |= Flags(elements[i].ChainElementStatus);
+            }
+
+            return (Flags(chain.ChainStatus) & ~(MissingRoot | above)) == 0;
+        }
+
+        return false;
+
+        bool InBundle(X509Certificate2 certificate)
+        {
+            foreach (var ca in authority)
+            {
+                if (ca.RawDataMemory.Span.SequenceEqual(certificate.RawDataMemory.Span))
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+
+        static X509ChainStatusFlags Flags(X509ChainStatus[] statuses)
+        {
+            var flags = X509ChainStatusFlags.NoError;
+            foreach (var status in statuses)
+            {
+                flags |= status.Status;
+            }
+
+            return flags;
+        }
+    }
+
+    private static bool IsSelfIssued(X509Certificate2 certificate)
+        => certificate.SubjectName.RawData.AsSpan().SequenceEqual(certificate.IssuerName.RawData);
 
     /// <summary>Adds the bearer token (or basic credentials) to every request.</summary>
     private sealed class AuthHandler(KubernetesConnection connection, TimeProvider time, ILogger logger) : DelegatingHandler
