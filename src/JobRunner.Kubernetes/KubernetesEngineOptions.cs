@@ -25,7 +25,7 @@ public sealed class KubernetesEngineOptions
     public bool InCluster { get; set; }
 
     /// <summary>Gets or sets the kubeconfig file.</summary>
-    /// <value>The default value is <see langword="null"/>: the first file of <c>KUBECONFIG</c>, else <c>~/.kube/config</c>.</value>
+    /// <value>The default value is <see langword="null"/>: the files of <c>KUBECONFIG</c> (merged as kubectl merges them), else <c>~/.kube/config</c>.</value>
     public string? KubeconfigPath { get; set; }
 
     /// <summary>Gets or sets the kubeconfig context to use.</summary>
@@ -50,11 +50,21 @@ public sealed class KubernetesEngineOptions
     /// missing) and <c>CreateContainerError</c> fail permanently; <c>RunContainerError</c> and a pod stuck in
     /// <c>ContainerCreating</c> (a volume that cannot be mounted) fail transiently. Pulling a large image also shows as
     /// <c>ContainerCreating</c>: when the limit is reached while the kubelet's latest <c>Pulling</c> event has no
-    /// <c>Pulled</c> or failure after it, the limit starts over instead. <c>PodInitializing</c> counts only once the
+    /// <c>Pulled</c> or failure after it, the limit starts over instead (up to <see cref="ImagePullLimit"/>). <c>PodInitializing</c> counts only once the
     /// pod's init containers are done (its <c>Initialized</c> condition). Must be positive.
     /// </summary>
     /// <value>The default value is 15 minutes.</value>
     public TimeSpan ContainerStartLimit { get; set; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>
+    /// Gets or sets how long a container may wait in <c>ContainerCreating</c> while the kubelet pulls its image (its latest
+    /// <c>Pulling</c> event has no <c>Pulled</c> or failure after it), counted from when it began to wait, before the
+    /// attempt fails (transiently, so it is retried) and the Job is deleted: a registry that never answers would otherwise
+    /// keep the attempt waiting for good. Also bounds how long the pod's events may fail to be read while the container
+    /// waits in <c>ContainerCreating</c> past <see cref="ContainerStartLimit"/>. Must be positive.
+    /// </summary>
+    /// <value>The default value is 30 minutes.</value>
+    public TimeSpan ImagePullLimit { get; set; } = TimeSpan.FromMinutes(30);
 
     /// <summary>
     /// Gets or sets how long a pod may stay unschedulable, or a Job may stay without any pod (the cluster refuses to create

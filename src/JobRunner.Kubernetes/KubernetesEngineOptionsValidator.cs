@@ -37,6 +37,12 @@ internal sealed class KubernetesEngineOptionsValidator : IValidateOptions<Kubern
             errors.Add("KubernetesEngineOptions.ContainerStartLimit must be positive and at most 49.7 days (what a timer takes); every container waits to start for a moment.");
         }
 
+        // A pull takes a moment even from a fast registry: zero would fail nearly every pull.
+        if (options.ImagePullLimit <= TimeSpan.Zero || options.ImagePullLimit > TimerLimits.Max)
+        {
+            errors.Add("KubernetesEngineOptions.ImagePullLimit must be positive and at most 49.7 days (what a timer takes); raise it for images that take long to pull.");
+        }
+
         if (options.UnschedulableLimit < TimeSpan.Zero || options.UnschedulableLimit > TimerLimits.Max)
         {
             errors.Add("KubernetesEngineOptions.UnschedulableLimit must be zero or more and at most 49.7 days (what a timer takes).");

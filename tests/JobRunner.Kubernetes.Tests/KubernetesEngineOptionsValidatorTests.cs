@@ -34,6 +34,7 @@ public sealed class KubernetesEngineOptionsValidatorTests
     [InlineData(nameof(KubernetesEngineOptions.ImagePullBackOffLimit))]
     [InlineData(nameof(KubernetesEngineOptions.UnschedulableLimit))]
     [InlineData(nameof(KubernetesEngineOptions.ContainerStartLimit))]
+    [InlineData(nameof(KubernetesEngineOptions.ImagePullLimit))]
     public void Validate_LimitOfExactlyTheTimerMaximum_Succeeds(string property)
     {
         Assert.True(new KubernetesEngineOptionsValidator().Validate(null, With(property, s_timerMax)).Succeeded);
@@ -51,6 +52,25 @@ public sealed class KubernetesEngineOptionsValidatorTests
         Assert.True(result.Failed);
         var failure = Assert.Single(result.Failures!);
         Assert.StartsWith("KubernetesEngineOptions.ContainerStartLimit must be positive and at most 49.7 days", failure, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-1)]
+    [InlineData(0xfffffffeL + 1)]
+    public void Validate_ImagePullLimit_MustBePositive_AndWhatATimerTakes(long milliseconds)
+    {
+        var result = new KubernetesEngineOptionsValidator().Validate(null, With(nameof(KubernetesEngineOptions.ImagePullLimit), TimeSpan.FromMilliseconds(milliseconds)));
+
+        Assert.True(result.Failed);
+        var failure = Assert.Single(result.Failures!);
+        Assert.StartsWith("KubernetesEngineOptions.ImagePullLimit must be positive and at most 49.7 days", failure, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Ctor_ImagePullLimit_Is30Minutes()
+    {
+        Assert.Equal(TimeSpan.FromMinutes(30), new KubernetesEngineOptions().ImagePullLimit);
     }
 
     [Theory]

@@ -11,6 +11,7 @@ internal sealed class Kubeconfig
     private readonly Dictionary<string, YamlMappingNode> _clusters = new(StringComparer.Ordinal);
     private readonly Dictionary<string, YamlMappingNode> _users = new(StringComparer.Ordinal);
     private readonly Dictionary<string, YamlMappingNode> _contexts = new(StringComparer.Ordinal);
+    private readonly Dictionary<YamlNode, string> _files = new(ReferenceEqualityComparer.Instance); // the file of each entry
 
     private Kubeconfig(string path)
     {
@@ -37,6 +38,51 @@ internal sealed class Kubeconfig
 
         return Parse(text, path);
     }
+
+    /// <summary>
+    /// Loads the files of a <c>KUBECONFIG</c> list and merges them as kubectl does: files that do not exist are skipped;
+    /// the first file that names a cluster, user or context wins for that name, and the first that sets
+    /// <c>current-context</c> sets it. Relative paths in an entry stay relative to the file that defines it.
+    /// </summary>
+    public static Kubeconfig LoadMerged(IReadOnlyList<string> paths)
+    {
+        var existing = paths.Where(File.Exists).ToList();
+        if (existing.Count == 0)
+        {
+            throw new KubeconfigException($"None of the kubeconfig files of KUBECONFIG exist ({List(paths)}). Set KUBECONFIG (or KubernetesEngineOptions.KubeconfigPath) to readable files, or set Server or InCluster.");
+        }
+
+        if (existing.Count == 1)
+        {
+            return Load(existing[0]);
+        }
+
+        var merged = new Kubeconfig(string.Join(System.IO.Path.PathSeparator, existing));
+        foreach (var path in existing)
+        {
+            var config = Load(path);
+            merged.CurrentContext ??= config.CurrentContext;
+            Merge(config._clusters, merged._clusters);
+            Merge(config._users, merged._users);
+            Merge(config._contexts, merged._contexts);
+
+            void Merge(Dictionary<string, YamlMappingNode> from, Dictionary<string, YamlMappingNode> into)
+            {
+                foreach (var (name, node) in from)
+                {
+                    if (into.TryAdd(name, node))
+                    {
+                        merged._files[node] = path;
+                    }
+                }
+            }
+        }
+
+        return merged;
+    }
+
+    /// <summary>The file that defines <paramref name="entry"/> (a cluster or user of <see cref="Select"/>), which relative paths in it are relative to.</summary>
+    public string FileOf(YamlMappingNode entry) => _files.GetValueOrDefault(entry, Path);
 
     public static Kubeconfig Parse(string text, string path)
     {

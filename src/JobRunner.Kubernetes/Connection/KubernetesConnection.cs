@@ -1,6 +1,8 @@
 using System.Diagnostics;
+using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Security;
+using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
@@ -49,10 +51,18 @@ internal sealed class KubernetesConnection
             return InCluster(options, environment, serviceAccountDirectory);
         }
 
-        var path = options.KubeconfigPath
-            ?? environment("KUBECONFIG")?.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries).FirstOrDefault()
-            ?? System.IO.Path.Combine(environment("HOME") ?? "~", ".kube", "config");
-        return FromKubeconfig(Kubeconfig.Load(path), options.Context);
+        if (options.KubeconfigPath is { } path)
+        {
+            return FromKubeconfig(Kubeconfig.Load(path), options.Context);
+        }
+
+        // KUBECONFIG may list several files: merged as kubectl merges them.
+        if (environment("KUBECONFIG")?.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) is { Length: > 0 } paths)
+        {
+            return FromKubeconfig(Kubeconfig.LoadMerged(paths), options.Context);
+        }
+
+        return FromKubeconfig(Kubeconfig.Load(System.IO.Path.Combine(environment("HOME") ?? "~", ".kube", "config")), options.Context);
     }
 
     public static KubernetesConnection InCluster(KubernetesEngineOptions options, Func<string, string?> environment, string directory)
@@ -91,8 +101,9 @@ internal sealed class KubernetesConnection
     {
         var (name, cluster, user) = config.Select(context);
         var where = $"context '{name}' of kubeconfig '{config.Path}'";
-        var baseDirectory = Path.GetDirectoryName(Path.GetFullPath(config.Path)) ?? ".";
-        string Resolve(string file) => Path.IsPathRooted(file) ? file : Path.Combine(baseDirectory, file);
+        // Relative paths are relative to the file that defines the entry (with KUBECONFIG, the files may differ).
+        string Resolve(YamlMappingNode entry, string file)
+            => Path.IsPathRooted(file) ? file : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(config.FileOf(entry))) ?? ".", file);
 
         var serverText = Kubeconfig.Scalar(cluster, "server");
         if (string.IsNullOrEmpty(serverText) || !Uri.TryCreate(serverText, UriKind.Absolute, out var server))
@@ -111,7 +122,7 @@ internal sealed class KubernetesConnection
             else if (Kubeconfig.Scalar(cluster, "certificate-authority") is { Length: > 0 } caFile)
             {
                 ca = [];
-                ca.ImportFromPemFile(Resolve(caFile));
+                ca.ImportFromPemFile(Resolve(cluster, caFile));
             }
 
             X509Certificate2? clientCertificate = null;
@@ -121,9 +132,9 @@ internal sealed class KubernetesConnection
             var keyFile = Kubeconfig.Scalar(user, "client-key");
             if (certData is not null || certFile is not null)
             {
-                var certPem = certData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(certData)) : File.ReadAllText(Resolve(certFile!));
+                var certPem = certData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(certData)) : File.ReadAllText(Resolve(user, certFile!));
                 var keyPem = keyData is not null ? Encoding.UTF8.GetString(Convert.FromBase64String(keyData))
-                    : keyFile is not null ? File.ReadAllText(Resolve(keyFile))
+                    : keyFile is not null ? File.ReadAllText(Resolve(user, keyFile))
                     : throw new KubeconfigException($"The user of {where} has a client certificate but no client-key(-data). Add the key.");
                 clientCertificate = X509Certificate2.CreateFromPem(certPem, keyPem);
             }
@@ -135,7 +146,7 @@ internal sealed class KubernetesConnection
             }
             else if (Kubeconfig.Scalar(user, "tokenFile") is { Length: > 0 } tokenFile)
             {
-                token = new FileToken(Resolve(tokenFile), TimeSpan.FromMinutes(1));
+                token = new FileToken(Resolve(user, tokenFile), TimeSpan.FromMinutes(1));
             }
             else if (Kubeconfig.Child(user, "exec") is YamlMappingNode exec)
             {
@@ -171,6 +182,15 @@ internal sealed class KubernetesConnection
     /// <summary>How long a ping may go unanswered before the HTTP/2 connection counts as dead and is closed.</summary>
     internal static readonly TimeSpan KeepAlivePingTimeout = TimeSpan.FromSeconds(15);
 
+    /// <summary>How long a TCP connection may be idle before the kernel probes its peer (SO_KEEPALIVE).</summary>
+    internal static readonly TimeSpan TcpKeepAliveTime = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long the kernel waits between two unanswered keep-alive probes.</summary>
+    internal static readonly TimeSpan TcpKeepAliveInterval = TimeSpan.FromSeconds(10);
+
+    /// <summary>How many keep-alive probes may go unanswered before the kernel closes the connection.</summary>
+    internal const int TcpKeepAliveRetryCount = 3;
+
     /// <summary>How many connections the plain requests may open at once (on HTTP/1.1; HTTP/2 multiplexes them).</summary>
     public const int RequestConnections = 64;
 
@@ -196,6 +216,11 @@ internal sealed class KubernetesConnection
             KeepAlivePingDelay = KeepAlivePingDelay,
             KeepAlivePingTimeout = KeepAlivePingTimeout,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+
+            // HTTP/1.1 has no pings: a followed log (no header limit, as a quiet container sends nothing) or a watch on a
+            // connection whose peer vanished would wait forever. TCP keep-alive makes the kernel find such a connection
+            // dead after TcpKeepAliveTime + TcpKeepAliveRetryCount * TcpKeepAliveInterval (about 60 s) of silence.
+            ConnectCallback = static (context, cancellationToken) => ConnectAsync(context.DnsEndPoint, cancellationToken),
         };
         if (Server.Scheme == Uri.UriSchemeHttps)
         {
@@ -214,7 +239,7 @@ internal sealed class KubernetesConnection
             }
             else if (CertificateAuthority is { } authority)
             {
-                ssl.RemoteCertificateValidationCallback = (_, certificate, _, errors) => Validate(certificate, errors, authority);
+                ssl.RemoteCertificateValidationCallback = (_, certificate, chain, errors) => Validate(certificate, chain, errors, authority);
             }
 
             sockets.SslOptions = ssl;
@@ -223,7 +248,41 @@ internal sealed class KubernetesConnection
         return new AuthHandler(this, time, logger) { InnerHandler = sockets };
     }
 
-    private static bool Validate(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection authority)
+    /// <summary>Opens a TCP connection as SocketsHttpHandler does (dual-mode, no Nagle), with keep-alive probes on.</summary>
+    internal static async ValueTask<Stream> ConnectAsync(DnsEndPoint endPoint, CancellationToken cancellationToken)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            try
+            {
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, (int)TcpKeepAliveTime.TotalSeconds);
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, (int)TcpKeepAliveInterval.TotalSeconds);
+                socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, TcpKeepAliveRetryCount);
+            }
+            catch (Exception e) when (e is SocketException or PlatformNotSupportedException)
+            {
+                // A platform without the tuning options: keep-alive stays on with the system's timings.
+            }
+
+            await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Validates the server's certificate against the cluster's CA bundle as client-go does: every certificate of the
+    /// bundle is trusted (self-signed roots as trust roots; the others, intermediates, also link the chain), and the
+    /// intermediates the server sent complete it. A chain that reaches an intermediate of the bundle whose root the
+    /// bundle lacks is trusted too (Go's certificate pools anchor there), if nothing but that missing root is wrong.
+    /// </summary>
+    internal static bool Validate(X509Certificate? certificate, X509Chain? presented, SslPolicyErrors errors, X509Certificate2Collection authority)
     {
         if (certificate is null || (errors & (SslPolicyErrors.RemoteCertificateNameMismatch | SslPolicyErrors.RemoteCertificateNotAvailable)) != 0)
         {
@@ -231,12 +290,87 @@ internal sealed class KubernetesConnection
         }
 
         using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.CustomTrustStore.AddRange(authority);
+        var policy = chain.ChainPolicy;
+        policy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        policy.RevocationMode = X509RevocationMode.NoCheck;
+        foreach (var ca in authority)
+        {
+            (IsSelfIssued(ca) ? policy.CustomTrustStore : policy.ExtraStore).Add(ca);
+        }
+
+        if (presented is not null)
+        {
+            // What the server sent after its certificate (SslStream puts it in the chain it built).
+            policy.ExtraStore.AddRange(presented.ChainPolicy.ExtraStore);
+            for (var i = 1; i < presented.ChainElements.Count; i++)
+            {
+                policy.ExtraStore.Add(presented.ChainElements[i].Certificate);
+            }
+        }
+
         using var leaf = new X509Certificate2(certificate);
-        return chain.Build(leaf);
+        return chain.Build(leaf) || ReachesTheBundle(chain, authority);
     }
+
+    /// <summary>
+    /// Whether the chain, which does not end at a trusted root, reaches a certificate of the bundle with nothing wrong up
+    /// to it but the missing root (<see cref="X509ChainStatusFlags.UntrustedRoot"/>, <see cref="X509ChainStatusFlags.PartialChain"/>).
+    /// </summary>
+    private static bool ReachesTheBundle(X509Chain chain, X509Certificate2Collection authority)
+    {
+        const X509ChainStatusFlags MissingRoot = X509ChainStatusFlags.UntrustedRoot | X509ChainStatusFlags.PartialChain;
+        var elements = chain.ChainElements;
+        for (var k = 0; k < elements.Count; k++)
+        {
+            if (Flags(elements[k].ChainElementStatus) is var flags && (flags & ~MissingRoot) != 0)
+            {
+                return false;
+            }
+
+            if (!InBundle(elements[k].Certificate))
+            {
+                continue;
+            }
+
+            // Anchored at element k: what is wrong above it does not matter, anything else the chain reports does.
+            var above = X509ChainStatusFlags.NoError;
+            for (var i = k + 1; i < elements.Count; i++)
+            {
+                above |= Flags(elements[i].ChainElementStatus);
+            }
+
+            return (Flags(chain.ChainStatus) & ~(MissingRoot | above)) == 0;
+        }
+
+        return false;
+
+        bool InBundle(X509Certificate2 certificate)
+        {
+            foreach (var ca in authority)
+            {
+                if (ca.RawDataMemory.Span.SequenceEqual(certificate.RawDataMemory.Span))
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+
+        static X509ChainStatusFlags Flags(X509ChainStatus[] statuses)
+        {
+            var flags = X509ChainStatusFlags.NoError;
+            foreach (var status in statuses)
+            {
+                flags |= status.Status;
+            }
+
+            return flags;
+        }
+    }
+
+    private static bool IsSelfIssued(X509Certificate2 certificate)
+        => certificate.SubjectName.RawData.AsSpan().SequenceEqual(certificate.IssuerName.RawData);
 
     /// <summary>Adds the bearer token (or basic credentials) to every request.</summary>
     private sealed class AuthHandler(KubernetesConnection connection, TimeProvider time, ILogger logger) : DelegatingHandler
@@ -328,9 +462,11 @@ internal sealed class FileToken(string path, TimeSpan refresh) : ITokenSource
 /// (kind <c>ExecCredential</c>, spec.interactive false), reads the ExecCredential it prints, and keeps the token until
 /// its <c>expirationTimestamp</c>.
 /// </summary>
-internal sealed class ExecToken : ITokenSource
+internal sealed class ExecToken : ITokenSource, IAsyncDisposable
 {
     private readonly Lock _lock = new();
+    private readonly CancellationTokenSource _stop = new(); // cancelled on dispose: a run in flight is killed
+    private bool _disposed;
     private string? _token;
     private DateTimeOffset? _expires;
     private Task<string>? _running; // the plugin's run that the callers wait for, if any
@@ -390,10 +526,38 @@ internal sealed class ExecToken : ITokenSource
                 return token;
             }
 
+            ObjectDisposedException.ThrowIf(_disposed, this);
             running = _running ?? Start(time);
         }
 
         return await running.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops for good (the host stops): a run in flight is killed with the processes it started, and waited for; its
+    /// callers get a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        Task<string>? running;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            running = _running;
+        }
+
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (running is not null)
+        {
+            await ((Task)running).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        _stop.Dispose();
     }
 
     /// <summary>Starts a run. Call under the lock.</summary>
@@ -461,8 +625,9 @@ internal sealed class ExecToken : ITokenSource
 
         using (process)
         {
-            // Its own limit only: the callers' tokens end their waits, not the run.
-            using var limit = new CancellationTokenSource(TimeLimit, time);
+            // Its own limit and the disposal only: the callers' tokens end their waits, not the run.
+            using var timeLimit = new CancellationTokenSource(TimeLimit, time);
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(timeLimit.Token, _stop.Token);
             var output = process.StandardOutput.ReadToEndAsync(limit.Token);
             var error = process.StandardError.ReadToEndAsync(limit.Token);
             string text;
@@ -479,9 +644,11 @@ internal sealed class ExecToken : ITokenSource
             }
             catch (OperationCanceledException)
             {
-                // Timed out: the plugin (and whatever it started) must not outlive the limit.
+                // Timed out, or the host stops: the plugin (and whatever it started) must not outlive either.
                 Kill(process);
-                throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
+                throw _stop.IsCancellationRequested
+                    ? new KubeconfigException($"The exec credential plugin '{Command}' of {Where} was killed: the Kubernetes engine was disposed (the host stops) while it ran.")
+                    : new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not finish within {TimeLimit.TotalSeconds:0} s; it was killed.");
             }
 
             try

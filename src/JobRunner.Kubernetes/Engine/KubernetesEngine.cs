@@ -349,6 +349,9 @@ internal sealed class KubernetesEngine : IExecutionEngine
 internal sealed class AttemptRun : IWatchTarget, IDisposable
 {
     private static readonly TimeSpan s_podGrace = TimeSpan.FromSeconds(2);
+
+    /// <summary>How soon the pod's events are read again after they could not be (to see whether an image pull is under way).</summary>
+    private static readonly TimeSpan s_eventsRetry = TimeSpan.FromSeconds(30);
     private readonly KubernetesEngineHost _host;
     private readonly KubernetesApiClient _client;
     private readonly Channel<bool> _changed = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
@@ -361,6 +364,8 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private DateTimeOffset? _pullSince;
     private DateTimeOffset? _unschedulableSince;
     private DateTimeOffset? _startSince;
+    private DateTimeOffset? _startDue;
+    private DateTimeOffset? _pullDue;
     private DateTimeOffset? _noPodSince;
     private DateTimeOffset? _podGraceUntil;
     private bool _listedPods;
@@ -653,9 +658,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
 
         // While the init containers run, the one that does not start (or keeps crashing) is what waits: it counts as the
         // container would. One that runs, or has finished, is progress.
-        var initWaiting = !initialized && waiting?.Reason == "PodInitializing"
-            ? pod.Status?.InitContainerStatuses?.Find(static s => s.State?.Terminated is not { ExitCode: 0 })?.State?.Waiting
+        var init = !initialized && waiting?.Reason == "PodInitializing"
+            ? pod.Status?.InitContainerStatuses?.Find(static s => s.State?.Terminated is not { ExitCode: 0 })
             : null;
+        var initWaiting = init?.State?.Waiting;
         var initStuck = initWaiting?.Reason is "ContainerCreating" or "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" or "CrashLoopBackOff" or "ErrImagePull" or "ImagePullBackOff" or "InvalidImageName";
         if (initStuck)
         {
@@ -665,33 +671,31 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         var creating = waiting?.Reason == "ContainerCreating" || (waiting?.Reason == "PodInitializing" && initialized);
         if (initStuck || waiting?.Reason is "CreateContainerConfigError" or "CreateContainerError" or "RunContainerError" || (scheduled && creating))
         {
-            _startSince ??= now;
-            if (now - _startSince >= Options.ContainerStartLimit)
+            if (_startSince is null)
             {
-                var events = await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false);
-                if (creating && IsPulling(events))
-                {
-                    // An image pull still under way (a large image) shows as ContainerCreating too: not stuck, so the
-                    // limit starts over, and the attempt fails only if the pull ends and the container still does not start.
-                    _startSince = now;
-                    await KubernetesEngine.TryLogAsync(Context, Logger, $"Pod {pod.Metadata.Name}: the image is still being pulled after {Options.ContainerStartLimit}; waiting for the pull.").ConfigureAwait(false);
-                }
-                else
-                {
-                    var configuration = waiting!.Reason is "CreateContainerConfigError" or "CreateContainerError";
-                    var hint = initStuck ? "An init container of the pod does not start or keeps failing: check its image, command and the pod's volumes" : waiting.Reason switch
-                    {
-                        "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
-                        "ContainerCreating" or "PodInitializing" => "Check the pod's events: a volume that cannot be mounted (Secrets, ConfigMaps, persistent volumes), the network, the container runtime or the node",
-                        _ => "Check ContainerSpec.Command and the container's settings against the image",
-                    };
-                    FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){Warnings(events)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
-                }
+                _startSince = now;
+                _startDue = now + Options.ContainerStartLimit;
+                _pullDue = now + Options.ImagePullLimit;
+            }
+
+            // A container in ContainerCreating is looked at once more when the pull limit is reached (it may come first).
+            var pullDue = creating && _pullDue is { } due && now >= due;
+            if (!creating)
+            {
+                _pullDue = null;
+            }
+
+            if (now >= _startDue || pullDue)
+            {
+                _pullDue = null;
+                await CheckStartAsync(pod, waiting!, creating, initStuck, initStuck ? init!.Name : KubeNames.ContainerName, now, cancellationToken).ConfigureAwait(false);
             }
         }
         else
         {
             _startSince = null;
+            _startDue = null;
+            _pullDue = null;
         }
 
         var unschedulable = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
@@ -709,16 +713,78 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
     }
 
-    /// <summary>The pod's events, or <see langword="null"/> when they cannot be listed.</summary>
-    private async Task<List<KubeEvent>?> PodEventsAsync(string pod, CancellationToken cancellationToken)
+    /// <summary>
+    /// The container has waited to start until <see cref="KubernetesEngineOptions.ContainerStartLimit"/> (or, in
+    /// <c>ContainerCreating</c>, until <see cref="KubernetesEngineOptions.ImagePullLimit"/>): fails the attempt unless
+    /// its image is still being pulled within the pull limit, or the pod's events that would say so cannot be read.
+    /// </summary>
+    private async Task CheckStartAsync(KubePod pod, ContainerStateWaiting waiting, bool creating, bool initStuck, string container, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var since = _startSince!.Value;
+        var (events, eventsError) = await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false);
+        var pullOver = now - since >= Options.ImagePullLimit;
+        if (creating && events is null)
+        {
+            // Whether an image pull is under way is unknown: look again later, as a pull in progress is not stuck, but
+            // only within the pull limit. Before the start limit there is nothing to decide yet.
+            if (now < _startDue)
+            {
+                return;
+            }
+
+            if (pullOver)
+            {
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: true, $"Pod {pod.Metadata.Name}: container '{container}' did not start in {Options.ImagePullLimit} ({waiting.Reason}), and the pod's events, which say whether its image is still being pulled, could not be read ({eventsError?.Message}). Check the pod's events and the registry, or raise KubernetesEngineOptions.ImagePullLimit."));
+            }
+
+            _startDue = Earliest(now + s_eventsRetry, since + Options.ImagePullLimit);
+            await KubernetesEngine.TryLogAsync(Context, Logger, $"Pod {pod.Metadata.Name}: container '{container}' is still waiting ({waiting.Reason}) and its events could not be read to see whether its image is being pulled ({eventsError?.Message}); looking again in {_startDue.Value - now}.").ConfigureAwait(false);
+            return;
+        }
+
+        if (creating && PullInProgress(events) is { } pulling)
+        {
+            // An image pull still under way (a large image) shows as ContainerCreating too: not stuck, so the start limit
+            // starts over, and the attempt fails only if the pull ends and the container still does not start, or the
+            // pull outlasts its own limit (a registry that never answers).
+            var image = PulledImage(pulling) ?? (initStuck ? "?" : Spec.Image);
+            if (pullOver)
+            {
+                FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: true, $"Pod {pod.Metadata.Name}: the image '{image}' of container '{container}' was still being pulled after {Options.ImagePullLimit}{Warnings(events)}. Check that the registry answers, or raise KubernetesEngineOptions.ImagePullLimit for an image this large."));
+            }
+
+            _startDue = Earliest(now + Options.ContainerStartLimit, since + Options.ImagePullLimit);
+            await KubernetesEngine.TryLogAsync(Context, Logger, $"Pod {pod.Metadata.Name}: the image is still being pulled after {now - since}; waiting for the pull (up to KubernetesEngineOptions.ImagePullLimit, {Options.ImagePullLimit}).").ConfigureAwait(false);
+            return;
+        }
+
+        if (now < _startDue)
+        {
+            return; // looked at for the pull limit before the start limit: no pull, so the start limit stands
+        }
+
+        var configuration = waiting.Reason is "CreateContainerConfigError" or "CreateContainerError";
+        var hint = initStuck ? "An init container of the pod does not start or keeps failing: check its image, command and the pod's volumes" : waiting.Reason switch
+        {
+            "CreateContainerConfigError" => "Check that the Secrets and ConfigMaps the pod refers to exist",
+            "ContainerCreating" or "PodInitializing" => "Check the pod's events: a volume that cannot be mounted (Secrets, ConfigMaps, persistent volumes), the network, the container runtime or the node",
+            _ => "Check ContainerSpec.Command and the container's settings against the image",
+        };
+        FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){Warnings(events)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+
+        static DateTimeOffset Earliest(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
+    }
+
+    /// <summary>The pod's events, or <see langword="null"/> and why when they cannot be listed.</summary>
+    private async Task<(List<KubeEvent>? Events, Exception? Error)> PodEventsAsync(string pod, CancellationToken cancellationToken)
     {
         try
         {
-            return (await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false)).Items;
+            return ((await _client.ListPodEventsAsync(Namespace, pod, cancellationToken).ConfigureAwait(false)).Items, null);
         }
         catch (Exception e) when (e is KubernetesApiException or HttpRequestException)
         {
-            return null;
+            return (null, e);
         }
     }
 
@@ -734,25 +800,38 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     /// (<c>Failed</c>, <c>BackOff</c>) at the same time or later. Event times have a resolution of a second: a tie counts
     /// as finished.
     /// </summary>
-    internal static bool IsPulling(List<KubeEvent>? events)
+    internal static bool IsPulling(List<KubeEvent>? events) => PullInProgress(events) is not null;
+
+    /// <summary>The latest <c>Pulling</c> event when that pull is still under way (see <see cref="IsPulling"/>), else <see langword="null"/>.</summary>
+    private static KubeEvent? PullInProgress(List<KubeEvent>? events)
     {
         if (events is null)
         {
-            return false;
+            return null;
         }
 
+        KubeEvent? latest = null;
         DateTimeOffset? pulling = null;
         foreach (var e in events)
         {
             if (e.Reason == "Pulling" && When(e) is { } at && (pulling is null || at > pulling))
             {
-                pulling = at;
+                (latest, pulling) = (e, at);
             }
         }
 
-        return pulling is { } since && !events.Exists(e => e.Reason is "Pulled" or "Failed" or "BackOff" && When(e) >= since);
+        return pulling is { } since && !events.Exists(e => e.Reason is "Pulled" or "Failed" or "BackOff" && When(e) >= since) ? latest : null;
 
         static DateTimeOffset? When(KubeEvent e) => e.LastTimestamp ?? e.EventTime ?? e.Metadata.CreationTimestamp;
+    }
+
+    /// <summary>The image a kubelet's <c>Pulling</c> event names (<c>Pulling image "registry/app:1"</c>), or <see langword="null"/>.</summary>
+    private static string? PulledImage(KubeEvent pulling)
+    {
+        var message = pulling.Message ?? "";
+        var open = message.IndexOf('"', StringComparison.Ordinal);
+        var close = open < 0 ? -1 : message.IndexOf('"', open + 1);
+        return close > open + 1 ? message[(open + 1)..close] : null;
     }
 
     /// <summary>The attempt gives up on a Job the cluster would keep trying: delete it, then fail with <paramref name="error"/>.</summary>
@@ -771,9 +850,14 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             due = unschedulable + Options.UnschedulableLimit;
         }
 
-        if (_startSince is { } start && (due is null || start + Options.ContainerStartLimit < due))
+        if (_startDue is { } start && (due is null || start < due))
         {
-            due = start + Options.ContainerStartLimit;
+            due = start;
+        }
+
+        if (_pullDue is { } pullLimit && (due is null || pullLimit < due))
+        {
+            due = pullLimit;
         }
 
         if (_noPodSince is { } noPod && (due is null || noPod + Options.UnschedulableLimit < due))

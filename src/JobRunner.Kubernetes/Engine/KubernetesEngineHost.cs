@@ -16,7 +16,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
     private readonly IJobStore? _store;
     private readonly CancellationTokenSource _stop = new();
     private readonly Lock _sweepStart = new();
-    private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http, HttpClient Streams)? _connection;
+    private (KubernetesApiClient Client, NamespaceWatch Watch, HttpClient Http, HttpClient Streams, ITokenSource? Token)? _connection;
     private Task? _sweeps;
     private int _disposed;
 
@@ -58,7 +58,7 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
                 var http = new HttpClient(connection.CreateHandler(Time, Logger)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
                 var streams = new HttpClient(connection.CreateHandler(Time, Logger, int.MaxValue)) { BaseAddress = connection.Server, Timeout = Timeout.InfiniteTimeSpan };
                 var client = new KubernetesApiClient(http, Time, streams: streams);
-                _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http, streams);
+                _connection = (client, new NamespaceWatch(client, Options.Namespace, Time, Logger), http, streams, connection.Token);
             }
 
             return (_connection.Value.Client, _connection.Value.Watch);
@@ -172,6 +172,12 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         _stop.Dispose();
         if (_connection is { } connection)
         {
+            // First: an exec credential plugin in flight (for any request, the watch's included) is killed.
+            if (connection.Token is IAsyncDisposable token)
+            {
+                await token.DisposeAsync().ConfigureAwait(false);
+            }
+
             await connection.Watch.DisposeAsync().ConfigureAwait(false);
             connection.Http.Dispose();
             connection.Streams.Dispose();

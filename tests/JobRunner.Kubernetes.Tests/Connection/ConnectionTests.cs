@@ -1,6 +1,7 @@
 using System.Text;
 using JobRunner.Kubernetes.Client;
 using JobRunner.Kubernetes.Connection;
+using JobRunner.Kubernetes.Engine;
 using JobRunner.Kubernetes.Testing;
 using JobRunner.Kubernetes.Tests.Support;
 using JobRunner.Testing;
@@ -248,25 +249,152 @@ public sealed class ConnectionTests : IDisposable
 
         // The plugin and the sleep it started are gone (reaped, or at most zombies waiting for it).
         await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child is still running.");
+    }
 
-        static bool IsAlive(int pid)
+    [Fact]
+    public async Task Kubeconfig_ExecPluginInFlight_IsKilledWithWhatItStarted_WhenTheEngineHostIsDisposed()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var script = Path.Combine(_dir, "plugin.sh");
+        var pids = Path.Combine(_dir, "pids");
+        var runs = Path.Combine(_dir, "runs");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            echo run >> '{{{runs}}}'
+            sleep 600 &
+            echo "$$ $!" > '{{{pids}}}'
+            wait
+            """);
+        var path = ExecKubeconfig(server, script, "");
+
+        // A fake clock that never moves: the plugin's own time limit never ends the run, only the disposal can.
+        var host = new KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { KubeconfigPath = path }), new FakeTimeProvider());
+        var (client, _) = await host.ConnectAsync(CancellationToken.None);
+        var list = client.ListJobsAsync("default", null, CancellationToken.None);
+        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
+        var started = File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse).ToList();
+
+        await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
+
+        await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child outlived the host.");
+        var error = await Assert.ThrowsAsync<KubeconfigException>(() => list.WaitAsync(K8sTest.Limit));
+        Assert.Contains("was killed: the Kubernetes engine was disposed", error.Message, StringComparison.Ordinal);
+        Assert.Single(File.ReadAllLines(runs));
+        Assert.Empty(server.Requests);
+    }
+
+    /// <summary>Whether the process runs (a zombie waiting to be reaped does not).</summary>
+    private static bool IsAlive(int pid)
+    {
+        var stat = $"/proc/{pid}/stat";
+        if (!File.Exists(stat))
         {
-            var stat = $"/proc/{pid}/stat";
-            if (!File.Exists(stat))
-            {
-                return false;
-            }
-
-            try
-            {
-                var text = File.ReadAllText(stat);
-                return text[(text.LastIndexOf(')') + 2)..][0] != 'Z';
-            }
-            catch (IOException)
-            {
-                return false;
-            }
+            return false;
         }
+
+        try
+        {
+            var text = File.ReadAllText(stat);
+            return text[(text.LastIndexOf(')') + 2)..][0] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Two kubeconfig files in directories of their own, as KUBECONFIG lists them (a missing file first).</summary>
+    private (string First, string Second, string List) TwoKubeconfigs()
+    {
+        var one = Directory.CreateDirectory(Path.Combine(_dir, "one")).FullName;
+        var two = Directory.CreateDirectory(Path.Combine(_dir, "two")).FullName;
+        var first = Path.Combine(one, "config");
+        var second = Path.Combine(two, "config");
+        File.WriteAllText(first, """
+            apiVersion: v1
+            kind: Config
+            current-context: prod
+            clusters:
+            - name: shared
+              cluster:
+                server: https://one.example:6443
+            contexts:
+            - name: prod
+              context:
+                cluster: shared
+                user: robot
+            - name: with-ca
+              context:
+                cluster: private
+                user: robot
+            """);
+        File.WriteAllText(second, """
+            apiVersion: v1
+            kind: Config
+            current-context: staging
+            clusters:
+            - name: shared
+              cluster:
+                server: https://two.example:6443
+            - name: private
+              cluster:
+                server: https://private.example:6443
+                certificate-authority: ca.crt
+            users:
+            - name: robot
+              user:
+                token: from-second
+            contexts:
+            - name: prod
+              context:
+                cluster: private
+                user: robot
+            - name: staging
+              context:
+                cluster: private
+                user: robot
+            """);
+        var list = string.Join(Path.PathSeparator, Path.Combine(_dir, "missing", "config"), first, second);
+        return (first, second, list);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_SeveralFilesInKUBECONFIG_AreMergedAsKubectlDoes_FirstToSetAValueWins()
+    {
+        var (first, second, list) = TwoKubeconfigs();
+
+        var connection = Resolve(new KubernetesEngineOptions(), new Dictionary<string, string> { ["KUBECONFIG"] = list });
+
+        // current-context and the context 'prod' and cluster 'shared' from the first file; the user only the second has.
+        Assert.Equal(new Uri("https://one.example:6443"), connection.Server);
+        Assert.Equal("from-second", await connection.Token!.GetTokenAsync(TimeProvider.System, NullLogger.Instance, CancellationToken.None));
+        Assert.Equal($"context 'prod' of kubeconfig '{first}{Path.PathSeparator}{second}'", connection.Description);
+    }
+
+    [Fact]
+    public void Kubeconfig_SeveralFilesInKUBECONFIG_RelativePathsStayRelativeToTheFileThatDefinesThem()
+    {
+        var (_, second, list) = TwoKubeconfigs();
+        using var key = System.Security.Cryptography.ECDsa.Create();
+        using var ca = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=second-ca", key, System.Security.Cryptography.HashAlgorithmName.SHA256)
+            .CreateSelfSigned(DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch.AddYears(100));
+        File.WriteAllText(Path.Combine(Path.GetDirectoryName(second)!, "ca.crt"), ca.ExportCertificatePem());
+
+        var connection = Resolve(new KubernetesEngineOptions { Context = "with-ca" }, new Dictionary<string, string> { ["KUBECONFIG"] = list });
+
+        Assert.Equal(new Uri("https://private.example:6443"), connection.Server);
+        Assert.Equal("CN=second-ca", Assert.Single(connection.CertificateAuthority!).Subject);
+    }
+
+    [Fact]
+    public void Kubeconfig_NoFileOfKUBECONFIGExists_NamesThemAndTheFix()
+    {
+        var missing = string.Join(Path.PathSeparator, Path.Combine(_dir, "a"), Path.Combine(_dir, "b"));
+
+        var error = Assert.Throws<KubeconfigException>(() => Resolve(new KubernetesEngineOptions(), new Dictionary<string, string> { ["KUBECONFIG"] = missing }));
+
+        Assert.Contains($"'{Path.Combine(_dir, "a")}', '{Path.Combine(_dir, "b")}'", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Set KUBECONFIG", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -324,6 +452,48 @@ public sealed class ConnectionTests : IDisposable
         Assert.Equal(TimeSpan.FromSeconds(30), sockets.KeepAlivePingDelay);
         Assert.Equal(TimeSpan.FromSeconds(15), sockets.KeepAlivePingTimeout);
         Assert.Equal(HttpKeepAlivePingPolicy.Always, sockets.KeepAlivePingPolicy);
+    }
+
+    [Theory]
+    [InlineData(64)]
+    [InlineData(int.MaxValue)]
+    public void Handler_OpensItsOwnConnections_SoThatTcpKeepAliveIsOn(int connections)
+    {
+        // HTTP/1.1 has no pings: a followed log waiting on a connection whose peer vanished is found by TCP keep-alive.
+        using var handler = Resolve(new KubernetesEngineOptions { Server = new Uri("https://10.0.0.1:6443") }).CreateHandler(TimeProvider.System, NullLogger.Instance, connections);
+
+        var sockets = Assert.IsType<SocketsHttpHandler>(((DelegatingHandler)handler).InnerHandler);
+        Assert.NotNull(sockets.ConnectCallback);
+    }
+
+    [Fact]
+    public async Task Connect_SetsTcpKeepAlive_30sIdle_10sBetweenProbes_3Probes()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        var accepted = listener.AcceptSocketAsync();
+
+        await using var stream = await KubernetesConnection.ConnectAsync(new System.Net.DnsEndPoint("127.0.0.1", port), CancellationToken.None);
+        using var server = await accepted.WaitAsync(K8sTest.Limit);
+
+        var socket = Assert.IsType<System.Net.Sockets.NetworkStream>(stream).Socket;
+        Assert.True(socket.Connected);
+        Assert.True(socket.NoDelay);
+        Assert.NotEqual(0, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.KeepAlive)!);
+        Assert.Equal(30, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveTime)!);
+        Assert.Equal(10, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveInterval)!);
+        Assert.Equal(3, (int)socket.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Tcp, System.Net.Sockets.SocketOptionName.TcpKeepAliveRetryCount)!);
+    }
+
+    [Fact]
+    public async Task Handler_RequestsGoThroughItsOwnConnections()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+
+        await ListOnceAsync(Resolve(new KubernetesEngineOptions { Server = server.BaseAddress }));
+
+        Assert.Single(server.Requests);
     }
 
     private static async Task ListOnceAsync(KubernetesConnection connection)

@@ -238,6 +238,94 @@ public sealed class KubernetesEngineTests
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
     }
 
+    [Theory]
+    [InlineData(15, 30, 2)] // looked at when the start limit is reached, then again at the pull limit
+    [InlineData(15, 5, 1)] // a pull limit shorter than the start limit is looked at first
+    public async Task Execute_ImagePullThatNeverEnds_FailsTransientlyAtTheImagePullLimit_NamingImageContainerAndOption(int startMinutes, int pullMinutes, int steps)
+    {
+        // A registry that never answers: the kubelet's Pulling event has nothing after it, for good.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(startMinutes), TimeSpan.FromMinutes(pullMinutes))).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        if (steps == 2)
+        {
+            time.Advance(TimeSpan.FromMinutes(startMinutes));
+            await context.WaitForLineAsync("the image is still being pulled");
+            Assert.False(run.IsCompleted);
+        }
+
+        time.Advance(TimeSpan.FromMinutes(steps == 2 ? pullMinutes - startMinutes : pullMinutes));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains($"the image 'registry.example/huge:1' of container 'main' was still being pulled after {TimeSpan.FromMinutes(pullMinutes)}", error.Message, StringComparison.Ordinal);
+        Assert.Contains("raise KubernetesEngineOptions.ImagePullLimit", error.Message, StringComparison.Ordinal);
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_PodEventsUnreadableAtTheStartLimit_LooksAgainLater_AndWaitsForThePull()
+    {
+        await using var test = await K8sTest.StartAsync();
+        var pulled = new TaskCompletionSource();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        test.Server.InjectFault(403, count: 1, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("its events could not be read");
+        Assert.False(run.IsCompleted);
+
+        // Less than the request time limit (60 s on the same clock): the watches reopened after the jump must not time out.
+        time.Advance(TimeSpan.FromSeconds(30));
+        await context.WaitForLineAsync("the image is still being pulled");
+        pulled.SetResult();
+        await context.WaitForLineAsync(": running");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
+    public async Task Execute_PodEventsUnreadableUntilTheImagePullLimit_FailsTransiently()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        test.Server.InjectFault(403, count: 1000, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("its events could not be read");
+        Assert.False(run.IsCompleted);
+
+        time.Advance(TimeSpan.FromMinutes(15));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("container 'main' did not start in 00:30:00 (ContainerCreating), and the pod's events", error.Message, StringComparison.Ordinal);
+        Assert.Contains("raise KubernetesEngineOptions.ImagePullLimit", error.Message, StringComparison.Ordinal);
+        test.Server.ClearFaults();
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
     [Fact]
     public async Task Execute_InitContainersRunningLongerThanTheStartLimit_AreNotCounted()
     {

@@ -1,0 +1,175 @@
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using JobRunner.Kubernetes.Connection;
+using JobRunner.Kubernetes.Tests.Support;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace JobRunner.Kubernetes.Tests.Connection;
+
+/// <summary>
+/// A cluster CA bundle (certificate-authority-data with several PEM certificates) against a loopback TLS server with
+/// generated certificates: a root, an intermediate it signed, and a leaf for 127.0.0.1 the intermediate signed.
+/// </summary>
+public sealed class CertificateAuthorityTests : IDisposable
+{
+    private readonly X509Certificate2 _root;
+    private readonly X509Certificate2 _intermediate;
+    private readonly X509Certificate2 _leaf;
+    private readonly X509Certificate2 _otherRoot;
+    private readonly X509Certificate2 _forged;
+
+    public CertificateAuthorityTests()
+    {
+        var now = TimeProvider.System.GetUtcNow();
+        _root = Authority("CN=test-root", null, now);
+        _intermediate = Authority("CN=test-intermediate", _root, now);
+        _otherRoot = Authority("CN=other-root", null, now);
+
+        // The intermediate's name and key identifier with another key: a chain builder links the leaf to it, and only
+        // the signature tells them apart.
+        _forged = Authority("CN=test-intermediate", _root, now, _intermediate.Extensions.OfType<X509SubjectKeyIdentifierExtension>().Single());
+
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_intermediate, true, false));
+        var names = new SubjectAlternativeNameBuilder();
+        names.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(names.Build());
+        using var signed = request.Create(_intermediate, now.AddDays(-1), now.AddDays(30), [1, 2, 3]);
+        _leaf = signed.CopyWithPrivateKey(key);
+    }
+
+    public void Dispose()
+    {
+        _root.Dispose();
+        _intermediate.Dispose();
+        _leaf.Dispose();
+        _otherRoot.Dispose();
+        _forged.Dispose();
+    }
+
+    private static X509Certificate2 Authority(string subject, X509Certificate2? issuer, DateTimeOffset now, X509SubjectKeyIdentifierExtension? keyIdentifier = null)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest(subject, key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, issuer is not null, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
+        request.CertificateExtensions.Add(keyIdentifier ?? new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
+        if (issuer is null)
+        {
+            return request.CreateSelfSigned(now.AddDays(-1), now.AddYears(1));
+        }
+
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
+        using var signed = request.Create(issuer, now.AddDays(-1), now.AddYears(1), [7]);
+        return signed.CopyWithPrivateKey(key);
+    }
+
+    public static TheoryData<string, string, bool> Bundles => new()
+    {
+        // bundle (certificate-authority-data, in this order), what the server sends after its leaf, accepted
+        { "root,intermediate", "", true },
+        { "intermediate,root", "", true },
+        { "root", "intermediate", true },
+        { "other,root", "intermediate", true },
+        { "other,root,intermediate", "", true },
+        { "intermediate", "", true }, // client-go trusts every certificate of the bundle, a root or not
+        { "other", "intermediate", false },
+        { "intermediate", "intermediate", true },
+        { "root", "", false }, // the intermediate is nowhere: no chain
+        { "forged", "", false }, // the leaf's signature does not verify against it
+        { "root,forged", "", false },
+    };
+
+    [Theory]
+    [MemberData(nameof(Bundles))]
+    public async Task Handler_ValidatesTheServerAgainstEveryCertificateOfTheBundle(string bundle, string sent, bool accepted)
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        var extra = new X509Certificate2Collection();
+        if (sent == "intermediate")
+        {
+            extra.Add(_intermediate);
+        }
+
+        var server = ServeOnceAsync(listener, _leaf, extra);
+        var pem = string.Concat(bundle.Split(',').Select(name => (name switch
+        {
+            "root" => _root,
+            "intermediate" => _intermediate,
+            "forged" => _forged,
+            _ => _otherRoot,
+        }).ExportCertificatePem() + "\n"));
+        var config = Kubeconfig.Parse($"""
+            current-context: c
+            clusters:
+            - name: c
+              cluster:
+                server: https://127.0.0.1:{port}
+                certificate-authority-data: {Convert.ToBase64String(Encoding.UTF8.GetBytes(pem))}
+            contexts:
+            - name: c
+              context:
+                cluster: c
+            """, "bundle.kubeconfig");
+        var connection = KubernetesConnection.FromKubeconfig(config, null);
+        using var http = new HttpClient(connection.CreateHandler(TimeProvider.System, NullLogger.Instance)) { BaseAddress = connection.Server };
+
+        var request = http.GetStringAsync(new Uri("/version", UriKind.Relative));
+        if (accepted)
+        {
+            Assert.Equal("{}", await request.WaitAsync(K8sTest.Limit));
+        }
+        else
+        {
+            var error = await Assert.ThrowsAsync<HttpRequestException>(() => request.WaitAsync(K8sTest.Limit));
+            Assert.IsType<System.Security.Authentication.AuthenticationException>(error.InnerException);
+        }
+
+        await server.WaitAsync(K8sTest.Limit);
+    }
+
+    /// <summary>Answers one HTTP/1.1 request over TLS with <c>{}</c>; a client that refuses the certificate ends it early.</summary>
+    private static async Task ServeOnceAsync(TcpListener listener, X509Certificate2 leaf, X509Certificate2Collection extra)
+    {
+        using var client = await listener.AcceptTcpClientAsync();
+        var ssl = new SslStream(client.GetStream());
+        await using (ssl.ConfigureAwait(false))
+        {
+            try
+            {
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificateContext = SslStreamCertificateContext.Create(leaf, extra, offline: true),
+                });
+                var buffer = new byte[4096];
+                var received = new StringBuilder();
+                while (!received.ToString().Contains("\r\n\r\n", StringComparison.Ordinal))
+                {
+                    var read = await ssl.ReadAsync(buffer);
+                    if (read == 0)
+                    {
+                        return;
+                    }
+
+                    received.Append(Encoding.ASCII.GetString(buffer, 0, read));
+                }
+
+                await ssl.WriteAsync("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"u8.ToArray());
+            }
+            catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException)
+            {
+                // The client refused the certificate.
+            }
+        }
+    }
+}
