@@ -8,6 +8,7 @@ public interface IJobClient
     /// <param name="cancellationToken">Cancels the submit.</param>
     /// <returns>The job, and whether it was an existing one.</returns>
     /// <exception cref="JobValidationException">The request is invalid; nothing was stored.</exception>
+    /// <exception cref="JobsNotQueuedException">The job was stored but its queue refused it; it was cancelled. Submit it again.</exception>
     ValueTask<SubmitResult> SubmitAsync(JobRequest request, CancellationToken cancellationToken = default);
 
     /// <summary>
@@ -18,6 +19,9 @@ public interface IJobClient
     /// <param name="cancellationToken">Cancels the submit.</param>
     /// <returns>One result per request, in order.</returns>
     /// <exception cref="JobValidationException">A request is invalid (the errors name which); nothing was stored.</exception>
+    /// <exception cref="JobsNotQueuedException">
+    /// Some jobs were stored but their queue refused them; they were cancelled, the others are queued (the exception says which).
+    /// </exception>
     ValueTask<IReadOnlyList<SubmitResult>> SubmitManyAsync(IReadOnlyList<JobRequest> requests, CancellationToken cancellationToken = default);
 
     /// <summary>Gets a job.</summary>
@@ -60,6 +64,7 @@ public interface IJobClient
     /// new job instead); nothing changed.
     /// </exception>
     /// <exception cref="NotSupportedException">The client or its store cannot run a finished job again.</exception>
+    /// <exception cref="JobsNotQueuedException">The job's queue refused it; it was cancelled again. Retry it again.</exception>
     ValueTask<JobRecord> RetryAsync(JobId id, CancellationToken cancellationToken = default)
         => throw new NotSupportedException($"{GetType().Name} cannot run a finished job again: implement IJobClient.RetryAsync.");
 

@@ -167,3 +167,32 @@ public sealed class JobStateException : JobRunnerException
     /// <inheritdoc />
     public override bool IsTransient => false;
 }
+
+/// <summary>
+/// Jobs were stored but their queue refused them: they were cancelled (so that a dedupe key they hold is free again),
+/// and the others of the same submit are queued. Submit the cancelled ones again.
+/// </summary>
+public sealed class JobsNotQueuedException : JobRunnerException
+{
+    /// <summary>Initializes a new instance.</summary>
+    /// <param name="results">One result per request, in order; a job that was not queued is in its state after the cancellation.</param>
+    /// <param name="notQueued">The positions in <paramref name="results"/> of the jobs that were not queued.</param>
+    /// <param name="innerException">The queue's error for the first of them.</param>
+    public JobsNotQueuedException(IReadOnlyList<SubmitResult> results, IReadOnlyList<int> notQueued, Exception innerException)
+        : base($"{notQueued?.Count} of {results?.Count} submitted jobs could not be queued and were cancelled (requests {string.Join(", ", notQueued ?? [])}): {innerException?.Message} Submit those again; the others are queued.", innerException)
+    {
+        ArgumentNullException.ThrowIfNull(results);
+        ArgumentNullException.ThrowIfNull(notQueued);
+        Results = results;
+        NotQueued = notQueued;
+    }
+
+    /// <summary>Gets one result per request, in order.</summary>
+    public IReadOnlyList<SubmitResult> Results { get; }
+
+    /// <summary>Gets the positions of the jobs that were not queued (and were cancelled).</summary>
+    public IReadOnlyList<int> NotQueued { get; }
+
+    /// <inheritdoc />
+    public override bool IsTransient => true;
+}

@@ -21,8 +21,8 @@ internal sealed class JobClient(
         JobRequestValidator.Validate(request, registry);
         var now = time.GetUtcNow();
         var result = await store.InsertAsync(NewRecord(request, now), cancellationToken).ConfigureAwait(false);
-        await EnqueueAsync(result, now).ConfigureAwait(false);
-        return result;
+        var (error, job) = await TryEnqueueAsync(result, now).ConfigureAwait(false);
+        return error is null ? result : throw new JobsNotQueuedException([result with { Job = job }], [0], error);
     }
 
     public async ValueTask<IReadOnlyList<SubmitResult>> SubmitManyAsync(IReadOnlyList<JobRequest> requests, CancellationToken cancellationToken = default)
@@ -57,12 +57,21 @@ internal sealed class JobClient(
         }
 
         var results = await store.InsertManyAsync(jobs, cancellationToken).ConfigureAwait(false);
-        foreach (var result in results)
+        List<int>? notQueued = null;
+        Exception? first = null;
+        SubmitResult[]? reported = null;
+        for (var i = 0; i < results.Count; i++)
         {
-            await EnqueueAsync(result, now).ConfigureAwait(false);
+            var (error, job) = await TryEnqueueAsync(results[i], now).ConfigureAwait(false);
+            if (error is not null)
+            {
+                first ??= error;
+                (notQueued ??= []).Add(i);
+                (reported ??= [.. results])[i] = results[i] with { Job = job };
+            }
         }
 
-        return results;
+        return notQueued is null ? results : throw new JobsNotQueuedException(reported!, notQueued, first!);
     }
 
     private JobRecord NewRecord(JobRequest request, DateTimeOffset now)
@@ -79,13 +88,53 @@ internal sealed class JobClient(
         };
     }
 
-    private async ValueTask EnqueueAsync(SubmitResult result, DateTimeOffset now)
+    /// <summary>
+    /// Enqueues a stored job (whatever the caller's token says, or it would wait in no queue). When the queue refuses it,
+    /// the job is cancelled, so that it does not stay Queued with no delivery (holding its dedupe key for good).
+    /// </summary>
+    /// <returns>
+    /// The queue's error, or <see langword="null"/> when the job is queued (or was there already); and the job, as the
+    /// cancellation left it when the queue refused it.
+    /// </returns>
+    private async ValueTask<(Exception? Error, JobRecord Job)> TryEnqueueAsync(SubmitResult result, DateTimeOffset now, bool submitted = true)
     {
-        if (!result.Attached)
+        if (result.Attached)
         {
-            // The job is stored: enqueue it whatever the caller's token says, or it would wait in no queue.
+            return (null, result.Job);
+        }
+
+        try
+        {
             await queue.EnqueueAsync(QueuedJob.For(result.Job, now), CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Whatever the queue throws, the stored job must not stay Queued with no delivery.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            return (e, await CancelNotQueuedAsync(result.Job, e).ConfigureAwait(false));
+        }
+
+        if (submitted)
+        {
             telemetry.Submitted(result.Job.Request.Tenant, result.Job.Request.Workload);
+        }
+
+        return (null, result.Job);
+    }
+
+    /// <summary>Cancels a job its queue refused, best effort.</summary>
+    /// <returns>The job as the cancellation left it, or as it was when that failed too.</returns>
+    private async ValueTask<JobRecord> CancelNotQueuedAsync(JobRecord job, Exception error)
+    {
+        try
+        {
+            return await store.RequestCancellationAsync(job.Id, "Not queued: the queue refused the job (" + error.GetType().Name + "). Submit it again.", CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // The caller gets the queue's error; the job stays as it was.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return job;
         }
     }
 
@@ -114,7 +163,11 @@ internal sealed class JobClient(
         // store that retried a lost reply may return the job already taken since, or finished again: nothing to enqueue.)
         if (job.State is JobState.Queued or JobState.Scheduled)
         {
-            await queue.EnqueueAsync(QueuedJob.For(job, time.GetUtcNow()), CancellationToken.None).ConfigureAwait(false);
+            var (error, cancelled) = await TryEnqueueAsync(new SubmitResult(job, Attached: false), time.GetUtcNow(), submitted: false).ConfigureAwait(false);
+            if (error is not null)
+            {
+                throw new JobsNotQueuedException([new SubmitResult(cancelled, Attached: false)], [0], error);
+            }
         }
 
         return job;

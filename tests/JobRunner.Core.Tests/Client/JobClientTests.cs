@@ -290,5 +290,93 @@ public sealed class JobClientTests : IAsyncDisposable
         Assert.Equal(3, job.Attempts.Count);
         Assert.All(job.Attempts, a => Assert.Equal(AttemptOutcome.Failed, a.Outcome));
     }
+
+    /// <summary>The in-memory queue, refusing the enqueues <see cref="Refuse"/> says.</summary>
+    private sealed class RefusingQueue(IJobQueue inner) : IJobQueue
+    {
+        public Func<QueuedJob, bool> Refuse { get; set; } = _ => false;
+
+        public ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
+            => Refuse(job) ? throw new InvalidOperationException("The queue is down.") : inner.EnqueueAsync(job, cancellationToken);
+
+        public ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken) => inner.DequeueAsync(buffer, visibility, cancellationToken);
+
+        public ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.AcknowledgeAsync(jobs, cancellationToken);
+
+        public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.ReturnAsync(jobs, cancellationToken);
+
+        public ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken) => inner.ExtendAsync(jobs, visibility, cancellationToken);
+    }
+
+    private static (TestHost Host, Func<RefusingQueue> Queue) HostWithRefusingQueue()
+    {
+        RefusingQueue? queue = null;
+        var host = new TestHost(r => r.UseQueue(sp => queue = new RefusingQueue(sp.GetRequiredService<InMemoryJobQueue>())));
+        _ = host.Client;
+        return (host, () => queue!);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_QueueRefuses_CancelsTheStoredJob_SoThatItsDedupeKeyIsFree()
+    {
+        var (host, queue) = HostWithRefusingQueue();
+        await using var _ = host;
+        queue().Refuse = _ => true;
+
+        var e = await Assert.ThrowsAsync<JobsNotQueuedException>(() => host.Client.SubmitAsync(new JobRequest("work") { DedupeKey = "k" }).AsTask());
+
+        Assert.True(e.IsTransient);
+        Assert.Equal([0], e.NotQueued);
+        Assert.Equal("The queue is down.", e.InnerException!.Message);
+        Assert.Equal(JobState.Cancelled, e.Results[0].Job.State);
+        var stored = await host.Client.GetAsync(e.Results[0].Job.Id);
+        Assert.Equal(JobState.Cancelled, stored!.State);
+
+        // Submitted again once the queue is back: a new job, not the cancelled one.
+        queue().Refuse = _ => false;
+        var again = await host.Client.SubmitAsync(new JobRequest("work") { DedupeKey = "k" });
+        Assert.False(again.Attached);
+        Assert.NotEqual(stored.Id, again.Job.Id);
+    }
+
+    [Fact]
+    public async Task SubmitManyAsync_QueueRefusesSome_CancelsThose_QueuesTheOthers_AndSaysWhich()
+    {
+        var (host, queue) = HostWithRefusingQueue();
+        await using var _ = host;
+        var requests = Enumerable.Range(0, 4).Select(i => new JobRequest("work") { CorrelationId = "c" + i }).ToArray();
+        var calls = 0;
+        queue().Refuse = _ => ++calls is 2 or 4;
+
+        var e = await Assert.ThrowsAsync<JobsNotQueuedException>(() => host.Client.SubmitManyAsync(requests).AsTask());
+
+        Assert.Equal([1, 3], e.NotQueued);
+        Assert.Equal(4, e.Results.Count);
+        Assert.Equal(2, host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
+        for (var i = 0; i < 4; i++)
+        {
+            var stored = await host.Client.GetAsync(e.Results[i].Job.Id);
+            var expected = e.NotQueued.Contains(i) ? JobState.Cancelled : JobState.Queued;
+            Assert.Equal(expected, stored!.State);
+            Assert.Equal(expected, e.Results[i].Job.State);
+            Assert.Equal("c" + i, stored.Request.CorrelationId);
+        }
+    }
+
+    [Fact]
+    public async Task RetryAsync_QueueRefuses_LeavesTheJobCancelled_AndCanBeRetriedAgain()
+    {
+        var (host, queue) = HostWithRefusingQueue();
+        await using var _ = host;
+        var job = (await host.Client.SubmitAsync(new JobRequest("work"))).Job;
+        await host.Client.CancelAsync(job.Id);
+        queue().Refuse = _ => true;
+
+        var e = await Assert.ThrowsAsync<JobsNotQueuedException>(() => host.Client.RetryAsync(job.Id).AsTask());
+
+        Assert.Equal(JobState.Cancelled, (await host.Client.GetAsync(job.Id))!.State);
+        queue().Refuse = _ => false;
+        Assert.Equal(JobState.Queued, (await host.Client.RetryAsync(job.Id)).State);
+    }
 }
 
