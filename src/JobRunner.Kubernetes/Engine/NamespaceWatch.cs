@@ -30,8 +30,11 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     private readonly Dictionary<string, KubePod> _pods = new(StringComparer.Ordinal);
     private readonly Dictionary<string, IWatchTarget> _targets = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stop = new();
-    // Completed once each kind has listed; a list refused for good (401, 403, 404) fails the current one, and a fresh one
-    // waits for the next try, so that attempts fail with the API's message instead of waiting forever.
+    // Completed once each kind has listed. Each try of a list takes the one that callers wait on and puts a fresh one in
+    // its place: a try answers only the callers that were already waiting when it began (a list refused for good, 401,
+    // 403, 404, or failing for minutes fails them, so that attempts fail with the API's message instead of waiting
+    // forever), and callers that arrive while it is on its way wait for the next try, not for an answer the server gave
+    // before they came (a failure in flight when the server recovered must not fail the attempts that follow).
     private TaskCompletionSource _jobsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _podsSynced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     /// <summary>
@@ -64,14 +67,18 @@ internal sealed class NamespaceWatch : IAsyncDisposable
     /// <summary>Starts both loops once, and waits until both have listed.</summary>
     public Task StartAsync(CancellationToken cancellationToken)
     {
+        Task jobs, pods;
         lock (_lock)
         {
+            // Read before the loops start: the first try of each list answers the caller that starts them.
+            jobs = Volatile.Read(ref _jobsSynced).Task;
+            pods = Volatile.Read(ref _podsSynced).Task;
             _loops ??= Task.WhenAll(
                 Task.Run(() => RunAsync(isJobs: true, _stop.Token), CancellationToken.None),
                 Task.Run(() => RunAsync(isJobs: false, _stop.Token), CancellationToken.None));
         }
 
-        return BothAsync(Volatile.Read(ref _jobsSynced).Task, Volatile.Read(ref _podsSynced).Task).WaitAsync(cancellationToken);
+        return BothAsync(jobs, pods).WaitAsync(cancellationToken);
 
         // Fails as soon as either fails (Task.WhenAll would wait for the other).
         static async Task BothAsync(Task a, Task b)
@@ -171,6 +178,8 @@ internal sealed class NamespaceWatch : IAsyncDisposable
         long failingSince = 0; // when the failures in a row began
         var brief = 0; // watches in a row that the server closed at once or that delivered nothing
         var listed = false;
+        // Until the first list: the callers each try took over (see _jobsSynced), still waiting after tries that failed.
+        var waiting = new List<TaskCompletionSource>();
         while (!stop.IsCancellationRequested)
         {
             try
@@ -181,10 +190,24 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                     {
                         Interlocked.Increment(ref _relists);
                     }
+                    else
+                    {
+                        waiting.Add(TakeWaiting(isJobs));
+                    }
 
                     resourceVersion = isJobs ? await ListJobsAsync(stop).ConfigureAwait(false) : await ListPodsAsync(stop).ConfigureAwait(false);
-                    listed = true;
-                    (isJobs ? _jobsSynced : _podsSynced).TrySetResult();
+                    if (!listed)
+                    {
+                        listed = true;
+                        foreach (var caller in waiting)
+                        {
+                            caller.TrySetResult();
+                        }
+
+                        waiting.Clear();
+                        Volatile.Read(ref isJobs ? ref _jobsSynced : ref _podsSynced).TrySetResult();
+                    }
+
                     failures = 0;
                 }
 
@@ -233,12 +256,17 @@ internal sealed class NamespaceWatch : IAsyncDisposable
                 {
                     // Not listed yet, and refused for good (missing RBAC permission, wrong namespace, bad credentials),
                     // or failing for minutes (the server cannot be reached: DNS, TLS, connection refused; 504s): the
-                    // attempts waiting for the watch fail with the last error; the watch keeps trying.
-                    ref var synced = ref isJobs ? ref _jobsSynced : ref _podsSynced;
-                    var waiting = Interlocked.Exchange(ref synced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-                    waiting.TrySetException(e is HttpRequestException unreachable
+                    // attempts that were waiting for the watch when this try began fail with the last error; the watch
+                    // keeps trying, and those that came since wait for its next try.
+                    Exception error = e is HttpRequestException unreachable
                         ? new KubernetesApiException(0, "Unreachable", $"Kubernetes API: could not list {kind} in namespace '{_namespace}': the API server at {_client.BaseAddress} cannot be reached ({unreachable.Message}). Check the server address, DNS, the network path and the certificate authority.", innerException: e)
-                        : e);
+                        : e;
+                    foreach (var caller in waiting)
+                    {
+                        caller.TrySetException(error);
+                    }
+
+                    waiting.Clear();
                 }
 
                 var delay = TimeSpan.FromMilliseconds(Math.Min(100 * (1 << Math.Min(failures, 8)), 10_000));
@@ -254,6 +282,10 @@ internal sealed class NamespaceWatch : IAsyncDisposable
             }
         }
     }
+
+    /// <summary>Takes the completion that callers of <see cref="StartAsync"/> wait on for one kind, leaving a fresh one for those that come next.</summary>
+    private TaskCompletionSource TakeWaiting(bool isJobs)
+        => Interlocked.Exchange(ref isJobs ? ref _jobsSynced : ref _podsSynced, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
 
     private string? Apply<T>(RawWatchEvent e, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type)
         where T : class
