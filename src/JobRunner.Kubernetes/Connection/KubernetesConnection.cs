@@ -293,6 +293,14 @@ internal sealed class KubernetesConnection
         var policy = chain.ChainPolicy;
         policy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         policy.RevocationMode = X509RevocationMode.NoCheck;
+
+        // A server certificate: client-go (crypto/tls) requires the serverAuth usage along the chain. Without it, a
+        // client-auth-only certificate the cluster CA issued (kubernetes.io/kube-apiserver-client keeps the SANs asked
+        // for) naming the API server would be accepted.
+        policy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ServerAuthentication));
+
+        // Only what the bundle and the server give: no issuer is fetched over the network during the handshake (Go never does).
+        policy.DisableCertificateDownloads = true;
         foreach (var ca in authority)
         {
             (IsSelfIssued(ca) ? policy.CustomTrustStore : policy.ExtraStore).Add(ca);
@@ -368,6 +376,9 @@ internal sealed class KubernetesConnection
             return flags;
         }
     }
+
+    /// <summary>id-kp-serverAuth, the extended key usage of a TLS server's certificate.</summary>
+    private const string ServerAuthentication = "1.3.6.1.5.5.7.3.1";
 
     private static bool IsSelfIssued(X509Certificate2 certificate)
         => certificate.SubjectName.RawData.AsSpan().SequenceEqual(certificate.IssuerName.RawData);

@@ -19,6 +19,7 @@ public sealed class CertificateAuthorityTests : IDisposable
     private readonly X509Certificate2 _root;
     private readonly X509Certificate2 _intermediate;
     private readonly X509Certificate2 _leaf;
+    private readonly X509Certificate2 _clientOnlyLeaf;
     private readonly X509Certificate2 _otherRoot;
     private readonly X509Certificate2 _forged;
 
@@ -33,17 +34,25 @@ public sealed class CertificateAuthorityTests : IDisposable
         // the signature tells them apart.
         _forged = Authority("CN=test-intermediate", _root, now, _intermediate.Extensions.OfType<X509SubjectKeyIdentifierExtension>().Single());
 
+        _leaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.1");
+
+        // What the kubernetes.io/kube-apiserver-client signer issues: client authentication only, with the SANs asked for.
+        _clientOnlyLeaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.2");
+    }
+
+    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string usage)
+    {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
-        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_intermediate, true, false));
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(usage)], false));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
         var names = new SubjectAlternativeNameBuilder();
         names.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(names.Build());
-        using var signed = request.Create(_intermediate, now.AddDays(-1), now.AddDays(30), [1, 2, 3]);
-        _leaf = signed.CopyWithPrivateKey(key);
+        using var signed = request.Create(issuer, now.AddDays(-1), now.AddDays(30), [1, 2, 3]);
+        return signed.CopyWithPrivateKey(key);
     }
 
     public void Dispose()
@@ -51,6 +60,7 @@ public sealed class CertificateAuthorityTests : IDisposable
         _root.Dispose();
         _intermediate.Dispose();
         _leaf.Dispose();
+        _clientOnlyLeaf.Dispose();
         _otherRoot.Dispose();
         _forged.Dispose();
     }
@@ -92,6 +102,21 @@ public sealed class CertificateAuthorityTests : IDisposable
     [MemberData(nameof(Bundles))]
     public async Task Handler_ValidatesTheServerAgainstEveryCertificateOfTheBundle(string bundle, string sent, bool accepted)
     {
+        await RequestAsync(bundle, sent, _leaf, accepted);
+    }
+
+    [Theory]
+    [InlineData("root,intermediate", "")]
+    [InlineData("root", "intermediate")]
+    [InlineData("intermediate", "")] // anchored at an intermediate of the bundle
+    public async Task Handler_RefusesAServerCertificateIssuedForClientAuthenticationOnly(string bundle, string sent)
+    {
+        // Issued by the cluster CA for the API server's address, but not for serverAuth: crypto/tls refuses it.
+        await RequestAsync(bundle, sent, _clientOnlyLeaf, accepted: false);
+    }
+
+    private async Task RequestAsync(string bundle, string sent, X509Certificate2 leaf, bool accepted)
+    {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         var port = ((IPEndPoint)listener.LocalEndpoint).Port;
@@ -101,7 +126,7 @@ public sealed class CertificateAuthorityTests : IDisposable
             extra.Add(_intermediate);
         }
 
-        var server = ServeOnceAsync(listener, _leaf, extra);
+        var server = ServeOnceAsync(listener, leaf, extra);
         var pem = string.Concat(bundle.Split(',').Select(name => (name switch
         {
             "root" => _root,
