@@ -309,15 +309,38 @@ internal sealed class KubernetesConnection
         if (presented is not null)
         {
             // What the server sent after its certificate (SslStream puts it in the chain it built).
-            policy.ExtraStore.AddRange(presented.ChainPolicy.ExtraStore);
+            foreach (var sent in presented.ChainPolicy.ExtraStore)
+            {
+                AddSent(sent);
+            }
+
             for (var i = 1; i < presented.ChainElements.Count; i++)
             {
-                policy.ExtraStore.Add(presented.ChainElements[i].Certificate);
+                AddSent(presented.ChainElements[i].Certificate);
             }
         }
 
         using var leaf = new X509Certificate2(certificate);
         return chain.Build(leaf) || ReachesTheBundle(chain, authority);
+
+        // A certificate the server sent with the name and key of a currently valid one of the bundle (an intermediate
+        // re-issued or cross-signed by another CA) is left out: it would link the same certificates, and a chain built
+        // through it would not reach the bundle's copy, where client-go anchors (which of the two a chain builder picks
+        // is its own choice).
+        void AddSent(X509Certificate2 sent)
+        {
+            foreach (var ca in authority)
+            {
+                if (ca.NotBefore <= policy.VerificationTime && policy.VerificationTime <= ca.NotAfter
+                    && ca.SubjectName.RawData.AsSpan().SequenceEqual(sent.SubjectName.RawData)
+                    && ca.PublicKey.ExportSubjectPublicKeyInfo().AsSpan().SequenceEqual(sent.PublicKey.ExportSubjectPublicKeyInfo()))
+                {
+                    return;
+                }
+            }
+
+            policy.ExtraStore.Add(sent);
+        }
     }
 
     /// <summary>

@@ -22,6 +22,7 @@ public sealed class CertificateAuthorityTests : IDisposable
     private readonly X509Certificate2 _clientOnlyLeaf;
     private readonly X509Certificate2 _otherRoot;
     private readonly X509Certificate2 _forged;
+    private readonly X509Certificate2 _reissued;
 
     public CertificateAuthorityTests()
     {
@@ -35,6 +36,19 @@ public sealed class CertificateAuthorityTests : IDisposable
         _forged = Authority("CN=test-intermediate", _root, now, _intermediate.Extensions.OfType<X509SubjectKeyIdentifierExtension>().Single());
 
         _leaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.1");
+
+        // The intermediate re-issued (cross-signed) by another root: same name and key, another issuer and serial.
+        var reissue = new CertificateRequest(_intermediate.SubjectName, _intermediate.PublicKey, HashAlgorithmName.SHA256);
+        foreach (var extension in _intermediate.Extensions)
+        {
+            if (extension is not X509AuthorityKeyIdentifierExtension)
+            {
+                reissue.CertificateExtensions.Add(extension);
+            }
+        }
+
+        reissue.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_otherRoot, true, false));
+        _reissued = reissue.Create(_otherRoot, now.AddDays(-1), now.AddYears(1), [9, 9]);
 
         // What the kubernetes.io/kube-apiserver-client signer issues: client authentication only, with the SANs asked for.
         _clientOnlyLeaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.2");
@@ -63,6 +77,7 @@ public sealed class CertificateAuthorityTests : IDisposable
         _clientOnlyLeaf.Dispose();
         _otherRoot.Dispose();
         _forged.Dispose();
+        _reissued.Dispose();
     }
 
     private static X509Certificate2 Authority(string subject, X509Certificate2? issuer, DateTimeOffset now, X509SubjectKeyIdentifierExtension? keyIdentifier = null)
@@ -96,6 +111,12 @@ public sealed class CertificateAuthorityTests : IDisposable
         { "root", "", false }, // the intermediate is nowhere: no chain
         { "forged", "", false }, // the leaf's signature does not verify against it
         { "root,forged", "", false },
+
+        // The server sends the intermediate cross-signed by a root the bundle lacks: the bundle's copy (same name and key)
+        // is what client-go anchors at, whatever the server sent.
+        { "intermediate", "reissued", true },
+        { "root,intermediate", "reissued", true },
+        { "root", "reissued", false }, // the intermediate the root signed is nowhere
     };
 
     [Theory]
@@ -124,6 +145,10 @@ public sealed class CertificateAuthorityTests : IDisposable
         if (sent == "intermediate")
         {
             extra.Add(_intermediate);
+        }
+        else if (sent == "reissued")
+        {
+            extra.Add(_reissued);
         }
 
         var server = ServeOnceAsync(listener, leaf, extra);
