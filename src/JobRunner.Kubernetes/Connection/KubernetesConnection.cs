@@ -321,7 +321,18 @@ internal sealed class KubernetesConnection
         }
 
         using var leaf = new X509Certificate2(certificate);
-        return chain.Build(leaf) || ReachesTheBundle(chain, authority);
+        try
+        {
+            return chain.Build(leaf) || ReachesTheBundle(chain, authority);
+        }
+        finally
+        {
+            // Each element holds a certificate of its own, which X509Chain.Dispose leaves to the caller.
+            foreach (var element in chain.ChainElements)
+            {
+                element.Certificate.Dispose();
+            }
+        }
 
         // A certificate the server sent with the name and key of a currently valid one of the bundle (an intermediate
         // re-issued or cross-signed by another CA) is left out: it would link the same certificates, and a chain built
