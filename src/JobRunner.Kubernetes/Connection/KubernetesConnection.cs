@@ -150,7 +150,7 @@ internal sealed class KubernetesConnection
             }
             else if (Kubeconfig.Child(user, "exec") is YamlMappingNode exec)
             {
-                token = ExecToken.From(exec, where);
+                token = ExecToken.From(exec, where, Path.GetDirectoryName(Path.GetFullPath(config.FileOf(user))) ?? ".");
             }
             else if (Kubeconfig.Child(user, "auth-provider") is YamlMappingNode provider)
             {
@@ -540,12 +540,22 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
 
     public required string Where { get; init; }
 
-    public static ExecToken From(YamlMappingNode exec, string where)
+    /// <param name="exec">The user's <c>exec</c> entry.</param>
+    /// <param name="where">The context and kubeconfig, for messages.</param>
+    /// <param name="directory">The directory of the kubeconfig file that defines the user.</param>
+    public static ExecToken From(YamlMappingNode exec, string where, string directory)
     {
         var command = Kubeconfig.Scalar(exec, "command");
         if (string.IsNullOrEmpty(command))
         {
             throw new KubeconfigException($"The exec credential plugin of {where} has no 'command'. Set it to the plugin executable.");
+        }
+
+        // As client-go: a relative command with a path separator (./bin/plugin) is relative to the kubeconfig file that
+        // defines it; a bare name is looked up on PATH.
+        if (!Path.IsPathRooted(command) && command.Contains(Path.DirectorySeparatorChar, StringComparison.Ordinal))
+        {
+            command = Path.GetFullPath(Path.Combine(directory, command));
         }
 
         var apiVersion = Kubeconfig.Scalar(exec, "apiVersion") ?? "client.authentication.k8s.io/v1";

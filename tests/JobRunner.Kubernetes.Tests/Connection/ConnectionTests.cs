@@ -387,6 +387,61 @@ public sealed class ConnectionTests : IDisposable
     }
 
     [Fact]
+    public async Task Kubeconfig_ExecPluginCommandWithADirectory_IsRelativeToTheFileThatDefinesIt_ABareNameIsLookedUpOnPath()
+    {
+        // The context in one file, the user in another (KUBECONFIG merged), the plugin next to the user's file.
+        var one = Directory.CreateDirectory(Path.Combine(_dir, "one")).FullName;
+        var two = Directory.CreateDirectory(Path.Combine(_dir, "two")).FullName;
+        Directory.CreateDirectory(Path.Combine(two, "bin"));
+        var script = Path.Combine(two, "bin", "plugin.sh");
+        File.WriteAllText(script, """
+            #!/bin/sh
+            echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"from-relative-plugin"}}'
+            """);
+        File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        File.WriteAllText(Path.Combine(one, "config"), """
+            current-context: relative
+            clusters:
+            - name: c
+              cluster:
+                server: https://one.example:6443
+            contexts:
+            - name: relative
+              context:
+                cluster: c
+                user: relative
+            - name: bare
+              context:
+                cluster: c
+                user: bare
+            """);
+        File.WriteAllText(Path.Combine(two, "config"), """
+            users:
+            - name: relative
+              user:
+                exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: ./bin/plugin.sh
+            - name: bare
+              user:
+                exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: kubectl-oidc_login
+            """);
+        var env = new Dictionary<string, string> { ["KUBECONFIG"] = string.Join(Path.PathSeparator, Path.Combine(one, "config"), Path.Combine(two, "config")) };
+
+        var relative = Assert.IsType<ExecToken>(Resolve(new KubernetesEngineOptions(), env).Token);
+        var bare = Assert.IsType<ExecToken>(Resolve(new KubernetesEngineOptions { Context = "bare" }, env).Token);
+        await using (relative.ConfigureAwait(false))
+        await using (bare.ConfigureAwait(false))
+        {
+            Assert.Equal(script, relative.Command);
+            Assert.Equal("from-relative-plugin", await relative.GetTokenAsync(TimeProvider.System, NullLogger.Instance, CancellationToken.None));
+            Assert.Equal("kubectl-oidc_login", bare.Command);
+        }
+    }
+
+    [Fact]
     public void Kubeconfig_NoFileOfKUBECONFIGExists_NamesThemAndTheFix()
     {
         var missing = string.Join(Path.PathSeparator, Path.Combine(_dir, "a"), Path.Combine(_dir, "b"));
