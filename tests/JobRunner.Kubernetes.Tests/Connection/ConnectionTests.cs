@@ -441,6 +441,23 @@ public sealed class ConnectionTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData("")]
+    [InlineData("  \n\n")]
+    [InlineData("# nothing yet\n")]
+    public async Task Kubeconfig_EmptyFileInKUBECONFIG_IsAnEmptyConfig_AndTheOthersAreMerged(string empty)
+    {
+        var (first, second, _) = TwoKubeconfigs();
+        var blank = Path.Combine(_dir, "empty-config");
+        File.WriteAllText(blank, empty);
+        var list = string.Join(Path.PathSeparator, blank, first, second);
+
+        var connection = Resolve(new KubernetesEngineOptions(), new Dictionary<string, string> { ["KUBECONFIG"] = list });
+
+        Assert.Equal(new Uri("https://one.example:6443"), connection.Server);
+        Assert.Equal("from-second", await connection.Token!.GetTokenAsync(TimeProvider.System, NullLogger.Instance, CancellationToken.None));
+    }
+
     [Fact]
     public void Kubeconfig_NoFileOfKUBECONFIGExists_NamesThemAndTheFix()
     {
