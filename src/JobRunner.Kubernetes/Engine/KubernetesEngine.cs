@@ -481,8 +481,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         {
             // Never created (stopped while the create was on its way), or already gone.
         }
-        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException)
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException or ObjectDisposedException)
         {
+            // ObjectDisposedException: the host stopped (its connections and token source disposed) before the delete went
+            // out. The Job is left to the orphan sweep of a host that runs on, as when the API server cannot be reached.
             Log.DeleteFailed(Logger, e, Context.JobId, Name);
         }
     }

@@ -172,13 +172,16 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         _stop.Dispose();
         if (_connection is { } connection)
         {
-            // First: an exec credential plugin in flight (for any request, the watch's included) is killed.
+            // The watch first: its loops end (a wait for a token ends with them) before the token source they use is
+            // disposed, so that a watch reconnecting meanwhile does not fail on a disposed source.
+            await connection.Watch.DisposeAsync().ConfigureAwait(false);
+
+            // Then an exec credential plugin still in flight (for a request still under way) is killed.
             if (connection.Token is IAsyncDisposable token)
             {
                 await token.DisposeAsync().ConfigureAwait(false);
             }
 
-            await connection.Watch.DisposeAsync().ConfigureAwait(false);
             connection.Http.Dispose();
             connection.Streams.Dispose();
         }

@@ -545,6 +545,27 @@ public sealed class KubernetesEngineTests
     }
 
     [Fact]
+    public async Task Execute_CancelledAfterTheHostWasDisposed_IsCancelled_NotAnObjectDisposedException()
+    {
+        // The host stops (its connections disposed) while an attempt is still being cancelled: the Job's delete cannot go
+        // out; the attempt ends as cancelled, as when the server cannot be reached.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task };
+        var context = new TestContext();
+        using var cancel = new CancellationTokenSource();
+        var host = test.Host();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, cancel.Token).AsTask();
+        await context.WaitForLineAsync(": running");
+
+        await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
+        await cancel.CancelAsync();
+
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => run.WaitAsync(K8sTest.Limit));
+        Assert.IsAssignableFrom<OperationCanceledException>(error);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+    }
+
+    [Fact]
     public async Task Execute_StoppedAfterItsLeaseWasLost_LeavesTheJobToTheNextOwner_WhichReattaches()
     {
         await using var test = await K8sTest.StartAsync();
