@@ -589,8 +589,9 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
     }
 
     /// <summary>
-    /// Stops for good (the host stops): a run in flight is killed with the processes it started, and waited for; its
-    /// callers get a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>.
+    /// Stops for good (the host stops): a run in flight is killed with its descendants, and waited for; its callers get
+    /// a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>. A process the plugin
+    /// started whose parent has exited (re-parented, e.g. a daemon) is no longer its descendant and is not reached.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
@@ -671,7 +672,17 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
         Process process;
         try
         {
-            process = Process.Start(info) ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not start.");
+            // Started under the lock that DisposeAsync sets the flag under: a run queued before the disposal and reached
+            // after it launches nothing; one started before it is killed by the cancellation.
+            lock (_lock)
+            {
+                if (_disposed)
+                {
+                    throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} was not started: the Kubernetes engine was disposed (the host stops).");
+                }
+
+                process = Process.Start(info) ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not start.");
+            }
         }
         catch (System.ComponentModel.Win32Exception e)
         {
