@@ -20,6 +20,7 @@ public sealed class CertificateAuthorityTests : IDisposable
     private readonly X509Certificate2 _intermediate;
     private readonly X509Certificate2 _leaf;
     private readonly X509Certificate2 _clientOnlyLeaf;
+    private readonly X509Certificate2 _anyUsageLeaf;
     private readonly X509Certificate2 _otherRoot;
     private readonly X509Certificate2 _forged;
     private readonly X509Certificate2 _reissued;
@@ -52,15 +53,22 @@ public sealed class CertificateAuthorityTests : IDisposable
 
         // What the kubernetes.io/kube-apiserver-client signer issues: client authentication only, with the SANs asked for.
         _clientOnlyLeaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.2");
+
+        // No extended key usage at all: valid for any usage, for crypto/tls too.
+        _anyUsageLeaf = Leaf(_intermediate, now, null);
     }
 
-    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string usage)
+    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string? usage)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(usage)], false));
+        if (usage is not null)
+        {
+            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(usage)], false));
+        }
+
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
         var names = new SubjectAlternativeNameBuilder();
         names.AddIpAddress(IPAddress.Loopback);
@@ -75,6 +83,7 @@ public sealed class CertificateAuthorityTests : IDisposable
         _intermediate.Dispose();
         _leaf.Dispose();
         _clientOnlyLeaf.Dispose();
+        _anyUsageLeaf.Dispose();
         _otherRoot.Dispose();
         _forged.Dispose();
         _reissued.Dispose();
@@ -134,6 +143,14 @@ public sealed class CertificateAuthorityTests : IDisposable
     {
         // Issued by the cluster CA for the API server's address, but not for serverAuth: crypto/tls refuses it.
         await RequestAsync(bundle, sent, _clientOnlyLeaf, accepted: false);
+    }
+
+    [Theory]
+    [InlineData("root,intermediate", "")]
+    [InlineData("intermediate", "")]
+    public async Task Handler_AcceptsAServerCertificateWithoutExtendedKeyUsage(string bundle, string sent)
+    {
+        await RequestAsync(bundle, sent, _anyUsageLeaf, accepted: true);
     }
 
     private async Task RequestAsync(string bundle, string sent, X509Certificate2 leaf, bool accepted)
