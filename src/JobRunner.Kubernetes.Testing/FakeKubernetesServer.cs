@@ -134,6 +134,22 @@ public sealed class FakeKubernetesServer : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Deletes every event of <paramref name="namespace"/>, as the API server does once an event's time to live (one hour
+    /// by default, <c>--event-ttl</c>) has passed: a pull that lasts longer loses its <c>Pulling</c> event.
+    /// </summary>
+    /// <param name="namespace">The namespace.</param>
+    public void ExpireEvents(string @namespace)
+    {
+        lock (_lock)
+        {
+            foreach (var key in _objects.Keys.Where(k => k.Resource == "events" && k.Namespace == @namespace).ToList())
+            {
+                Put("events", @namespace, key.Name, (JsonObject)_objects[key].DeepClone(), "DELETED");
+            }
+        }
+    }
+
     /// <summary>Compacts the watch history: every open watch gets a 410 <c>Expired</c> ERROR event and is closed, and a watch from an older resourceVersion gets the same.</summary>
     public void ExpireWatches()
     {

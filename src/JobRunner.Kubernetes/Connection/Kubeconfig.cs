@@ -24,7 +24,11 @@ internal sealed class Kubeconfig
 
     public IReadOnlyCollection<string> Contexts => _contexts.Keys;
 
-    public static Kubeconfig Load(string path)
+    public static Kubeconfig Load(string path) => Load(path, emptyIsEmpty: false);
+
+    /// <param name="path">The file.</param>
+    /// <param name="emptyIsEmpty">Whether a file without a YAML document (empty, blank, comments only) is a config without entries rather than an error.</param>
+    private static Kubeconfig Load(string path, bool emptyIsEmpty)
     {
         string text;
         try
@@ -36,13 +40,14 @@ internal sealed class Kubeconfig
             throw new KubeconfigException($"The kubeconfig '{path}' cannot be read: {e.Message} Set KubernetesEngineOptions.KubeconfigPath (or KUBECONFIG) to a readable file, or set Server or InCluster.");
         }
 
-        return Parse(text, path);
+        return Parse(text, path, emptyIsEmpty);
     }
 
     /// <summary>
     /// Loads the files of a <c>KUBECONFIG</c> list and merges them as kubectl does: files that do not exist are skipped;
     /// the first file that names a cluster, user or context wins for that name, and the first that sets
-    /// <c>current-context</c> sets it. Relative paths in an entry stay relative to the file that defines it.
+    /// <c>current-context</c> sets it; an empty (or blank) file adds nothing, as in client-go. Relative paths in an entry
+    /// stay relative to the file that defines it.
     /// </summary>
     public static Kubeconfig LoadMerged(IReadOnlyList<string> paths)
     {
@@ -60,7 +65,7 @@ internal sealed class Kubeconfig
         var merged = new Kubeconfig(string.Join(System.IO.Path.PathSeparator, existing));
         foreach (var path in existing)
         {
-            var config = Load(path);
+            var config = Load(path, emptyIsEmpty: true);
             merged.CurrentContext ??= config.CurrentContext;
             Merge(config._clusters, merged._clusters);
             Merge(config._users, merged._users);
@@ -84,7 +89,7 @@ internal sealed class Kubeconfig
     /// <summary>The file that defines <paramref name="entry"/> (a cluster or user of <see cref="Select"/>), which relative paths in it are relative to.</summary>
     public string FileOf(YamlMappingNode entry) => _files.GetValueOrDefault(entry, Path);
 
-    public static Kubeconfig Parse(string text, string path)
+    public static Kubeconfig Parse(string text, string path, bool emptyIsEmpty = false)
     {
         var config = new Kubeconfig(path);
         var stream = new YamlStream();
@@ -95,6 +100,11 @@ internal sealed class Kubeconfig
         catch (YamlDotNet.Core.YamlException e)
         {
             throw new KubeconfigException($"The kubeconfig '{path}' is not valid YAML: {e.Message}");
+        }
+
+        if (stream.Documents.Count == 0 && emptyIsEmpty)
+        {
+            return config;
         }
 
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)

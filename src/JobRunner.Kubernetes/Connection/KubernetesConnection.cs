@@ -150,7 +150,7 @@ internal sealed class KubernetesConnection
             }
             else if (Kubeconfig.Child(user, "exec") is YamlMappingNode exec)
             {
-                token = ExecToken.From(exec, where);
+                token = ExecToken.From(exec, where, Path.GetDirectoryName(Path.GetFullPath(config.FileOf(user))) ?? ".");
             }
             else if (Kubeconfig.Child(user, "auth-provider") is YamlMappingNode provider)
             {
@@ -293,6 +293,14 @@ internal sealed class KubernetesConnection
         var policy = chain.ChainPolicy;
         policy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         policy.RevocationMode = X509RevocationMode.NoCheck;
+
+        // A server certificate: client-go (crypto/tls) requires the serverAuth usage along the chain. Without it, a
+        // client-auth-only certificate the cluster CA issued (kubernetes.io/kube-apiserver-client keeps the SANs asked
+        // for) naming the API server would be accepted.
+        policy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ServerAuthentication));
+
+        // Only what the bundle and the server give: no issuer is fetched over the network during the handshake (Go never does).
+        policy.DisableCertificateDownloads = true;
         foreach (var ca in authority)
         {
             (IsSelfIssued(ca) ? policy.CustomTrustStore : policy.ExtraStore).Add(ca);
@@ -301,15 +309,49 @@ internal sealed class KubernetesConnection
         if (presented is not null)
         {
             // What the server sent after its certificate (SslStream puts it in the chain it built).
-            policy.ExtraStore.AddRange(presented.ChainPolicy.ExtraStore);
+            foreach (var sent in presented.ChainPolicy.ExtraStore)
+            {
+                AddSent(sent);
+            }
+
             for (var i = 1; i < presented.ChainElements.Count; i++)
             {
-                policy.ExtraStore.Add(presented.ChainElements[i].Certificate);
+                AddSent(presented.ChainElements[i].Certificate);
             }
         }
 
         using var leaf = new X509Certificate2(certificate);
-        return chain.Build(leaf) || ReachesTheBundle(chain, authority);
+        try
+        {
+            return chain.Build(leaf) || ReachesTheBundle(chain, authority);
+        }
+        finally
+        {
+            // Each element holds a certificate of its own, which X509Chain.Dispose leaves to the caller.
+            foreach (var element in chain.ChainElements)
+            {
+                element.Certificate.Dispose();
+            }
+        }
+
+        // A certificate the server sent with the name and key of a currently valid one of the bundle (an intermediate
+        // re-issued or cross-signed by another CA) is left out: it would link the same certificates, and a chain built
+        // through it would not reach the bundle's copy, where client-go anchors (which of the two a chain builder picks
+        // is its own choice).
+        void AddSent(X509Certificate2 sent)
+        {
+            foreach (var ca in authority)
+            {
+                if (ca.NotBefore <= policy.VerificationTime && policy.VerificationTime <= ca.NotAfter
+                    && ca.SubjectName.RawData.AsSpan().SequenceEqual(sent.SubjectName.RawData)
+                    && ca.PublicKey.ExportSubjectPublicKeyInfo().AsSpan().SequenceEqual(sent.PublicKey.ExportSubjectPublicKeyInfo()))
+                {
+                    return;
+                }
+            }
+
+            policy.ExtraStore.Add(sent);
+        }
     }
 
     /// <summary>
@@ -368,6 +410,9 @@ internal sealed class KubernetesConnection
             return flags;
         }
     }
+
+    /// <summary>id-kp-serverAuth, the extended key usage of a TLS server's certificate.</summary>
+    private const string ServerAuthentication = "1.3.6.1.5.5.7.3.1";
 
     private static bool IsSelfIssued(X509Certificate2 certificate)
         => certificate.SubjectName.RawData.AsSpan().SequenceEqual(certificate.IssuerName.RawData);
@@ -495,12 +540,22 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
 
     public required string Where { get; init; }
 
-    public static ExecToken From(YamlMappingNode exec, string where)
+    /// <param name="exec">The user's <c>exec</c> entry.</param>
+    /// <param name="where">The context and kubeconfig, for messages.</param>
+    /// <param name="directory">The directory of the kubeconfig file that defines the user.</param>
+    public static ExecToken From(YamlMappingNode exec, string where, string directory)
     {
         var command = Kubeconfig.Scalar(exec, "command");
         if (string.IsNullOrEmpty(command))
         {
             throw new KubeconfigException($"The exec credential plugin of {where} has no 'command'. Set it to the plugin executable.");
+        }
+
+        // As client-go: a relative command with a path separator (./bin/plugin) is relative to the kubeconfig file that
+        // defines it; a bare name is looked up on PATH.
+        if (!Path.IsPathRooted(command) && command.Contains(Path.DirectorySeparatorChar, StringComparison.Ordinal))
+        {
+            command = Path.GetFullPath(Path.Combine(directory, command));
         }
 
         var apiVersion = Kubeconfig.Scalar(exec, "apiVersion") ?? "client.authentication.k8s.io/v1";
@@ -534,8 +589,9 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
     }
 
     /// <summary>
-    /// Stops for good (the host stops): a run in flight is killed with the processes it started, and waited for; its
-    /// callers get a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>.
+    /// Stops for good (the host stops): a run in flight is killed with its descendants, and waited for; its callers get
+    /// a <see cref="KubeconfigException"/>, later callers an <see cref="ObjectDisposedException"/>. A process the plugin
+    /// started whose parent has exited (re-parented, e.g. a daemon) is no longer its descendant and is not reached.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
@@ -616,7 +672,17 @@ internal sealed class ExecToken : ITokenSource, IAsyncDisposable
         Process process;
         try
         {
-            process = Process.Start(info) ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not start.");
+            // Started under the lock that DisposeAsync sets the flag under: a run queued before the disposal and reached
+            // after it launches nothing; one started before it is killed by the cancellation.
+            lock (_lock)
+            {
+                if (_disposed)
+                {
+                    throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} was not started: the Kubernetes engine was disposed (the host stops).");
+                }
+
+                process = Process.Start(info) ?? throw new KubeconfigException($"The exec credential plugin '{Command}' of {Where} did not start.");
+            }
         }
         catch (System.ComponentModel.Win32Exception e)
         {

@@ -366,6 +366,8 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
     private DateTimeOffset? _startSince;
     private DateTimeOffset? _startDue;
     private DateTimeOffset? _pullDue;
+    private DateTimeOffset? _pullingSeen; // the time of the latest Pulling event seen while the container waits, its pull not seen to end
+    private string? _pullingImage; // the image that event names
     private DateTimeOffset? _noPodSince;
     private DateTimeOffset? _podGraceUntil;
     private bool _listedPods;
@@ -479,8 +481,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         {
             // Never created (stopped while the create was on its way), or already gone.
         }
-        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException)
+        catch (Exception e) when (e is KubernetesApiException or HttpRequestException or OperationCanceledException or ObjectDisposedException)
         {
+            // ObjectDisposedException: the host stopped (its connections and token source disposed) before the delete went
+            // out. The Job is left to the orphan sweep of a host that runs on, as when the API server cannot be reached.
             Log.DeleteFailed(Logger, e, Context.JobId, Name);
         }
     }
@@ -696,6 +700,7 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             _startSince = null;
             _startDue = null;
             _pullDue = null;
+            _pullingSeen = null;
         }
 
         var unschedulable = pod.Status?.Conditions?.Find(static c => c.Type == "PodScheduled");
@@ -723,7 +728,10 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         var since = _startSince!.Value;
         var (events, eventsError) = await PodEventsAsync(pod.Metadata.Name!, cancellationToken).ConfigureAwait(false);
         var pullOver = now - since >= Options.ImagePullLimit;
-        if (creating && events is null)
+        // A refusal (403: the engine's role may not list events) will not change by looking again: the start limit
+        // decides, as it would without events. A failure that may pass (5xx, 429, the connection) is looked at again.
+        var eventsTransient = eventsError is not KubernetesApiException { IsTransient: false };
+        if (creating && events is null && eventsTransient && _pullingSeen is null)
         {
             // Whether an image pull is under way is unknown: look again later, as a pull in progress is not stuck, but
             // only within the pull limit. Before the start limit there is nothing to decide yet.
@@ -742,12 +750,26 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             return;
         }
 
-        if (creating && PullInProgress(events) is { } pulling)
+        // A pull seen under way counts as under way until an event says it ended or the container stops waiting, even
+        // once its events are gone: the API server deletes events after their time to live (1 h by default), which a
+        // long ImagePullLimit outlasts.
+        var pulling = creating ? PullInProgress(events) : null;
+        if (pulling is not null)
+        {
+            _pullingSeen = When(pulling);
+            _pullingImage = PulledImage(pulling);
+        }
+        else if (_pullingSeen is { } seen && events is not null && events.Exists(e => e.Reason is "Pulled" or "Failed" or "BackOff" && When(e) >= seen))
+        {
+            _pullingSeen = null;
+        }
+
+        if (creating && (pulling is not null || _pullingSeen is not null))
         {
             // An image pull still under way (a large image) shows as ContainerCreating too: not stuck, so the start limit
             // starts over, and the attempt fails only if the pull ends and the container still does not start, or the
             // pull outlasts its own limit (a registry that never answers).
-            var image = PulledImage(pulling) ?? (initStuck ? "?" : Spec.Image);
+            var image = _pullingImage ?? (initStuck ? "?" : Spec.Image);
             if (pullOver)
             {
                 FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: true, $"Pod {pod.Metadata.Name}: the image '{image}' of container '{container}' was still being pulled after {Options.ImagePullLimit}{Warnings(events)}. Check that the registry answers, or raise KubernetesEngineOptions.ImagePullLimit for an image this large."));
@@ -770,7 +792,15 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
             "ContainerCreating" or "PodInitializing" => "Check the pod's events: a volume that cannot be mounted (Secrets, ConfigMaps, persistent volumes), the network, the container runtime or the node",
             _ => "Check ContainerSpec.Command and the container's settings against the image",
         };
-        FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){Warnings(events)}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
+        var unread = "";
+        if (events is null && eventsError is not null)
+        {
+            // Refused for good (not looked at again): said once, here, and in the failure.
+            unread = $"; the pod's events could not be read ({eventsError.Message})";
+            await KubernetesEngine.TryLogAsync(Context, Logger, $"Pod {pod.Metadata.Name}: container '{container}' is still waiting ({waiting.Reason}) and its events cannot be read ({eventsError.Message}); whether its image is being pulled is unknown, so the start limit decides.").ConfigureAwait(false);
+        }
+
+        FailPermanently(new WorkloadExitException(null, ExitReason.StartFailed, isTransient: !configuration, $"Pod {pod.Metadata.Name}: the container did not start in {Options.ContainerStartLimit} ({waiting.Reason}{(string.IsNullOrEmpty(waiting.Message) ? "" : ": " + waiting.Message)}){Warnings(events)}{unread}. {hint}, or raise KubernetesEngineOptions.ContainerStartLimit."));
 
         static DateTimeOffset Earliest(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
     }
@@ -821,9 +851,9 @@ internal sealed class AttemptRun : IWatchTarget, IDisposable
         }
 
         return pulling is { } since && !events.Exists(e => e.Reason is "Pulled" or "Failed" or "BackOff" && When(e) >= since) ? latest : null;
-
-        static DateTimeOffset? When(KubeEvent e) => e.LastTimestamp ?? e.EventTime ?? e.Metadata.CreationTimestamp;
     }
+
+    private static DateTimeOffset? When(KubeEvent e) => e.LastTimestamp ?? e.EventTime ?? e.Metadata.CreationTimestamp;
 
     /// <summary>The image a kubelet's <c>Pulling</c> event names (<c>Pulling image "registry/app:1"</c>), or <see langword="null"/>.</summary>
     private static string? PulledImage(KubeEvent pulling)

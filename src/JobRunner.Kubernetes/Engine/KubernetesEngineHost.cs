@@ -50,6 +50,8 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         await _connect.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            // Disposed meanwhile: a connection made now would never be disposed (its token source, a plugin, included).
+            ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) == 1, this);
             if (_connection is null)
             {
                 var connection = KubernetesConnection.Resolve(Options, Environment.GetEnvironmentVariable);
@@ -170,15 +172,23 @@ internal sealed class KubernetesEngineHost : IContainerEngineProvider, IAsyncDis
         }
 
         _stop.Dispose();
-        if (_connection is { } connection)
+
+        // A connection being made finishes first (it is stored under this lock); one asked for later sees the disposal.
+        await _connect.WaitAsync().ConfigureAwait(false);
+        var made = _connection;
+        _connect.Release();
+        if (made is { } connection)
         {
-            // First: an exec credential plugin in flight (for any request, the watch's included) is killed.
+            // The watch first: its loops end (a wait for a token ends with them) before the token source they use is
+            // disposed, so that a watch reconnecting meanwhile does not fail on a disposed source.
+            await connection.Watch.DisposeAsync().ConfigureAwait(false);
+
+            // Then an exec credential plugin still in flight (for a request still under way) is killed.
             if (connection.Token is IAsyncDisposable token)
             {
                 await token.DisposeAsync().ConfigureAwait(false);
             }
 
-            await connection.Watch.DisposeAsync().ConfigureAwait(false);
             connection.Http.Dispose();
             connection.Streams.Dispose();
         }

@@ -19,8 +19,11 @@ public sealed class CertificateAuthorityTests : IDisposable
     private readonly X509Certificate2 _root;
     private readonly X509Certificate2 _intermediate;
     private readonly X509Certificate2 _leaf;
+    private readonly X509Certificate2 _clientOnlyLeaf;
+    private readonly X509Certificate2 _anyUsageLeaf;
     private readonly X509Certificate2 _otherRoot;
     private readonly X509Certificate2 _forged;
+    private readonly X509Certificate2 _reissued;
 
     public CertificateAuthorityTests()
     {
@@ -33,17 +36,45 @@ public sealed class CertificateAuthorityTests : IDisposable
         // the signature tells them apart.
         _forged = Authority("CN=test-intermediate", _root, now, _intermediate.Extensions.OfType<X509SubjectKeyIdentifierExtension>().Single());
 
+        _leaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.1");
+
+        // The intermediate re-issued (cross-signed) by another root: same name and key, another issuer and serial.
+        var reissue = new CertificateRequest(_intermediate.SubjectName, _intermediate.PublicKey, HashAlgorithmName.SHA256);
+        foreach (var extension in _intermediate.Extensions)
+        {
+            if (extension is not X509AuthorityKeyIdentifierExtension)
+            {
+                reissue.CertificateExtensions.Add(extension);
+            }
+        }
+
+        reissue.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_otherRoot, true, false));
+        _reissued = reissue.Create(_otherRoot, now.AddDays(-1), now.AddYears(1), [9, 9]);
+
+        // What the kubernetes.io/kube-apiserver-client signer issues: client authentication only, with the SANs asked for.
+        _clientOnlyLeaf = Leaf(_intermediate, now, "1.3.6.1.5.5.7.3.2");
+
+        // No extended key usage at all: valid for any usage, for crypto/tls too.
+        _anyUsageLeaf = Leaf(_intermediate, now, null);
+    }
+
+    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string? usage)
+    {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], false));
-        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(_intermediate, true, false));
+        if (usage is not null)
+        {
+            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(usage)], false));
+        }
+
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
         var names = new SubjectAlternativeNameBuilder();
         names.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(names.Build());
-        using var signed = request.Create(_intermediate, now.AddDays(-1), now.AddDays(30), [1, 2, 3]);
-        _leaf = signed.CopyWithPrivateKey(key);
+        using var signed = request.Create(issuer, now.AddDays(-1), now.AddDays(30), [1, 2, 3]);
+        return signed.CopyWithPrivateKey(key);
     }
 
     public void Dispose()
@@ -51,8 +82,11 @@ public sealed class CertificateAuthorityTests : IDisposable
         _root.Dispose();
         _intermediate.Dispose();
         _leaf.Dispose();
+        _clientOnlyLeaf.Dispose();
+        _anyUsageLeaf.Dispose();
         _otherRoot.Dispose();
         _forged.Dispose();
+        _reissued.Dispose();
     }
 
     private static X509Certificate2 Authority(string subject, X509Certificate2? issuer, DateTimeOffset now, X509SubjectKeyIdentifierExtension? keyIdentifier = null)
@@ -86,11 +120,40 @@ public sealed class CertificateAuthorityTests : IDisposable
         { "root", "", false }, // the intermediate is nowhere: no chain
         { "forged", "", false }, // the leaf's signature does not verify against it
         { "root,forged", "", false },
+
+        // The server sends the intermediate cross-signed by a root the bundle lacks: the bundle's copy (same name and key)
+        // is what client-go anchors at, whatever the server sent.
+        { "intermediate", "reissued", true },
+        { "root,intermediate", "reissued", true },
+        { "root", "reissued", false }, // the intermediate the root signed is nowhere
     };
 
     [Theory]
     [MemberData(nameof(Bundles))]
     public async Task Handler_ValidatesTheServerAgainstEveryCertificateOfTheBundle(string bundle, string sent, bool accepted)
+    {
+        await RequestAsync(bundle, sent, _leaf, accepted);
+    }
+
+    [Theory]
+    [InlineData("root,intermediate", "")]
+    [InlineData("root", "intermediate")]
+    [InlineData("intermediate", "")] // anchored at an intermediate of the bundle
+    public async Task Handler_RefusesAServerCertificateIssuedForClientAuthenticationOnly(string bundle, string sent)
+    {
+        // Issued by the cluster CA for the API server's address, but not for serverAuth: crypto/tls refuses it.
+        await RequestAsync(bundle, sent, _clientOnlyLeaf, accepted: false);
+    }
+
+    [Theory]
+    [InlineData("root,intermediate", "")]
+    [InlineData("intermediate", "")]
+    public async Task Handler_AcceptsAServerCertificateWithoutExtendedKeyUsage(string bundle, string sent)
+    {
+        await RequestAsync(bundle, sent, _anyUsageLeaf, accepted: true);
+    }
+
+    private async Task RequestAsync(string bundle, string sent, X509Certificate2 leaf, bool accepted)
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
@@ -100,8 +163,12 @@ public sealed class CertificateAuthorityTests : IDisposable
         {
             extra.Add(_intermediate);
         }
+        else if (sent == "reissued")
+        {
+            extra.Add(_reissued);
+        }
 
-        var server = ServeOnceAsync(listener, _leaf, extra);
+        var server = ServeOnceAsync(listener, leaf, extra);
         var pem = string.Concat(bundle.Split(',').Select(name => (name switch
         {
             "root" => _root,

@@ -282,7 +282,8 @@ public sealed class KubernetesEngineTests
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
         await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
-        test.Server.InjectFault(403, count: 1, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
+        // A failure that may pass (503; every retry of the one read, at once): looked at again.
+        test.Server.InjectFault(503, count: 6, retryAfterSeconds: 0, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("its events could not be read");
         Assert.False(run.IsCompleted);
@@ -310,7 +311,7 @@ public sealed class KubernetesEngineTests
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
         await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
-        test.Server.InjectFault(403, count: 1000, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
+        test.Server.InjectFault(503, count: 1000, retryAfterSeconds: 0, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("its events could not be read");
         Assert.False(run.IsCompleted);
@@ -324,6 +325,80 @@ public sealed class KubernetesEngineTests
         Assert.Contains("raise KubernetesEngineOptions.ImagePullLimit", error.Message, StringComparison.Ordinal);
         test.Server.ClearFaults();
         Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_PodEventsRefusedAtTheStartLimit_FailsAtTheStartLimit_WithoutLookingAgain()
+    {
+        // A refusal (the engine's role may not list events) does not pass: the start limit decides, as without events.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(time: time, configure: o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        test.Server.InjectFault(403, count: 1000, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
+        time.Advance(TimeSpan.FromMinutes(15));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.Equal(ExitReason.StartFailed, error.Reason);
+        Assert.True(error.IsTransient);
+        Assert.Contains("the container did not start in 00:15:00 (ContainerCreating", error.Message, StringComparison.Ordinal);
+        Assert.Contains("the pod's events could not be read", error.Message, StringComparison.Ordinal);
+        Assert.Equal(1, test.Server.CountRequests(static r => r.Path.EndsWith("/events", StringComparison.Ordinal)));
+        Assert.Single(context.Lines, static l => l.Message.Contains("its events cannot be read", StringComparison.Ordinal));
+        test.Server.ClearFaults();
+        Assert.Empty(test.Server.Names("jobs", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_ImagePullOutlivingItsEvents_IsStillWaitedFor()
+    {
+        // An ImagePullLimit longer than the events' time to live: the Pulling event is deleted while the pull goes on.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        using var cancel = new CancellationTokenSource();
+        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromHours(3))).ExecuteAsync(context, cancel.Token).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("the image is still being pulled after 00:15:00");
+        test.Server.ExpireEvents("jobs");
+        Assert.Empty(test.Server.Names("events", "jobs"));
+
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("the image is still being pulled after 00:30:00");
+
+        Assert.False(run.IsCompleted);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run.WaitAsync(K8sTest.Limit));
+    }
+
+    [Fact]
+    public async Task Execute_ImagePullOutlivingItsEvents_FailsAtTheImagePullLimit_NamingTheImage()
+    {
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+
+        await context.WaitForLineAsync("waiting: ContainerCreating");
+        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        time.Advance(TimeSpan.FromMinutes(15));
+        await context.WaitForLineAsync("the image is still being pulled after 00:15:00");
+        test.Server.ExpireEvents("jobs");
+        time.Advance(TimeSpan.FromMinutes(15));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
+
+        Assert.True(error.IsTransient);
+        Assert.Contains("the image 'registry.example/huge:1' of container 'main' was still being pulled after 00:30:00", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -467,6 +542,27 @@ public sealed class KubernetesEngineTests
         Assert.Equal("Background", JsonNode.Parse(delete.Body)!["propagationPolicy"]!.GetValue<string>());
         Assert.Empty(test.Server.Names("jobs", "jobs"));
         Assert.Empty(test.Server.Names("pods", "jobs"));
+    }
+
+    [Fact]
+    public async Task Execute_CancelledAfterTheHostWasDisposed_IsCancelled_NotAnObjectDisposedException()
+    {
+        // The host stops (its connections disposed) while an attempt is still being cancelled: the Job's delete cannot go
+        // out; the attempt ends as cancelled, as when the server cannot be reached.
+        await using var test = await K8sTest.StartAsync();
+        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task };
+        var context = new TestContext();
+        using var cancel = new CancellationTokenSource();
+        var host = test.Host();
+        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, cancel.Token).AsTask();
+        await context.WaitForLineAsync(": running");
+
+        await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
+        await cancel.CancelAsync();
+
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => run.WaitAsync(K8sTest.Limit));
+        Assert.IsAssignableFrom<OperationCanceledException>(error);
+        Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
     }
 
     [Fact]
