@@ -421,9 +421,11 @@ internal sealed class FairScheduler
             break;
         }
 
+        // A tenant skipped because every job it has is blocked keeps at most one turn of credit (see PushSkipped): it
+        // does not bank the turns the others take while it waits behind a limit.
         foreach (var tenant in _skipped)
         {
-            band.Turns.Push(tenant);
+            band.Turns.PushSkipped(tenant, tenant.Weight);
         }
 
         _skipped.Clear();

@@ -136,6 +136,37 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void TryTake_TenantBlockedByALimitForLong_BanksNoCreditForLater()
+    {
+        // A submits only long "x" jobs (one at a time: the workload limit), B "y" jobs; A is skipped on every take.
+        _options.WorkloadLimits["x"] = 1;
+        for (var i = 0; i < 10; i++)
+        {
+            Scheduler.Add(Job("a", workload: "x"));
+        }
+
+        for (var i = 0; i < 2000; i++)
+        {
+            Scheduler.Add(Job("b", workload: "y"));
+        }
+
+        var running = Take();
+        Assert.Equal("a", running.Tenant);
+        Assert.Equal(1000, TakeCounts(1000)["b"]);
+
+        // Then A submits jobs it may run: it gets its share of the next takes, not the 1,000 turns B took meanwhile.
+        for (var i = 0; i < 100; i++)
+        {
+            Scheduler.Add(Job("a", workload: "y"));
+        }
+
+        var counts = TakeCounts(40);
+
+        Assert.InRange(counts.GetValueOrDefault("a"), 19, 22);
+        Assert.InRange(counts.GetValueOrDefault("b"), 18, 21);
+    }
+
+    [Fact]
     public void TryTake_FloodingTenant_DoesNotDelayAnotherTenantsJob()
     {
         for (var i = 0; i < 100_000; i++)
