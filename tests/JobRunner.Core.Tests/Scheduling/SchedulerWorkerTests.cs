@@ -197,6 +197,30 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task Explain_DueScheduledJobBehindAConcurrencyKey_ExplainsTheLimit_NotAPastNotBefore()
+    {
+        await using var host = new TestHost();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (_, ct) => await gate.Task.WaitAsync(ct);
+        await host.StartAsync();
+
+        var running = await host.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "k" });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var later = await host.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "k", NotBefore = host.Time.GetUtcNow().AddMinutes(1) });
+        Assert.Equal(WaitReason.NotBefore, (await host.Client.ExplainAsync(later)).Reason);
+
+        host.Time.Advance(TimeSpan.FromMinutes(2));
+        await WaitUntilAsync(host, s => s.PendingCount == 1);
+
+        Assert.Equal(JobState.Scheduled, (await host.Client.GetAsync(later))!.State);
+        var explanation = await host.Client.ExplainAsync(later);
+        Assert.Equal((WaitReason.ConcurrencyLimit, "key:k=1"), (explanation.Reason, explanation.Limit));
+        gate.SetResult();
+        await host.WaitForStateAsync(running, JobState.Succeeded);
+        await host.WaitForStateAsync(later, JobState.Succeeded);
+    }
+
+    [Fact]
     public async Task SchedulerControl_UnknownTier_NamesTheTiers()
     {
         await using var host = new TestHost();
