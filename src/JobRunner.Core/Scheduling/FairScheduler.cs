@@ -322,6 +322,23 @@ internal sealed class FairScheduler
         return false;
     }
 
+    /// <summary>
+    /// Gives back the rate-limit tokens a taken job used, when it did not start after all (its lease was refused: it was
+    /// cancelled, finished or taken elsewhere while it waited here). Its limits are still given back by <see cref="Release"/>.
+    /// </summary>
+    public void Refund(QueuedJob job)
+    {
+        if (_workloadBuckets.Count > 0 && _workloadBuckets.TryGetValue(job.Workload, out var workload))
+        {
+            workload.Refund();
+        }
+
+        if (_tenantBuckets.Count > 0 && _tenantBuckets.TryGetValue(job.Tenant, out var tenant))
+        {
+            tenant.Refund();
+        }
+    }
+
     /// <summary>Gives back the limits a running job held (after any outcome).</summary>
     public void Release(QueuedJob job) => Count(job, -1);
 
@@ -625,6 +642,9 @@ internal sealed class FairScheduler
         public RateLimit Rate { get; } = rate;
 
         public double Tokens { get; set; } = rate.Burst;
+
+        /// <summary>Gives back one token taken by a job that did not start (never above the burst).</summary>
+        public void Refund() => Tokens = Math.Min(Rate.Burst, Tokens + 1);
 
         public void Refill(DateTimeOffset now)
         {

@@ -429,6 +429,10 @@ internal sealed partial class JobWorker : BackgroundService
             var leased = await Store.TryAcquireLeaseAsync(item.Id, WorkerId, _options.LeaseDuration, CancellationToken.None).ConfigureAwait(false);
             if (leased is null)
             {
+                // It does not start: the rate tokens it took go back (its concurrency limits go back as for any job,
+                // when the slot takes its next one).
+                _scheduler.Refund(item);
+
                 // Cancelled, finished or taken by another worker while it waited in the queue, or not due yet (the
                 // queue's and the store's clocks disagree): in that last case it goes back to the queue. Acknowledged
                 // last: if the look or the enqueue fails, the delivery comes back instead of the job being lost.

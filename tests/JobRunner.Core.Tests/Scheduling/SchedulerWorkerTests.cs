@@ -176,6 +176,27 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task RateLimit_JobsCancelledWhileQueued_DoNotUseUpTheRate()
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s =>
+        {
+            s.TenantRates["t"] = new RateLimit(PerSecond: 1);
+            s.WorkloadRates["work"] = new RateLimit(PerSecond: 1);
+        }));
+        for (var i = 0; i < 30; i++)
+        {
+            await host.Client.CancelAsync(await host.SubmitAsync(new JobRequest("work") { Tenant = "t" }));
+        }
+
+        var last = await host.SubmitAsync(new JobRequest("work") { Tenant = "t" });
+        await host.StartAsync();
+
+        // The clock does not move: the cancelled jobs' leases are refused and their tokens given back, so the one
+        // token of each bucket is still there for the last job (without the refund it would start after ~30 s).
+        await host.WaitForStateAsync(last, JobState.Succeeded);
+    }
+
+    [Fact]
     public async Task Explain_ScheduledRunningAndFinishedJobs()
     {
         await using var host = new TestHost();
