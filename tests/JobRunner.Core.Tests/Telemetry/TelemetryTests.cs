@@ -56,6 +56,59 @@ public sealed class TelemetryTests
         Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
     }
 
+    [Fact]
+    public async Task Meter_ClassifierThrows_ActiveAttemptIsStillCountedDown()
+    {
+        var tenant = "t" + Guid.NewGuid().ToString("N")[..8];
+        var measurements = new ConcurrentQueue<(string Instrument, long Value, string? Outcome)>();
+        using var listener = ListenLong(tenant, measurements);
+
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("broken", w => w.Classifier.When(_ => throw new InvalidOperationException("classifier bug"), FailureKind.Permanent)));
+        host.Behavior.Run = (_, _) => throw new IOException("boom");
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("broken") { Tenant = tenant });
+        await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(0, measurements.Where(m => m.Instrument == "jobrunner.attempts.active").Sum(m => m.Value));
+        Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
+        Assert.Contains(("jobrunner.jobs.completed", 1L, "failed"), measurements);
+    }
+
+    /// <summary>Starts a listener that collects the JobRunner meter's <see langword="long"/> measurements of <paramref name="tenant"/>.</summary>
+    private static MeterListener ListenLong(string tenant, ConcurrentQueue<(string Instrument, long Value, string? Outcome)> measurements)
+    {
+        var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            string? t = null, outcome = null;
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant")
+                {
+                    t = tag.Value as string;
+                }
+                else if (tag.Key == "outcome")
+                {
+                    outcome = tag.Value as string;
+                }
+            }
+
+            if (t == tenant)
+            {
+                measurements.Enqueue((instrument.Name, value, outcome));
+            }
+        });
+        listener.Start();
+        return listener;
+    }
+
     /// <summary>Starts a listener that collects <paramref name="instrument"/>'s measurements of <paramref name="tenant"/>.</summary>
     private static MeterListener Listen(string instrument, string tenant, ConcurrentQueue<double> values)
     {
