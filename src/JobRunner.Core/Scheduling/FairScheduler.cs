@@ -260,6 +260,9 @@ internal sealed class FairScheduler
 
     private const int MaxCachedFits = 4096;
 
+    /// <summary>The furthest ahead a rate limit's next token is looked for (3,650 days), so that the time cannot overflow.</summary>
+    private const double MaxTokenWaitSeconds = 3650.0 * 86_400;
+
     /// <summary>How many removed nodes are kept for reuse (a held job's node is otherwise an allocation per job).</summary>
     private const int MaxFreeNodes = 1024;
 
@@ -535,7 +538,9 @@ internal sealed class FairScheduler
             return true;
         }
 
-        var at = now + TimeSpan.FromSeconds((1 - bucket.Tokens) / bucket.Rate.PerSecond);
+        // Capped: a rate below what validation allows (the scheduler built directly) would overflow the time. A wake
+        // that comes early finds no token yet and computes the rest.
+        var at = now + TimeSpan.FromSeconds(Math.Min((1 - bucket.Tokens) / bucket.Rate.PerSecond, MaxTokenWaitSeconds));
         if (NextWake is null || at < NextWake)
         {
             NextWake = at;

@@ -57,6 +57,6 @@ public sealed class SchedulerOptions
 }
 
 /// <summary>A token bucket: <paramref name="PerSecond"/> starts per second on average, up to <paramref name="Burst"/> at once.</summary>
-/// <param name="PerSecond">The refill rate, above zero.</param>
+/// <param name="PerSecond">The refill rate, at least 1E-10 (about one start every 317 years).</param>
 /// <param name="Burst">The bucket size, 1 or more.</param>
 public sealed record RateLimit(double PerSecond, int Burst = 1);

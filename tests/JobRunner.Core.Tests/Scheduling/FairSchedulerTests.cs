@@ -379,6 +379,19 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void RateLimit_RateTooLowForATimeSpan_WaitsInsteadOfOverflowing()
+    {
+        // Below what validation allows (the scheduler built directly): 1/PerSecond seconds overflow a TimeSpan.
+        _options.TenantRates["t"] = new RateLimit(PerSecond: 1e-13);
+        Scheduler.Add(Job());
+        Scheduler.Add(Job());
+        Take();
+
+        Assert.False(Scheduler.TryTake(out _));
+        Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(3650), Scheduler.NextWake);
+    }
+
+    [Fact]
     public void MaxWait_PromotesAStarvingJob_AheadOfNewerHigherPriorityJobs()
     {
         _options.MaxWait = TimeSpan.FromMinutes(1);

@@ -196,6 +196,18 @@ public sealed class SchedulerWorkerTests
         await host.WaitForStateAsync(last, JobState.Succeeded);
     }
 
+    [Theory]
+    [InlineData(1e-12)]
+    [InlineData(4e-12)]
+    public async Task Start_RateTooLowForATime_NamesTheMinimum(double perSecond)
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s => s.TenantRates["acme"] = new RateLimit(perSecond)));
+
+        var e = await Assert.ThrowsAsync<OptionsValidationException>(host.StartAsync);
+
+        Assert.Equal($"SchedulerOptions.TenantRates['acme'] is {new RateLimit(perSecond)}. Set PerSecond to at least 1E-10 (about one start every 317 years) and Burst to 1 or more, or remove the entry for no rate limit.", Assert.Single(e.Failures));
+    }
+
     [Fact]
     public async Task Explain_ScheduledRunningAndFinishedJobs()
     {
