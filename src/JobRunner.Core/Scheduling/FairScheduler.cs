@@ -198,6 +198,14 @@ internal sealed class FairScheduler
         var sequence = ++_sequence;
         if (_options.MaxWait is { } maxWait && priority < JobRequest.MaxPriority)
         {
+            // Entries of jobs taken (or given back) stay until their due time; with a long MaxWait and jobs taken at
+            // once they would pile up (a day at 100 jobs/s: ~8.6M). Dropped when they outnumber the held jobs twice:
+            // each compaction keeps at most one entry per held job, so its cost is paid by the adds before it.
+            if (_aging.Count > (2 * _pending.Count) + MinAgingCompaction)
+            {
+                CompactAging();
+            }
+
             _aging.Enqueue((job.Id, sequence, _time.GetUtcNow() + maxWait));
         }
 
@@ -259,6 +267,9 @@ internal sealed class FairScheduler
     }
 
     private const int MaxCachedFits = 4096;
+
+    /// <summary>How many starvation-guard entries beyond twice the held jobs are let be before they are compacted.</summary>
+    private const int MinAgingCompaction = 64;
 
     /// <summary>The furthest ahead a rate limit's next token is looked for (3,650 days), so that the time cannot overflow.</summary>
     private const double MaxTokenWaitSeconds = 3650.0 * 86_400;
@@ -561,6 +572,25 @@ internal sealed class FairScheduler
             tenant.Tokens -= 1;
         }
     }
+
+    /// <summary>
+    /// Drops the starvation guard's entries of jobs no longer held at the sequence they were added with, in place and in
+    /// order (so the head is again the earliest due of a held job; no timer is armed from it: promotion runs at each take).
+    /// </summary>
+    private void CompactAging()
+    {
+        for (var i = _aging.Count; i > 0; i--)
+        {
+            var entry = _aging.Dequeue();
+            if (_pending.TryGetValue(entry.Id, out var node) && node.Value.Sequence == entry.Sequence && node.Value.Priority < JobRequest.MaxPriority)
+            {
+                _aging.Enqueue(entry);
+            }
+        }
+    }
+
+    /// <summary>Gets how many entries the starvation guard keeps; for tests.</summary>
+    internal int AgingCount => _aging.Count;
 
     /// <summary>The starvation guard: moves jobs that waited <see cref="SchedulerOptions.MaxWait"/> up one band.</summary>
     private void Promote()

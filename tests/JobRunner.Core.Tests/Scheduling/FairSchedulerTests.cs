@@ -447,6 +447,28 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void MaxWait_Long_JobsTakenAtOnce_DoNotPileUpInTheStarvationGuard()
+    {
+        _options.MaxWait = TimeSpan.FromDays(1);
+        var old = Job(priority: 4);
+        Scheduler.Add(old);
+        for (var i = 0; i < 10_000; i++)
+        {
+            Scheduler.Add(Job(priority: 5));
+            Scheduler.Release(Take());
+            _time.Advance(TimeSpan.FromMilliseconds(1));
+        }
+
+        // One held job: at most twice that plus the slack, not one entry per add.
+        Assert.InRange(Scheduler.AgingCount, 1, (2 * Scheduler.PendingCount) + 65);
+
+        // The held job's own entry survived the compactions: it is still promoted after MaxWait.
+        _time.Advance(TimeSpan.FromDays(1));
+        Scheduler.Add(Job(priority: 5));
+        Assert.Equal(old, Take());
+    }
+
+    [Fact]
     public void MaxWait_Unset_StrictPriorityStarvesLowerBands()
     {
         var low = Job(priority: 1);
