@@ -287,6 +287,11 @@ internal sealed class FairScheduler
         var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
+            if (band.Tenants.Count >= band.SweepAt)
+            {
+                band.DropIdleTenants();
+            }
+
             tenant = new Tenant(job.Tenant, _weights.WeightOf(job.Tenant), _freeNodes);
             band.Tenants.Add(job.Tenant, tenant);
         }
@@ -646,14 +651,44 @@ internal sealed class FairScheduler
         }
     }
 
+    /// <summary>Gets how many tenants (idle ones included) the bands keep; for tests.</summary>
+    internal int TenantCount => _bands.Sum(static b => b.Tenants.Count);
+
     /// <summary>Gets how many flows (emptied ones included) the bands' tenants keep; for tests.</summary>
     internal int FlowCount => _bands.Sum(static b => b.Tenants.Values.Sum(static t => t.Flows.Count));
 
     private sealed class Band
     {
+        // Tenants kept before the first sweep of idle ones (and at least between two sweeps).
+        private const int MinSweepAt = 64;
+
         public Dictionary<string, Tenant> Tenants { get; } = new(StringComparer.Ordinal);
 
         public WeightedTurns<Tenant> Turns { get; } = new();
+
+        /// <summary>Gets how many tenants the band may keep before a new one makes it drop its idle ones.</summary>
+        public int SweepAt { get; private set; } = MinSweepAt;
+
+        /// <summary>
+        /// Drops the tenants that have no job here and are not in line, so that tenants that come and go do not make
+        /// the band (and its scans) grow for good. A dropped tenant that comes back is created again with its weight
+        /// (from <see cref="TenantWeights"/>) at the band's current pass: what it loses is at most the one turn it was
+        /// ahead after its last turn (its pass is at most one turn past the current pass), as when a skipped tenant is
+        /// put back. Sweeps happen only when the band has twice the tenants it kept after the last one, so their cost
+        /// is paid by the tenants added in between.
+        /// </summary>
+        public void DropIdleTenants()
+        {
+            foreach (var (name, tenant) in Tenants)
+            {
+                if (tenant.Count == 0 && !tenant.InTurn)
+                {
+                    Tenants.Remove(name);
+                }
+            }
+
+            SweepAt = Math.Max(MinSweepAt, 2 * Tenants.Count);
+        }
     }
 
     private enum Block

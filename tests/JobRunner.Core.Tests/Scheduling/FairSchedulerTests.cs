@@ -200,6 +200,29 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void TryTake_ChurningTenants_TheBandsDoNotKeepThemAll()
+    {
+        // A steady tenant alongside 10,000 tenants that each come once, at two priorities.
+        for (var i = 0; i < 10_000; i++)
+        {
+            Scheduler.Add(Job("steady"));
+            Scheduler.Add(Job("once-" + i, priority: 1 + (i % 2)));
+            TakeCounts(2);
+        }
+
+        Assert.InRange(Scheduler.TenantCount, 1, 3 * 64);
+
+        // The steady tenant (kept or dropped and created again) still shares evenly with a newcomer.
+        for (var i = 0; i < 100; i++)
+        {
+            Scheduler.Add(Job("steady"));
+            Scheduler.Add(Job("new"));
+        }
+
+        Assert.InRange(TakeCounts(100)["steady"], 49, 51);
+    }
+
+    [Fact]
     public void WorkloadLimit_BlocksUntilReleased_OtherWorkloadsStillRun()
     {
         _options.WorkloadLimits["prewarm"] = 2;
