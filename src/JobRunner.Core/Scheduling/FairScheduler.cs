@@ -98,6 +98,15 @@ internal sealed class FairScheduler
         }
     }
 
+    /// <summary>Adds every job waiting in a band (not the parked ones, which this worker may not run) to <paramref name="into"/>.</summary>
+    public void CopyPending(List<QueuedJob> into)
+    {
+        foreach (var node in _pending.Values)
+        {
+            into.Add(node.Value.Job);
+        }
+    }
+
     /// <summary>Gets a job held here, waiting in a band or parked.</summary>
     public bool TryGetHeld(JobId id, out QueuedJob job)
     {

@@ -259,6 +259,18 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         return all;
     }
 
+    /// <summary>The held jobs this worker may run (waiting in a band; parked ones left out), for the scheduler's gauges.</summary>
+    public List<QueuedJob> SnapshotPending()
+    {
+        var pending = new List<QueuedJob>();
+        lock (_lock)
+        {
+            _scheduler.CopyPending(pending);
+        }
+
+        return pending;
+    }
+
     public JobExplanation? Explain(JobId id)
     {
         lock (_lock)
