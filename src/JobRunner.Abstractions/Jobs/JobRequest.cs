@@ -51,7 +51,10 @@ public sealed record JobRequest
     /// <value>The default value is <see langword="null"/>: no deduplication.</value>
     public string? DedupeKey { get; init; }
 
-    /// <summary>Gets the concurrency key; jobs that share it are limited together by the scheduler.</summary>
+    /// <summary>
+    /// Gets the concurrency key; jobs that share it are limited together by each worker's scheduler
+    /// (<c>SchedulerOptions.ConcurrencyKeyLimits</c>). The limit holds per worker host, not across hosts.
+    /// </summary>
     /// <value>The default value is <see langword="null"/>.</value>
     public string? ConcurrencyKey { get; init; }
 

@@ -220,6 +220,8 @@ internal sealed class JobClient(
         var job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
         return job.State switch
         {
+            // The store keeps a due job Scheduled until it is leased: once due, it waits like a queued one.
+            JobState.Scheduled when job.DueAt is not { } due || due <= time.GetUtcNow() => scheduler.Explain(id) ?? new JobExplanation(id, WaitReason.Queued, "It is due and waits in the queue; no worker has taken it into its scheduler yet (this worker holds its lookahead full, or it is being handed over)."),
             JobState.Scheduled => new JobExplanation(id, WaitReason.NotBefore, $"It waits until {job.DueAt:O} ({(job.Attempts.Count == 0 ? "its not-before time" : "the retry back-off")})."),
             JobState.Queued => scheduler.Explain(id) ?? new JobExplanation(id, WaitReason.Queued, "It waits in the queue; no worker has taken it into its scheduler yet (this worker holds its lookahead full, or it is being handed over)."),
             JobState.Running => new JobExplanation(id, WaitReason.NotWaiting, "It is running."),

@@ -159,6 +159,12 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
     /// <summary>The longest wait the scheduler adds to a time (ten years: far from overflowing a date).</summary>
     private static readonly TimeSpan MaxSchedulerWait = TimeSpan.FromDays(3650);
 
+    /// <summary>
+    /// The lowest rate a rate limit may have: the wait for its next token (up to 1/PerSecond seconds) must stay a time
+    /// that a <see cref="TimeSpan"/> and a <see cref="DateTimeOffset"/> can hold.
+    /// </summary>
+    internal const double MinRatePerSecond = 1e-10;
+
     public ValidateOptionsResult Validate(string? name, SchedulerOptions options)
     {
         var errors = new List<string>();
@@ -195,9 +201,9 @@ internal sealed class SchedulerOptionsValidator : IValidateOptions<SchedulerOpti
         {
             foreach (var (key, rate) in rates)
             {
-                if (rate is null || !(rate.PerSecond > 0) || rate.Burst < 1)
+                if (rate is null || !(rate.PerSecond >= MinRatePerSecond) || rate.Burst < 1)
                 {
-                    errors.Add($"SchedulerOptions.{kind}['{key}'] is {rate}. Set PerSecond above 0 and Burst to 1 or more, or remove the entry for no rate limit.");
+                    errors.Add($"SchedulerOptions.{kind}['{key}'] is {rate}. Set PerSecond to at least 1E-10 (about one start every 317 years) and Burst to 1 or more, or remove the entry for no rate limit.");
                 }
             }
         }

@@ -98,6 +98,15 @@ internal sealed class FairScheduler
         }
     }
 
+    /// <summary>Adds every job waiting in a band (not the parked ones, which this worker may not run) to <paramref name="into"/>.</summary>
+    public void CopyPending(List<QueuedJob> into)
+    {
+        foreach (var node in _pending.Values)
+        {
+            into.Add(node.Value.Job);
+        }
+    }
+
     /// <summary>Gets a job held here, waiting in a band or parked.</summary>
     public bool TryGetHeld(JobId id, out QueuedJob job)
     {
@@ -198,6 +207,14 @@ internal sealed class FairScheduler
         var sequence = ++_sequence;
         if (_options.MaxWait is { } maxWait && priority < JobRequest.MaxPriority)
         {
+            // Entries of jobs taken (or given back) stay until their due time; with a long MaxWait and jobs taken at
+            // once they would pile up (a day at 100 jobs/s: ~8.6M). Dropped when they outnumber the held jobs twice:
+            // each compaction keeps at most one entry per held job, so its cost is paid by the adds before it.
+            if (_aging.Count > (2 * _pending.Count) + MinAgingCompaction)
+            {
+                CompactAging();
+            }
+
             _aging.Enqueue((job.Id, sequence, _time.GetUtcNow() + maxWait));
         }
 
@@ -260,6 +277,12 @@ internal sealed class FairScheduler
 
     private const int MaxCachedFits = 4096;
 
+    /// <summary>How many starvation-guard entries beyond twice the held jobs are let be before they are compacted.</summary>
+    private const int MinAgingCompaction = 64;
+
+    /// <summary>The furthest ahead a rate limit's next token is looked for (3,650 days), so that the time cannot overflow.</summary>
+    private const double MaxTokenWaitSeconds = 3650.0 * 86_400;
+
     /// <summary>How many removed nodes are kept for reuse (a held job's node is otherwise an allocation per job).</summary>
     private const int MaxFreeNodes = 1024;
 
@@ -273,6 +296,11 @@ internal sealed class FairScheduler
         var band = _bands[priority];
         if (!band.Tenants.TryGetValue(job.Tenant, out var tenant))
         {
+            if (band.Tenants.Count >= band.SweepAt)
+            {
+                band.DropIdleTenants();
+            }
+
             tenant = new Tenant(job.Tenant, _weights.WeightOf(job.Tenant), _freeNodes);
             band.Tenants.Add(job.Tenant, tenant);
         }
@@ -320,6 +348,23 @@ internal sealed class FairScheduler
 
         job = null!;
         return false;
+    }
+
+    /// <summary>
+    /// Gives back the rate-limit tokens a taken job used, when it did not start after all (its lease was refused: it was
+    /// cancelled, finished or taken elsewhere while it waited here). Its limits are still given back by <see cref="Release"/>.
+    /// </summary>
+    public void Refund(QueuedJob job)
+    {
+        if (_workloadBuckets.Count > 0 && _workloadBuckets.TryGetValue(job.Workload, out var workload))
+        {
+            workload.Refund();
+        }
+
+        if (_tenantBuckets.Count > 0 && _tenantBuckets.TryGetValue(job.Tenant, out var tenant))
+        {
+            tenant.Refund();
+        }
     }
 
     /// <summary>Gives back the limits a running job held (after any outcome).</summary>
@@ -421,9 +466,11 @@ internal sealed class FairScheduler
             break;
         }
 
+        // A tenant skipped because every job it has is blocked keeps at most one turn of credit (see PushSkipped): it
+        // does not bank the turns the others take while it waits behind a limit.
         foreach (var tenant in _skipped)
         {
-            band.Turns.Push(tenant);
+            band.Turns.PushSkipped(tenant, tenant.Weight);
         }
 
         _skipped.Clear();
@@ -516,7 +563,9 @@ internal sealed class FairScheduler
             return true;
         }
 
-        var at = now + TimeSpan.FromSeconds((1 - bucket.Tokens) / bucket.Rate.PerSecond);
+        // Capped: a rate below what validation allows (the scheduler built directly) would overflow the time. A wake
+        // that comes early finds no token yet and computes the rest.
+        var at = now + TimeSpan.FromSeconds(Math.Min((1 - bucket.Tokens) / bucket.Rate.PerSecond, MaxTokenWaitSeconds));
         if (NextWake is null || at < NextWake)
         {
             NextWake = at;
@@ -537,6 +586,25 @@ internal sealed class FairScheduler
             tenant.Tokens -= 1;
         }
     }
+
+    /// <summary>
+    /// Drops the starvation guard's entries of jobs no longer held at the sequence they were added with, in place and in
+    /// order (so the head is again the earliest due of a held job; no timer is armed from it: promotion runs at each take).
+    /// </summary>
+    private void CompactAging()
+    {
+        for (var i = _aging.Count; i > 0; i--)
+        {
+            var entry = _aging.Dequeue();
+            if (_pending.TryGetValue(entry.Id, out var node) && node.Value.Sequence == entry.Sequence && node.Value.Priority < JobRequest.MaxPriority)
+            {
+                _aging.Enqueue(entry);
+            }
+        }
+    }
+
+    /// <summary>Gets how many entries the starvation guard keeps; for tests.</summary>
+    internal int AgingCount => _aging.Count;
 
     /// <summary>The starvation guard: moves jobs that waited <see cref="SchedulerOptions.MaxWait"/> up one band.</summary>
     private void Promote()
@@ -592,14 +660,44 @@ internal sealed class FairScheduler
         }
     }
 
+    /// <summary>Gets how many tenants (idle ones included) the bands keep; for tests.</summary>
+    internal int TenantCount => _bands.Sum(static b => b.Tenants.Count);
+
     /// <summary>Gets how many flows (emptied ones included) the bands' tenants keep; for tests.</summary>
     internal int FlowCount => _bands.Sum(static b => b.Tenants.Values.Sum(static t => t.Flows.Count));
 
     private sealed class Band
     {
+        // Tenants kept before the first sweep of idle ones (and at least between two sweeps).
+        private const int MinSweepAt = 64;
+
         public Dictionary<string, Tenant> Tenants { get; } = new(StringComparer.Ordinal);
 
         public WeightedTurns<Tenant> Turns { get; } = new();
+
+        /// <summary>Gets how many tenants the band may keep before a new one makes it drop its idle ones.</summary>
+        public int SweepAt { get; private set; } = MinSweepAt;
+
+        /// <summary>
+        /// Drops the tenants that have no job here and are not in line, so that tenants that come and go do not make
+        /// the band (and its scans) grow for good. A dropped tenant that comes back is created again with its weight
+        /// (from <see cref="TenantWeights"/>) at the band's current pass: what it loses is at most the one turn it was
+        /// ahead after its last turn (its pass is at most one turn past the current pass), as when a skipped tenant is
+        /// put back. Sweeps happen only when the band has twice the tenants it kept after the last one, so their cost
+        /// is paid by the tenants added in between.
+        /// </summary>
+        public void DropIdleTenants()
+        {
+            foreach (var (name, tenant) in Tenants)
+            {
+                if (tenant.Count == 0 && !tenant.InTurn)
+                {
+                    Tenants.Remove(name);
+                }
+            }
+
+            SweepAt = Math.Max(MinSweepAt, 2 * Tenants.Count);
+        }
     }
 
     private enum Block
@@ -623,6 +721,9 @@ internal sealed class FairScheduler
         public RateLimit Rate { get; } = rate;
 
         public double Tokens { get; set; } = rate.Burst;
+
+        /// <summary>Gives back one token taken by a job that did not start (never above the burst).</summary>
+        public void Refund() => Tokens = Math.Min(Rate.Burst, Tokens + 1);
 
         public void Refill(DateTimeOffset now)
         {

@@ -204,6 +204,18 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         return taken;
     }
 
+    /// <summary>
+    /// Gives back the rate-limit tokens of a taken job that did not start (its lease was refused), so that jobs
+    /// cancelled while they waited here do not use up the rate of the jobs behind them.
+    /// </summary>
+    public void Refund(QueuedJob job)
+    {
+        lock (_lock)
+        {
+            _scheduler.Refund(job);
+        }
+    }
+
     /// <summary>Gives back the limits of a job a slot ran, when the slot takes no other (it is stopping).</summary>
     public void Release(QueuedJob job)
     {
@@ -245,6 +257,18 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         }
 
         return all;
+    }
+
+    /// <summary>The held jobs this worker may run (waiting in a band; parked ones left out), for the scheduler's gauges.</summary>
+    public List<QueuedJob> SnapshotPending()
+    {
+        var pending = new List<QueuedJob>();
+        lock (_lock)
+        {
+            _scheduler.CopyPending(pending);
+        }
+
+        return pending;
     }
 
     public JobExplanation? Explain(JobId id)

@@ -20,17 +20,21 @@ public sealed class SchedulerOptions
     /// <summary>Gets the most attempts of each tenant that run at once on this worker.</summary>
     public IDictionary<string, int> TenantLimits { get; } = new Dictionary<string, int>(StringComparer.Ordinal);
 
-    /// <summary>Gets the most attempts that share a concurrency key and run at once; keys not listed use <see cref="DefaultConcurrencyKeyLimit"/>.</summary>
+    /// <summary>
+    /// Gets the most attempts that share a concurrency key and run at once on this worker; keys not listed use
+    /// <see cref="DefaultConcurrencyKeyLimit"/>. Like every limit here it is enforced by each worker's scheduler, not
+    /// across hosts: with a shared store (PostgreSQL) and N worker hosts, up to N times the limit run at once.
+    /// </summary>
     public IDictionary<string, int> ConcurrencyKeyLimits { get; } = new Dictionary<string, int>(StringComparer.Ordinal);
 
-    /// <summary>Gets or sets the limit of a concurrency key that is not listed.</summary>
-    /// <value>The default value is 1: jobs that share a key run one at a time (singleton execution).</value>
+    /// <summary>Gets or sets the limit, on this worker, of a concurrency key that is not listed (see <see cref="ConcurrencyKeyLimits"/>).</summary>
+    /// <value>The default value is 1: jobs that share a key run one at a time on a worker (singleton execution per worker host, not across hosts).</value>
     public int DefaultConcurrencyKeyLimit { get; set; } = 1;
 
-    /// <summary>Gets the rate limit of each workload: attempts started per second, with a burst.</summary>
+    /// <summary>Gets the rate limit of each workload: attempts started per second on this worker, with a burst.</summary>
     public IDictionary<string, RateLimit> WorkloadRates { get; } = new Dictionary<string, RateLimit>(StringComparer.Ordinal);
 
-    /// <summary>Gets the rate limit of each tenant: attempts started per second, with a burst.</summary>
+    /// <summary>Gets the rate limit of each tenant: attempts started per second on this worker, with a burst.</summary>
     public IDictionary<string, RateLimit> TenantRates { get; } = new Dictionary<string, RateLimit>(StringComparer.Ordinal);
 
     /// <summary>
@@ -57,6 +61,6 @@ public sealed class SchedulerOptions
 }
 
 /// <summary>A token bucket: <paramref name="PerSecond"/> starts per second on average, up to <paramref name="Burst"/> at once.</summary>
-/// <param name="PerSecond">The refill rate, above zero.</param>
+/// <param name="PerSecond">The refill rate, at least 1E-10 (about one start every 317 years).</param>
 /// <param name="Burst">The bucket size, 1 or more.</param>
 public sealed record RateLimit(double PerSecond, int Burst = 1);

@@ -51,7 +51,19 @@ internal sealed class WeightedTurns<T>
         participant.Pass += 1.0 / weight;
     }
 
-    /// <summary>Puts a participant back in line at its pass (after a turn, or after it was skipped).</summary>
+    /// <summary>
+    /// Puts back in line a participant that was skipped (it had nothing it may run now, e.g. behind a limit), with at
+    /// most one turn of credit: its pass is raised to one turn behind the current pass. Without the cap a participant
+    /// blocked for long keeps its old pass while the others advance, and once unblocked it takes as many turns in a row
+    /// as the others took meanwhile.
+    /// </summary>
+    public void PushSkipped(T participant, int weight)
+    {
+        participant.Pass = Math.Max(participant.Pass, _virtualTime - (1.0 / weight));
+        Push(participant);
+    }
+
+    /// <summary>Puts a participant back in line at its pass (after a turn).</summary>
     public void Push(T participant)
     {
         participant.InTurn = true;

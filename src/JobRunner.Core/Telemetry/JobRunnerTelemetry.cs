@@ -8,7 +8,7 @@ namespace JobRunner.Telemetry;
 /// The <c>JobRunner</c> meter and activity source. Instruments: <c>jobrunner.jobs.submitted</c>,
 /// <c>jobrunner.jobs.started</c>, <c>jobrunner.jobs.completed</c> (tag <c>outcome</c>), <c>jobrunner.attempt.duration</c>
 /// (seconds), <c>jobrunner.attempts.active</c>, <c>jobrunner.queue.wait</c> (seconds from ready to start),
-/// <c>jobrunner.scheduler.pending</c> and <c>jobrunner.scheduler.oldest_wait</c> (the jobs the scheduler holds), and
+/// <c>jobrunner.scheduler.pending</c> and <c>jobrunner.scheduler.oldest_wait</c> (the jobs the scheduler holds and may run; an emptied group reads 0 once), and
 /// <c>jobrunner.queue.depth</c> for the in-memory queue. Every job
 /// instrument is tagged with <c>tenant</c> and <c>workload</c>.
 /// </summary>
@@ -40,8 +40,10 @@ internal sealed class JobRunnerTelemetry : IDisposable
         _duration = _meter.CreateHistogram<double>("jobrunner.attempt.duration", "s", "How long attempts ran.");
         _active = _meter.CreateUpDownCounter<long>("jobrunner.attempts.active", "{attempt}", "Attempts running now.");
         _wait = _meter.CreateHistogram<double>("jobrunner.queue.wait", "s", "How long jobs waited from enqueue (or due time) to start.");
-        _meter.CreateObservableGauge("jobrunner.scheduler.pending", () => Held(scheduler, time, age: false), "{job}", "Ready jobs held by this worker's scheduler, by tenant and workload.");
-        _meter.CreateObservableGauge("jobrunner.scheduler.oldest_wait", () => Held(scheduler, time, age: true), "s", "The wait of the oldest ready job held by this worker's scheduler, by tenant and workload.");
+        var pending = new HeldGauge(scheduler, time, age: false);
+        var oldest = new HeldGauge(scheduler, time, age: true);
+        _meter.CreateObservableGauge("jobrunner.scheduler.pending", pending.Observe, "{job}", "Ready jobs held by this worker's scheduler that it may run, by tenant and workload.");
+        _meter.CreateObservableGauge("jobrunner.scheduler.oldest_wait", oldest.Observe, "s", "The wait of the oldest ready job held by this worker's scheduler that it may run, by tenant and workload.");
         if (queue is InMemoryJobQueue memory)
         {
             _meter.CreateObservableGauge("jobrunner.queue.depth", () => memory.Depth, "{job}", "Jobs waiting in the in-memory queue (ready, delayed or in flight).");
@@ -100,16 +102,52 @@ internal sealed class JobRunnerTelemetry : IDisposable
     /// <summary>Since when a job waits to run: its due time (retry back-off, not-before time), if later than its enqueue.</summary>
     private static DateTimeOffset WaitingSince(QueuedJob job) => job.DueAt is { } due && due > job.EnqueuedAt ? due : job.EnqueuedAt;
 
-    private static List<Measurement<double>> Held(Scheduling.JobScheduler scheduler, TimeProvider time, bool age)
+    /// <summary>
+    /// One of the scheduler's gauges, by tenant and workload, over the jobs this worker holds and may run (parked jobs,
+    /// which it gives back to the queue, are left out). A group that emptied since the last observation is reported once
+    /// as 0, then forgotten: otherwise exporters would keep showing its last value. (With several listeners collecting,
+    /// the 0 goes to the first collection after the group emptied.)
+    /// </summary>
+    private sealed class HeldGauge(Scheduling.JobScheduler scheduler, TimeProvider time, bool age)
     {
-        var now = time.GetUtcNow();
-        return scheduler.Snapshot()
-            .GroupBy(static j => (j.Tenant, j.Workload))
-            .Select(g => new Measurement<double>(
-                age ? Math.Max(0, g.Max(j => (now - WaitingSince(j)).TotalSeconds)) : g.Count(),
-                new KeyValuePair<string, object?>("tenant", g.Key.Tenant),
-                new KeyValuePair<string, object?>("workload", g.Key.Workload)))
-            .ToList();
+        private readonly Lock _lock = new();
+        private HashSet<(string Tenant, string Workload)> _reported = [];
+
+        public List<Measurement<double>> Observe()
+        {
+            var now = time.GetUtcNow();
+            var groups = new Dictionary<(string Tenant, string Workload), double>();
+            foreach (var job in scheduler.SnapshotPending())
+            {
+                var key = (job.Tenant, job.Workload);
+                var value = age ? Math.Max(0, (now - WaitingSince(job)).TotalSeconds) : 1;
+                groups[key] = groups.TryGetValue(key, out var sofar) ? (age ? Math.Max(sofar, value) : sofar + 1) : value;
+            }
+
+            var measurements = new List<Measurement<double>>(groups.Count);
+            foreach (var ((tenant, workload), value) in groups)
+            {
+                measurements.Add(Measure(value, tenant, workload));
+            }
+
+            lock (_lock)
+            {
+                foreach (var (tenant, workload) in _reported)
+                {
+                    if (!groups.ContainsKey((tenant, workload)))
+                    {
+                        measurements.Add(Measure(0, tenant, workload));
+                    }
+                }
+
+                _reported = [.. groups.Keys];
+            }
+
+            return measurements;
+        }
+
+        private static Measurement<double> Measure(double value, string tenant, string workload)
+            => new(value, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("workload", workload));
     }
 
     public void Dispose()

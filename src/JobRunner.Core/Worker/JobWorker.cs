@@ -429,6 +429,10 @@ internal sealed partial class JobWorker : BackgroundService
             var leased = await Store.TryAcquireLeaseAsync(item.Id, WorkerId, _options.LeaseDuration, CancellationToken.None).ConfigureAwait(false);
             if (leased is null)
             {
+                // It does not start: the rate tokens it took go back (its concurrency limits go back as for any job,
+                // when the slot takes its next one).
+                _scheduler.Refund(item);
+
                 // Cancelled, finished or taken by another worker while it waited in the queue, or not due yet (the
                 // queue's and the store's clocks disagree): in that last case it goes back to the queue. Acknowledged
                 // last: if the look or the enqueue fails, the delivery comes back instead of the job being lost.
@@ -622,13 +626,25 @@ internal sealed partial class JobWorker : BackgroundService
             reason = StopReason.Shutdown;
         }
 
-        var completion = Decide(leased, workload, attempt, reason, error);
+        AttemptCompletion? completion = null;
+        var decided = false;
+        try
+        {
+            completion = Decide(leased, workload, attempt, reason, error);
+            decided = true;
+        }
+        finally
+        {
+            // Recorded even when a user classifier or retry strategy throws in Decide (the caller then fails the job):
+            // otherwise jobrunner.attempts.active would keep this attempt for good.
+            _telemetry.Completed(tenant, workload.Name, decided ? completion?.Outcome ?? AttemptOutcome.LeaseExpired : AttemptOutcome.Failed, Time.GetElapsedTime(started));
+        }
+
         if (completion is not null && (attempt.ExitCode ?? (error as WorkloadExitException)?.ExitCode) is { } exitCode)
         {
             completion = completion with { ExitCode = exitCode };
         }
 
-        _telemetry.Completed(tenant, workload.Name, completion?.Outcome ?? AttemptOutcome.LeaseExpired, Time.GetElapsedTime(started));
         if (activity is not null && completion is { Outcome: not AttemptOutcome.Succeeded })
         {
             activity.SetStatus(ActivityStatusCode.Error, completion.Error);

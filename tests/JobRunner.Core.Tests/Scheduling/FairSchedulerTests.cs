@@ -136,6 +136,37 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void TryTake_TenantBlockedByALimitForLong_BanksNoCreditForLater()
+    {
+        // A submits only long "x" jobs (one at a time: the workload limit), B "y" jobs; A is skipped on every take.
+        _options.WorkloadLimits["x"] = 1;
+        for (var i = 0; i < 10; i++)
+        {
+            Scheduler.Add(Job("a", workload: "x"));
+        }
+
+        for (var i = 0; i < 2000; i++)
+        {
+            Scheduler.Add(Job("b", workload: "y"));
+        }
+
+        var running = Take();
+        Assert.Equal("a", running.Tenant);
+        Assert.Equal(1000, TakeCounts(1000)["b"]);
+
+        // Then A submits jobs it may run: it gets its share of the next takes, not the 1,000 turns B took meanwhile.
+        for (var i = 0; i < 100; i++)
+        {
+            Scheduler.Add(Job("a", workload: "y"));
+        }
+
+        var counts = TakeCounts(40);
+
+        Assert.InRange(counts.GetValueOrDefault("a"), 19, 22);
+        Assert.InRange(counts.GetValueOrDefault("b"), 18, 21);
+    }
+
+    [Fact]
     public void TryTake_FloodingTenant_DoesNotDelayAnotherTenantsJob()
     {
         for (var i = 0; i < 100_000; i++)
@@ -166,6 +197,29 @@ public sealed class FairSchedulerTests
         var counts = TakeCounts(1000);
 
         Assert.InRange(counts["a"], 745, 755);
+    }
+
+    [Fact]
+    public void TryTake_ChurningTenants_TheBandsDoNotKeepThemAll()
+    {
+        // A steady tenant alongside 10,000 tenants that each come once, at two priorities.
+        for (var i = 0; i < 10_000; i++)
+        {
+            Scheduler.Add(Job("steady"));
+            Scheduler.Add(Job("once-" + i, priority: 1 + (i % 2)));
+            TakeCounts(2);
+        }
+
+        Assert.InRange(Scheduler.TenantCount, 1, 3 * 64);
+
+        // The steady tenant (kept or dropped and created again) still shares evenly with a newcomer.
+        for (var i = 0; i < 100; i++)
+        {
+            Scheduler.Add(Job("steady"));
+            Scheduler.Add(Job("new"));
+        }
+
+        Assert.InRange(TakeCounts(100)["steady"], 49, 51);
     }
 
     [Fact]
@@ -348,6 +402,19 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void RateLimit_RateTooLowForATimeSpan_WaitsInsteadOfOverflowing()
+    {
+        // Below what validation allows (the scheduler built directly): 1/PerSecond seconds overflow a TimeSpan.
+        _options.TenantRates["t"] = new RateLimit(PerSecond: 1e-13);
+        Scheduler.Add(Job());
+        Scheduler.Add(Job());
+        Take();
+
+        Assert.False(Scheduler.TryTake(out _));
+        Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(3650), Scheduler.NextWake);
+    }
+
+    [Fact]
     public void MaxWait_PromotesAStarvingJob_AheadOfNewerHigherPriorityJobs()
     {
         _options.MaxWait = TimeSpan.FromMinutes(1);
@@ -400,6 +467,28 @@ public sealed class FairSchedulerTests
         }
 
         Assert.InRange(Scheduler.FlowCount, 1, 17);
+    }
+
+    [Fact]
+    public void MaxWait_Long_JobsTakenAtOnce_DoNotPileUpInTheStarvationGuard()
+    {
+        _options.MaxWait = TimeSpan.FromDays(1);
+        var old = Job(priority: 4);
+        Scheduler.Add(old);
+        for (var i = 0; i < 10_000; i++)
+        {
+            Scheduler.Add(Job(priority: 5));
+            Scheduler.Release(Take());
+            _time.Advance(TimeSpan.FromMilliseconds(1));
+        }
+
+        // One held job: at most twice that plus the slack, not one entry per add.
+        Assert.InRange(Scheduler.AgingCount, 1, (2 * Scheduler.PendingCount) + 65);
+
+        // The held job's own entry survived the compactions: it is still promoted after MaxWait.
+        _time.Advance(TimeSpan.FromDays(1));
+        Scheduler.Add(Job(priority: 5));
+        Assert.Equal(old, Take());
     }
 
     [Fact]

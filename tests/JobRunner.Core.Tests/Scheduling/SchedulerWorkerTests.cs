@@ -176,6 +176,39 @@ public sealed class SchedulerWorkerTests
     }
 
     [Fact]
+    public async Task RateLimit_JobsCancelledWhileQueued_DoNotUseUpTheRate()
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s =>
+        {
+            s.TenantRates["t"] = new RateLimit(PerSecond: 1);
+            s.WorkloadRates["work"] = new RateLimit(PerSecond: 1);
+        }));
+        for (var i = 0; i < 30; i++)
+        {
+            await host.Client.CancelAsync(await host.SubmitAsync(new JobRequest("work") { Tenant = "t" }));
+        }
+
+        var last = await host.SubmitAsync(new JobRequest("work") { Tenant = "t" });
+        await host.StartAsync();
+
+        // The clock does not move: the cancelled jobs' leases are refused and their tokens given back, so the one
+        // token of each bucket is still there for the last job (without the refund it would start after ~30 s).
+        await host.WaitForStateAsync(last, JobState.Succeeded);
+    }
+
+    [Theory]
+    [InlineData(1e-12)]
+    [InlineData(4e-12)]
+    public async Task Start_RateTooLowForATime_NamesTheMinimum(double perSecond)
+    {
+        await using var host = new TestHost(r => r.ConfigureScheduler(s => s.TenantRates["acme"] = new RateLimit(perSecond)));
+
+        var e = await Assert.ThrowsAsync<OptionsValidationException>(host.StartAsync);
+
+        Assert.Equal($"SchedulerOptions.TenantRates['acme'] is {new RateLimit(perSecond)}. Set PerSecond to at least 1E-10 (about one start every 317 years) and Burst to 1 or more, or remove the entry for no rate limit.", Assert.Single(e.Failures));
+    }
+
+    [Fact]
     public async Task Explain_ScheduledRunningAndFinishedJobs()
     {
         await using var host = new TestHost();
@@ -194,6 +227,30 @@ public sealed class SchedulerWorkerTests
         await host.WaitForStateAsync(now, JobState.Succeeded);
         Assert.Contains("Succeeded", (await host.Client.ExplainAsync(now)).Message, StringComparison.Ordinal);
         await Assert.ThrowsAsync<JobNotFoundException>(() => host.Client.ExplainAsync(JobId.New(host.Time)).AsTask());
+    }
+
+    [Fact]
+    public async Task Explain_DueScheduledJobBehindAConcurrencyKey_ExplainsTheLimit_NotAPastNotBefore()
+    {
+        await using var host = new TestHost();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = async (_, ct) => await gate.Task.WaitAsync(ct);
+        await host.StartAsync();
+
+        var running = await host.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "k" });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var later = await host.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "k", NotBefore = host.Time.GetUtcNow().AddMinutes(1) });
+        Assert.Equal(WaitReason.NotBefore, (await host.Client.ExplainAsync(later)).Reason);
+
+        host.Time.Advance(TimeSpan.FromMinutes(2));
+        await WaitUntilAsync(host, s => s.PendingCount == 1);
+
+        Assert.Equal(JobState.Scheduled, (await host.Client.GetAsync(later))!.State);
+        var explanation = await host.Client.ExplainAsync(later);
+        Assert.Equal((WaitReason.ConcurrencyLimit, "key:k=1"), (explanation.Reason, explanation.Limit));
+        gate.SetResult();
+        await host.WaitForStateAsync(running, JobState.Succeeded);
+        await host.WaitForStateAsync(later, JobState.Succeeded);
     }
 
     [Fact]

@@ -1,7 +1,13 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using JobRunner.Events;
+using JobRunner.Scheduling;
+using JobRunner.Telemetry;
+using JobRunner.Testing;
 using JobRunner.Tests.Support;
+using Microsoft.Extensions.Options;
+using NSubstitute;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace JobRunner.Tests.Telemetry;
@@ -54,6 +60,121 @@ public sealed class TelemetryTests
         Assert.Contains(("jobrunner.jobs.completed", 1L, "failed"), measurements);
         Assert.Contains(("jobrunner.attempts.active", 1L, (string?)null), measurements);
         Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
+    }
+
+    [Fact]
+    public async Task Meter_ClassifierThrows_ActiveAttemptIsStillCountedDown()
+    {
+        var tenant = "t" + Guid.NewGuid().ToString("N")[..8];
+        var measurements = new ConcurrentQueue<(string Instrument, long Value, string? Outcome)>();
+        using var listener = ListenLong(tenant, measurements);
+
+        await using var host = new TestHost(r => r.AddWorkload<DelegateWorkload>("broken", w => w.Classifier.When(_ => throw new InvalidOperationException("classifier bug"), FailureKind.Permanent)));
+        host.Behavior.Run = (_, _) => throw new IOException("boom");
+        await host.StartAsync();
+        var id = await host.SubmitAsync(new JobRequest("broken") { Tenant = tenant });
+        await host.WaitForStateAsync(id, JobState.Failed);
+
+        Assert.Equal(0, measurements.Where(m => m.Instrument == "jobrunner.attempts.active").Sum(m => m.Value));
+        Assert.Contains(("jobrunner.attempts.active", -1L, (string?)null), measurements);
+        Assert.Contains(("jobrunner.jobs.completed", 1L, "failed"), measurements);
+    }
+
+    [Fact]
+    public void Meter_SchedulerGauges_ReportAnEmptiedGroupAsZeroOnce_AndLeaveParkedJobsOut()
+    {
+        var tenant = "g" + Guid.NewGuid().ToString("N")[..8];
+        var observed = new ConcurrentQueue<(string Instrument, string? Workload, double Value)>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner" && instrument.Name.StartsWith("jobrunner.scheduler.", StringComparison.Ordinal))
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<double>((instrument, value, tags, _) =>
+        {
+            string? t = null, workload = null;
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant")
+                {
+                    t = tag.Value as string;
+                }
+                else if (tag.Key == "workload")
+                {
+                    workload = tag.Value as string;
+                }
+            }
+
+            if (t == tenant)
+            {
+                observed.Enqueue((instrument.Name, workload, value));
+            }
+        });
+
+        var time = new FakeTimeProvider();
+        var options = Options.Create(new SchedulerOptions());
+        using var scheduler = new JobScheduler(options, new TenantWeights(options), time, Options.Create(new WorkerOptions { Slots = 1 }), new JobEventBus());
+        using var telemetry = new JobRunnerTelemetry(Substitute.For<IJobQueue>(), scheduler, time);
+        listener.Start();
+        QueuedJob Job(string workload, string? affinity = null) => new() { Id = JobId.New(time), Priority = 5, Tenant = tenant, Workload = workload, Affinity = affinity, EnqueuedAt = time.GetUtcNow() };
+        (string, string?, double)[] Observe()
+        {
+            observed.Clear();
+            listener.RecordObservableInstruments();
+            return [.. observed.OrderBy(m => m.Instrument, StringComparer.Ordinal)];
+        }
+
+        // A job it may run, and one it may not (a required label this worker lacks: declined, then parked).
+        var runnable = Job("w");
+        var gpu = Job("gpu", affinity: "gpu");
+        Assert.Equal(Admission.Held, scheduler.Add(runnable));
+        Assert.Equal(Admission.Declined, scheduler.Add(gpu));
+        Assert.Equal(Admission.Parked, scheduler.Add(gpu));
+        time.Advance(TimeSpan.FromSeconds(3));
+
+        Assert.Equal([("jobrunner.scheduler.oldest_wait", "w", 3.0), ("jobrunner.scheduler.pending", "w", 1.0)], Observe());
+
+        Assert.True(scheduler.TakeOrWait(null, new ReusableSignal(), out _, out _));
+        Assert.Equal([("jobrunner.scheduler.oldest_wait", "w", 0.0), ("jobrunner.scheduler.pending", "w", 0.0)], Observe());
+        Assert.Empty(Observe());
+    }
+
+    /// <summary>Starts a listener that collects the JobRunner meter's <see langword="long"/> measurements of <paramref name="tenant"/>.</summary>
+    private static MeterListener ListenLong(string tenant, ConcurrentQueue<(string Instrument, long Value, string? Outcome)> measurements)
+    {
+        var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "JobRunner")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            string? t = null, outcome = null;
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant")
+                {
+                    t = tag.Value as string;
+                }
+                else if (tag.Key == "outcome")
+                {
+                    outcome = tag.Value as string;
+                }
+            }
+
+            if (t == tenant)
+            {
+                measurements.Enqueue((instrument.Name, value, outcome));
+            }
+        });
+        listener.Start();
+        return listener;
     }
 
     /// <summary>Starts a listener that collects <paramref name="instrument"/>'s measurements of <paramref name="tenant"/>.</summary>
