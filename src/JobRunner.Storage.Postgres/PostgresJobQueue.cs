@@ -46,7 +46,7 @@ internal sealed class PostgresJobQueue : IJobQueue
     private long _knownDue = long.MaxValue;
     private long _plainAtCheck = -1;
 
-    /// <summary>How long after a look or a next-due query offers may replace a look (see <see cref="TakeOffers"/>).</summary>
+    /// <summary>How long after a next-due query offers may replace a look (see <see cref="TakeOffers"/>).</summary>
     internal static readonly TimeSpan OfferWindow = TimeSpan.FromMilliseconds(100);
 
     /// <summary>Creates the queue.</summary>
@@ -65,7 +65,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             SELECT least(
                 (SELECT min(w.ready_at) FROM generate_series(1, 10) AS b(priority)
                  CROSS JOIN LATERAL (SELECT ready_at FROM {s}.jobs WHERE state = 1 AND NOT due AND priority = b.priority ORDER BY ready_at LIMIT 1) w),
-                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE (state = 0 OR (state = 1 AND due))))
+                (SELECT min(greatest(ready_at, coalesce(taken_until, ready_at))) FROM {s}.jobs WHERE state = 0 OR (state = 1 AND due)))
             """;
         // Rows are locked in id order, like every multi-row write, so that concurrent batches cannot deadlock.
         const string Locked = "(SELECT id FROM {0}.jobs WHERE id = ANY(@ids) AND state IN (0, 1) ORDER BY id FOR UPDATE) l";
@@ -133,7 +133,6 @@ internal sealed class PostgresJobQueue : IJobQueue
             var until = now + visibility;
             var request = Plan(now, until, buffer.Length);
             Interlocked.Increment(ref _looks);
-
             var (jobs, rotation) = await _db.RunAsync(_db.Worker, request, static async (c, s, token) =>
             {
                 using var batch = new NpgsqlBatch(c) { BatchCommands = { JobRows.IndexPathsOnly(CommitMode.Relaxed) } };
@@ -453,7 +452,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             {
                 if (job is not null && _inFlight.Remove(job))
                 {
-                    Release(job);
+                    Release(job.Tenant);
                 }
             }
         }
@@ -468,7 +467,7 @@ internal sealed class PostgresJobQueue : IJobQueue
             if (until <= now)
             {
                 _inFlight.Remove(job);
-                Release(job);
+                Release(job.Tenant);
             }
             else if (until < next)
             {
@@ -479,13 +478,12 @@ internal sealed class PostgresJobQueue : IJobQueue
         _nextLapse = next;
     }
 
-    private void Release(QueuedJob job)
+    private void Release(string tenant)
     {
-        if (_tenants.TryGetValue(job.Tenant, out var flow))
+        if (_tenants.TryGetValue(tenant, out var flow))
         {
             flow.InFlight--;
         }
-
     }
 
     private Task<int> UpdateAsync(string sql, IReadOnlyList<QueuedJob> jobs, DateTimeOffset? until, CancellationToken cancellationToken)
