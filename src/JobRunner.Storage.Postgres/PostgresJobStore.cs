@@ -186,12 +186,7 @@ internal sealed partial class PostgresJobStore : IJobStore
     public async ValueTask<IReadOnlyList<SubmitResult>> InsertManyAsync(IReadOnlyList<JobRecord> jobs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(jobs);
-        var tasks = new Task<SubmitResult>[jobs.Count];
-        for (var i = 0; i < jobs.Count; i++)
-        {
-            tasks[i] = _inserts.Enqueue(jobs[i]);
-        }
-
+        var tasks = _inserts.EnqueueMany(jobs);
         var results = await Task.WhenAll(tasks).WaitAsync(cancellationToken).ConfigureAwait(false);
         foreach (var result in results)
         {

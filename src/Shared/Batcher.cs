@@ -54,6 +54,41 @@ internal sealed class Batcher<TRequest, TResult>
         return item.Task;
     }
 
+    /// <summary>
+    /// Adds <paramref name="requests"/> together: no batch starts before the last is added, so those that fit go out in
+    /// one batch (a caller's bulk write is not split because the first request went out at once, alone).
+    /// </summary>
+    /// <param name="requests">The requests.</param>
+    /// <returns>Their results, in order.</returns>
+    public Task<TResult>[] EnqueueMany(IReadOnlyList<TRequest> requests)
+    {
+        var tasks = new Task<TResult>[requests.Count];
+        var starts = 0;
+        lock (_lock)
+        {
+            for (var i = 0; i < tasks.Length; i++)
+            {
+                var item = new Item(requests[i]);
+                _pending.Add(item);
+                tasks[i] = item.Task;
+            }
+
+            // As Enqueue would have decided request by request: one batch when idle, more for full batches.
+            while (_inFlight < _maxInFlight && (_inFlight == 0 || _pending.Count >= _maxBatch * (starts + 1)))
+            {
+                _inFlight++;
+                starts++;
+            }
+        }
+
+        for (var i = 0; i < starts; i++)
+        {
+            _ = Task.Run(FlushLoopAsync);
+        }
+
+        return tasks;
+    }
+
     private async Task FlushLoopAsync()
     {
         while (true)

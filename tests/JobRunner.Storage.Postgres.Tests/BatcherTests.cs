@@ -57,6 +57,44 @@ public sealed class BatcherTests
     }
 
     [Fact]
+    public async Task Requests_added_together_go_out_together_and_full_batches_beside_each_other()
+    {
+        var sizes = new List<int>();
+        var batcher = new Batcher<int, int>(
+            batch =>
+            {
+                lock (sizes)
+                {
+                    sizes.Add(batch.Count);
+                }
+
+                foreach (var item in batch)
+                {
+                    item.TrySetResult(item.Request);
+                }
+
+                return Task.CompletedTask;
+            },
+            maxBatch: 3,
+            maxInFlight: 2);
+
+        // Idle: one batch for all of them (Enqueue one by one sends the first alone).
+        var two = await Task.WhenAll(batcher.EnqueueMany([1, 2]));
+        Assert.Equal([1, 2], two);
+        Assert.Equal([2], sizes);
+
+        // Seven: full batches of three, at most two in flight, then the rest.
+        var seven = await Task.WhenAll(batcher.EnqueueMany([.. Enumerable.Range(1, 7)]));
+        Assert.Equal(Enumerable.Range(1, 7), seven);
+        lock (sizes)
+        {
+            Assert.Equal(9, sizes.Sum());
+            Assert.All(sizes, size => Assert.InRange(size, 1, 3));
+            Assert.Equal(2, sizes.Count(size => size == 3));
+        }
+    }
+
+    [Fact]
     public async Task A_batch_closes_before_its_weight_passes_the_cap_and_a_heavier_request_goes_alone()
     {
         var sizes = new List<int[]>();
