@@ -19,35 +19,7 @@ public sealed class TelemetryTests
     {
         var tenant = "t" + Guid.NewGuid().ToString("N")[..8];
         var measurements = new ConcurrentQueue<(string Instrument, long Value, string? Outcome)>();
-        using var listener = new MeterListener();
-        listener.InstrumentPublished = (instrument, l) =>
-        {
-            if (instrument.Meter.Name == "JobRunner")
-            {
-                l.EnableMeasurementEvents(instrument);
-            }
-        };
-        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
-        {
-            string? t = null, outcome = null;
-            foreach (var tag in tags)
-            {
-                if (tag.Key == "tenant")
-                {
-                    t = tag.Value as string;
-                }
-                else if (tag.Key == "outcome")
-                {
-                    outcome = tag.Value as string;
-                }
-            }
-
-            if (t == tenant)
-            {
-                measurements.Enqueue((instrument.Name, value, outcome));
-            }
-        });
-        listener.Start();
+        using var listener = ListenLong(tenant, measurements);
 
         await using var host = new TestHost();
         host.Behavior.Run = (context, _) => context.Attempt == 1 ? throw new PermanentJobException("no") : ValueTask.CompletedTask;

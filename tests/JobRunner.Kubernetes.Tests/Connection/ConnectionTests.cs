@@ -214,24 +214,13 @@ public sealed class ConnectionTests : IDisposable
     public async Task Kubeconfig_ExecPluginThatHangs_IsKilledWithWhatItStarted_AtTheTimeLimit_NotWhenAWaitIsCancelled(bool cancel)
     {
         await using var server = await FakeKubernetesServer.StartAsync();
-        var script = Path.Combine(_dir, "plugin.sh");
-        var pids = Path.Combine(_dir, "pids");
-        var runs = Path.Combine(_dir, "runs");
-        File.WriteAllText(script, $$$"""
-            #!/bin/sh
-            echo run >> '{{{runs}}}'
-            sleep 600 &
-            echo "$$ $!" > '{{{pids}}}'
-            wait
-            """);
-        var path = ExecKubeconfig(server, script, "");
+        var (path, runs) = HangingPluginKubeconfig(server);
         var connection = Resolve(new KubernetesEngineOptions { KubeconfigPath = path });
         var time = new TimerSignal();
         using var cancellation = new CancellationTokenSource();
 
         var token = connection.Token!.GetTokenAsync(time, NullLogger.Instance, cancellation.Token).AsTask();
-        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
-        var started = File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse).ToList();
+        var started = await HangingPluginStartedAsync();
         if (cancel)
         {
             // The first caller gives up (its request's time limit): the run goes on, and the next caller waits for it.
@@ -255,25 +244,14 @@ public sealed class ConnectionTests : IDisposable
     public async Task Kubeconfig_ExecPluginInFlight_IsKilledWithWhatItStarted_WhenTheEngineHostIsDisposed()
     {
         await using var server = await FakeKubernetesServer.StartAsync();
-        var script = Path.Combine(_dir, "plugin.sh");
-        var pids = Path.Combine(_dir, "pids");
-        var runs = Path.Combine(_dir, "runs");
-        File.WriteAllText(script, $$$"""
-            #!/bin/sh
-            echo run >> '{{{runs}}}'
-            sleep 600 &
-            echo "$$ $!" > '{{{pids}}}'
-            wait
-            """);
-        var path = ExecKubeconfig(server, script, "");
+        var (path, runs) = HangingPluginKubeconfig(server);
 
         // A fake clock that never moves: the plugin's own time limit never ends the run, only the disposal can. Disposed
         // again at the end (a no-op) so that a failing assertion before the disposal does not leave the plugin running.
         await using var host = new KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { KubeconfigPath = path }), new FakeTimeProvider());
         var (client, _) = await host.ConnectAsync(CancellationToken.None);
         var list = client.ListJobsAsync("default", null, CancellationToken.None);
-        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
-        var started = File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse).ToList();
+        var started = await HangingPluginStartedAsync();
 
         await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
 
@@ -282,6 +260,32 @@ public sealed class ConnectionTests : IDisposable
         Assert.Contains("was killed: the Kubernetes engine was disposed", error.Message, StringComparison.Ordinal);
         Assert.Single(File.ReadAllLines(runs));
         Assert.Empty(server.Requests);
+    }
+
+    /// <summary>
+    /// A kubeconfig whose exec plugin starts a child (sleep 600) and waits for it, writing its own and the child's pids to
+    /// a file (see <see cref="HangingPluginStartedAsync"/>) and a line per run to <c>Runs</c>.
+    /// </summary>
+    private (string Path, string Runs) HangingPluginKubeconfig(FakeKubernetesServer server)
+    {
+        var script = Path.Combine(_dir, "plugin.sh");
+        var runs = Path.Combine(_dir, "runs");
+        File.WriteAllText(script, $$$"""
+            #!/bin/sh
+            echo run >> '{{{runs}}}'
+            sleep 600 &
+            echo "$$ $!" > '{{{Path.Combine(_dir, "pids")}}}'
+            wait
+            """);
+        return (ExecKubeconfig(server, script, ""), runs);
+    }
+
+    /// <summary>Waits until the plugin of <see cref="HangingPluginKubeconfig"/> started its child; returns both pids.</summary>
+    private async Task<List<int>> HangingPluginStartedAsync()
+    {
+        var pids = Path.Combine(_dir, "pids");
+        await K8sTest.UntilAsync(() => File.Exists(pids) && File.ReadAllText(pids).EndsWith('\n'), "The plugin never started.");
+        return [.. File.ReadAllText(pids).Split(' ', StringSplitOptions.TrimEntries).Select(int.Parse)];
     }
 
     /// <summary>Whether the process runs (a zombie waiting to be reaped does not).</summary>
