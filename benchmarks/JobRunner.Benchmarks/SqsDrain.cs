@@ -4,6 +4,8 @@ using System.Text.Json;
 using Amazon.Runtime;
 using JobRunner.Aws;
 using JobRunner.Aws.Sqs;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace JobRunner.Benchmarks;
 
@@ -16,6 +18,8 @@ namespace JobRunner.Benchmarks;
 /// Both queues are filled before timing (raw: SendMessageBatch by hand; JobRunner: one EnqueueAsync per job, all at
 /// once, coalesced into SendMessageBatch). Reported: drain time and throughput per round, the ratio JobRunner/raw, and
 /// JobRunner's API calls per job over send + receive + delete.
+/// First, submitting through the client (in-memory store, SQS queue, no worker): one <c>SubmitManyAsync</c> of all the
+/// jobs against a loop of <c>SubmitAsync</c>, alternated, time and SQS calls per job.
 /// </summary>
 internal static class SqsDrain
 {
@@ -26,6 +30,7 @@ internal static class SqsDrain
         var endpoint = Environment.GetEnvironmentVariable("JOBRUNNER_TEST_SQS")
             ?? throw new InvalidOperationException("JOBRUNNER_TEST_SQS is not set: run inside `pids=(); source eng/test-services/aws.sh` (it starts fauxqs).");
         Console.WriteLine($"SQS drain: {jobs} jobs per round, {rounds} rounds, {Consumers} consumers, fauxqs at {endpoint}");
+        await SubmitAsync(endpoint, Math.Min(jobs, 1000), rounds);
         var rawTimes = new List<double>();
         var jrTimes = new List<double>();
         var callsPerJob = new List<double>();
@@ -182,6 +187,53 @@ internal static class SqsDrain
 
         // Long polls still open when the last job was taken (cancelled, empty) count too: they are part of the price.
         return (ms, (queue.ApiCalls - before) / (double)jobs);
+    }
+
+    private static async Task SubmitAsync(string endpoint, int jobs, int rounds)
+    {
+        var services = new ServiceCollection();
+        services.AddJobRunner(runner => runner
+            .ConfigureWorker(w => w.Enabled = false)
+            .AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop")
+            .UseSqsQueue(o =>
+            {
+                var options = Options(endpoint);
+                (o.Region, o.ServiceUrl, o.Credentials, o.QueueName, o.CreateQueues, o.WaitTime) = (options.Region, options.ServiceUrl, options.Credentials, options.QueueName, options.CreateQueues, options.WaitTime);
+            }));
+        await using var provider = services.BuildServiceProvider();
+        foreach (var hosted in provider.GetServices<IHostedService>())
+        {
+            await hosted.StartAsync(CancellationToken.None);
+        }
+
+        var client = provider.GetRequiredService<IJobClient>();
+        var queue = provider.GetRequiredService<SqsJobQueue>();
+        var requests = Enumerable.Range(0, jobs).Select(_ => new JobRequest("noop")).ToList();
+        for (var round = 0; round <= rounds; round++)
+        {
+            var calls = queue.ApiCalls;
+            var clock = Stopwatch.StartNew();
+            await client.SubmitManyAsync(requests);
+            var many = clock.Elapsed.TotalMilliseconds;
+            var manyCalls = (queue.ApiCalls - calls) / (double)jobs;
+
+            calls = queue.ApiCalls;
+            clock.Restart();
+            foreach (var request in requests)
+            {
+                await client.SubmitAsync(request);
+            }
+
+            var single = clock.Elapsed.TotalMilliseconds;
+            var singleCalls = (queue.ApiCalls - calls) / (double)jobs;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"submit {jobs} {(round == 0 ? "(warm-up)" : $"round {round}")}: SubmitManyAsync {many:F0} ms ({jobs / many * 1000:F0} jobs/s, {manyCalls:F3} SQS calls/job), SubmitAsync loop {single:F0} ms ({jobs / single * 1000:F0} jobs/s, {singleCalls:F3} calls/job), ratio {single / many:F1}"));
+        }
+
+        foreach (var hosted in provider.GetServices<IHostedService>().Reverse())
+        {
+            await hosted.StopAsync(CancellationToken.None);
+        }
     }
 
     private static QueuedJob Job() => new()

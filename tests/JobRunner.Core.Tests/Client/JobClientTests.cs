@@ -364,6 +364,50 @@ public sealed class JobClientTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task SubmitManyAsync_EnqueuesTheJobsTogether_NotOneRoundTripAfterAnother()
+    {
+        GatedQueue? queue = null;
+        await using var host = new TestHost(r => r.UseQueue(sp => queue = new GatedQueue(sp.GetRequiredService<InMemoryJobQueue>())));
+        var requests = Enumerable.Range(0, 3).Select(i => new JobRequest("work") { CorrelationId = "c" + i }).ToArray();
+
+        var submit = host.Client.SubmitManyAsync(requests).AsTask();
+
+        // Every job is handed to the queue while none of its writes has finished (a queue such as SQS groups them).
+        Assert.Equal(3, queue!.Pending.Count);
+        Assert.False(submit.IsCompleted);
+        for (var i = 2; i >= 0; i--)
+        {
+            queue.Pending[i].SetResult();
+        }
+
+        var results = await submit;
+        Assert.Equal(["c0", "c1", "c2"], results.Select(r => r.Job.Request.CorrelationId));
+        Assert.Equal(3, host.Services.GetRequiredService<InMemoryJobQueue>().Depth);
+    }
+
+    /// <summary>A queue whose writes finish only when the test says so, one signal per write, in call order.</summary>
+    private sealed class GatedQueue(IJobQueue inner) : IJobQueue
+    {
+        public List<TaskCompletionSource> Pending { get; } = [];
+
+        public async ValueTask EnqueueAsync(QueuedJob job, CancellationToken cancellationToken)
+        {
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Pending.Add(gate);
+            await gate.Task;
+            await inner.EnqueueAsync(job, cancellationToken);
+        }
+
+        public ValueTask<int> DequeueAsync(Memory<QueuedJob> buffer, TimeSpan visibility, CancellationToken cancellationToken) => inner.DequeueAsync(buffer, visibility, cancellationToken);
+
+        public ValueTask AcknowledgeAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.AcknowledgeAsync(jobs, cancellationToken);
+
+        public ValueTask ReturnAsync(IReadOnlyList<QueuedJob> jobs, CancellationToken cancellationToken) => inner.ReturnAsync(jobs, cancellationToken);
+
+        public ValueTask ExtendAsync(IReadOnlyList<QueuedJob> jobs, TimeSpan visibility, CancellationToken cancellationToken) => inner.ExtendAsync(jobs, visibility, cancellationToken);
+    }
+
+    [Fact]
     public async Task RetryAsync_QueueRefuses_LeavesTheJobCancelled_AndCanBeRetriedAgain()
     {
         var (host, queue) = HostWithRefusingQueue();
