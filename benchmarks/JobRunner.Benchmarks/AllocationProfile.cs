@@ -28,6 +28,37 @@ internal static class AllocationProfile
             Console.WriteLine($"submit only, one thread, no worker: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
         }
 
+        // Drain alone: the jobs queued with the worker stopped, then the worker started; the ceiling the worker puts on the end-to-end rate.
+        await using (var drainOnly = await Harness.StartAsync(
+            runner =>
+            {
+                if (singleton)
+                {
+                    runner.Services.AddSingleton<EndToEndBenchmarks.NoOpWorkload>();
+                }
+
+                runner.ConfigureWorker(w => w.Slots = slots).AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop");
+            },
+            startWorker: false))
+        {
+            var request = new JobRequest("noop");
+            var done = drainOnly.Counter.Expect(jobs);
+            for (var i = 0; i < jobs; i++)
+            {
+                await drainOnly.Client.SubmitAsync(request);
+            }
+
+            var clock = Stopwatch.StartNew();
+            await drainOnly.StartWorkerAsync();
+            await done;
+            Console.WriteLine($"drain only, {slots} slots, {jobs:N0} queued before the worker started: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
+        }
+
+        if (Environment.GetEnvironmentVariable("BENCH_DRAIN_ONLY") == "1")
+        {
+            return;
+        }
+
         await using var harness = await Harness.StartAsync(runner =>
         {
             if (singleton)

@@ -23,7 +23,7 @@ internal sealed class Harness : IAsyncDisposable
 
     public CompletionCounter Counter { get; }
 
-    public static async Task<Harness> StartAsync(Action<JobRunnerBuilder> configure)
+    public static async Task<Harness> StartAsync(Action<JobRunnerBuilder> configure, bool startWorker = true)
     {
         var services = new ServiceCollection();
         services.AddJobRunner(runner =>
@@ -42,7 +42,11 @@ internal sealed class Harness : IAsyncDisposable
         var counter = new CompletionCounter();
         services.Replace(ServiceDescriptor.Singleton<IJobStore>(sp => new CountingStore((IJobStore)inner.ImplementationFactory!(sp), counter)));
         var harness = new Harness(services.BuildServiceProvider(), counter);
-        await harness._worker.StartAsync(CancellationToken.None);
+        if (startWorker)
+        {
+            await harness._worker.StartAsync(CancellationToken.None);
+        }
+
         return harness;
     }
 
@@ -57,6 +61,9 @@ internal sealed class Harness : IAsyncDisposable
 
         await done;
     }
+
+    /// <summary>Starts the worker of a harness started with <c>startWorker: false</c>.</summary>
+    public Task StartWorkerAsync() => _worker.StartAsync(CancellationToken.None);
 
     public async ValueTask DisposeAsync()
     {

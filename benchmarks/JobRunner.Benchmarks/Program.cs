@@ -57,6 +57,15 @@ if (args is ["allocs", ..])
     return;
 }
 
+// What this machine allows an in-memory job pipeline (raw channels, a minimal record/lease/complete pipeline), next
+// to JobRunner, alternated in one process:
+//                     dotnet run -c Release --project benchmarks/JobRunner.Benchmarks -- ceiling [jobs] [rounds]
+if (args is ["ceiling", ..])
+{
+    await JobRunner.Benchmarks.Ceiling.RunAsync(args);
+    return;
+}
+
 if (args is ["fairness"])
 {
     await JobRunner.Benchmarks.Fairness.RunAsync();
