@@ -52,6 +52,16 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
     /// <summary>Gets the exit code the engine reported, if any.</summary>
     public int? ExitCode => _extras?.ExitCode;
 
+    /// <summary>
+    /// Gets or sets the workload's code when the attempt was abandoned while it still ran (it ignored its token past the
+    /// grace period); <see langword="null"/> otherwise.
+    /// </summary>
+    public Task? StillRunning
+    {
+        get => _extras?.StillRunning;
+        set => Extra.StillRunning = value;
+    }
+
     public override JobId JobId => Current.Lease.JobId;
 
     public override int Attempt => Current.Lease.Attempt;
@@ -335,6 +345,8 @@ internal sealed class ActiveAttempt(QueuedJob item, JobWorker worker, Cancellati
         public Task? Cancelling { get; set; }
 
         public int? ExitCode { get; set; }
+
+        public Task? StillRunning { get; set; }
     }
 }
 

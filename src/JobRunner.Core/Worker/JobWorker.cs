@@ -31,6 +31,8 @@ internal sealed partial class JobWorker : BackgroundService
     private readonly ActiveAttempt?[] _active;
     // Per slot: the cancellation source its last attempt handed back for reuse (each slot runs one attempt at a time).
     private readonly CancellationTokenSource?[] _tokens;
+    // Per slot: the code of the attempt it just abandoned, when that code still runs (see RunSlotAsync).
+    private readonly Task?[] _stillRunning;
 
     // One reusable one-job list per slot for the acknowledgement of the job it ran (queues may not keep the list).
     private readonly QueuedJob[][] _acknowledgements;
@@ -87,6 +89,7 @@ internal sealed partial class JobWorker : BackgroundService
         Checkpoints = new CheckpointRouter(store, (ICheckpointStore?)services.GetService(typeof(ICheckpointStore)), events, time, _options.LeaseDuration);
         _active = new ActiveAttempt?[_options.Slots];
         _tokens = new CancellationTokenSource?[_options.Slots];
+        _stillRunning = new Task?[_options.Slots];
         _acknowledgements = new QueuedJob[_options.Slots][];
         for (var i = 0; i < _acknowledgements.Length; i++)
         {
@@ -406,6 +409,26 @@ internal sealed partial class JobWorker : BackgroundService
             {
                 Log.SlotFailed(_logger, item.Id, e);
             }
+
+            if (_stillRunning[slot] is { } code)
+            {
+                // Abandoned while its code still runs: the slot takes other jobs, but this job's concurrency limits
+                // (workload, tenant, key) stay taken until that code returns, so that a key limit of 1 never has two
+                // attempts running at once. A workload that never returns keeps them until the host stops.
+                _stillRunning[slot] = null;
+                ran = null;
+                FreeRoom();
+                _ = code.ContinueWith(
+                    static (_, state) =>
+                    {
+                        var (scheduler, job) = ((Scheduling.JobScheduler, QueuedJob))state!;
+                        scheduler.Release(job);
+                    },
+                    (_scheduler, item),
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
         }
     }
 
@@ -504,6 +527,12 @@ internal sealed partial class JobWorker : BackgroundService
         finally
         {
             Volatile.Write(ref _active[slot], null);
+            if (attempt.StillRunning is { IsCompleted: false } code)
+            {
+                _stillRunning[slot] = code;
+                Log.AbandonedStillRunning(_logger, item.Id, attempt.Reason.ToString());
+            }
+
             _tokens[slot] = attempt.Close();
         }
     }
@@ -608,8 +637,10 @@ internal sealed partial class JobWorker : BackgroundService
                     }
                     else
                     {
-                        // Abandoned after the grace period: let it run out, observing its failure.
+                        // Abandoned after the grace period: let it run out, observing its failure. Its slot moves on,
+                        // but its limits stay taken until it returns (see RunSlotAsync).
                         _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                        attempt.StillRunning = task;
                     }
                 }
             }

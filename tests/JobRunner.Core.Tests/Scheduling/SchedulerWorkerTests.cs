@@ -11,6 +11,46 @@ public sealed class SchedulerWorkerTests
     private static Task WaitUntilAsync(TestHost host, Func<JobScheduler, bool> condition) => host.WaitForSchedulerAsync(condition);
 
     [Fact]
+    public async Task ConcurrencyKey_AttemptAbandonedWhileItsCodeRuns_FreesTheSlot_ButKeepsTheKeyUntilTheCodeReturns()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 2));
+        var stubborn = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        // Ignores its token: cancelled with no grace (the test host's), it is abandoned while it still runs.
+        host.Behavior.Run = (context, _) =>
+        {
+            if (context.Request.CorrelationId != "stubborn")
+            {
+                return ValueTask.CompletedTask;
+            }
+
+            started.TrySetResult();
+            return new ValueTask(stubborn.Task);
+        };
+        await host.StartAsync();
+        var first = (await host.Client.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "nightly", CorrelationId = "stubborn" })).Id;
+        await started.Task.WaitAsync(TestHost.WaitLimit);
+        await host.Client.CancelAsync(first, "stop");
+        await host.WaitForStateAsync(first, JobState.Cancelled);
+
+        // Submitted in this order: the keyed job would be taken first if its key were free.
+        var keyed = (await host.Client.SubmitAsync(new JobRequest("work") { ConcurrencyKey = "nightly" })).Id;
+        var other = (await host.Client.SubmitAsync(new JobRequest("work"))).Id;
+        await host.WaitForStateAsync(other, JobState.Succeeded);
+        var again = (await host.Client.SubmitAsync(new JobRequest("work"))).Id;
+        await host.WaitForStateAsync(again, JobState.Succeeded);
+
+        Assert.Equal(JobState.Queued, (await host.Client.GetAsync(keyed))!.State);
+        var explanation = await host.Client.ExplainAsync(keyed);
+        Assert.Equal((WaitReason.ConcurrencyLimit, "key:nightly=1"), (explanation.Reason, explanation.Limit));
+
+        // The abandoned code returns: the key is free.
+        stubborn.SetResult();
+        await host.WaitForStateAsync(keyed, JobState.Succeeded);
+    }
+
+    [Fact]
     public async Task ConcurrencyKey_Singleton_HeldAcrossCancelAndTimeout_SlotAlwaysGivenBack()
     {
         await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 3));
