@@ -152,6 +152,24 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     public void Dispose() => _timer.Dispose();
 
+    /// <summary>Gets how many tenants the ready bands keep, idle ones included; for tests.</summary>
+    internal int TenantCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                var count = 0;
+                foreach (var band in _bands)
+                {
+                    count += band.TenantCount;
+                }
+
+                return count;
+            }
+        }
+    }
+
     /// <summary>Removes this delivery only: a newer delivery of the same job (a retry) keeps its entry.</summary>
     private bool RemoveInFlight(QueuedJob job)
         => _inFlight.TryGetValue(job.Id, out var entry) && ReferenceEquals(entry.Job, job) && _inFlight.Remove(job.Id);
@@ -304,19 +322,37 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
     /// </summary>
     private sealed class Band(Scheduling.TenantWeights weights)
     {
+        // Tenants kept before the first sweep of idle ones (and at least between two sweeps).
+        private const int MinSweepAt = 64;
+
+        // An emptied tenant's FIFO keeps at most this capacity; a larger one is trimmed, so idle tenants hold little.
+        private const int MaxIdleCapacity = 64;
+
         private readonly Dictionary<string, TenantQueue> _byTenant = new(StringComparer.Ordinal);
         private readonly Scheduling.WeightedTurns<TenantQueue> _turns = new();
+        private int _sweepAt = MinSweepAt;
+
+        /// <summary>Gets how many tenants the band keeps, idle ones included.</summary>
+        public int TenantCount => _byTenant.Count;
 
         public void Add(QueuedJob job)
         {
             if (!_byTenant.TryGetValue(job.Tenant, out var queue))
             {
+                if (_byTenant.Count >= _sweepAt)
+                {
+                    DropIdleTenants();
+                }
+
                 queue = new TenantQueue(job.Tenant);
                 _byTenant.Add(job.Tenant, queue);
-                _turns.Join(queue);
             }
 
             queue.Jobs.Enqueue(job);
+
+            // A kept idle tenant rejoins at its own pass when that is ahead of the band's (it had a turn just before it
+            // emptied): a tenant that refills right after each take waits behind the others like a busy one.
+            _turns.Join(queue);
         }
 
         public bool TryTake(out QueuedJob job)
@@ -333,12 +369,33 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
             {
                 _turns.Push(queue);
             }
-            else
+            else if (queue.Jobs.EnsureCapacity(0) > MaxIdleCapacity)
             {
-                _byTenant.Remove(queue.Tenant);
+                // Emptied: kept with its pass (see Add), until a sweep drops it; without the room of its last backlog.
+                queue.Jobs.TrimExcess();
             }
 
             return true;
+        }
+
+        /// <summary>
+        /// Drops the tenants that have no job here, so that tenants that come and go do not make the band grow for good.
+        /// A dropped tenant that comes back starts again at the band's current pass: what it gains is at most the one
+        /// turn it was ahead after its last one. Sweeps happen only when the band has twice the tenants it kept after
+        /// the last one (at least <see cref="MinSweepAt"/>), so their cost is paid by the tenants added in between and a
+        /// tenant gains that turn at most once per sweep.
+        /// </summary>
+        private void DropIdleTenants()
+        {
+            foreach (var (name, queue) in _byTenant)
+            {
+                if (queue.Jobs.Count == 0 && !queue.InTurn)
+                {
+                    _byTenant.Remove(name);
+                }
+            }
+
+            _sweepAt = Math.Max(MinSweepAt, 2 * _byTenant.Count);
         }
 
         private sealed class TenantQueue(string tenant) : Scheduling.ITurnTaker
