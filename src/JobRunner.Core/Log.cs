@@ -55,4 +55,10 @@ internal static partial class Log
 
     [LoggerMessage(17, LogLevel.Warning, "Job {JobId}: queueing it again after its lease expired failed; retrying in {Delay}.")]
     public static partial void RequeueRetrying(ILogger logger, JobId jobId, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(18, LogLevel.Debug, "Job {JobId}: cancelled while it waited here; its delivery was dropped ({Reason}).")]
+    public static partial void DroppedCancelled(ILogger logger, JobId jobId, string? reason);
+
+    [LoggerMessage(19, LogLevel.Warning, "Job {JobId}: cancelled while it waited here, but dropping its delivery failed; the queue delivers it again, and the store refuses to run it.")]
+    public static partial void DropCancelledFailed(ILogger logger, JobId jobId, Exception exception);
 }

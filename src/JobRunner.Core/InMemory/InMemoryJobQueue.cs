@@ -152,6 +152,38 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     public void Dispose() => _timer.Dispose();
 
+    /// <summary>
+    /// Removes the delayed deliveries of a job (one cancelled while it waited for its due time), so that a job
+    /// scheduled far ahead and cancelled does not keep its entry until then. Not part of <see cref="IJobQueue"/>: the
+    /// in-memory queue is internal, and the worker calls it when it hears of the cancellation. Costs a scan of the
+    /// delayed jobs, paid per cancellation only.
+    /// </summary>
+    /// <param name="id">The job.</param>
+    /// <returns>The deliveries removed, to enqueue again if the job turns out to be live (it was retried meanwhile); <see langword="null"/> when there were none.</returns>
+    internal List<QueuedJob>? RemoveDelayed(JobId id)
+    {
+        lock (_lock)
+        {
+            List<QueuedJob>? removed = null;
+            foreach (var (job, _) in _delayed.UnorderedItems)
+            {
+                if (job.Id == id)
+                {
+                    (removed ??= []).Add(job);
+                }
+            }
+
+            foreach (var job in removed ?? [])
+            {
+                // The element found above, by reference: another delivery of the same job is a distinct entry.
+                _delayed.Remove(job, out _, out _, ReferenceEqualityComparer.Instance);
+            }
+
+            // The timer may stay armed for a removed entry's due time: it then finds nothing due and arms for the next.
+            return removed;
+        }
+    }
+
     /// <summary>Gets how many tenants the ready bands keep, idle ones included; for tests.</summary>
     internal int TenantCount
     {

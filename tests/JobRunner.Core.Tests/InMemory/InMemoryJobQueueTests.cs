@@ -101,6 +101,23 @@ public sealed class InMemoryJobQueueTests : IDisposable
     }
 
     [Fact]
+    public async Task RemoveDelayed_RemovesOnlyThatJobsDelayedEntries()
+    {
+        var nextWeek = Item(dueAt: _time.GetUtcNow().AddDays(7));
+        var tomorrow = Item(dueAt: _time.GetUtcNow().AddDays(1));
+        await _queue.EnqueueAsync(nextWeek, default);
+        await _queue.EnqueueAsync(tomorrow, default);
+
+        Assert.Equal([nextWeek], _queue.RemoveDelayed(nextWeek.Id));
+        Assert.Null(_queue.RemoveDelayed(nextWeek.Id));
+        Assert.Equal(1, _queue.Depth);
+
+        var waiting = TakeAsync(10);
+        _time.Advance(TimeSpan.FromDays(1));
+        Assert.Equal([tomorrow], await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
     public async Task DequeueAsync_TakesAtMostBufferLength()
     {
         for (var i = 0; i < 5; i++)
