@@ -53,9 +53,15 @@ internal static partial class Log
     [LoggerMessage(16, LogLevel.Warning, "A workload's callback on CheckpointRequested failed at shutdown.")]
     public static partial void CheckpointRequestFailed(ILogger logger, Exception exception);
 
-    [LoggerMessage(18, LogLevel.Warning, "Job {JobId}: its attempt was abandoned ({Reason}) while its code still runs, ignoring its cancellation token; the slot runs other jobs, but the job's concurrency limits stay taken until that code returns.")]
+    [LoggerMessage(20, LogLevel.Warning, "Job {JobId}: its attempt was abandoned ({Reason}) while its code still runs, ignoring its cancellation token; the slot runs other jobs, but the job's concurrency limits stay taken until that code returns.")]
     public static partial void AbandonedStillRunning(ILogger logger, JobId jobId, string reason);
 
     [LoggerMessage(17, LogLevel.Warning, "Job {JobId}: queueing it again after its lease expired failed; retrying in {Delay}.")]
     public static partial void RequeueRetrying(ILogger logger, JobId jobId, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(18, LogLevel.Debug, "Job {JobId}: cancelled while it waited here; its delivery was dropped ({Reason}).")]
+    public static partial void DroppedCancelled(ILogger logger, JobId jobId, string? reason);
+
+    [LoggerMessage(19, LogLevel.Warning, "Job {JobId}: cancelled while it waited here, but dropping its delivery failed; the queue delivers it again, and the store refuses to run it.")]
+    public static partial void DropCancelledFailed(ILogger logger, JobId jobId, Exception exception);
 }

@@ -12,7 +12,12 @@ public enum JobEventKind
     /// <summary>The running attempt wrote a log line; see <see cref="JobEvent.Log"/>.</summary>
     Log = 2,
 
-    /// <summary>Cancellation of a running job was requested; the owning worker stops the attempt.</summary>
+    /// <summary>
+    /// Cancellation of a job was requested. For a running job (<see cref="JobEvent.State"/> is <see cref="JobState.Running"/>)
+    /// the owning worker stops the attempt. A store may also publish it, with state <see cref="JobState.Cancelled"/> and
+    /// after the <see cref="StateChanged"/> event, for a job cancelled before it ran: a worker that holds a delivery of
+    /// that job drops it at once instead of when its turn comes.
+    /// </summary>
     CancellationRequested = 3,
 
     /// <summary>The running attempt saved a checkpoint.</summary>

@@ -91,8 +91,10 @@ public interface IJobStore
     ValueTask<JobState> CompleteAttemptAsync(JobLease lease, AttemptCompletion completion, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Cancels a job. A queued or scheduled job becomes <see cref="JobState.Cancelled"/> at once; a running one is marked
-    /// and a <see cref="JobEventKind.CancellationRequested"/> event tells its worker. A finished job is returned unchanged.
+    /// Cancels a job. A queued or scheduled job becomes <see cref="JobState.Cancelled"/> at once (a store may also publish
+    /// a <see cref="JobEventKind.CancellationRequested"/> event with that state, so that a worker holding a delivery of it
+    /// drops it at once); a running one is marked and a <see cref="JobEventKind.CancellationRequested"/> event tells its
+    /// worker. A finished job is returned unchanged.
     /// </summary>
     /// <param name="id">The job's id.</param>
     /// <param name="reason">Why, for the record.</param>

@@ -152,6 +152,56 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     public void Dispose() => _timer.Dispose();
 
+    /// <summary>
+    /// Removes the delayed deliveries of a job (one cancelled while it waited for its due time), so that a job
+    /// scheduled far ahead and cancelled does not keep its entry until then. Not part of <see cref="IJobQueue"/>: the
+    /// in-memory queue is internal, and the worker calls it when it hears of the cancellation. Costs a scan of the
+    /// delayed jobs, paid per cancellation only.
+    /// </summary>
+    /// <param name="id">The job.</param>
+    /// <returns>The deliveries removed, to enqueue again if the job turns out to be live (it was retried meanwhile); <see langword="null"/> when there were none.</returns>
+    internal List<QueuedJob>? RemoveDelayed(JobId id)
+    {
+        lock (_lock)
+        {
+            List<QueuedJob>? removed = null;
+            foreach (var (job, _) in _delayed.UnorderedItems)
+            {
+                if (job.Id == id)
+                {
+                    (removed ??= []).Add(job);
+                }
+            }
+
+            foreach (var job in removed ?? [])
+            {
+                // The element found above, by reference: another delivery of the same job is a distinct entry.
+                _delayed.Remove(job, out _, out _, ReferenceEqualityComparer.Instance);
+            }
+
+            // The timer may stay armed for a removed entry's due time: it then finds nothing due and arms for the next.
+            return removed;
+        }
+    }
+
+    /// <summary>Gets how many tenants the ready bands keep, idle ones included; for tests.</summary>
+    internal int TenantCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                var count = 0;
+                foreach (var band in _bands)
+                {
+                    count += band.TenantCount;
+                }
+
+                return count;
+            }
+        }
+    }
+
     /// <summary>Removes this delivery only: a newer delivery of the same job (a retry) keeps its entry.</summary>
     private bool RemoveInFlight(QueuedJob job)
         => _inFlight.TryGetValue(job.Id, out var entry) && ReferenceEquals(entry.Job, job) && _inFlight.Remove(job.Id);
@@ -304,19 +354,37 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
     /// </summary>
     private sealed class Band(Scheduling.TenantWeights weights)
     {
+        // Tenants kept before the first sweep of idle ones (and at least between two sweeps).
+        private const int MinSweepAt = 64;
+
+        // An emptied tenant's FIFO keeps at most this capacity; a larger one is trimmed, so idle tenants hold little.
+        private const int MaxIdleCapacity = 64;
+
         private readonly Dictionary<string, TenantQueue> _byTenant = new(StringComparer.Ordinal);
         private readonly Scheduling.WeightedTurns<TenantQueue> _turns = new();
+        private int _sweepAt = MinSweepAt;
+
+        /// <summary>Gets how many tenants the band keeps, idle ones included.</summary>
+        public int TenantCount => _byTenant.Count;
 
         public void Add(QueuedJob job)
         {
             if (!_byTenant.TryGetValue(job.Tenant, out var queue))
             {
+                if (_byTenant.Count >= _sweepAt)
+                {
+                    DropIdleTenants();
+                }
+
                 queue = new TenantQueue(job.Tenant);
                 _byTenant.Add(job.Tenant, queue);
-                _turns.Join(queue);
             }
 
             queue.Jobs.Enqueue(job);
+
+            // A kept idle tenant rejoins at its own pass when that is ahead of the band's (it had a turn just before it
+            // emptied): a tenant that refills right after each take waits behind the others like a busy one.
+            _turns.Join(queue);
         }
 
         public bool TryTake(out QueuedJob job)
@@ -333,12 +401,33 @@ internal sealed class InMemoryJobQueue : IJobQueue, IDisposable
             {
                 _turns.Push(queue);
             }
-            else
+            else if (queue.Jobs.EnsureCapacity(0) > MaxIdleCapacity)
             {
-                _byTenant.Remove(queue.Tenant);
+                // Emptied: kept with its pass (see Add), until a sweep drops it; without the room of its last backlog.
+                queue.Jobs.TrimExcess();
             }
 
             return true;
+        }
+
+        /// <summary>
+        /// Drops the tenants that have no job here, so that tenants that come and go do not make the band grow for good.
+        /// A dropped tenant that comes back starts again at the band's current pass: what it gains is at most the one
+        /// turn it was ahead after its last one. Sweeps happen only when the band has twice the tenants it kept after
+        /// the last one (at least <see cref="MinSweepAt"/>), so their cost is paid by the tenants added in between and a
+        /// tenant gains that turn at most once per sweep.
+        /// </summary>
+        private void DropIdleTenants()
+        {
+            foreach (var (name, queue) in _byTenant)
+            {
+                if (queue.Jobs.Count == 0 && !queue.InTurn)
+                {
+                    _byTenant.Remove(name);
+                }
+            }
+
+            _sweepAt = Math.Max(MinSweepAt, 2 * _byTenant.Count);
         }
 
         private sealed class TenantQueue(string tenant) : Scheduling.ITurnTaker

@@ -273,6 +273,26 @@ internal sealed class InMemoryJobStore : IJobStore
                     var cancelled = job with { State = JobState.Cancelled, UpdatedAt = now, DueAt = null, CancelRequested = true, CancelReason = reason };
                     entry.Replace(cancelled);
                     Transition(ref entry, job.State, reason);
+
+                    // Also told as a cancellation (after the state change, with state Cancelled), so that a worker that
+                    // holds a delivery of the job (waiting in its scheduler, or delayed in the in-memory queue) drops it
+                    // now rather than when its turn comes; the workers watch this kind, not every state change.
+                    if (_events.IsWatched(JobEventKind.CancellationRequested))
+                    {
+                        _events.Publish(new JobEvent
+                        {
+                            Kind = JobEventKind.CancellationRequested,
+                            JobId = id,
+                            Tenant = job.Request.Tenant,
+                            Workload = job.Request.Workload,
+                            Timestamp = now,
+                            State = JobState.Cancelled,
+                            PreviousState = job.State,
+                            Attempt = job.Attempts.Count,
+                            Message = reason,
+                        });
+                    }
+
                     return new(cancelled);
                 case JobState.Running when !job.CancelRequested:
                     entry.Replace(job with { CancelRequested = true, CancelReason = reason, UpdatedAt = now });

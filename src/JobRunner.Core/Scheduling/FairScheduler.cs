@@ -311,16 +311,36 @@ internal sealed class FairScheduler
     }
 
     /// <summary>Removes a held job that will not run here (returned to the queue).</summary>
-    public bool Remove(JobId id)
+    public bool Remove(JobId id) => TryRemove(id, out _, out _);
+
+    /// <summary>
+    /// Removes a held job, waiting in a band or parked, without choosing it: its tenant's turn is not spent and no limit
+    /// or rate token is counted (a job cancelled while it waited here, or given back to the queue).
+    /// </summary>
+    /// <param name="id">The job.</param>
+    /// <param name="job">The delivery that was held, to acknowledge or give back.</param>
+    /// <param name="pending">Whether it waited in a band (it took room in the lookahead) rather than parked.</param>
+    /// <returns>Whether the job was held here.</returns>
+    public bool TryRemove(JobId id, out QueuedJob job, out bool pending)
     {
         if (!_pending.Remove(id, out var node))
         {
-            return _parked.Remove(id);
+            pending = false;
+            if (_parked.Remove(id, out var parked))
+            {
+                job = parked.Job;
+                return true;
+            }
+
+            job = null!;
+            return false;
         }
 
-        _bands[node.Value.Priority].Tenants[node.Value.Job.Tenant].Remove(node);
+        pending = true;
+        job = node.Value.Job;
+        _bands[node.Value.Priority].Tenants[job.Tenant].Remove(node);
 
-        // An emptied tenant stays in the band's heap until a take pops and drops it.
+        // An emptied tenant stays in the band's heap until a take pops and drops it (uncharged: see TryTakeFromBand).
         return true;
     }
 

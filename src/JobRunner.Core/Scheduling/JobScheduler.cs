@@ -231,6 +231,31 @@ internal sealed class JobScheduler : ISchedulerControl, IDisposable
         OnChanged();
     }
 
+    /// <summary>
+    /// Removes a held job (waiting or parked) that must not run, such as one cancelled while it waited here: it leaves
+    /// without being chosen, so its tenant's turn is not spent and it no longer counts in the gauges or explanations. One
+    /// lock round per call, made only for such jobs: the take path does not look for them.
+    /// </summary>
+    /// <param name="id">The job.</param>
+    /// <param name="job">The delivery that was held, to acknowledge (or give back to the queue).</param>
+    /// <param name="pending">Whether it waited in a band (it held room in the lookahead) rather than parked.</param>
+    /// <returns>Whether the job was held here.</returns>
+    public bool TryRemove(JobId id, out QueuedJob job, out bool pending)
+    {
+        bool removed;
+        lock (_lock)
+        {
+            removed = _scheduler.TryRemove(id, out job, out pending);
+        }
+
+        if (removed)
+        {
+            OnChanged();
+        }
+
+        return removed;
+    }
+
     /// <summary>Removes and returns every held job, parked ones too (at shutdown, to give them back to the queue).</summary>
     public List<QueuedJob> RemoveAll()
     {

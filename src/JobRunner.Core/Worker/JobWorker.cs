@@ -791,6 +791,15 @@ internal sealed partial class JobWorker : BackgroundService
                     var request = cancellations.Current;
                     try
                     {
+                        if (request.State == JobState.Cancelled)
+                        {
+                            // Cancelled before it ran (the store says Cancelled, not Running): a delivery held here goes
+                            // now, not when its turn comes. No attempt is stopped: one a slot took meanwhile finds its
+                            // lease refused, unless the job was retried since, and then it is the retry's to run.
+                            await DropCancelledAsync(request).ConfigureAwait(false);
+                            continue;
+                        }
+
                         foreach (var attempt in Active())
                         {
                             // The attempt the request was for (a job retried by request runs again): one still waiting for its
@@ -812,6 +821,76 @@ internal sealed partial class JobWorker : BackgroundService
             catch (OperationCanceledException) when (_background.IsCancellationRequested)
             {
             }
+        }
+    }
+
+    /// <summary>
+    /// Drops the deliveries of a job cancelled before it ran: the one waiting in the scheduler (its tenant's turn is not
+    /// spent, its lookahead room is freed, and the gauges and explanations no longer count it) is acknowledged, and the
+    /// in-memory queue's delayed one (a job scheduled far ahead) is removed. Only cancellations pay for this (one
+    /// scheduler lock round and one store read); the take path does not look for cancelled jobs. A job retried since
+    /// (Queued or Scheduled again) keeps them: they are given back to the queue instead.
+    /// </summary>
+    private async Task DropCancelledAsync(JobEvent request)
+    {
+        var id = request.JobId;
+        var held = _scheduler.TryRemove(id, out var job, out var pending) ? job : null;
+        // Only a Scheduled job (waiting for its not-before time or a retry back-off) has a delayed delivery: a queued one's
+        // cancellation does not pay for the scan.
+        var delayed = request.PreviousState != JobState.Queued ? (_queue as InMemory.InMemoryJobQueue)?.RemoveDelayed(id) : null;
+        if (held is null && delayed is null)
+        {
+            // Not here (taken by a slot, whose lease is refused; or held by another worker).
+            return;
+        }
+
+        if (pending)
+        {
+            FreeRoom();
+        }
+
+        bool live;
+        try
+        {
+            live = await Store.GetAsync(id, CancellationToken.None).ConfigureAwait(false) is { State: JobState.Queued or JobState.Scheduled };
+        }
+        catch (Exception e)
+        {
+            // Cannot tell: give them back, as before this shortcut (a worker that takes the job finds its lease refused).
+            Log.DropCancelledFailed(_logger, id, e);
+            live = true;
+        }
+
+        try
+        {
+            if (held is not null)
+            {
+                if (live)
+                {
+                    await _queue.ReturnAsync([held], CancellationToken.None).ConfigureAwait(false);
+                }
+                else
+                {
+                    await _queue.AcknowledgeAsync([held], CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+
+            if (live)
+            {
+                foreach (var entry in delayed ?? [])
+                {
+                    await _queue.EnqueueAsync(entry, CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                Log.DroppedCancelled(_logger, id, request.Message);
+            }
+        }
+        catch (Exception e)
+        {
+            // Not acknowledged: its visibility lapses (nothing extends it now), and the store refuses to run it.
+            Log.DropCancelledFailed(_logger, id, e);
         }
     }
 

@@ -64,6 +64,60 @@ public sealed class InMemoryJobQueueTests : IDisposable
     }
 
     [Fact]
+    public async Task DequeueAsync_ATenantThatRefillsAfterEachTake_TakesTurnsWithABusyOne()
+    {
+        // Equal weights: the busy tenant has a backlog; the other has one job at a time and adds the next as soon as its
+        // last is taken. It must not go first every time (a tenant re-created at the band's pass would).
+        foreach (var item in Enumerable.Range(0, 8).Select(_ => Item(tenant: "busy")))
+        {
+            await _queue.EnqueueAsync(item, default);
+        }
+
+        await _queue.EnqueueAsync(Item(tenant: "trickle"), default);
+        var taken = new List<string>();
+        for (var i = 0; i < 8; i++)
+        {
+            var job = (await TakeAsync(1)).Single();
+            taken.Add(job.Tenant);
+            if (job.Tenant == "trickle")
+            {
+                await _queue.EnqueueAsync(Item(tenant: "trickle"), default);
+            }
+        }
+
+        Assert.Equal(["busy", "trickle", "busy", "trickle", "busy", "trickle", "busy", "trickle"], taken);
+    }
+
+    [Fact]
+    public async Task DequeueAsync_ManyShortLivedTenants_TheBandKeepsABoundedNumber()
+    {
+        for (var i = 0; i < 1000; i++)
+        {
+            await _queue.EnqueueAsync(Item(tenant: "tenant-" + i), default);
+            Assert.Single(await TakeAsync(1));
+        }
+
+        Assert.InRange(_queue.TenantCount, 0, 128);
+    }
+
+    [Fact]
+    public async Task RemoveDelayed_RemovesOnlyThatJobsDelayedEntries()
+    {
+        var nextWeek = Item(dueAt: _time.GetUtcNow().AddDays(7));
+        var tomorrow = Item(dueAt: _time.GetUtcNow().AddDays(1));
+        await _queue.EnqueueAsync(nextWeek, default);
+        await _queue.EnqueueAsync(tomorrow, default);
+
+        Assert.Equal([nextWeek], _queue.RemoveDelayed(nextWeek.Id));
+        Assert.Null(_queue.RemoveDelayed(nextWeek.Id));
+        Assert.Equal(1, _queue.Depth);
+
+        var waiting = TakeAsync(10);
+        _time.Advance(TimeSpan.FromDays(1));
+        Assert.Equal([tomorrow], await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
     public async Task DequeueAsync_TakesAtMostBufferLength()
     {
         for (var i = 0; i < 5; i++)

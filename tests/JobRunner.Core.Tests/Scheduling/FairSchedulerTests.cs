@@ -48,6 +48,46 @@ public sealed class FairSchedulerTests
     }
 
     [Fact]
+    public void TryRemove_HeldJob_LeavesWithoutSpendingItsTenantsTurn()
+    {
+        var a1 = Job("a");
+        var a2 = Job("a");
+        var b1 = Job("b");
+        foreach (var job in new[] { a1, a2, b1 })
+        {
+            Assert.Equal(Admission.Held, Scheduler.Add(job));
+        }
+
+        Assert.True(Scheduler.TryRemove(a1.Id, out var removed, out var pending));
+
+        Assert.Same(a1, removed);
+        Assert.True(pending);
+        Assert.Equal(2, Scheduler.PendingCount);
+        Assert.Null(Scheduler.Explain(a1.Id, freeSlots: 1));
+        Assert.False(Scheduler.TryRemove(a1.Id, out _, out _));
+        Assert.Equal([a2, b1], new[] { Take(), Take() });
+        Assert.Equal(2, Scheduler.RunningCount);
+    }
+
+    [Fact]
+    public void TryRemove_ParkedJob_IsNotPending()
+    {
+        _labels["gpu"] = "false";
+        var job = Job(affinity: "gpu=true");
+        Assert.Equal(Admission.Declined, Scheduler.Add(job));
+        Assert.Equal(Admission.Parked, Scheduler.Add(job));
+
+        Assert.True(Scheduler.TryRemove(job.Id, out var removed, out var pending));
+
+        Assert.Same(job, removed);
+        Assert.False(pending);
+        Assert.Equal(0, Scheduler.ParkedCount);
+        var parked = new List<QueuedJob>();
+        Scheduler.TakeParked(parked);
+        Assert.Empty(parked);
+    }
+
+    [Fact]
     public void Ctor_Defaults()
     {
         var options = new SchedulerOptions();

@@ -236,6 +236,95 @@ public sealed class SchedulerWorkerTests
         await host.WaitForStateAsync(last, JobState.Succeeded);
     }
 
+    [Fact]
+    public async Task CancelledWhileHeld_LeavesTheSchedulerAndTheQueueAtOnce_WithoutSpendingItsTenantsTurn()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        JobId blocker = default;
+        host.Behavior.Run = (context, _) => context.JobId == blocker ? new ValueTask(release.Task) : ValueTask.CompletedTask;
+        await host.StartAsync();
+        blocker = await host.SubmitAsync(new JobRequest("work") { Tenant = "z" });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+
+        // The one slot is busy: all three wait in the scheduler, tenant a's turn before tenant b's.
+        var a1 = await host.SubmitAsync(new JobRequest("work") { Tenant = "a" });
+        var a2 = await host.SubmitAsync(new JobRequest("work") { Tenant = "a" });
+        var b1 = await host.SubmitAsync(new JobRequest("work") { Tenant = "b" });
+        await WaitUntilAsync(host, s => s.PendingCount == 3);
+
+        await host.Client.CancelAsync(a1, "not needed");
+
+        // Gone from the scheduler (and so from the gauges and explanations) and from the queue before any slot frees up.
+        await WaitUntilAsync(host, s => s.PendingCount == 2);
+        var scheduler = host.Services.GetRequiredService<JobScheduler>();
+        Assert.Null(scheduler.Explain(a1));
+        Assert.DoesNotContain(scheduler.SnapshotPending(), j => j.Id == a1);
+        Assert.Equal(3, host.Services.GetRequiredService<JobRunner.InMemory.InMemoryJobQueue>().Depth);
+        Assert.Equal(WaitReason.NotWaiting, (await host.Client.ExplainAsync(a1)).Reason);
+
+        // Tenant a keeps its turn for a2: a1 taken and refused would have spent it, and b1 would have gone first.
+        release.SetResult();
+        await host.WaitForStateAsync(b1, JobState.Succeeded);
+        await host.WaitForStateAsync(a2, JobState.Succeeded);
+        lock (host.Behavior.Started)
+        {
+            Assert.Equal([blocker, a2, b1], host.Behavior.Started.Select(s => s.Job));
+        }
+    }
+
+    [Fact]
+    public async Task CancelledFarFutureJob_LeavesTheInMemoryQueue()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        host.Behavior.Run = (_, _) => new ValueTask(release.Task);
+        await host.StartAsync();
+        var queue = host.Services.GetRequiredService<JobRunner.InMemory.InMemoryJobQueue>();
+        var running = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var held = await host.SubmitAsync(new JobRequest("work"));
+        await WaitUntilAsync(host, s => s.PendingCount == 1);
+        var nextWeek = await host.SubmitAsync(new JobRequest("work") { NotBefore = host.Time.GetUtcNow().AddDays(7) });
+        Assert.Equal(3, queue.Depth);
+
+        await host.Client.CancelAsync(nextWeek);
+
+        // The worker hears cancellations in order: once the held job's (cancelled after) is handled, so is nextWeek's.
+        await host.Client.CancelAsync(held);
+        await WaitUntilAsync(host, s => s.PendingCount == 0);
+        Assert.Equal(1, queue.Depth);
+        Assert.Equal(JobState.Running, (await host.Client.GetAsync(running))!.State);
+        release.SetResult();
+        await host.WaitForStateAsync(running, JobState.Succeeded);
+    }
+
+    [Fact]
+    public async Task CancelledWhileHeld_ThenRetried_RunsOnce()
+    {
+        await using var host = new TestHost(r => r.ConfigureWorker(w => w.Slots = 1));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        JobId blocker = default;
+        host.Behavior.Run = (context, _) => context.JobId == blocker ? new ValueTask(release.Task) : ValueTask.CompletedTask;
+        await host.StartAsync();
+        blocker = await host.SubmitAsync(new JobRequest("work"));
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        var job = await host.SubmitAsync(new JobRequest("work"));
+        await WaitUntilAsync(host, s => s.PendingCount == 1);
+
+        // Retried at once: whichever delivery the worker holds when it hears of the cancellation, the job still runs.
+        await host.Client.CancelAsync(job);
+        await host.Client.RetryAsync(job);
+        release.SetResult();
+
+        await host.WaitForStateAsync(job, JobState.Succeeded);
+        await host.WaitForStateAsync(blocker, JobState.Succeeded);
+        lock (host.Behavior.Started)
+        {
+            Assert.Equal(1, host.Behavior.Started.Count(s => s.Job == job));
+        }
+    }
+
     [Theory]
     [InlineData(1e-12)]
     [InlineData(4e-12)]
