@@ -55,4 +55,7 @@ internal static partial class Log
 
     [LoggerMessage(17, LogLevel.Warning, "Job {JobId}: queueing it again after its lease expired failed; retrying in {Delay}.")]
     public static partial void RequeueRetrying(ILogger logger, JobId jobId, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(18, LogLevel.Warning, "The worker's cancellation listener fell behind and {Count} event(s) were dropped; it listens again and reads its running jobs' cancellation requests from the store.")]
+    public static partial void CancellationsDropped(ILogger logger, long count);
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 
@@ -6,7 +7,9 @@ namespace JobRunner.Events;
 
 /// <summary>
 /// The in-process event bus: copy-on-write subscriber array, one bounded channel per subscriber. Publishing never
-/// blocks; a subscriber that falls more than <see cref="Capacity"/> events behind loses its oldest events.
+/// blocks; a subscriber that falls more than <see cref="Capacity"/> events behind loses its oldest events, and learns it:
+/// <see cref="SubscribeAsync"/> throws <see cref="JobEventsDroppedException"/> where the gap is, and
+/// <see cref="Subscription.TryRead"/> reports how many were dropped before the event it returns.
 /// </summary>
 [DebuggerDisplay("Subscribers = {_subscribers.Length}")]
 internal sealed class JobEventBus : IJobEventBus
@@ -61,9 +64,17 @@ internal sealed class JobEventBus : IJobEventBus
     public async IAsyncEnumerable<JobEvent> SubscribeAsync(JobEventFilter filter, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         using var subscription = Subscribe(filter);
-        await foreach (var jobEvent in subscription.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+        while (await subscription.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            yield return jobEvent;
+            while (subscription.TryRead(out var jobEvent, out var dropped))
+            {
+                if (dropped != 0)
+                {
+                    throw new JobEventsDroppedException(dropped);
+                }
+
+                yield return jobEvent;
+            }
         }
     }
 
@@ -146,28 +157,50 @@ internal sealed class JobEventBus : IJobEventBus
     internal sealed class Subscription : IDisposable
     {
         private readonly JobEventBus _bus;
-        private readonly Channel<JobEvent> _channel = Channel.CreateBounded<JobEvent>(new BoundedChannelOptions(Capacity)
-        {
-            FullMode = BoundedChannelFullMode.DropOldest,
-            SingleReader = true,
-        });
+        private readonly Channel<JobEvent> _channel;
+
+        // Events dropped since the reader last took one.
+        private long _dropped;
 
         public Subscription(JobEventBus bus, JobEventFilter filter)
         {
             _bus = bus;
             Filter = filter;
+            _channel = Channel.CreateBounded<JobEvent>(
+                new BoundedChannelOptions(Capacity) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true },
+                OnDropped);
         }
 
         public JobEventFilter Filter { get; }
 
         public ChannelWriter<JobEvent> Writer => _channel.Writer;
 
+        /// <summary>Gets the reader, to wait for events (<see cref="ChannelReader{T}.WaitToReadAsync"/>); take them with <see cref="TryRead"/>.</summary>
         public ChannelReader<JobEvent> Reader => _channel.Reader;
+
+        /// <summary>
+        /// Takes the next buffered event, and how many events the bus dropped since the last one taken: those came
+        /// before this event (a drop is of the oldest buffered event). A drop that happens while this reads, of the event
+        /// right after this one, is reported now rather than at the next read: a gap is never reported late.
+        /// </summary>
+        public bool TryRead([MaybeNullWhen(false)] out JobEvent jobEvent, out long dropped)
+        {
+            if (!_channel.Reader.TryRead(out jobEvent))
+            {
+                dropped = 0;
+                return false;
+            }
+
+            dropped = Volatile.Read(ref _dropped) == 0 ? 0 : Interlocked.Exchange(ref _dropped, 0);
+            return true;
+        }
 
         public void Dispose()
         {
             _bus.Remove(this);
             _channel.Writer.TryComplete();
         }
+
+        private void OnDropped(JobEvent dropped) => Interlocked.Increment(ref _dropped);
     }
 }

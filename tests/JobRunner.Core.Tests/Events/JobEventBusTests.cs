@@ -72,4 +72,31 @@ public sealed class JobEventBusTests
         Assert.True(cancellations.Reader.TryRead(out var cancel));
         Assert.Equal(JobEventKind.CancellationRequested, cancel.Kind);
     }
+
+    [Fact]
+    public async Task SubscribeAsync_ReaderFallsBehind_ThrowsDroppedAtTheGap()
+    {
+        var bus = new JobEventBus();
+        var id = JobId.New(new FakeTimeProvider());
+        JobEvent Line(int n) => JobEvent.ForAttempt(JobEventKind.Log, id, "t", "w", default, 1, message: n.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var events = bus.SubscribeAsync(new JobEventFilter(), default).GetAsyncEnumerator();
+        await using (events)
+        {
+            var first = events.MoveNextAsync();
+            bus.Publish(Line(0));
+            Assert.True(await first);
+            Assert.Equal("0", events.Current.Message);
+
+            // The reader holds event 0 and takes no more while Capacity + 3 are published: the 3 oldest are dropped.
+            for (var n = 1; n <= JobEventBus.Capacity + 3; n++)
+            {
+                bus.Publish(Line(n));
+            }
+
+            var e = await Assert.ThrowsAsync<JobEventsDroppedException>(() => events.MoveNextAsync().AsTask());
+            Assert.Equal(3, e.Dropped);
+            Assert.True(e.IsTransient);
+            Assert.Contains("watch again", e.Message, StringComparison.Ordinal);
+        }
+    }
 }
