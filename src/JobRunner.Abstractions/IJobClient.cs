@@ -76,16 +76,29 @@ public interface IJobClient
     ValueTask<JobExplanation> ExplainAsync(JobId id, CancellationToken cancellationToken = default);
 
     /// <summary>Streams one job's events: first its current state, then every change, ending after a terminal state.</summary>
+    /// <remarks>
+    /// A caller that reads more slowly than the job produces events (the in-process bus buffers 16,384 per watch) does
+    /// not lose track of the job: when events were dropped, the stream reads the job again and yields its current state,
+    /// a <see cref="JobEventKind.StateChanged"/> event whose <see cref="JobEvent.PreviousState"/> is the last state it
+    /// streamed, and goes on from there (or ends, when that state is terminal). A state the job passed through in the gap
+    /// may be skipped, never the one it is in; progress and log lines in the gap are not repeated
+    /// (<see cref="ReadLogsAsync"/> has the lines).
+    /// </remarks>
     /// <param name="id">The job's id.</param>
     /// <param name="cancellationToken">Ends the stream early.</param>
     /// <returns>The events.</returns>
-    /// <exception cref="JobNotFoundException">There is no such job.</exception>
+    /// <exception cref="JobNotFoundException">There is no such job (or it was removed by retention while the watch fell behind).</exception>
     IAsyncEnumerable<JobEvent> WatchAsync(JobId id, CancellationToken cancellationToken = default);
 
     /// <summary>Streams the events of all jobs that match <paramref name="filter"/>, from now until cancelled.</summary>
     /// <param name="filter">The filter.</param>
     /// <param name="cancellationToken">Ends the stream.</param>
     /// <returns>The events.</returns>
+    /// <exception cref="JobEventsDroppedException">
+    /// The caller read more slowly than events came (the in-process bus buffers 16,384 per watch) and events were
+    /// dropped: the stream ends after the events before the gap, never skipping some silently. Re-read the jobs you track
+    /// and watch again.
+    /// </exception>
     IAsyncEnumerable<JobEvent> WatchAsync(JobEventFilter filter, CancellationToken cancellationToken = default);
 
     /// <summary>Reads one page of a job's log.</summary>

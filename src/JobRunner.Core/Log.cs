@@ -64,4 +64,7 @@ internal static partial class Log
 
     [LoggerMessage(19, LogLevel.Warning, "Job {JobId}: cancelled while it waited here, but dropping its delivery failed; the queue delivers it again, and the store refuses to run it.")]
     public static partial void DropCancelledFailed(ILogger logger, JobId jobId, Exception exception);
+
+    [LoggerMessage(21, LogLevel.Warning, "The worker's cancellation listener fell behind and {Count} event(s) were dropped; it listens again and reads its running jobs' cancellation requests from the store.")]
+    public static partial void CancellationsDropped(ILogger logger, long count);
 }

@@ -60,6 +60,30 @@ public sealed class JobNotFoundException : JobRunnerException
 }
 
 /// <summary>
+/// An event stream fell behind: its reader took events more slowly than they were published, the bus's buffer for it
+/// filled, and events were dropped. The stream ends with this exception after the events it delivered before the gap.
+/// Re-read what you track (<see cref="IJobClient.GetAsync"/>, <see cref="IJobClient.ListAsync"/>) and watch again, or read
+/// faster (hand events off to a queue of your own rather than doing slow work per event).
+/// <see cref="IJobClient.WatchAsync(JobId, CancellationToken)"/> does not throw this: it reads the job again and goes on.
+/// </summary>
+public sealed class JobEventsDroppedException : JobRunnerException
+{
+    /// <summary>Initializes a new instance.</summary>
+    /// <param name="dropped">How many events were dropped, as far as the bus knows.</param>
+    public JobEventsDroppedException(long dropped)
+        : base($"The event stream fell behind and {dropped} event(s) were dropped. Re-read the jobs you track (GetAsync, ListAsync) and watch again; read faster by handing events to your own queue instead of doing slow work per event.")
+    {
+        Dropped = dropped;
+    }
+
+    /// <summary>Gets how many events were dropped, as far as the bus knows.</summary>
+    public long Dropped { get; }
+
+    /// <inheritdoc />
+    public override bool IsTransient => true;
+}
+
+/// <summary>
 /// A write carried a fence token that is no longer the job's current one: another lease was granted since, or the job
 /// finished. The write was rejected and nothing changed. The writer must stop working on the attempt.
 /// </summary>

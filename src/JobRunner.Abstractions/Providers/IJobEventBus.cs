@@ -29,7 +29,11 @@ public interface IJobEventBus
     /// <param name="jobEvent">The event.</param>
     void Publish(JobEvent jobEvent);
 
-    /// <summary>Streams the events that match <paramref name="filter"/> from now on, until <paramref name="cancellationToken"/> is signalled.</summary>
+    /// <summary>
+    /// Streams the events that match <paramref name="filter"/> from now on, until <paramref name="cancellationToken"/> is
+    /// signalled. A bus that drops events for a subscriber that falls behind ends its stream with
+    /// <see cref="JobEventsDroppedException"/> at the gap instead of skipping them silently, as the in-process bus does.
+    /// </summary>
     /// <param name="filter">The filter.</param>
     /// <param name="cancellationToken">Ends the stream.</param>
     /// <returns>The events.</returns>

@@ -200,31 +200,58 @@ internal sealed class JobClient(
     public async IAsyncEnumerable<JobEvent> WatchAsync(JobId id, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         // Subscribe before reading the snapshot, so no change falls between the two.
-        var subscription = Subscribe(new JobEventFilter { JobId = id }, cancellationToken, out var stream);
-        using (subscription)
+        var watch = new JobWatch(events, new JobEventFilter { JobId = id }, cancellationToken);
+        await using (watch.ConfigureAwait(false))
         {
             var job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
-            yield return JobEvent.StateChanged(job, message: job.State.IsTerminal() ? job.LastError ?? job.CancelReason : null) with { Progress = job.Progress };
+            yield return CurrentState(job, previousState: null, resumed: false);
             if (job.State.IsTerminal())
             {
                 yield break;
             }
 
-            await foreach (var jobEvent in stream.ConfigureAwait(false))
+            var last = job.State;
+            while (await watch.MoveNextAsync().ConfigureAwait(false))
             {
-                if (IsBefore(jobEvent, job))
+                if (watch.Dropped != 0)
+                {
+                    // The caller read too slowly and the bus dropped events: read the job again and go on from its
+                    // current state, so that the stream never misses where the job is, nor its end. (Read after the
+                    // gap: a change buffered before this read but published after it is told apart by IsBefore.)
+                    job = await store.GetAsync(id, cancellationToken).ConfigureAwait(false) ?? throw new JobNotFoundException(id);
+                    yield return CurrentState(job, last, resumed: true);
+                    if (job.State.IsTerminal())
+                    {
+                        yield break;
+                    }
+
+                    last = job.State;
+                }
+
+                if (watch.Current is not { } jobEvent || IsBefore(jobEvent, job))
                 {
                     continue;
                 }
 
                 yield return jobEvent;
-                if (jobEvent.Kind == JobEventKind.StateChanged && jobEvent.State.IsTerminal())
+                if (jobEvent.Kind == JobEventKind.StateChanged)
                 {
-                    yield break;
+                    if (jobEvent.State.IsTerminal())
+                    {
+                        yield break;
+                    }
+
+                    last = jobEvent.State;
                 }
             }
         }
     }
+
+    /// <summary>The event that tells a watcher the job's state as read from the store: first, and after a gap.</summary>
+    private static JobEvent CurrentState(JobRecord job, JobState? previousState, bool resumed)
+        => JobEvent.StateChanged(job, previousState, job.State.IsTerminal() ? job.LastError ?? job.CancelReason : resumed ? ResumedMessage : null) with { Progress = job.Progress };
+
+    private const string ResumedMessage = "This watch fell behind and missed events (its buffer of 16,384 filled); this is the job's current state, read again. Progress and log lines in the gap are not repeated: read the logs with ReadLogsAsync.";
 
     public async ValueTask<JobExplanation> ExplainAsync(JobId id, CancellationToken cancellationToken = default)
     {
@@ -249,17 +276,110 @@ internal sealed class JobClient(
     public ValueTask<LogPage> ReadLogsAsync(JobId id, LogQuery? query = null, CancellationToken cancellationToken = default)
         => logs.ReadAsync(id, query ?? new LogQuery(), cancellationToken);
 
-    private JobEventBus.Subscription? Subscribe(JobEventFilter filter, CancellationToken cancellationToken, out IAsyncEnumerable<JobEvent> stream)
+    /// <summary>
+    /// One job's events from the bus, subscribed when it is created, and whether the bus dropped events before the
+    /// current one (the caller read too slowly).
+    /// </summary>
+    private sealed class JobWatch : IAsyncDisposable
     {
-        if (events is JobEventBus bus)
+        private readonly IJobEventBus _events;
+        private readonly JobEventFilter _filter;
+        private readonly CancellationToken _cancellationToken;
+
+        // The in-process bus: subscribed now, reports drops per event.
+        private readonly JobEventBus.Subscription? _subscription;
+
+        // Another bus: a stream, started now (an async iterator subscribes at its first MoveNextAsync), ended by
+        // JobEventsDroppedException at a gap and then started again. Its token is cancelled at disposal, so that a read
+        // still pending ends before the stream is disposed.
+        private readonly CancellationTokenSource? _stop;
+        private IAsyncEnumerator<JobEvent>? _stream;
+        private Task<bool>? _next;
+
+        public JobWatch(IJobEventBus events, JobEventFilter filter, CancellationToken cancellationToken)
         {
-            var subscription = bus.Subscribe(filter);
-            stream = subscription.Reader.ReadAllAsync(cancellationToken);
-            return subscription;
+            _events = events;
+            _filter = filter;
+            _cancellationToken = cancellationToken;
+            if (events is JobEventBus bus)
+            {
+                _subscription = bus.Subscribe(filter);
+            }
+            else
+            {
+                _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                Start();
+            }
         }
 
-        // A custom bus: subscribing happens at the first read, so a change right before it may be missed.
-        stream = events.SubscribeAsync(filter, cancellationToken);
-        return null;
+        /// <summary>Gets the event read; <see langword="null"/> when a read found only a gap.</summary>
+        public JobEvent? Current { get; private set; }
+
+        /// <summary>Gets how many events the bus dropped before <see cref="Current"/>; 0 when none.</summary>
+        public long Dropped { get; private set; }
+
+        public async ValueTask<bool> MoveNextAsync()
+        {
+            Current = null;
+            Dropped = 0;
+            if (_subscription is { } subscription)
+            {
+                while (true)
+                {
+                    if (subscription.TryRead(out var jobEvent, out var dropped))
+                    {
+                        Current = jobEvent;
+                        Dropped = dropped;
+                        return true;
+                    }
+
+                    if (!await subscription.Reader.WaitToReadAsync(_cancellationToken).ConfigureAwait(false))
+                    {
+                        return false;
+                    }
+                }
+            }
+
+            try
+            {
+                var more = _next is { } next ? await next.ConfigureAwait(false) : await _stream!.MoveNextAsync().ConfigureAwait(false);
+                _next = null;
+                Current = more ? _stream!.Current : null;
+                return more;
+            }
+            catch (JobEventsDroppedException e)
+            {
+                // Subscribed again before the caller reads the job again.
+                _next = null;
+                await _stream!.DisposeAsync().ConfigureAwait(false);
+                Start();
+                Dropped = Math.Max(e.Dropped, 1);
+                return true;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (_subscription is { } subscription)
+            {
+                subscription.Dispose();
+                return;
+            }
+
+            await _stop!.CancelAsync().ConfigureAwait(false);
+            if (_next is { } next)
+            {
+                await ((Task)next).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            }
+
+            await _stream!.DisposeAsync().ConfigureAwait(false);
+            _stop.Dispose();
+        }
+
+        private void Start()
+        {
+            _stream = _events.SubscribeAsync(_filter, _stop!.Token).GetAsyncEnumerator(_stop.Token);
+            _next = _stream.MoveNextAsync().AsTask();
+        }
     }
 }

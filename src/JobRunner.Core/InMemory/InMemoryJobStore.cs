@@ -25,6 +25,9 @@ internal sealed class InMemoryJobStore : IJobStore
     private const string RetriedMessage = "Retried by request.";
     private readonly Lock _lock = new();
     private readonly Dictionary<JobId, Entry> _jobs = [];
+
+    // The jobs in insertion order, for list pages.
+    private readonly SequenceIndex _order = new();
     private readonly Dictionary<(string Tenant, string Key), JobId> _dedupe = [];
     private readonly HashSet<JobId> _running = [];
     private readonly Queue<JobId> _finished = new();
@@ -89,6 +92,8 @@ internal sealed class InMemoryJobStore : IJobStore
                 throw new ArgumentException($"Job {job.Id} already exists.", nameof(job));
             }
 
+            _order.Add(_sequence, job.Id);
+
             if (key is not null)
             {
                 _dedupe.Add((job.Request.Tenant, key), job.Id);
@@ -122,27 +127,39 @@ internal sealed class InMemoryJobStore : IJobStore
             throw new ArgumentException($"The continuation token '{token}' was not issued by this store. Pass the JobPage.ContinuationToken of the previous page.", nameof(query));
         }
 
-        // Filtered on the entries' current state and request, so that only the page's jobs get snapshots.
-        var matches = new List<(long Sequence, JobId Id)>();
+        // Read in insertion order from the continuation point, up to the first match after the page (which says that
+        // there is a next page): a page costs the jobs it passes over, not a sort of all jobs. Filtered on the entries'
+        // current state and request, so that only the page's jobs get snapshots.
         var items = new List<JobRecord>();
+        string? next = null;
         lock (_lock)
         {
-            foreach (var (id, entry) in _jobs)
+            long last = 0;
+            for (var at = _order.FirstAfter(after); at < _order.End; at++)
             {
-                if (entry.Sequence > after && entry.Matches(query))
+                if (!_order.TryGet(at, out var sequence, out var id))
                 {
-                    matches.Add((entry.Sequence, id));
+                    continue;
                 }
-            }
 
-            matches.Sort(static (a, b) => a.Sequence.CompareTo(b.Sequence));
-            for (var i = 0; i < Math.Min(query.PageSize, matches.Count); i++)
-            {
-                items.Add(CollectionsMarshal.GetValueRefOrNullRef(_jobs, matches[i].Id).Snapshot(matches[i].Id));
+                ref var entry = ref CollectionsMarshal.GetValueRefOrNullRef(_jobs, id);
+                Debug.Assert(!Unsafe.IsNullRef(ref entry) && entry.Sequence == sequence, "The index holds the jobs of the dictionary.");
+                if (!entry.Matches(query))
+                {
+                    continue;
+                }
+
+                if (items.Count == query.PageSize)
+                {
+                    next = last.ToString(CultureInfo.InvariantCulture);
+                    break;
+                }
+
+                items.Add(entry.Snapshot(id));
+                last = sequence;
             }
         }
 
-        var next = matches.Count > items.Count ? matches[items.Count - 1].Sequence.ToString(CultureInfo.InvariantCulture) : null;
         return new(new JobPage(items, next));
     }
 
@@ -468,6 +485,7 @@ internal sealed class InMemoryJobStore : IJobStore
                 if (_jobs.Remove(oldest, out var evicted))
                 {
                     evicted.Release();
+                    _order.Remove(evicted.Sequence);
                 }
             }
         }

@@ -171,9 +171,7 @@ internal sealed partial class JobWorker : BackgroundService
             // StartAsync returns: a clock advanced right after start must find the timers and the subscription.
             _heartbeatTimer = new PeriodicTimer(_options.HeartbeatInterval, Time);
             _reclaimTimer = new PeriodicTimer(_options.ReclaimInterval, Time);
-            _cancellations = _events.SubscribeAsync(
-                new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } },
-                _background.Token).GetAsyncEnumerator(_background.Token);
+            _cancellations = SubscribeToCancellations();
             _firstCancellation = _cancellations.MoveNextAsync().AsTask();
         }
 
@@ -782,41 +780,53 @@ internal sealed partial class JobWorker : BackgroundService
 
     private async Task ListenForCancellationAsync(IAsyncEnumerator<JobEvent> cancellations, Task<bool> first)
     {
-        await using (cancellations.ConfigureAwait(false))
+        while (true)
         {
-            try
+            await using (cancellations.ConfigureAwait(false))
             {
-                for (var more = await first.ConfigureAwait(false); more; more = await cancellations.MoveNextAsync().ConfigureAwait(false))
+                try
                 {
-                    var request = cancellations.Current;
-                    try
+                    for (var more = await first.ConfigureAwait(false); more; more = await cancellations.MoveNextAsync().ConfigureAwait(false))
                     {
+                        var request = cancellations.Current;
                         if (request.State == JobState.Cancelled)
                         {
                             // Cancelled before it ran (the store says Cancelled, not Running): a delivery held here goes
                             // now, not when its turn comes. No attempt is stopped: one a slot took meanwhile finds its
                             // lease refused, unless the job was retried since, and then it is the retry's to run.
-                            await DropCancelledAsync(request).ConfigureAwait(false);
+                            try
+                            {
+                                await DropCancelledAsync(request).ConfigureAwait(false);
+                            }
+                            catch (Exception e) when (e is not OperationCanceledException)
+                            {
+                                Log.SlotFailed(_logger, request.JobId, e);
+                            }
+
                             continue;
                         }
 
-                        foreach (var attempt in Active())
-                        {
-                            // The attempt the request was for (a job retried by request runs again): one still waiting for its
-                            // lease is stopped too, as the lease would report the cancellation anyway.
-                            if (attempt.Item.Id == request.JobId
-                                && (attempt.Lease is not { } lease || lease.Attempt == request.Attempt)
-                                && attempt.TryStop(StopReason.Cancelled, request.Message, _options.CancellationGracePeriod))
-                            {
-                                Log.CancellingAttempt(_logger, request.JobId, request.Message);
-                            }
-                        }
+                        Stop(request.JobId, request.Attempt, request.Message);
                     }
-                    catch (Exception e) when (e is not OperationCanceledException)
-                    {
-                        Log.SlotFailed(_logger, request.JobId, e);
-                    }
+
+                    return;
                 }
+                catch (OperationCanceledException) when (_background.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (JobEventsDroppedException e)
+                {
+                    Log.CancellationsDropped(_logger, e.Dropped);
+                }
+            }
+
+            // Listen again first, then read the running jobs: a cancellation requested in the gap is in the store.
+            cancellations = SubscribeToCancellations();
+            first = cancellations.MoveNextAsync().AsTask();
+            try
+            {
+                await StopCancelledAsync().ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (_background.IsCancellationRequested)
             {
@@ -891,6 +901,60 @@ internal sealed partial class JobWorker : BackgroundService
         {
             // Not acknowledged: its visibility lapses (nothing extends it now), and the store refuses to run it.
             Log.DropCancelledFailed(_logger, id, e);
+        }
+    }
+
+    private IAsyncEnumerator<JobEvent> SubscribeToCancellations() => _events.SubscribeAsync(
+        new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } },
+        _background.Token).GetAsyncEnumerator(_background.Token);
+
+    /// <summary>Stops the running attempt of <paramref name="jobId"/> whose cancellation was requested.</summary>
+    private void Stop(JobId jobId, int attempt, string? reason)
+    {
+        try
+        {
+            foreach (var active in Active())
+            {
+                // The attempt the request was for (a job retried by request runs again): one still waiting for its
+                // lease is stopped too, as the lease would report the cancellation anyway.
+                if (active.Item.Id == jobId
+                    && (active.Lease is not { } lease || lease.Attempt == attempt)
+                    && active.TryStop(StopReason.Cancelled, reason, _options.CancellationGracePeriod))
+                {
+                    Log.CancellingAttempt(_logger, jobId, reason);
+                }
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Log.SlotFailed(_logger, jobId, e);
+        }
+    }
+
+    /// <summary>
+    /// Stops the running attempts whose jobs the store says are to be cancelled: after the listener fell behind and
+    /// cancellation requests were dropped.
+    /// </summary>
+    private async Task StopCancelledAsync()
+    {
+        foreach (var active in Active())
+        {
+            var id = active.Item.Id;
+            JobRecord? job;
+            try
+            {
+                job = await Store.GetAsync(id, _background.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                Log.SlotFailed(_logger, id, e);
+                continue;
+            }
+
+            if (job is { CancelRequested: true })
+            {
+                Stop(id, job.Attempts.Count, job.CancelReason);
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 using JobRunner.InMemory;
+using JobEvents = JobRunner.Events.JobEventBus;
 using JobRunner.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -230,6 +231,71 @@ public sealed class JobClientTests : IAsyncDisposable
 
         Assert.Equal(JobState.Succeeded, events[^1].State);
         Assert.DoesNotContain(events, e => e.State == JobState.Failed);
+    }
+
+    /// <summary>Submits a job, leases it (no worker runs), and watches it up to its first event, Running.</summary>
+    private async Task<(JobLease Lease, IAsyncEnumerator<JobEvent> Watch)> WatchRunningAsync()
+    {
+        var id = await _host.SubmitAsync(new JobRequest("work"));
+        var leased = await _host.Store.TryAcquireLeaseAsync(id, "w1", TimeSpan.FromMinutes(1), default);
+        var watch = _host.Client.WatchAsync(id).GetAsyncEnumerator();
+        Assert.True(await watch.MoveNextAsync());
+        Assert.Equal(JobState.Running, watch.Current.State);
+        return (leased!.Lease, watch);
+    }
+
+    /// <summary>Reports progress 0, 1, … <paramref name="count"/> - 1, more than the bus buffers for a watcher that reads nothing meanwhile.</summary>
+    private async Task FloodAsync(JobLease lease, int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            await _host.Store.ReportProgressAsync(lease, new JobProgress(null, i.ToString(System.Globalization.CultureInfo.InvariantCulture)), default);
+        }
+    }
+
+    [Fact]
+    public async Task WatchAsync_WatcherFallsBehind_YieldsTheJobReadAgain_ThenGoesOn()
+    {
+        var (lease, watch) = await WatchRunningAsync();
+        await using (watch)
+        {
+            await FloodAsync(lease, JobEvents.Capacity + 10);
+
+            Assert.True(await watch.MoveNextAsync());
+            var resumed = watch.Current;
+            Assert.Equal((JobEventKind.StateChanged, JobState.Running, JobState.Running), (resumed.Kind, resumed.State, resumed.PreviousState));
+            Assert.Contains("fell behind", resumed.Message, StringComparison.Ordinal);
+            Assert.Equal((JobEvents.Capacity + 9).ToString(System.Globalization.CultureInfo.InvariantCulture), resumed.Progress?.Message);
+
+            await _host.Store.CompleteAttemptAsync(lease, new AttemptCompletion { Outcome = AttemptOutcome.Succeeded, NextState = JobState.Succeeded }, default);
+            var rest = new List<JobEvent>();
+            while (await watch.MoveNextAsync())
+            {
+                rest.Add(watch.Current);
+            }
+
+            // The buffered events after the gap (the 10 oldest were dropped), then the end.
+            Assert.Equal(JobEvents.Capacity + 1, rest.Count);
+            Assert.Equal("10", rest[0].Progress?.Message);
+            Assert.All(rest.SkipLast(1), e => Assert.Equal(JobEventKind.Progress, e.Kind));
+            Assert.Equal((JobEventKind.StateChanged, JobState.Succeeded), (rest[^1].Kind, rest[^1].State));
+        }
+    }
+
+    [Fact]
+    public async Task WatchAsync_WatcherFallsBehindAndTheJobEnds_EndsOnItsFinalState()
+    {
+        var (lease, watch) = await WatchRunningAsync();
+        await using (watch)
+        {
+            await FloodAsync(lease, JobEvents.Capacity + 10);
+            await _host.Store.CompleteAttemptAsync(lease, new AttemptCompletion { Outcome = AttemptOutcome.Failed, NextState = JobState.Failed, Error = "disk full" }, default);
+
+            Assert.True(await watch.MoveNextAsync());
+            var last = watch.Current;
+            Assert.Equal((JobEventKind.StateChanged, JobState.Failed, JobState.Running, "disk full"), (last.Kind, last.State, last.PreviousState, last.Message));
+            Assert.False(await watch.MoveNextAsync());
+        }
     }
 
     /// <summary>Runs <see cref="BeforeRead"/> once, before the next read of a job.</summary>

@@ -113,6 +113,17 @@ public sealed class InMemoryJobStoreModelTests
         var listed = await store.ListAsync(new JobQuery { PageSize = 1_000 }, default);
         var kept = ids.Where(id => model.Get(id) is not null).ToList();
         Assert.Equal(kept.Select(id => Snapshot(model.Get(id))), listed.Items.Select(Snapshot));
+        var paged = new List<JobId>();
+        string? token = null;
+        do
+        {
+            var page = await store.ListAsync(new JobQuery { PageSize = 7, ContinuationToken = token }, default);
+            paged.AddRange(page.Items.Select(j => j.Id));
+            token = page.ContinuationToken;
+        }
+        while (token is not null);
+
+        Assert.Equal(kept, paged);
         JobQuery[] filters =
         [
             new() { Tenant = "t1", PageSize = 1_000 },

@@ -304,6 +304,108 @@ public sealed class InMemoryJobStoreTests
     }
 
     [Fact]
+    public async Task ListAsync_APage_ReadsOnlyTheJobsFromItsContinuationPointOn()
+    {
+        var labelled = new JobRequest("work") { Labels = new Dictionary<string, string> { ["k"] = "v" } };
+        var ids = new List<JobId>();
+        for (var i = 0; i < 1_000; i++)
+        {
+            var job = NewJob(labelled);
+            ids.Add(job.Id);
+            await _store.InsertAsync(job, default);
+        }
+
+        // The store asks the query's labels once per job it considers: a page considers its jobs and the next match
+        // (which says there is a next page), not every job in the store.
+        var labels = new CountingLabels(new Dictionary<string, string> { ["k"] = "v" });
+        var query = new JobQuery { Labels = labels, PageSize = 10 };
+        var listed = new List<JobId>();
+        var reads = new List<int>();
+        string? token = null;
+        do
+        {
+            labels.Reads = 0;
+            var page = await _store.ListAsync(query with { ContinuationToken = token }, default);
+            reads.Add(labels.Reads);
+            listed.AddRange(page.Items.Select(j => j.Id));
+            token = page.ContinuationToken;
+        }
+        while (token is not null);
+
+        Assert.Equal(ids, listed);
+        Assert.Equal(100, reads.Count);
+        Assert.All(reads.Take(99), r => Assert.Equal(11, r));
+        Assert.Equal(10, reads[^1]);
+    }
+
+    [Fact]
+    public async Task ListAsync_AfterManyEvictions_PagesTheKeptJobsInOrder()
+    {
+        // MaxFinishedJobs is 3. Every seventh job stays queued; the others finish and all but the last 3 are evicted, so
+        // the list's order index passes over removed jobs at its head, in its middle, and squeezes them out as it fills.
+        var inserted = new List<JobId>();
+        var queued = new HashSet<JobId>();
+        var finished = new List<JobId>();
+        for (var i = 0; i < 2_000; i++)
+        {
+            if (i % 7 == 0)
+            {
+                var job = NewJob();
+                await _store.InsertAsync(job, default);
+                inserted.Add(job.Id);
+                queued.Add(job.Id);
+                continue;
+            }
+
+            var leased = await InsertAndLeaseAsync();
+            inserted.Add(leased.Lease.JobId);
+            await _store.CompleteAttemptAsync(leased.Lease, Succeeded, default);
+            finished.Add(leased.Lease.JobId);
+        }
+
+        var last3 = finished.TakeLast(3).ToList();
+        var listed = new List<JobId>();
+        string? token = null;
+        do
+        {
+            var page = await _store.ListAsync(new JobQuery { PageSize = 7, ContinuationToken = token }, default);
+            listed.AddRange(page.Items.Select(j => j.Id));
+            token = page.ContinuationToken;
+        }
+        while (token is not null);
+
+        Assert.Equal(inserted.Where(id => queued.Contains(id) || last3.Contains(id)), listed);
+        Assert.Equal(_store.Count, listed.Count);
+        Assert.Equal(last3, (await _store.ListAsync(new JobQuery { State = JobState.Succeeded }, default)).Items.Select(j => j.Id));
+    }
+
+    /// <summary>Labels to match that count how often a store reads them.</summary>
+    private sealed class CountingLabels(Dictionary<string, string> labels) : IReadOnlyDictionary<string, string>
+    {
+        public int Reads { get; set; }
+
+        public string this[string key] => labels[key];
+
+        public IEnumerable<string> Keys => labels.Keys;
+
+        public IEnumerable<string> Values => labels.Values;
+
+        public int Count => labels.Count;
+
+        public bool ContainsKey(string key) => labels.ContainsKey(key);
+
+        public bool TryGetValue(string key, [System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out string value) => labels.TryGetValue(key, out value);
+
+        public IEnumerator<KeyValuePair<string, string>> GetEnumerator()
+        {
+            Reads++;
+            return labels.GetEnumerator();
+        }
+
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
+
+    [Fact]
     public async Task ListAsync_ForeignContinuationToken_Throws()
     {
         await Assert.ThrowsAsync<ArgumentException>(() => _store.ListAsync(new JobQuery { ContinuationToken = "abc" }, default).AsTask());

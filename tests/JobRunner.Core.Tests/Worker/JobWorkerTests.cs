@@ -243,6 +243,60 @@ public sealed class JobWorkerTests
     }
 
     [Fact]
+    public async Task Cancel_ListenerFellBehindAndMissedTheRequest_StopsTheAttemptFromTheStore()
+    {
+        var bus = new DroppingBus(new JobRunner.Events.JobEventBus());
+        await using var host = new TestHost(services: s => s.AddSingleton<IJobEventBus>(bus));
+        host.Behavior.Run = async (_, ct) => await Task.Delay(Timeout.Infinite, ct);
+        await host.StartAsync();
+
+        var id = await host.SubmitAsync(new JobRequest("work") { Retry = Immediately3 });
+        await host.Behavior.FirstStart.Task.WaitAsync(TestHost.WaitLimit);
+        await host.Client.CancelAsync(id, "user pressed stop");
+        bus.Drop.SetResult();
+        var job = await host.WaitForStateAsync(id, JobState.Cancelled);
+
+        var attempt = Assert.Single(job.Attempts);
+        Assert.Equal(AttemptOutcome.Cancelled, attempt.Outcome);
+        Assert.Equal("Cancelled: user pressed stop", attempt.Error);
+    }
+
+    /// <summary>
+    /// The in-process bus, except that the first stream of cancellation requests (the worker's) takes none and, once
+    /// <see cref="Drop"/> is set, ends as a bus ends a stream that fell behind.
+    /// </summary>
+    private sealed class DroppingBus(IJobEventBus inner) : IJobEventBus
+    {
+        private int _dropped;
+
+        public TaskCompletionSource Drop { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public bool HasSubscribers => inner.HasSubscribers;
+
+        public bool IsWatched(JobEventKind kind) => inner.IsWatched(kind);
+
+        public bool IsWatched(JobEvent jobEvent) => inner.IsWatched(jobEvent);
+
+        public void Publish(JobEvent jobEvent) => inner.Publish(jobEvent);
+
+        public IAsyncEnumerable<JobEvent> SubscribeAsync(JobEventFilter filter, CancellationToken cancellationToken)
+            => filter.Kinds?.Contains(JobEventKind.CancellationRequested) == true && Interlocked.Exchange(ref _dropped, 1) == 0
+                ? DropAsync(cancellationToken)
+                : inner.SubscribeAsync(filter, cancellationToken);
+
+        private async IAsyncEnumerable<JobEvent> DropAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+        {
+            await Drop.Task.WaitAsync(cancellationToken);
+            if (cancellationToken.CanBeCanceled)
+            {
+                throw new JobEventsDroppedException(1);
+            }
+
+            yield break;
+        }
+    }
+
+    [Fact]
     public async Task Cancel_RequestForAnotherAttempt_DoesNotStopTheRunningOne()
     {
         // A job retried by request runs again: a late request meant for its earlier attempt must not stop the new one.
