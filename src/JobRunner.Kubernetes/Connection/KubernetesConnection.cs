@@ -239,6 +239,10 @@ internal sealed class KubernetesConnection
             }
             else if (CertificateAuthority is { } authority)
             {
+                // SslStream builds a chain of its own before the callback, with downloads allowed by default: it fetched
+                // the issuer a server's certificate names (AIA), and Validate then took the downloaded certificate as one
+                // the server sent. Without downloads the presented chain holds only what the server sent.
+                ssl.CertificateChainPolicy = new X509ChainPolicy { DisableCertificateDownloads = true, RevocationMode = X509RevocationMode.NoCheck };
                 ssl.RemoteCertificateValidationCallback = (_, certificate, chain, errors) => Validate(certificate, chain, errors, authority);
             }
 

@@ -58,7 +58,7 @@ public sealed class CertificateAuthorityTests : IDisposable
         _anyUsageLeaf = Leaf(_intermediate, now, null);
     }
 
-    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string? usage)
+    private static X509Certificate2 Leaf(X509Certificate2 issuer, DateTimeOffset now, string? usage, Uri? issuerUrl = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
@@ -70,6 +70,12 @@ public sealed class CertificateAuthorityTests : IDisposable
         }
 
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer, true, false));
+        if (issuerUrl is not null)
+        {
+            // Authority information access: where a chain builder allowed to download fetches the issuer (caIssuers).
+            request.CertificateExtensions.Add(new X509AuthorityInformationAccessExtension(null, [issuerUrl.AbsoluteUri]));
+        }
+
         var names = new SubjectAlternativeNameBuilder();
         names.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(names.Build());
@@ -151,6 +157,61 @@ public sealed class CertificateAuthorityTests : IDisposable
     public async Task Handler_AcceptsAServerCertificateWithoutExtendedKeyUsage(string bundle, string sent)
     {
         await RequestAsync(bundle, sent, _anyUsageLeaf, accepted: true);
+    }
+
+    [Fact]
+    public async Task Handler_DownloadsNoIssuer_ThatTheServerCertificateNamesForItsChain()
+    {
+        // The server sends its leaf alone; the bundle holds only the root. The leaf names where its issuer (the
+        // intermediate) can be fetched: a loopback HTTP listener that would serve it. As client-go, the handshake uses
+        // only the bundle and what the server sent: nothing is fetched, and without the intermediate there is no chain.
+        using var issuers = new TcpListener(IPAddress.Loopback, 0);
+        issuers.Start();
+        var url = new Uri($"http://127.0.0.1:{((IPEndPoint)issuers.LocalEndpoint).Port}/intermediate.crt");
+        using var fetches = new CancellationTokenSource();
+        var fetched = ServeIssuerAsync(issuers, _intermediate, fetches.Token);
+        using var leaf = Leaf(_intermediate, TimeProvider.System.GetUtcNow(), "1.3.6.1.5.5.7.3.1", url);
+
+        await RequestAsync("root", "", leaf, accepted: false);
+
+        // Every fetch the handshake made was served before it ended (a chain builder waits for its download).
+        await fetches.CancelAsync();
+        Assert.Equal(0, await fetched.WaitAsync(K8sTest.Limit));
+    }
+
+    /// <summary>Serves <paramref name="issuer"/> (DER) to every HTTP request until cancelled; returns how many it got.</summary>
+    private static async Task<int> ServeIssuerAsync(TcpListener listener, X509Certificate2 issuer, CancellationToken stop)
+    {
+        var served = 0;
+        try
+        {
+            while (true)
+            {
+                using var client = await listener.AcceptTcpClientAsync(stop);
+                served++;
+                var stream = client.GetStream();
+                var buffer = new byte[4096];
+                var received = new StringBuilder();
+                while (!received.ToString().Contains("\r\n\r\n", StringComparison.Ordinal))
+                {
+                    var read = await stream.ReadAsync(buffer, stop);
+                    if (read == 0)
+                    {
+                        break;
+                    }
+
+                    received.Append(Encoding.ASCII.GetString(buffer, 0, read));
+                }
+
+                var body = issuer.RawData;
+                await stream.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Type: application/pkix-cert\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), stop);
+                await stream.WriteAsync(body, stop);
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            return served;
+        }
     }
 
     private async Task RequestAsync(string bundle, string sent, X509Certificate2 leaf, bool accepted)

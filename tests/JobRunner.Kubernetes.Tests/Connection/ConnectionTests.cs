@@ -262,6 +262,90 @@ public sealed class ConnectionTests : IDisposable
         Assert.Empty(server.Requests);
     }
 
+    [Fact]
+    public async Task Kubeconfig_ExecPluginRunQueuedBeforeTheDisposal_AndReachedAfterIt_LaunchesNothing()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var (path, runs) = HangingPluginKubeconfig(server);
+        var token = (ExecToken)Resolve(new KubernetesEngineOptions { KubeconfigPath = path }).Token!;
+        var gate = new PoolGate();
+
+        // The plugin's run is queued on the pool and held there, before it launches anything, until the disposal began.
+        var request = gate.Run(() => token.GetTokenAsync(new FakeTimeProvider(), NullLogger.Instance, CancellationToken.None).AsTask());
+        await gate.Reached.WaitAsync(K8sTest.Limit);
+        var disposal = token.DisposeAsync().AsTask();
+        gate.Release();
+
+        await disposal.WaitAsync(K8sTest.Limit);
+        var error = await Assert.ThrowsAsync<KubeconfigException>(() => request.WaitAsync(K8sTest.Limit));
+        Assert.Contains("was not started: the Kubernetes engine was disposed", error.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(runs), "The plugin was launched after the disposal began.");
+    }
+
+    [Fact]
+    public async Task Kubeconfig_WatchWaitingForTheExecPlugin_EndsQuietly_WhenTheEngineHostIsDisposed()
+    {
+        await using var server = await FakeKubernetesServer.StartAsync();
+        var (path, _) = HangingPluginKubeconfig(server);
+        var logs = new RecordingLoggers();
+
+        // A fake clock that never moves: only the disposal ends the plugin's run.
+        await using var host = new KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { KubeconfigPath = path }), new FakeTimeProvider(), logs);
+        var (_, watch) = await host.ConnectAsync(CancellationToken.None);
+        _ = watch.StartAsync(CancellationToken.None); // its first lists wait for the plugin's token
+        var started = await HangingPluginStartedAsync();
+
+        await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
+
+        // The watch ended before the token source went: its wait for the token was cancelled, not failed by the disposal
+        // (which a watch would log as a failure and retry against a disposed source).
+        await K8sTest.UntilAsync(() => started.All(static pid => !IsAlive(pid)), "The plugin or its child outlived the host.");
+        Assert.Empty(logs.Entries.Where(static e => e.Level >= Microsoft.Extensions.Logging.LogLevel.Warning).Select(static e => $"{e.Message} {e.Exception}"));
+        Assert.Empty(server.Requests);
+    }
+
+    /// <summary>
+    /// Holds the first pool work item queued by a call made through <see cref="Run{T}"/> (the execution context it
+    /// captured carries this gate) before the item runs, until <see cref="Release"/>: an explicit signal for "queued, but
+    /// not yet run". The hold is the change notification of an <see cref="AsyncLocal{T}"/>, raised when the pool thread
+    /// takes the captured context on.
+    /// </summary>
+    private sealed class PoolGate
+    {
+        private readonly AsyncLocal<PoolGate?> _carried;
+        private readonly TaskCompletionSource _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _released = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _armed = 1;
+
+        public PoolGate() => _carried = new AsyncLocal<PoolGate?>(OnContextChanged);
+
+        public Task Reached => _reached.Task;
+
+        public T Run<T>(Func<T> call)
+        {
+            _carried.Value = this;
+            try
+            {
+                return call();
+            }
+            finally
+            {
+                _carried.Value = null;
+            }
+        }
+
+        public void Release() => _released.TrySetResult();
+
+        private void OnContextChanged(AsyncLocalValueChangedArgs<PoolGate?> change)
+        {
+            if (change.ThreadContextChanged && ReferenceEquals(change.CurrentValue, this) && Interlocked.Exchange(ref _armed, 0) == 1)
+            {
+                _reached.TrySetResult();
+                _released.Task.Wait(K8sTest.Limit);
+            }
+        }
+    }
+
     /// <summary>
     /// A kubeconfig whose exec plugin starts a child (sleep 600) and waits for it, writing its own and the child's pids to
     /// a file (see <see cref="HangingPluginStartedAsync"/>) and a line per run to <c>Runs</c>.
