@@ -12,11 +12,10 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_Success_CreatesOneJobStreamsLogsAndReportsExitCode()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1", "line 2");
+        await using var test = await K8sTest.StartAsync(static _ => FakePodScript.Succeed("line 1", "line 2"));
         var context = new TestContext();
 
-        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await test.Start(context).WaitAsync(K8sTest.Limit);
 
         Assert.Equal(0, context.ExitCode);
         Assert.Equal(["line 1", "line 2"], context.Output);
@@ -53,7 +52,7 @@ public sealed class KubernetesEngineTests
         };
         var context = new TestContext();
 
-        await test.Engine(spec).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await test.Start(context, spec).WaitAsync(K8sTest.Limit);
 
         var job = test.Server.GetObject("jobs", "jobs", $"jr-{context.JobId}-1")!;
         Assert.Equal(91, job["spec"]!["activeDeadlineSeconds"]!.GetValue<long>());
@@ -69,11 +68,10 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_NonZeroExit_FailsPermanentlyWithTheExitCode()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => FakePodScript.Exit(3, "boom");
+        await using var test = await K8sTest.StartAsync(static _ => FakePodScript.Exit(3, "boom"));
         var context = new TestContext();
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(context).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(3, error.ExitCode);
         Assert.Equal(ExitReason.NonZeroExit, error.Reason);
@@ -85,10 +83,9 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_TransientExitCode_IsTransient()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => FakePodScript.Exit(75);
+        await using var test = await K8sTest.StartAsync(static _ => FakePodScript.Exit(75));
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine(configure: o => o.TransientExitCodes.Add(75)).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(new TestContext(), configure: o => o.TransientExitCodes.Add(75)).WaitAsync(K8sTest.Limit));
 
         Assert.True(error.IsTransient);
     }
@@ -96,10 +93,9 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_OomKilled_IsTransientOutOfMemory()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => FakePodScript.OomKilled();
+        await using var test = await K8sTest.StartAsync(static _ => FakePodScript.OomKilled());
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(ExitReason.OutOfMemory, error.Reason);
         Assert.True(error.IsTransient);
@@ -110,10 +106,9 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_Evicted_IsTransient()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { Evicted = true };
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { Evicted = true });
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(ExitReason.Evicted, error.Reason);
         Assert.True(error.IsTransient);
@@ -123,10 +118,9 @@ public sealed class KubernetesEngineTests
     public async Task Execute_ContainerStatusUnknown_IsTransientLikeAnEviction()
     {
         // The kubelet lost the container (its node went away): exit code 137, reason ContainerStatusUnknown.
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { ExitCode = 137, TerminationReason = "ContainerStatusUnknown" };
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { ExitCode = 137, TerminationReason = "ContainerStatusUnknown" });
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(ExitReason.Evicted, error.Reason);
         Assert.True(error.IsTransient);
@@ -136,11 +130,8 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_ImagePullBackOffPastTheLimit_FailsPermanentlyAndDeletesTheJob()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { ImagePullFails = true };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.ImagePullBackOffLimit = TimeSpan.FromMinutes(5)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { ImagePullFails = true });
+        var (time, context, run) = test.StartOnFakeClock(o => o.ImagePullBackOffLimit = TimeSpan.FromMinutes(5));
 
         await context.WaitForLineAsync("ImagePullBackOff");
         Assert.False(run.IsCompleted);
@@ -161,11 +152,8 @@ public sealed class KubernetesEngineTests
     [InlineData("ContainerCreating", true, "FailedMount: MountVolume.SetUp failed")]
     public async Task Execute_ContainerThatNeverStartsPastTheLimit_FailsNamingTheReason_AndDeletesTheJob(string reason, bool transient, string quoted)
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { StuckWaiting = reason };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { StuckWaiting = reason });
+        var (time, context, run) = test.StartOnFakeClock(o => o.ContainerStartLimit = TimeSpan.FromMinutes(15));
 
         await context.WaitForLineAsync($"waiting: {reason}");
         if (reason == "ContainerCreating")
@@ -191,11 +179,8 @@ public sealed class KubernetesEngineTests
     [InlineData("ContainerCreating")]
     public async Task Execute_InitContainerThatNeverStartsPastTheLimit_FailsNamingIt_AndDeletesTheJob(string reason)
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { InitStuckWaiting = reason };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { InitStuckWaiting = reason });
+        var (time, context, run) = test.StartOnFakeClock(o => o.ContainerStartLimit = TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("waiting: PodInitializing");
         await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never reported the init container.");
 
@@ -217,16 +202,13 @@ public sealed class KubernetesEngineTests
     public async Task Execute_ImagePullLongerThanTheStartLimit_IsWaitedFor()
     {
         // A huge image: the kubelet pulls it for longer than the limit, the container waiting in ContainerCreating.
-        await using var test = await K8sTest.StartAsync();
         var pulled = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task });
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+        var (time, context, run) = test.StartOnFakeClock(o => o.ContainerStartLimit = TimeSpan.FromMinutes(15), cancellationToken: cancel.Token);
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("the image is still being pulled");
         pulled.SetResult();
@@ -244,14 +226,11 @@ public sealed class KubernetesEngineTests
     public async Task Execute_ImagePullThatNeverEnds_FailsTransientlyAtTheImagePullLimit_NamingImageContainerAndOption(int startMinutes, int pullMinutes, int steps)
     {
         // A registry that never answers: the kubelet's Pulling event has nothing after it, for good.
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(startMinutes), TimeSpan.FromMinutes(pullMinutes))).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = new TaskCompletionSource().Task });
+        var (time, context, run) = test.StartOnFakeClock(o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(startMinutes), TimeSpan.FromMinutes(pullMinutes)), K8sTest.Spec("registry.example/huge:1"));
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         if (steps == 2)
         {
             time.Advance(TimeSpan.FromMinutes(startMinutes));
@@ -272,16 +251,13 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_PodEventsUnreadableAtTheStartLimit_LooksAgainLater_AndWaitsForThePull()
     {
-        await using var test = await K8sTest.StartAsync();
         var pulled = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = pulled.Task, RunUntil = new TaskCompletionSource().Task });
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+        var (time, context, run) = test.StartOnFakeClock(o => o.ContainerStartLimit = TimeSpan.FromMinutes(15), cancellationToken: cancel.Token);
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         // A failure that may pass (503; every retry of the one read, at once): looked at again.
         test.Server.InjectFault(503, count: 6, retryAfterSeconds: 0, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
         time.Advance(TimeSpan.FromMinutes(15));
@@ -303,14 +279,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_PodEventsUnreadableUntilTheImagePullLimit_FailsTransiently()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = new TaskCompletionSource().Task });
+        var (time, context, run) = test.StartOnFakeClock(o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30)));
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         test.Server.InjectFault(503, count: 1000, retryAfterSeconds: 0, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("its events could not be read");
@@ -331,14 +304,11 @@ public sealed class KubernetesEngineTests
     public async Task Execute_PodEventsRefusedAtTheStartLimit_FailsAtTheStartLimit_WithoutLookingAgain()
     {
         // A refusal (the engine's role may not list events) does not pass: the start limit decides, as without events.
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = new TaskCompletionSource().Task });
+        var (time, context, run) = test.StartOnFakeClock(o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30)));
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         test.Server.InjectFault(403, count: 1000, match: static r => r.Path.EndsWith("/events", StringComparison.Ordinal));
         time.Advance(TimeSpan.FromMinutes(15));
         var error = await Assert.ThrowsAsync<WorkloadExitException>(() => run.WaitAsync(K8sTest.Limit));
@@ -357,15 +327,12 @@ public sealed class KubernetesEngineTests
     public async Task Execute_ImagePullOutlivingItsEvents_IsStillWaitedFor()
     {
         // An ImagePullLimit longer than the events' time to live: the Pulling event is deleted while the pull goes on.
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = new TaskCompletionSource().Task });
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromHours(3))).ExecuteAsync(context, cancel.Token).AsTask();
+        var (time, context, run) = test.StartOnFakeClock(o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromHours(3)), K8sTest.Spec("registry.example/huge:1"), cancellationToken: cancel.Token);
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("the image is still being pulled after 00:15:00");
         test.Server.ExpireEvents("jobs");
@@ -383,14 +350,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_ImagePullOutlivingItsEvents_FailsAtTheImagePullLimit_NamingTheImage()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { PullUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(K8sTest.Spec("registry.example/huge:1"), time, o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30))).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { PullUntil = new TaskCompletionSource().Task });
+        var (time, context, run) = test.StartOnFakeClock(o => (o.ContainerStartLimit, o.ImagePullLimit) = (TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30)), K8sTest.Spec("registry.example/huge:1"));
 
         await context.WaitForLineAsync("waiting: ContainerCreating");
-        await K8sTest.UntilAsync(() => test.Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
+        await test.UntilPullStartedAsync();
         time.Advance(TimeSpan.FromMinutes(15));
         await context.WaitForLineAsync("the image is still being pulled after 00:15:00");
         test.Server.ExpireEvents("jobs");
@@ -405,13 +369,10 @@ public sealed class KubernetesEngineTests
     public async Task Execute_InitContainersRunningLongerThanTheStartLimit_AreNotCounted()
     {
         // While init containers run, the container waits in PodInitializing and the pod is not Initialized yet.
-        await using var test = await K8sTest.StartAsync();
         var initialized = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { InitializeUntil = initialized.Task, RunUntil = new TaskCompletionSource().Task };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { InitializeUntil = initialized.Task, RunUntil = new TaskCompletionSource().Task });
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine(time: time, configure: o => o.ContainerStartLimit = TimeSpan.FromMinutes(15)).ExecuteAsync(context, cancel.Token).AsTask();
+        var (time, context, run) = test.StartOnFakeClock(o => o.ContainerStartLimit = TimeSpan.FromMinutes(15), cancellationToken: cancel.Token);
 
         await context.WaitForLineAsync("waiting: PodInitializing");
         time.Advance(TimeSpan.FromMinutes(15));
@@ -427,11 +388,8 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_JobSuspendedByAQueue_IsNotFailedAsCreatingNoPod_AndRunsOnceAdmitted()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { Suspended = true, Logs = ["admitted"] };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(4)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { Suspended = true, Logs = ["admitted"] });
+        var (time, context, run) = test.StartOnFakeClock(o => o.UnschedulableLimit = TimeSpan.FromMinutes(4));
 
         // Held back by the queue for longer than the no-pod limit, then admitted. (Less than the 6 minutes after which a
         // silent watch counts as dead: a watch reopened after one that delivered nothing would wait on the fake clock.)
@@ -451,10 +409,9 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_InvalidImageName_FailsPermanentlyAtOnce()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { InvalidImageName = true };
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { InvalidImageName = true });
 
-        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(ExitReason.StartFailed, error.Reason);
         Assert.False(error.IsTransient);
@@ -463,11 +420,8 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_UnschedulablePastTheLimit_FailsTransiently()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { Unschedulable = true };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { Unschedulable = true });
+        var (time, context, run) = test.StartOnFakeClock(o => o.UnschedulableLimit = TimeSpan.FromMinutes(10));
 
         await context.WaitForLineAsync("Unschedulable");
         time.Advance(TimeSpan.FromMinutes(10));
@@ -482,11 +436,8 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_JobThatCreatesNoPod_FailsTransientlyPastTheLimit_WithTheJobsEvent_AndIsDeleted()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { PodCreationRefused = "violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false" };
-        var time = new FakeTimeProvider();
-        var context = new TestContext(time: time);
-        var run = test.Engine(time: time, configure: o => o.UnschedulableLimit = TimeSpan.FromMinutes(10)).ExecuteAsync(context, CancellationToken.None).AsTask();
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { PodCreationRefused = "violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false" });
+        var (time, context, run) = test.StartOnFakeClock(o => o.UnschedulableLimit = TimeSpan.FromMinutes(10));
 
         // The Job exists and its controller has said why it makes no pod. The limit counts from when the attempt first
         // sees the Job without a pod: move the clock (in steps shorter than a request's timeout) until it gives up.
@@ -509,12 +460,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_DeadlineExceeded_ThrowsJobTimeoutException()
     {
-        await using var test = await K8sTest.StartAsync();
         var never = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = never.Task });
         var context = new TestContext();
         var spec = K8sTest.Spec() with { Timeout = TimeSpan.FromMinutes(2) };
-        var run = test.Engine(spec).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Start(context, spec);
 
         await context.WaitForLineAsync(": running");
         test.Server.ExceedDeadline("jobs", $"jr-{context.JobId}-1");
@@ -526,12 +476,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_Cancelled_DeletesTheJobInTheBackground()
     {
-        await using var test = await K8sTest.StartAsync();
         var never = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = never.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = never.Task });
         var context = new TestContext();
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine().ExecuteAsync(context, cancel.Token).AsTask();
+        var run = test.Start(context, cancellationToken: cancel.Token);
 
         await context.WaitForLineAsync(": running");
         await cancel.CancelAsync();
@@ -549,12 +498,11 @@ public sealed class KubernetesEngineTests
     {
         // The host stops (its connections disposed) while an attempt is still being cancelled: the Job's delete cannot go
         // out; the attempt ends as cancelled, as when the server cannot be reached.
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = new TaskCompletionSource().Task });
         var context = new TestContext();
         using var cancel = new CancellationTokenSource();
         var host = test.Host();
-        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, cancel.Token).AsTask();
+        var run = K8sTest.StartOn(host, context, cancellationToken: cancel.Token);
         await context.WaitForLineAsync(": running");
 
         await host.DisposeAsync().AsTask().WaitAsync(K8sTest.Limit);
@@ -568,18 +516,17 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_StoppedAfterItsLeaseWasLost_LeavesTheJobToTheNextOwner_WhichReattaches()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] });
         var jobId = JobId.New(TimeProvider.System);
 
         // Attempt 1's worker could not renew its lease: the job was taken back and attempt 2 re-attached elsewhere.
         var stale = new TestContext(jobId, attempt: 1);
         using var stop = new CancellationTokenSource();
-        var staleRun = test.Engine().ExecuteAsync(stale, stop.Token).AsTask();
+        var staleRun = test.Start(stale, cancellationToken: stop.Token);
         await stale.WaitForLineAsync(": running");
         var next = new TestContext(jobId, attempt: 2, checkpoint: stale.SavedCheckpoint);
-        var nextRun = test.Engine().ExecuteAsync(next, CancellationToken.None).AsTask();
+        var nextRun = test.Start(next);
         await next.WaitForLineAsync("Re-attached");
 
         // Then the first worker hears that its lease is lost, and stops its attempt.
@@ -601,14 +548,14 @@ public sealed class KubernetesEngineTests
 
         // The identity may not list pods (a missing RBAC rule), for the first try only.
         test.Server.InjectFault(403, count: 1, match: static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch);
-        var refused = await Assert.ThrowsAsync<KubernetesApiException>(() => test.Engine().ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var refused = await Assert.ThrowsAsync<KubernetesApiException>(() => test.Start(new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.Equal(403, refused.StatusCode);
         Assert.Equal(0, test.Posts);
 
         // The watch kept trying; with the permission in place the next attempt runs.
         var context = new TestContext();
-        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await test.Start(context).WaitAsync(K8sTest.Limit);
         Assert.Equal(0, context.ExitCode);
     }
 
@@ -624,7 +571,7 @@ public sealed class KubernetesEngineTests
         var options = new KubernetesEngineOptions { Server = new Uri($"http://127.0.0.1:{port}"), Namespace = "jobs" };
         await using var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(options), new JumpingTime());
 
-        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => K8sTest.StartOn(host, new TestContext()).WaitAsync(K8sTest.Limit));
 
         Assert.True(error.IsTransient);
         Assert.Contains("cannot be reached", error.Message, StringComparison.Ordinal);
@@ -639,14 +586,14 @@ public sealed class KubernetesEngineTests
         test.Server.InjectFault(504, count: 1000, match: static r => r.Method == "GET" && !r.IsWatch);
         var host = test.Host(new JumpingTime());
 
-        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        var error = await Assert.ThrowsAsync<KubernetesApiException>(() => K8sTest.StartOn(host, new TestContext()).WaitAsync(K8sTest.Limit));
         Assert.Equal(504, error.StatusCode);
         Assert.Equal(0, test.Posts);
 
         // The watch kept trying; once the server answers, the next attempt runs.
         test.Server.ClearFaults();
         var context = new TestContext();
-        await host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await K8sTest.StartOn(host, context).WaitAsync(K8sTest.Limit);
         Assert.Equal(0, context.ExitCode);
     }
 
@@ -658,7 +605,7 @@ public sealed class KubernetesEngineTests
         test.Server.InjectFault(504, count: 18, match: static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch);
         var context = new TestContext();
 
-        await test.Host(new JumpingTime()).CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await K8sTest.StartOn(test.Host(new JumpingTime()), context).WaitAsync(K8sTest.Limit);
 
         Assert.Equal(0, context.ExitCode);
         Assert.True(test.Server.CountRequests(static r => r.Method == "GET" && r.Path.EndsWith("/pods", StringComparison.Ordinal) && !r.IsWatch) > 18);
@@ -675,7 +622,7 @@ public sealed class KubernetesEngineTests
             var fails = i == 1;
             test.Server.PodBehavior = _ => fails ? FakePodScript.Exit(3, "boom") : FakePodScript.Succeed("done");
             var context = new TestContext();
-            var run = test.Engine(configure: static o => o.TtlAfterFinished = TimeSpan.Zero).ExecuteAsync(context, CancellationToken.None).AsTask();
+            var run = test.Start(context, configure: static o => o.TtlAfterFinished = TimeSpan.Zero);
 
             if (fails)
             {
@@ -699,7 +646,7 @@ public sealed class KubernetesEngineTests
         test.Server.InjectFault(429, count: 1, retryAfterSeconds: 60, match: static r => r.Method == "POST");
         var context = new TestContext();
         using var cancel = new CancellationTokenSource();
-        var run = test.Engine().ExecuteAsync(context, cancel.Token).AsTask();
+        var run = test.Start(context, cancellationToken: cancel.Token);
         await K8sTest.UntilAsync(() => test.Server.CountRequests(static r => r.Method == "POST") > 0, "The create was never sent.");
 
         await cancel.CancelAsync();
@@ -713,15 +660,14 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_SecondSubmitOfTheSameAttempt_AdoptsTheJobOn409()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["working"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task, Logs = ["working"] });
         var jobId = JobId.New(TimeProvider.System);
 
         // The first host is stopped gracefully (CheckpointRequested): it leaves the Job running.
         var first = new TestContext(jobId);
         using var stop = new CancellationTokenSource();
-        var firstRun = test.Engine().ExecuteAsync(first, stop.Token).AsTask();
+        var firstRun = test.Start(first, cancellationToken: stop.Token);
         await first.WaitForLineAsync(": running");
         first.RequestCheckpoint();
         await stop.CancelAsync();
@@ -730,7 +676,7 @@ public sealed class KubernetesEngineTests
 
         // A second submit of the same attempt, without the checkpoint, gets 409 AlreadyExists and adopts the Job.
         var second = new TestContext(jobId);
-        var secondRun = test.Engine().ExecuteAsync(second, CancellationToken.None).AsTask();
+        var secondRun = test.Start(second);
         await second.WaitForLineAsync("adopted");
         release.SetResult();
         await secondRun.WaitAsync(K8sTest.Limit);
@@ -744,16 +690,15 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_TakeoverAfterHostCrash_ReattachesByCheckpointWithoutSubmittingAgain()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task, Logs = ["from the pod"] });
         var jobId = JobId.New(TimeProvider.System);
 
         // Host A runs attempt 1, then crashes: its engine host and watch go away, the Job stays.
         var crashed = test.Host();
         var a = new TestContext(jobId, attempt: 1);
         using var abandon = new CancellationTokenSource();
-        var aRun = crashed.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(a, abandon.Token).AsTask();
+        var aRun = K8sTest.StartOn(crashed, a, cancellationToken: abandon.Token);
         await a.WaitForLineAsync(": running");
         a.RequestCheckpoint();
         await abandon.CancelAsync();
@@ -762,7 +707,7 @@ public sealed class KubernetesEngineTests
 
         // Host B takes the lease over: attempt 2 starts from attempt 1's checkpoint and re-attaches.
         var b = new TestContext(jobId, attempt: 2, checkpoint: a.SavedCheckpoint);
-        var bRun = test.Engine().ExecuteAsync(b, CancellationToken.None).AsTask();
+        var bRun = test.Start(b);
         await b.WaitForLineAsync("Re-attached");
         release.SetResult();
         await bRun.WaitAsync(K8sTest.Limit);
@@ -776,9 +721,8 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_TakeoverAfterHostCrash_StreamsOnFromTheLinesEarlierAttemptsStored()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { Logs = ["one", "two"], RunUntil = release.Task, FinalLogs = ["three"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { Logs = ["one", "two"], RunUntil = release.Task, FinalLogs = ["three"] });
         var jobId = JobId.New(TimeProvider.System);
         var logs = new ServiceCollection().AddJobRunner(static _ => { }).BuildServiceProvider().GetRequiredService<ILogStore>();
 
@@ -786,7 +730,7 @@ public sealed class KubernetesEngineTests
         var crashed = test.Host();
         var a = new TestContext(jobId, attempt: 1, logs: logs);
         using var abandon = new CancellationTokenSource();
-        var aRun = crashed.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(a, abandon.Token).AsTask();
+        var aRun = K8sTest.StartOn(crashed, a, cancellationToken: abandon.Token);
         await a.WaitForLineAsync("two", LogStream.Output);
         a.RequestCheckpoint();
         await abandon.CancelAsync();
@@ -795,7 +739,7 @@ public sealed class KubernetesEngineTests
 
         // Host B re-attaches: the stream goes on after them.
         var b = new TestContext(jobId, attempt: 2, checkpoint: a.SavedCheckpoint, logs: logs);
-        var bRun = test.Engine().ExecuteAsync(b, CancellationToken.None).AsTask();
+        var bRun = test.Start(b);
         await b.WaitForLineAsync("Re-attached");
         release.SetResult();
         await bRun.WaitAsync(K8sTest.Limit);
@@ -808,8 +752,7 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Sweep_DeletesAJobLeftRunningByAGracefulStop_OnceTheStoreHasItsJobFinished_AndNoOther()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task };
+        await using var test = await K8sTest.StartAsync(static _ => new FakePodScript { RunUntil = new TaskCompletionSource().Task });
         var store = Substitute.For<IJobStore>();
         var host = test.Host(store: store);
 
@@ -819,7 +762,7 @@ public sealed class KubernetesEngineTests
         {
             var context = new TestContext();
             using var stop = new CancellationTokenSource();
-            var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, stop.Token).AsTask();
+            var run = K8sTest.StartOn(host, context, cancellationToken: stop.Token);
             await context.WaitForLineAsync(": running");
             context.RequestCheckpoint();
             await stop.CancelAsync();
@@ -856,15 +799,14 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_RetryAfterAFailedAttempt_SubmitsANewJob()
     {
-        await using var test = await K8sTest.StartAsync();
         var calls = 0;
-        test.Server.PodBehavior = _ => Interlocked.Increment(ref calls) == 1 ? FakePodScript.OomKilled() : FakePodScript.Succeed("ok");
+        await using var test = await K8sTest.StartAsync(_ => Interlocked.Increment(ref calls) == 1 ? FakePodScript.OomKilled() : FakePodScript.Succeed("ok"));
         var jobId = JobId.New(TimeProvider.System);
         var first = new TestContext(jobId, attempt: 1);
-        await Assert.ThrowsAsync<WorkloadExitException>(() => test.Engine().ExecuteAsync(first, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit));
+        await Assert.ThrowsAsync<WorkloadExitException>(() => test.Start(first).WaitAsync(K8sTest.Limit));
 
         var second = new TestContext(jobId, attempt: 2, checkpoint: first.SavedCheckpoint);
-        await test.Engine().ExecuteAsync(second, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await test.Start(second).WaitAsync(K8sTest.Limit);
 
         Assert.Equal(2, test.Posts);
         Assert.Equal([$"jr-{jobId}-1", $"jr-{jobId}-2"], test.Server.Names("jobs", "jobs"));
@@ -875,11 +817,10 @@ public sealed class KubernetesEngineTests
     [InlineData(true)]
     public async Task Execute_LogsStreamWhileThePodRuns_AndAStreamResetMidRunReconnectsFromTheLastLine(bool reset)
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["first"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task, Logs = ["first"] });
         var context = new TestContext();
-        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Start(context);
 
         await context.WaitForLineAsync("first", LogStream.Output);
         if (reset)
@@ -905,11 +846,10 @@ public sealed class KubernetesEngineTests
     {
         // A log store that is down: every system line (the pod's phases, "Deleted ...") and every output batch fails,
         // with an error or with the store's own time limit (a cancellation, though the engine passes no token).
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static _ => FakePodScript.Succeed("line 1");
+        await using var test = await K8sTest.StartAsync(static _ => FakePodScript.Succeed("line 1"));
         var context = new TestContext { FailWrites = _ => StoreFailure(timesOut) };
 
-        await test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask().WaitAsync(K8sTest.Limit);
+        await test.Start(context).WaitAsync(K8sTest.Limit);
 
         Assert.Equal(0, context.ExitCode);
         Assert.DoesNotContain(test.Server.Requests, static r => r.Method == "DELETE");
@@ -923,15 +863,14 @@ public sealed class KubernetesEngineTests
     [InlineData(true)]
     public async Task Execute_LogStoreRefusesABatchOfOutput_LaterLinesAreStillStreamed(bool timesOut)
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task, Logs = ["lost"] };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task, Logs = ["lost"] });
         var failed = 0;
         var context = new TestContext
         {
             FailWrites = lines => lines.Any(static l => l.Message == "lost") && Interlocked.Increment(ref failed) == 1 ? StoreFailure(timesOut) : null,
         };
-        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Start(context);
 
         await K8sTest.UntilAsync(() => Volatile.Read(ref failed) > 0, "The first output line was never written.");
         test.Server.WriteLog("jobs", $"jr-{context.JobId}-1", "kept");
@@ -945,11 +884,10 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_LogStreamResetManyTimesWhileThePodRuns_KeepsReconnecting()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task });
         var context = new TestContext();
-        var run = test.Engine().ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Start(context);
         await context.WaitForLineAsync(": running");
 
         // Each connection delivers a line, then is reset (more resets than the stream once allowed per pod).
@@ -974,12 +912,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_WatchExpiresMidRun_RelistsAndFinishes()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task });
         var context = new TestContext();
         var host = test.Host();
-        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = K8sTest.StartOn(host, context);
         await context.WaitForLineAsync(": running");
         var lists = test.Server.CountRequests(static r => r.Method == "GET" && !r.IsWatch && r.Path.EndsWith("/jobs", StringComparison.Ordinal));
 
@@ -995,12 +932,11 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_WatchDropped_ReconnectsFromTheLastVersionAndFinishes()
     {
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task });
         var context = new TestContext();
         var host = test.Host();
-        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = K8sTest.StartOn(host, context);
         await context.WaitForLineAsync(": running");
 
         test.Server.DropWatches();
@@ -1017,13 +953,12 @@ public sealed class KubernetesEngineTests
     {
         // The server does not close the watch (as a connection whose peer vanished without a reset): after the watch's
         // timeout (at most 10 minutes) and a minute more of silence, the client gives up on it and opens another.
-        await using var test = await K8sTest.StartAsync();
         var release = new TaskCompletionSource();
-        test.Server.PodBehavior = _ => new FakePodScript { RunUntil = release.Task };
+        await using var test = await K8sTest.StartAsync(_ => new FakePodScript { RunUntil = release.Task });
         var time = new JobRunner.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
         var host = test.Host(time);
         var context = new TestContext(time: time);
-        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec())).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = K8sTest.StartOn(host, context);
         await context.WaitForLineAsync(": running");
         var watches = test.Server.CountRequests(static r => r.IsWatch);
         Assert.All(test.Server.Requests.Where(static r => r.IsWatch), static r => Assert.Matches("timeoutSeconds=(3[0-9][0-9]|[45][0-9][0-9])(&|$)", r.Query));
@@ -1049,7 +984,7 @@ public sealed class KubernetesEngineTests
             Tolerations = [new Toleration("gpu", Effect: "Sometimes")],
         };
 
-        var error = await Assert.ThrowsAsync<JobValidationException>(() => test.Engine(spec).ExecuteAsync(new TestContext(), CancellationToken.None).AsTask());
+        var error = await Assert.ThrowsAsync<JobValidationException>(() => test.Start(new TestContext(), spec));
 
         Assert.Equal(2, error.Errors.Count);
         Assert.Contains(error.Errors, e => e.Contains("'bad key!' is not a valid label key", StringComparison.Ordinal));
@@ -1060,8 +995,7 @@ public sealed class KubernetesEngineTests
     [Fact]
     public async Task Execute_ManyConcurrentAttempts_ShareOneWatchPerResourceAndNeverPoll()
     {
-        await using var test = await K8sTest.StartAsync();
-        test.Server.PodBehavior = static r => FakePodScript.Succeed(r.JobName);
+        await using var test = await K8sTest.StartAsync(static r => FakePodScript.Succeed(r.JobName));
         var engine = test.Engine();
         var contexts = Enumerable.Range(0, 20).Select(_ => new TestContext()).ToList();
 
@@ -1106,7 +1040,7 @@ public sealed class KubernetesEngineTests
         test.Server.InjectFault(429, count: 1, retryAfterSeconds: 2, match: static r => r.Method == "POST");
         var time = new TimerSignal();
         var context = new TestContext(time: time);
-        var run = test.Engine(time: time).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = test.Start(context, time: time);
 
         await time.WaitForTimerAsync(TimeSpan.FromSeconds(2));
         time.Fake.Advance(TimeSpan.FromSeconds(2));
@@ -1126,7 +1060,7 @@ public sealed class KubernetesEngineTests
         var host = new Kubernetes.Engine.KubernetesEngineHost(Microsoft.Extensions.Options.Options.Create(new KubernetesEngineOptions { Server = server.BaseAddress }), TimeProvider.System);
         await using var _ = host;
         var context = new TestContext();
-        var run = host.CreateEngine((_, _) => ValueTask.FromResult(K8sTest.Spec() with { Timeout = TimeSpan.FromSeconds(30) })).ExecuteAsync(context, CancellationToken.None).AsTask();
+        var run = K8sTest.StartOn(host, context, K8sTest.Spec() with { Timeout = TimeSpan.FromSeconds(30) });
 
         await context.WaitForLineAsync(": running");
         serverTime.Advance(TimeSpan.FromSeconds(30));

@@ -1,5 +1,6 @@
 using JobRunner.Kubernetes.Engine;
 using JobRunner.Kubernetes.Testing;
+using JobRunner.Testing;
 using Microsoft.Extensions.Options;
 
 namespace JobRunner.Kubernetes.Tests.Support;
@@ -19,6 +20,14 @@ public sealed class K8sTest : IAsyncDisposable
     public FakeKubernetesServer Server { get; }
 
     public static async Task<K8sTest> StartAsync() => new(await FakeKubernetesServer.StartAsync());
+
+    /// <summary>Starts the fake API server with <paramref name="pods"/> as its <see cref="FakeKubernetesServer.PodBehavior"/>.</summary>
+    public static async Task<K8sTest> StartAsync(Func<FakePodRequest, FakePodScript> pods)
+    {
+        var test = await StartAsync();
+        test.Server.PodBehavior = pods;
+        return test;
+    }
 
     public static ContainerSpec Spec(string image = "busybox:1.36") => new()
     {
@@ -40,6 +49,28 @@ public sealed class K8sTest : IAsyncDisposable
 
     internal IExecutionEngine Engine(ContainerSpec? spec = null, TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null)
         => Host(time, configure).CreateEngine((_, _) => ValueTask.FromResult(spec ?? Spec()));
+
+    /// <summary>Starts one attempt of <paramref name="context"/> on a new engine, without waiting for it.</summary>
+    internal Task Start(TestContext context, ContainerSpec? spec = null, TimeProvider? time = null, Action<KubernetesEngineOptions>? configure = null, CancellationToken cancellationToken = default)
+        => Engine(spec, time, configure).ExecuteAsync(context, cancellationToken).AsTask();
+
+    /// <summary>Starts one attempt of <paramref name="context"/> on an engine of <paramref name="host"/>, without waiting for it.</summary>
+    internal static Task StartOn(KubernetesEngineHost host, TestContext context, ContainerSpec? spec = null, CancellationToken cancellationToken = default)
+        => host.CreateEngine((_, _) => ValueTask.FromResult(spec ?? Spec())).ExecuteAsync(context, cancellationToken).AsTask();
+
+    /// <summary>
+    /// Starts one attempt on a new <see cref="FakeTimeProvider"/> that the context and the engine share, without waiting
+    /// for it: the test moves the clock and awaits the run.
+    /// </summary>
+    internal (FakeTimeProvider Time, TestContext Context, Task Run) StartOnFakeClock(Action<KubernetesEngineOptions> configure, ContainerSpec? spec = null, CancellationToken cancellationToken = default)
+    {
+        var time = new FakeTimeProvider();
+        var context = new TestContext(time: time);
+        return (time, context, Start(context, spec, time, configure, cancellationToken));
+    }
+
+    /// <summary>Waits, bounded, until the namespace holds two events: the fake kubelet has begun pulling the image.</summary>
+    public Task UntilPullStartedAsync() => UntilAsync(() => Server.Names("events", "jobs").Count >= 2, "The fake kubelet never started the pull.");
 
     public int Posts => Server.CountRequests(static r => r.Method == "POST");
 
