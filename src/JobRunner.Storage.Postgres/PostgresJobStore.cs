@@ -871,6 +871,18 @@ internal sealed partial class PostgresJobStore : IJobStore
         else
         {
             PublishState(changed, previous, reason);
+
+            // Cancelled before it ran: also told as a cancellation (state Cancelled, after the state change), so that
+            // this process's worker, if its scheduler holds the job, drops it now rather than when its turn comes. Other
+            // hosts are not told: theirs leaves at its turn (its lease refused).
+            if (changed.State == JobState.Cancelled && _events.IsWatched(JobEventKind.CancellationRequested))
+            {
+                _events.Publish(JobEvent.ForAttempt(JobEventKind.CancellationRequested, changed.Id, changed.Request.Tenant, changed.Request.Workload, now, changed.Attempts.Count, reason) with
+                {
+                    State = JobState.Cancelled,
+                    PreviousState = previous,
+                });
+            }
         }
 
         return changed;

@@ -22,6 +22,25 @@ public sealed class PostgresJobStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Cancelling_a_waiting_job_tells_this_process_as_a_cancellation_with_state_cancelled()
+    {
+        var (_, store, _, events) = _database.OpenStore(_time);
+        var queued = (await store.InsertAsync(Jobs.New(_time), default)).Job;
+        using var stop = new CancellationTokenSource();
+        var heard = events.SubscribeAsync(new JobEventFilter { Kinds = new HashSet<JobEventKind> { JobEventKind.CancellationRequested } }, stop.Token).GetAsyncEnumerator();
+        var first = heard.MoveNextAsync().AsTask();
+
+        await store.RequestCancellationAsync(queued.Id, "not needed", default);
+
+        // The worker drops a delivery it holds for such an event (a running job's request says Running).
+        Assert.True(await first.WaitAsync(TimeSpan.FromSeconds(30)));
+        var request = heard.Current;
+        await stop.CancelAsync();
+        await heard.DisposeAsync();
+        Assert.Equal((queued.Id, JobState.Cancelled, JobState.Queued, "not needed"), (request.JobId, request.State, request.PreviousState!.Value, request.Message));
+    }
+
+    [Fact]
     public async Task Insert_then_get_round_trips_every_field()
     {
         var (_, store, _, _) = _database.OpenStore(_time);
