@@ -28,18 +28,19 @@ internal static class AllocationProfile
             Console.WriteLine($"submit only, one thread, no worker: {jobs / clock.Elapsed.TotalSeconds:N0} jobs/s ({clock.Elapsed.TotalMilliseconds * 1_000_000 / jobs:N0} ns/job)");
         }
 
-        // Drain alone: the jobs queued with the worker stopped, then the worker started; the ceiling the worker puts on the end-to-end rate.
-        await using (var drainOnly = await Harness.StartAsync(
-            runner =>
+        // The worker of the drain and of the end-to-end run: the no-op workload, as a singleton if asked, on its slots.
+        void Configure(JobRunnerBuilder runner)
+        {
+            if (singleton)
             {
-                if (singleton)
-                {
-                    runner.Services.AddSingleton<EndToEndBenchmarks.NoOpWorkload>();
-                }
+                runner.Services.AddSingleton<EndToEndBenchmarks.NoOpWorkload>();
+            }
 
-                runner.ConfigureWorker(w => w.Slots = slots).AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop");
-            },
-            startWorker: false))
+            runner.ConfigureWorker(w => w.Slots = slots).AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop");
+        }
+
+        // Drain alone: the jobs queued with the worker stopped, then the worker started; the ceiling the worker puts on the end-to-end rate.
+        await using (var drainOnly = await Harness.StartAsync(Configure, startWorker: false))
         {
             var request = new JobRequest("noop");
             var done = drainOnly.Counter.Expect(jobs);
@@ -59,15 +60,7 @@ internal static class AllocationProfile
             return;
         }
 
-        await using var harness = await Harness.StartAsync(runner =>
-        {
-            if (singleton)
-            {
-                runner.Services.AddSingleton<EndToEndBenchmarks.NoOpWorkload>();
-            }
-
-            runner.ConfigureWorker(w => w.Slots = slots).AddWorkload<EndToEndBenchmarks.NoOpWorkload>("noop");
-        });
+        await using var harness = await Harness.StartAsync(Configure);
         await harness.RunAsync(new JobRequest("noop"), Math.Min(jobs, 50_000));
 
         using var listener = new AllocationListener();

@@ -877,11 +877,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             // hosts are not told: theirs leaves at its turn (its lease refused).
             if (changed.State == JobState.Cancelled && _events.IsWatched(JobEventKind.CancellationRequested))
             {
-                _events.Publish(JobEvent.ForAttempt(JobEventKind.CancellationRequested, changed.Id, changed.Request.Tenant, changed.Request.Workload, now, changed.Attempts.Count, reason) with
-                {
-                    State = JobState.Cancelled,
-                    PreviousState = previous,
-                });
+                _events.Publish(CancelledBeforeRun.Event(changed, previous, reason));
             }
         }
 

@@ -296,18 +296,7 @@ internal sealed class InMemoryJobStore : IJobStore
                     // now rather than when its turn comes; the workers watch this kind, not every state change.
                     if (_events.IsWatched(JobEventKind.CancellationRequested))
                     {
-                        _events.Publish(new JobEvent
-                        {
-                            Kind = JobEventKind.CancellationRequested,
-                            JobId = id,
-                            Tenant = job.Request.Tenant,
-                            Workload = job.Request.Workload,
-                            Timestamp = now,
-                            State = JobState.Cancelled,
-                            PreviousState = job.State,
-                            Attempt = job.Attempts.Count,
-                            Message = reason,
-                        });
+                        _events.Publish(CancelledBeforeRun.Event(cancelled, job.State, reason));
                     }
 
                     return new(cancelled);
